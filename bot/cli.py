@@ -1,0 +1,171 @@
+"""The `cicbot` command line."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.table import Table
+
+from bot.config import ConfigError, Settings, load_settings
+
+app = typer.Typer(help="cicbot: the omnichannel customer interaction center bot.",
+                  no_args_is_help=True, add_completion=False)
+db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
+contacts_app = typer.Typer(help="Contacts and their history.", no_args_is_help=True)
+cases_app = typer.Typer(help="Complaint cases.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+app.add_typer(contacts_app, name="contacts")
+app.add_typer(cases_app, name="cases")
+out = Console()
+err = Console(stderr=True)
+
+
+def _settings() -> Settings:
+    try:
+        return load_settings()
+    except ConfigError as exc:
+        err.print(f"[red]error:[/red] {exc}", markup=True, highlight=False)
+        raise typer.Exit(2) from None
+
+
+def _logging(level: str) -> None:
+    logging.basicConfig(level=level.upper(), format="%(message)s", datefmt="[%X]",
+                        handlers=[RichHandler(console=err, show_path=False)])
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Bind address (server.host).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (server.port).")] = None,
+    log_level: Annotated[str, typer.Option(help="debug, info, warning")] = "info",
+) -> None:
+    """Serve the web chat, webhooks and API (FastAPI + uvicorn)."""
+    import uvicorn
+
+    from bot.app import create_app
+    from bot.runtime import Runtime
+
+    settings = _settings()
+    _logging(log_level)
+    runtime = Runtime(settings)
+    h, p = host or settings.server.host, port or settings.server.port
+    logging.getLogger("cicbot").info("channels: %s; web chat on http://%s:%s/",
+                                     ", ".join(sorted(runtime.channels)), h, p)
+    uvicorn.run(create_app(runtime), host=h, port=p, log_level=log_level, ws_max_size=1 << 20,
+                proxy_headers=True)
+
+
+@app.command()
+def chat(
+    user: Annotated[str, typer.Option(help="The customer's name on the console channel.")] = "you",
+    lang: Annotated[str | None, typer.Option(help="Language hint: de or en.")] = None,
+) -> None:
+    """Chat with the bot in the terminal; scriptable: lines on stdin, replies on stdout."""
+    from bot.runtime import Runtime
+    from channels.console import chat as run_chat
+
+    settings = _settings()
+    _logging("warning")
+
+    async def main() -> None:
+        runtime = Runtime(settings, channels=["console"], exclude=())
+        await runtime.start(dispatch=False)
+        try:
+            await run_chat(runtime, user, lang, sys.stdin)
+        finally:
+            await runtime.stop()
+
+    asyncio.run(main())
+
+
+@db_app.command("upgrade")
+def db_upgrade(revision: str = "head") -> None:
+    """Apply the Alembic migrations (creates the database if needed)."""
+    from storage.migrate import upgrade
+
+    settings = _settings()
+    upgrade(settings.database.url, revision)
+    out.print(f"database at revision {revision}")
+
+
+def _run(coro_fn):  # type: ignore[no-untyped-def]
+    settings = _settings()
+
+    async def main():  # type: ignore[no-untyped-def]
+        from storage.db import create_engine, session_factory
+
+        engine = create_engine(settings.database.url)
+        try:
+            async with session_factory(engine)() as s, s.begin():
+                return await coro_fn(s)
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(main())
+
+
+@contacts_app.command("show")
+def contacts_show(ref: Annotated[str, typer.Argument(help="contact id or channel:external_id")]
+                  ) -> None:
+    """A contact's profile, identities and whole timeline, oldest first."""
+    from storage import queries
+
+    async def load(s):  # type: ignore[no-untyped-def]
+        contact = await queries.find_contact(s, ref)
+        if contact is None:
+            return None
+        return (contact, await queries.identities_of(s, contact.id),
+                await queries.timeline(s, contact.id),
+                await queries.cases_of_contact(s, contact.id))
+
+    found = _run(load)
+    if found is None:
+        err.print(f"no contact {ref}")
+        raise typer.Exit(1)
+    contact, identities, touchpoints, cases = found
+    out.print(f"[bold]Contact {contact.id}[/bold] {contact.name or ''}  locale={contact.locale}"
+              f"  phase={contact.lifecycle_phase}  segment={contact.value_segment or '-'}")
+    for i in identities:
+        out.print(f"  {i.channel}:{i.external_id}  reachable={i.reachable}")
+    for c in cases:
+        out.print(f"  case {c.reference}  {c.status}  {c.category}  severity={c.severity}")
+    table = Table("#", "time (UTC)", "channel", "dir", "kind", "actor", "text", show_lines=False)
+    for t in touchpoints:
+        text = t.text if t.text is not None else _summary(t.payload)
+        table.add_row(str(t.id), t.created_at.strftime("%Y-%m-%d %H:%M:%S"), t.channel,
+                      t.direction, t.kind, t.actor, (text or "")[:200])
+    out.print(table)
+
+
+def _summary(payload: dict) -> str:  # type: ignore[type-arg]
+    return ", ".join(f"{k}={v}" for k, v in payload.items() if k != "raw")
+
+
+@cases_app.command("list")
+def cases_list(
+    status: Annotated[str | None, typer.Option(help="new, in_progress, resolved, ...")] = None,
+    limit: int = 100,
+) -> None:
+    """Cases, newest first."""
+    from storage import queries
+
+    async def load(s):  # type: ignore[no-untyped-def]
+        return await queries.list_cases(s, status, limit)
+
+    table = Table("reference", "status", "category", "severity", "contact", "SLA due (UTC)",
+                  "created (UTC)")
+    for c in _run(load):
+        table.add_row(c.reference, c.status, c.category, c.severity, str(c.contact_id),
+                      c.sla_due_at.strftime("%Y-%m-%d %H:%M") if c.sla_due_at else "",
+                      c.created_at.strftime("%Y-%m-%d %H:%M"))
+    out.print(table)
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,196 @@
+"""Drains the outbox through the channel adapters.
+
+A row is claimed with a lease (status `sending`, `leased_until`), sent, then marked
+sent / retried / failed in its own transaction. Per recipient only the oldest
+unfinished row is eligible, so replies arrive in order and a message waiting on
+a 429 holds back the ones behind it. PostgreSQL claims with FOR UPDATE SKIP LOCKED
+so several workers share the work; a lease that expires (the process died while
+sending) makes the row eligible again, the documented at-least-once window.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Mapping
+from datetime import timedelta
+
+from sqlalchemy import and_, exists, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.orm import aliased
+
+from bot.channel import Channel, PermanentSendError, SendResult, TransientSendError
+from bot.config import DispatcherSettings
+from bot.messages import OutboundMessage
+from storage import queries
+from storage.models import Conversation, Direction, OutboxMessage, OutboxStatus, utcnow
+
+log = logging.getLogger(__name__)
+UNFINISHED = (OutboxStatus.PENDING, OutboxStatus.SENDING)
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        channels: Mapping[str, Channel],
+        settings: DispatcherSettings,
+        *,
+        skip_locked: bool = False,
+    ) -> None:
+        self.sessions = sessions
+        self.channels = channels
+        self.settings = settings
+        self.skip_locked = skip_locked
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+
+    def notify(self) -> None:
+        self._wake.set()
+
+    async def start(self) -> None:
+        self._stopping = False
+        self._task = asyncio.create_task(self._run(), name="outbox-dispatcher")
+
+    async def stop(self) -> None:
+        self._stopping = True
+        self._wake.set()
+        if self._task:
+            await self._task
+            self._task = None
+
+    async def _run(self) -> None:
+        while not self._stopping:
+            try:
+                busy = await self.drain_once()
+            except Exception:  # a database hiccup must not kill the loop
+                log.exception("outbox dispatcher round failed")
+                busy = 0
+                await asyncio.sleep(self.settings.poll_interval_seconds)
+            if busy:
+                continue
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), self.settings.poll_interval_seconds)
+            except TimeoutError:
+                pass
+
+    async def drain_once(self) -> int:
+        """Claim one batch and send it; returns how many rows were attempted."""
+        rows = await self._claim()
+        if not rows:
+            return 0
+        sem = asyncio.Semaphore(self.settings.concurrency)
+
+        async def one(row: OutboxMessage) -> None:
+            async with sem:
+                await self._deliver(row)
+
+        await asyncio.gather(*(one(r) for r in rows))
+        return len(rows)
+
+    async def drain(self, timeout: float = 30.0) -> None:
+        """Send until nothing is due (tests, `cicbot chat`)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while await self.drain_once():
+            if loop.time() > deadline:
+                raise TimeoutError("outbox not drained")
+
+    async def _claim(self) -> list[OutboxMessage]:
+        now = utcnow()
+        earlier = aliased(OutboxMessage)
+        head_of_queue = ~exists().where(
+            earlier.channel == OutboxMessage.channel,
+            earlier.recipient_id == OutboxMessage.recipient_id,
+            earlier.status.in_(UNFINISHED),
+            earlier.id < OutboxMessage.id,
+        )
+        due = or_(
+            and_(OutboxMessage.status == OutboxStatus.PENDING, OutboxMessage.next_attempt_at <= now),
+            and_(OutboxMessage.status == OutboxStatus.SENDING, OutboxMessage.leased_until < now),
+        )
+        q = (
+            select(OutboxMessage)
+            .where(due, head_of_queue, OutboxMessage.channel.in_(list(self.channels)))
+            .order_by(OutboxMessage.id)
+            .limit(self.settings.concurrency * 4)
+        )
+        if self.skip_locked:
+            q = q.with_for_update(skip_locked=True)
+        lease = now + timedelta(seconds=self.settings.lease_seconds)
+        async with self.sessions() as s, s.begin():
+            rows = list((await s.execute(q)).scalars().all())
+            for row in rows:
+                row.status = OutboxStatus.SENDING
+                row.leased_until = lease
+                row.attempts += 1
+        return rows
+
+    async def _deliver(self, row: OutboxMessage) -> None:
+        channel = self.channels[row.channel]
+        message = OutboundMessage.from_row(
+            channel=row.channel, recipient_id=row.recipient_id, thread_key=row.thread_key,
+            body=row.body, outbox_id=row.id, conversation_id=row.conversation_id,
+        )
+        try:
+            result = await channel.send(message)
+        except TransientSendError as exc:
+            await self._retry(row, str(exc), exc.retry_after)
+        except PermanentSendError as exc:
+            await self._fail(row, str(exc), unreachable=True)
+        except Exception as exc:  # an adapter bug is treated as transient, and logged
+            log.exception("channel %s raised while sending outbox row %s", row.channel, row.id)
+            await self._retry(row, f"{type(exc).__name__}: {exc}", None)
+        else:
+            await self._sent(row, result)
+
+    async def _sent(self, row: OutboxMessage, result: SendResult) -> None:
+        async with self.sessions() as s, s.begin():
+            await s.execute(update(OutboxMessage).where(OutboxMessage.id == row.id).values(
+                status=OutboxStatus.SENT, sent_at=utcnow(), leased_until=None,
+                platform_message_id=result.platform_message_id, last_error=None))
+
+    def _backoff(self, attempts: int) -> float:
+        base = self.settings.base_backoff_seconds * 2 ** max(attempts - 1, 0)
+        return min(base, self.settings.max_backoff_seconds) * random.uniform(0.8, 1.2)
+
+    async def _retry(self, row: OutboxMessage, error: str, retry_after: float | None) -> None:
+        if row.attempts >= self.settings.max_attempts:
+            await self._fail(row, f"gave up after {row.attempts} attempts: {error}",
+                             unreachable=False)
+            return
+        delay = retry_after if retry_after is not None else self._backoff(row.attempts)
+        log.warning("outbox row %s: transient error, retry in %.1fs: %s", row.id, delay, error)
+        async with self.sessions() as s, s.begin():
+            await s.execute(update(OutboxMessage).where(OutboxMessage.id == row.id).values(
+                status=OutboxStatus.PENDING, leased_until=None, last_error=error[:1000],
+                next_attempt_at=utcnow() + timedelta(seconds=delay)))
+
+    async def _fail(self, row: OutboxMessage, error: str, *, unreachable: bool) -> None:
+        log.warning("outbox row %s failed permanently: %s", row.id, error)
+        async with self.sessions() as s, s.begin():
+            failed = [row.id]
+            if unreachable:
+                # whatever else waits for this recipient would fail the same way
+                rest = await s.execute(
+                    update(OutboxMessage)
+                    .where(OutboxMessage.channel == row.channel,
+                           OutboxMessage.recipient_id == row.recipient_id,
+                           OutboxMessage.status == OutboxStatus.PENDING)
+                    .values(status=OutboxStatus.FAILED, last_error="recipient unreachable")
+                    .returning(OutboxMessage.id))
+                failed += list(rest.scalars())
+                if row.identity_id:
+                    await queries.set_reachable(s, row.identity_id, False, error[:500])
+            await s.execute(update(OutboxMessage).where(OutboxMessage.id == row.id).values(
+                status=OutboxStatus.FAILED, leased_until=None, last_error=error[:1000]))
+            conv = await s.get(Conversation, row.conversation_id) if row.conversation_id else None
+            if conv is not None:
+                queries.add_touchpoint(
+                    s, contact_id=conv.contact_id, conversation_id=conv.id, channel=row.channel,
+                    direction=Direction.INTERNAL, kind="delivery_failed", actor="system",
+                    payload={"outbox_ids": failed, "error": error[:500],
+                             "unreachable": unreachable})

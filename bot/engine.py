@@ -1,0 +1,203 @@
+"""The conversation engine: one inbound message, one database transaction.
+
+dedupe → identity → conversation (locked) → inbound touchpoint → decide (pure,
+flows.dialogue) → actions → replies as touchpoints and outbox rows → commit.
+The dispatcher is woken after the commit; nothing is sent from here.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from bot.actions import ActionRunner
+from bot.locks import KeyedLocks
+from bot.messages import Choice, InboundMessage, OutboundMessage
+from flows import dialogue
+from flows.catalog import Catalog, normalize_locale
+from flows.knowledge import Matcher
+from flows.model import Button, ContactFacts, Context, Reply, UserInput, clean_text
+from flows.options import FlowOptions
+from storage import queries
+from storage.models import Contact, Conversation, Direction, Identity, utcnow
+
+log = logging.getLogger(__name__)
+
+MAX_FLOW_TEXT = 4000  # what a flow sees; the touchpoint keeps the whole text
+MAX_STORED_TEXT = 200_000
+
+
+@dataclass
+class HandleResult:
+    duplicate: bool = False
+    contact_id: int | None = None
+    conversation_id: int | None = None
+    outbox_ids: list[int] = field(default_factory=list)
+    replies: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Turn:
+    """What one transaction works on; handed to the action runner."""
+
+    session: AsyncSession
+    contact: Contact
+    identity: Identity
+    conversation: Conversation
+    ctx: Context
+    replies: list[Reply] = field(default_factory=list)
+
+
+class Engine:
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        options: FlowOptions,
+        catalog: Catalog,
+        *,
+        default_locale: str = "en",
+        timezone: str = "UTC",
+        matcher: Matcher | None = None,
+        on_commit: Callable[[], None] | None = None,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self.sessions = sessions
+        self.options = options
+        self.catalog = catalog
+        self.default_locale = default_locale
+        self.matcher = matcher
+        self.on_commit = on_commit
+        self.clock = clock
+        self.actions = ActionRunner(options, catalog, timezone)
+        self._locks = KeyedLocks()
+
+    async def handle(self, msg: InboundMessage) -> HandleResult:
+        """Process one inbound message exactly once; safe to call again with the same one."""
+        async with self._locks.hold((msg.channel, msg.thread_key)):
+            for attempt in range(5):
+                try:
+                    async with self.sessions() as s, s.begin():
+                        result = await self._handle(s, msg)
+                    break
+                except IntegrityError:
+                    # another process created the same identity/conversation/touchpoint
+                    # first; the next attempt sees its row (and may find a duplicate)
+                    if attempt == 4:
+                        raise
+                except OperationalError as exc:
+                    if attempt == 4 or not _is_retryable(exc):
+                        raise
+        if result.outbox_ids and self.on_commit:
+            self.on_commit()
+        return result
+
+    async def _handle(self, s: AsyncSession, msg: InboundMessage) -> HandleResult:
+        if await queries.inbound_exists(s, msg.channel, msg.platform_message_id):
+            return HandleResult(duplicate=True)
+        now = self.clock()
+        identity, contact = await self._identity(s, msg, now)
+        conv = await queries.open_conversation_locked(s, msg.channel, msg.thread_key)
+        if conv is None:
+            conv = await queries.create_conversation(
+                s, contact.id, identity.id, msg.channel, msg.thread_key
+            )
+        text = clean_text(msg.text)[:MAX_STORED_TEXT] if msg.text else ""
+        queries.add_touchpoint(
+            s, contact_id=contact.id, conversation_id=conv.id, channel=msg.channel,
+            direction=Direction.IN, kind=msg.kind, actor="customer", text=text,
+            payload=_inbound_payload(msg), platform_message_id=msg.platform_message_id,
+        )
+        await s.flush()  # the dedupe index speaks here if a racing process won
+        ctx = self._context(contact, now)
+        turn = Turn(s, contact, identity, conv, ctx)
+        if msg.kind == "message" or msg.kind == "button":
+            inp = UserInput(text=text[:MAX_FLOW_TEXT], payload=msg.payload,
+                            attachments=len(msg.attachments))
+            decision = dialogue.decide(conv.status, conv.flow_state or {}, inp, ctx)
+            conv.flow_state = decision.state
+            await self.actions.run(turn, decision.actions)
+            turn.replies.extend(decision.replies)
+        result = HandleResult(contact_id=contact.id, conversation_id=conv.id)
+        for reply in turn.replies:
+            result.outbox_ids.append(await self.say(s, identity, conv, reply, turn.ctx.locale))
+            result.replies.append(reply.text)
+        return result
+
+    async def _identity(self, s: AsyncSession, msg: InboundMessage,
+                        now: datetime) -> tuple[Identity, Contact]:
+        identity = await queries.get_identity(s, msg.channel, msg.sender_id)
+        if identity is None:
+            locale = normalize_locale(msg.locale_hint, self.default_locale)
+            identity = await queries.create_contact_with_identity(
+                s, msg.channel, msg.sender_id, name=msg.sender_name, locale=locale,
+                source=msg.contact_updates.get("source"),
+            )
+        contact = await s.get(Contact, identity.contact_id)
+        assert contact is not None
+        identity.last_seen_at = now
+        identity.reachable = True  # they just wrote to us
+        identity.unreachable_reason = None
+        if msg.sender_name and not identity.display_name:
+            identity.display_name = msg.sender_name
+        contact.last_contact_at = now
+        for key in ("phone", "email"):
+            if msg.contact_updates.get(key):
+                setattr(contact, key, msg.contact_updates[key])
+        if msg.contact_updates.get("source") and not contact.source:
+            contact.source = msg.contact_updates["source"]
+        return identity, contact
+
+    def _context(self, contact: Contact, now: datetime) -> Context:
+        facts = ContactFacts(name=contact.name, value_segment=contact.value_segment,
+                             lifecycle_phase=contact.lifecycle_phase)
+        return Context(locale=contact.locale or self.default_locale, options=self.options,
+                       catalog=self.catalog, contact=facts, now=now, matcher=self.matcher)
+
+    async def say(self, s: AsyncSession, identity: Identity, conv: Conversation, reply: Reply,
+                  locale: str, actor: str = "bot") -> int:
+        """Queue one reply in the outbox and record it in the history (same transaction)."""
+        out = OutboundMessage(
+            channel=conv.channel, recipient_id=identity.external_id, thread_key=conv.thread_key,
+            text=reply.text, choices=tuple(_choice(b) for b in reply.buttons), locale=locale,
+        )
+        row = await queries.enqueue(
+            s, channel=conv.channel, recipient_id=identity.external_id,
+            thread_key=conv.thread_key, body=out.to_json(), conversation_id=conv.id,
+            identity_id=identity.id,
+        )
+        queries.add_touchpoint(
+            s, contact_id=conv.contact_id, conversation_id=conv.id, channel=conv.channel,
+            direction=Direction.OUT, kind="message", actor=actor, text=reply.text,
+            payload={"key": reply.key, "buttons": [asdict(b) for b in reply.buttons],
+                     **dict(reply.meta)},
+            outbox_id=row.id,
+        )
+        return row.id
+
+
+def _choice(b: Button) -> Choice:
+    return Choice(b.payload, b.label)
+
+
+def _inbound_payload(msg: InboundMessage) -> dict[str, Any]:
+    data: dict[str, Any] = {}
+    if msg.payload is not None:
+        data["button"] = msg.payload
+    if msg.attachments:
+        data["attachments"] = [asdict(a) for a in msg.attachments]
+    if msg.locale_hint:
+        data["locale_hint"] = msg.locale_hint
+    if msg.raw is not None:
+        data["raw"] = msg.raw
+    return data
+
+
+def _is_retryable(exc: OperationalError) -> bool:
+    text = str(exc.orig).lower() if exc.orig else str(exc).lower()
+    return "locked" in text or "deadlock" in text or "serializ" in text

@@ -1,0 +1,100 @@
+"""Channel-neutral messages: what adapters hand to the engine and get back from it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Attachment:
+    """Metadata of a file the customer sent; the bytes stay on the platform."""
+
+    kind: str  # photo, document, voice, sticker, location, contact, ...
+    name: str | None = None
+    mime_type: str | None = None
+    size: int | None = None
+    platform_file_id: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class InboundMessage:
+    """One normalized customer event.
+
+    `platform_message_id` is unique per channel (dedupe key); `thread_key` picks
+    the conversation; `payload` carries a pressed button's value.
+    """
+
+    channel: str
+    sender_id: str
+    platform_message_id: str
+    thread_key: str
+    text: str = ""
+    payload: str | None = None
+    attachments: tuple[Attachment, ...] = ()
+    sender_name: str | None = None
+    locale_hint: str | None = None
+    kind: str = "message"  # message, button, edit, event
+    raw: dict[str, Any] | None = None
+    received_at: datetime | None = None
+    # facts an adapter learnt about the sender (phone shared, deep-link source, ...)
+    contact_updates: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Choice:
+    """One option of a question; `payload` comes back as InboundMessage.payload."""
+
+    payload: str
+    label: str
+
+
+@dataclass(frozen=True)
+class OutboundMessage:
+    """A reply ready to render: text plus optional choices.
+
+    Adapters render choices natively (inline keyboard, Block Kit, numbered list).
+    """
+
+    channel: str
+    recipient_id: str
+    thread_key: str
+    text: str
+    choices: tuple[Choice, ...] = ()
+    locale: str = "en"
+    outbox_id: int | None = None
+    conversation_id: int | None = None
+    reply_to: str | None = None  # platform id of the message this answers, if any
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "text": self.text,
+            "choices": [{"payload": c.payload, "label": c.label} for c in self.choices],
+            "locale": self.locale,
+            "reply_to": self.reply_to,
+        }
+
+    @classmethod
+    def from_row(
+        cls,
+        *,
+        channel: str,
+        recipient_id: str,
+        thread_key: str,
+        body: dict[str, Any],
+        outbox_id: int | None = None,
+        conversation_id: int | None = None,
+    ) -> OutboundMessage:
+        return cls(
+            channel=channel,
+            recipient_id=recipient_id,
+            thread_key=thread_key,
+            text=str(body.get("text", "")),
+            choices=tuple(Choice(c["payload"], c["label"]) for c in body.get("choices", [])),
+            locale=str(body.get("locale", "en")),
+            outbox_id=outbox_id,
+            conversation_id=conversation_id,
+            reply_to=body.get("reply_to"),
+        )

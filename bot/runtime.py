@@ -1,0 +1,103 @@
+"""Wires the application together: database, engine, dispatcher and channels.
+
+Channels are found through the `cicbot.channels` entry points (see pyproject.toml),
+so the core depends on no platform library.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from importlib.metadata import entry_points
+
+from sqlalchemy import text
+
+from bot.channel import ChannelAdapter
+from bot.config import Settings
+from bot.dispatcher import Dispatcher
+from bot.engine import Engine
+from flows.catalog import default_catalog
+from flows.knowledge import Matcher
+from flows.options import FlowOptions
+from storage.db import create_engine, is_sqlite, session_factory
+from storage.migrate import upgrade_async
+from storage.models import utcnow
+
+log = logging.getLogger(__name__)
+ChannelFactory = Callable[["Runtime"], ChannelAdapter | None]
+
+
+def channel_factories() -> dict[str, ChannelFactory]:
+    return {ep.name: ep.load() for ep in entry_points(group="cicbot.channels")}
+
+
+def flow_options(settings: Settings) -> FlowOptions:
+    return FlowOptions(
+        company_name=settings.company.name,
+        complaint=settings.complaint,
+        winback=settings.winback,
+        knowledge_base=settings.knowledge_base,
+        max_failed_answers=settings.flows.max_failed_answers,
+        max_selfservice_misses=settings.flows.max_selfservice_misses,
+    )
+
+
+class Runtime:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        channels: Sequence[str] | None = None,
+        exclude: Sequence[str] = ("console",),
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self.settings = settings
+        self.db = create_engine(settings.database.url, echo=settings.database.echo)
+        self.sessions = session_factory(self.db)
+        self.catalog = default_catalog()
+        options = flow_options(settings)
+        self.channels: dict[str, ChannelAdapter] = {}
+        self.dispatcher = Dispatcher(
+            self.sessions, self.channels, settings.dispatcher,
+            skip_locked=not is_sqlite(settings.database.url),
+        )
+        self.engine = Engine(
+            self.sessions, options, self.catalog,
+            default_locale=settings.company.default_locale,
+            timezone=settings.company.timezone,
+            matcher=Matcher(options.knowledge_base.entries),
+            on_commit=self.dispatcher.notify,
+            clock=clock,
+        )
+        for name, factory in channel_factories().items():
+            if (channels is not None and name not in channels) or name in exclude:
+                continue
+            adapter = factory(self)
+            if adapter is not None:
+                self.channels[name] = adapter
+
+    async def start(self, *, dispatch: bool = True) -> None:
+        """`dispatch=False` leaves draining the outbox to the caller (the terminal chat)."""
+        if self.settings.database.auto_migrate:
+            await upgrade_async(self.settings.database.url)
+        for adapter in self.channels.values():
+            await adapter.start()
+            log.info("channel %s started", adapter.name)
+        if dispatch:
+            await self.dispatcher.start()
+
+    async def stop(self) -> None:
+        await self.dispatcher.stop()
+        for adapter in self.channels.values():
+            await adapter.stop()
+        await self.db.dispose()
+
+    async def healthy(self) -> bool:
+        try:
+            async with self.db.connect() as conn:
+                await conn.execute(text("SELECT 1"))
+            return True
+        except Exception:
+            log.exception("health check: database unavailable")
+            return False

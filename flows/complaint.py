@@ -1,0 +1,102 @@
+"""Complaint intake (Beschwerdemanagement): category, description, reference,
+severity, desired resolution, confirmation → a case with a reference number."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from flows.actions import OpenCase
+from flows.model import (
+    Answer,
+    ChoiceStep,
+    Context,
+    Decision,
+    Flow,
+    Option,
+    Reply,
+    TextStep,
+    YesNoStep,
+    start,
+)
+
+SEVERITIES = ("low", "medium", "high", "critical")
+SEVERITY_WEIGHT = {"low": 0, "medium": 1, "high": 2, "critical": 3}
+SEGMENT_WEIGHT = {"A": 2, "B": 1, "C": 0}
+
+
+def _categories(ctx: Context) -> Sequence[Option]:
+    return tuple(Option(c.id, label=c.label) for c in ctx.options.complaint.categories)
+
+
+def _resolutions(ctx: Context) -> Sequence[Option]:
+    return tuple(Option(r.id, label=r.label) for r in ctx.options.complaint.resolutions)
+
+
+def _label(options: Sequence[Option], value: Answer, ctx: Context) -> str:
+    for o in options:
+        if o.value == value:
+            return o.text(ctx)
+    return value or "–"
+
+
+def _summary(answers: Mapping[str, Answer], ctx: Context) -> Mapping[str, Any]:
+    return {
+        "category": _label(_categories(ctx), answers.get("category"), ctx),
+        "description": answers.get("description") or "",
+        "reference": answers.get("reference") or "–",
+        "severity": ctx.t(f"complaint.severity_{answers.get('severity', 'low')}"),
+        "resolution": _label(_resolutions(ctx), answers.get("resolution"), ctx),
+    }
+
+
+def priority(severity: str, segment: str | None) -> int:
+    """Higher is handled first: severity and customer value both count."""
+    return SEVERITY_WEIGHT.get(severity, 0) * 10 + SEGMENT_WEIGHT.get(segment or "", 0) * 5
+
+
+def _finish(answers: Mapping[str, Answer], ctx: Context, extra: Mapping[str, Any]) -> Decision:
+    if answers.get("confirm") != "yes":
+        return Decision({}, (Reply("complaint.discarded", ctx.t("complaint.discarded")),))
+    severity = str(answers["severity"])
+    opts = ctx.options.complaint
+    escalate = (
+        severity in opts.escalate_severities or ctx.contact.value_segment in opts.escalate_segments
+    )
+    action = OpenCase(
+        category=str(answers["category"]),
+        description=str(answers["description"]),
+        severity=severity,
+        order_reference=answers.get("reference"),
+        desired_resolution=answers.get("resolution"),
+        escalate=escalate,
+        priority=priority(severity, ctx.contact.value_segment),
+    )
+    # the confirmation with the case reference is said by the engine once the case exists
+    return Decision({}, (), (action,))
+
+
+FLOW = Flow(
+    name="complaint",
+    intro="complaint.intro",
+    steps=(
+        ChoiceStep("category", "complaint.ask_category", next="description", choices=_categories),
+        TextStep("description", "complaint.ask_description", next="reference", min_length=10),
+        TextStep("reference", "complaint.ask_reference", next="severity", optional=True,
+                 max_length=200),
+        ChoiceStep(
+            "severity",
+            "complaint.ask_severity",
+            next="resolution",
+            choices=tuple(Option(s, f"complaint.severity_{s}") for s in SEVERITIES),
+        ),
+        ChoiceStep("resolution", "complaint.ask_resolution", next="confirm", choices=_resolutions),
+        YesNoStep("confirm", "complaint.confirm"),
+    ),
+    finish=_finish,
+    prompt_params=_summary,
+)
+
+
+def begin(ctx: Context) -> Decision:
+    return start(FLOW, ctx)

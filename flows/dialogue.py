@@ -1,0 +1,168 @@
+"""The conversation's brain, without I/O: (status, state, input, context) → Decision.
+
+Order: opt-out first (always honoured), then the conversation's owner (an agent
+owns it → the bot is silent), global commands, the running flow, self-service.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import replace
+from typing import Any
+
+from flows import complaint, consent, csat, language, winback
+from flows.actions import Escalate, LeaveQueue, LogSelfService, SetLocale, ShowCaseStatus
+from flows.commands import CASE_REF_RE, Command, Parsed, parse
+from flows.model import Button, Context, Decision, Flow, Reply, UserInput, advance, prompt, start
+
+FLOWS: dict[str, Flow] = {
+    f.name: f for f in (complaint.FLOW, winback.FLOW, csat.FLOW, consent.FLOW, language.FLOW)
+}
+COMPLAINT_WORDS = ("beschwer", "reklamation", "complain", "kaputt", "defekt", "broken", "damaged")
+
+BOT, QUEUED, AGENT = "bot", "queued", "agent"
+
+
+def menu(ctx: Context, key: str = "menu.greeting") -> Reply:
+    name = f" {ctx.contact.name}" if ctx.contact.name else ""
+    buttons = tuple(
+        Button(f"c:{cmd}", ctx.t(f"menu.{cmd}"))
+        for cmd in ("faq", "complaint", "status", "human", "language")
+    )
+    return Reply(key, ctx.t(key, name=name, company=ctx.options.company_name), buttons)
+
+
+def reprompt(state: Mapping[str, Any], ctx: Context) -> tuple[Reply, ...]:
+    flow = FLOWS.get(state.get("flow", ""))
+    if flow is None:
+        return ()
+    return prompt(flow, flow.step(state["step"]), state.get("answers", {}), ctx)
+
+
+def decide(status: str, state: Mapping[str, Any], inp: UserInput, ctx: Context) -> Decision:
+    cmd = parse(inp.text, inp.payload)
+    if cmd and cmd.command is Command.STOP:
+        opted = consent.opt_out(ctx)
+        # a survey in progress ends too: "stop" means stop
+        keep = dict(state) if status != BOT else {}
+        return replace(opted, state=keep)
+    if status == AGENT:
+        return Decision(dict(state))  # the agent answers; the engine relays
+    if status == QUEUED:
+        return _queued(state, inp, cmd, ctx)
+    return _bot(state, inp, cmd, ctx)
+
+
+def _queued(state: Mapping[str, Any], inp: UserInput, cmd: Parsed | None, ctx: Context) -> Decision:
+    if cmd is None or cmd.command is Command.MENU and inp.payload is None:
+        if state.get("queue_ack"):
+            return Decision(dict(state))  # recorded for the agent; no repeated auto-reply
+        reply = Reply("escalation.still_waiting", ctx.t("escalation.still_waiting"))
+        return Decision({**state, "queue_ack": True}, (reply,))
+    c = cmd.command
+    if c in (Command.CANCEL, Command.MENU, Command.COMPLAINT, Command.FAQ):
+        left = Reply("escalation.left_queue", ctx.t("escalation.left_queue"))
+        return Decision({}, (left, menu(ctx, "menu.again")), (LeaveQueue(),))
+    if c is Command.STATUS:
+        return Decision(dict(state), (), (ShowCaseStatus(cmd.arg),))
+    if c is Command.LANGUAGE:
+        return _language(state, cmd, ctx, reprompt_flow=False)
+    if c is Command.HELP:
+        return Decision(dict(state), (Reply("escalation.help_queued",
+                                            ctx.t("escalation.help_queued")),))
+    return Decision(dict(state), (Reply("escalation.already_queued",
+                                        ctx.t("escalation.already_queued")),))
+
+
+def _bot(state: Mapping[str, Any], inp: UserInput, cmd: Parsed | None, ctx: Context) -> Decision:
+    running = FLOWS.get(state.get("flow", ""))
+    # a greeting typed inside a flow is an answer, not a request for the menu
+    if cmd and cmd.command is Command.MENU and running and inp.payload is None \
+            and not inp.text.strip().startswith("/"):
+        cmd = None
+    if cmd is not None:
+        return _command(state, cmd, running, ctx)
+    if running is not None:
+        return advance(running, state, inp, ctx)
+    if inp.payload is not None:
+        bad = Reply("errors.unknown_button", ctx.t("errors.unknown_button"))
+        return Decision(dict(state), (bad, menu(ctx, "menu.again")))
+    return _self_service(state, inp, ctx)
+
+
+def _command(state: Mapping[str, Any], cmd: Parsed, running: Flow | None,
+             ctx: Context) -> Decision:
+    c = cmd.command
+    if c is Command.HELP:
+        return Decision(dict(state), (Reply("help.text", ctx.t("help.text")),
+                                      *reprompt(state, ctx)))
+    if c is Command.MENU:
+        return Decision({}, (menu(ctx),))
+    if c is Command.CANCEL:
+        if running is None:
+            return Decision({}, (menu(ctx, "common.nothing_to_cancel"),))
+        return Decision({}, (menu(ctx, "common.cancelled"),))
+    if c is Command.HUMAN:
+        return Decision(
+            {}, (Reply("escalation.queued", ctx.t("escalation.queued")),),
+            (Escalate("customer_request", priority=20),),
+        )
+    if c is Command.OPTIN:
+        return start(consent.FLOW, ctx)
+    if c is Command.STATUS:
+        return Decision(dict(state), reprompt(state, ctx), (ShowCaseStatus(cmd.arg),))
+    if c is Command.LANGUAGE:
+        return _language(state, cmd, ctx, reprompt_flow=True)
+    if c is Command.COMPLAINT:
+        if running is complaint.FLOW:
+            return Decision(dict(state), reprompt(state, ctx))
+        return start(complaint.FLOW, ctx)
+    # FAQ: the next free text is a question for the knowledge base
+    return Decision({}, (Reply("selfservice.ask_question", ctx.t("selfservice.ask_question")),))
+
+
+def _language(state: Mapping[str, Any], cmd: Parsed, ctx: Context,
+              reprompt_flow: bool) -> Decision:
+    if cmd.arg not in ("de", "en"):
+        buttons = tuple(Button(f"c:language:{o.value}", o.text(ctx)) for o in language.OPTIONS)
+        return Decision(dict(state), (Reply("language.ask", ctx.t("language.ask"), buttons),))
+    switched = language.switch(ctx, cmd.arg)
+    again = reprompt(state, replace(ctx, locale=cmd.arg)) if reprompt_flow else ()
+    return Decision(dict(state), switched.replies + again, (SetLocale(cmd.arg),))
+
+
+def _self_service(state: Mapping[str, Any], inp: UserInput, ctx: Context) -> Decision:
+    text = inp.text.strip()
+    if not text:
+        key = "selfservice.attachment_received" if inp.attachments else "errors.empty"
+        return Decision(dict(state), (menu(ctx, key),))
+    ref = CASE_REF_RE.search(text)
+    if ref:
+        return Decision(dict(state), (), (ShowCaseStatus(ref.group(0).upper()),))
+    match = ctx.matcher.best(text) if ctx.matcher is not None else None
+    threshold = ctx.options.knowledge_base.threshold
+    if match is not None and match.confidence >= threshold:
+        entry = match.entry
+        answer = entry.answer.get(ctx.locale) + (f"\n{entry.link}" if entry.link else "")
+        meta = {"kb_entry": entry.id, "confidence": round(match.confidence, 3)}
+        return Decision(
+            {},
+            (Reply("selfservice.answer", answer, meta=meta),),
+            (LogSelfService(text[:500], entry.id, match.confidence, True),),
+        )
+    if any(w in text.casefold() for w in COMPLAINT_WORDS):
+        return start(complaint.FLOW, ctx)
+    misses = int(state.get("misses", 0)) + 1
+    log = LogSelfService(text[:500], match.entry.id if match else None,
+                         match.confidence if match else 0.0, False)
+    if misses >= ctx.options.max_selfservice_misses:
+        return Decision(
+            {}, (Reply("selfservice.escalate_after_misses",
+                       ctx.t("selfservice.escalate_after_misses")),),
+            (log, Escalate("selfservice_misses", priority=10)),
+        )
+    buttons = (Button("c:human", ctx.t("menu.human")), Button("c:complaint", ctx.t("menu.complaint")),
+               Button("c:menu", ctx.t("menu.menu")))
+    return Decision({"misses": misses},
+                    (Reply("selfservice.not_sure", ctx.t("selfservice.not_sure"), buttons),),
+                    (log,))

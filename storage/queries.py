@@ -1,0 +1,185 @@
+"""The queries the rest of the application uses. Callers own the transaction."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import func, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from storage.models import (
+    Case,
+    CaseStatus,
+    Consent,
+    Contact,
+    Conversation,
+    ConversationStatus,
+    Direction,
+    Identity,
+    OutboxMessage,
+    OutboxStatus,
+    Touchpoint,
+    utcnow,
+)
+
+
+async def inbound_exists(s: AsyncSession, channel: str, platform_message_id: str) -> bool:
+    q = select(Touchpoint.id).where(
+        Touchpoint.channel == channel,
+        Touchpoint.platform_message_id == platform_message_id,
+        Touchpoint.direction == Direction.IN,
+    )
+    return (await s.execute(q.limit(1))).first() is not None
+
+
+async def get_identity(s: AsyncSession, channel: str, external_id: str) -> Identity | None:
+    q = select(Identity).where(Identity.channel == channel, Identity.external_id == external_id)
+    return (await s.execute(q)).scalar_one_or_none()
+
+
+async def create_contact_with_identity(
+    s: AsyncSession, channel: str, external_id: str, *, name: str | None, locale: str,
+    source: str | None = None,
+) -> Identity:
+    contact = Contact(name=name, locale=locale, source=source, attributes={})
+    s.add(contact)
+    await s.flush()
+    identity = Identity(contact_id=contact.id, channel=channel, external_id=external_id,
+                        display_name=name)
+    s.add(identity)
+    await s.flush()  # a concurrent creator makes this raise IntegrityError; callers retry
+    return identity
+
+
+async def open_conversation_locked(
+    s: AsyncSession, channel: str, thread_key: str
+) -> Conversation | None:
+    """The open conversation of a thread, row-locked (PostgreSQL) and freshly read."""
+    q = (
+        select(Conversation)
+        .where(
+            Conversation.channel == channel,
+            Conversation.thread_key == thread_key,
+            Conversation.status != ConversationStatus.CLOSED,
+        )
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    )
+    return (await s.execute(q)).scalar_one_or_none()
+
+
+async def create_conversation(
+    s: AsyncSession, contact_id: int, identity_id: int, channel: str, thread_key: str
+) -> Conversation:
+    conv = Conversation(contact_id=contact_id, identity_id=identity_id, channel=channel,
+                        thread_key=thread_key, status=ConversationStatus.BOT, flow_state={})
+    s.add(conv)
+    await s.flush()
+    return conv
+
+
+def add_touchpoint(
+    s: AsyncSession, *, contact_id: int, conversation_id: int | None, channel: str,
+    direction: Direction, kind: str, actor: str, text: str | None = None,
+    payload: dict[str, Any] | None = None, platform_message_id: str | None = None,
+    outbox_id: int | None = None,
+) -> Touchpoint:
+    tp = Touchpoint(contact_id=contact_id, conversation_id=conversation_id, channel=channel,
+                    direction=direction, kind=kind, actor=actor, text=text,
+                    payload=payload or {}, platform_message_id=platform_message_id,
+                    outbox_id=outbox_id, created_at=utcnow())
+    s.add(tp)
+    return tp
+
+
+async def enqueue(
+    s: AsyncSession, *, channel: str, recipient_id: str, thread_key: str, body: dict[str, Any],
+    conversation_id: int | None, identity_id: int | None,
+) -> OutboxMessage:
+    row = OutboxMessage(channel=channel, recipient_id=recipient_id, thread_key=thread_key,
+                        body=body, conversation_id=conversation_id, identity_id=identity_id,
+                        status=OutboxStatus.PENDING, next_attempt_at=utcnow())
+    s.add(row)
+    await s.flush()
+    return row
+
+
+async def create_case(s: AsyncSession, case: Case) -> Case:
+    """Insert a case and give it its reference C-YYYY-NNNNNN from its id."""
+    s.add(case)
+    await s.flush()
+    case.reference = f"C-{case.created_at.year}-{case.id:06d}"
+    await s.flush()
+    return case
+
+
+async def cases_of_contact(
+    s: AsyncSession, contact_id: int, *, reference: str | None = None, open_only: bool = False
+) -> Sequence[Case]:
+    q = select(Case).where(Case.contact_id == contact_id)
+    if reference:
+        q = q.where(Case.reference == reference)
+    if open_only:
+        q = q.where(Case.status.not_in([CaseStatus.RESOLVED, CaseStatus.CLOSED]))
+    return (await s.execute(q.order_by(Case.id))).scalars().all()
+
+
+async def list_cases(s: AsyncSession, status: str | None = None, limit: int = 100
+                     ) -> Sequence[Case]:
+    q = select(Case)
+    if status:
+        q = q.where(Case.status == status)
+    return (await s.execute(q.order_by(Case.id.desc()).limit(limit))).scalars().all()
+
+
+async def find_contact(s: AsyncSession, ref: str) -> Contact | None:
+    """REF is a contact id or `channel:external_id`."""
+    if ref.isdigit():
+        return await s.get(Contact, int(ref))
+    channel, sep, external = ref.partition(":")
+    if not sep:
+        return None
+    identity = await get_identity(s, channel, external)
+    return await s.get(Contact, identity.contact_id) if identity else None
+
+
+async def timeline(s: AsyncSession, contact_id: int, *, limit: int | None = None,
+                   newest_first: bool = False) -> Sequence[Touchpoint]:
+    order = Touchpoint.id.desc() if newest_first else Touchpoint.id
+    q = select(Touchpoint).where(Touchpoint.contact_id == contact_id).order_by(order)
+    if limit:
+        q = q.limit(limit)
+    return (await s.execute(q)).scalars().all()
+
+
+async def identities_of(s: AsyncSession, contact_id: int) -> Sequence[Identity]:
+    q = select(Identity).where(Identity.contact_id == contact_id).order_by(Identity.id)
+    return (await s.execute(q)).scalars().all()
+
+
+async def add_consent(s: AsyncSession, *, contact_id: int, purpose: str, channel: str | None,
+                      granted: bool, source: str, text_shown: str | None) -> Consent:
+    row = Consent(contact_id=contact_id, purpose=purpose, channel=channel, granted=granted,
+                  source=source, text_shown=text_shown, created_at=utcnow())
+    s.add(row)
+    await s.flush()
+    return row
+
+
+async def consent_granted(s: AsyncSession, contact_id: int, purpose: str) -> bool:
+    q = (select(Consent.granted).where(Consent.contact_id == contact_id,
+                                       Consent.purpose == purpose)
+         .order_by(Consent.id.desc()).limit(1))
+    return bool((await s.execute(q)).scalar_one_or_none())
+
+
+async def set_reachable(s: AsyncSession, identity_id: int, reachable: bool,
+                        reason: str | None) -> None:
+    await s.execute(update(Identity).where(Identity.id == identity_id)
+                    .values(reachable=reachable, unreachable_reason=reason))
+
+
+async def outbox_counts(s: AsyncSession) -> dict[str, int]:
+    q = select(OutboxMessage.status, func.count()).group_by(OutboxMessage.status)
+    return {status: n for status, n in (await s.execute(q)).all()}
