@@ -117,7 +117,8 @@ class Engine:
         ctx = self._context(contact, now)
         turn = Turn(s, contact, identity, conv, ctx)
         if msg.kind == "message" or msg.kind == "button":
-            inp = UserInput(text=text[:MAX_FLOW_TEXT], payload=msg.payload,
+            payload = clean_text(msg.payload)[:200] if msg.payload is not None else None
+            inp = UserInput(text=text[:MAX_FLOW_TEXT], payload=payload,
                             attachments=len(msg.attachments))
             decision = dialogue.decide(conv.status, conv.flow_state or {}, inp, ctx)
             conv.flow_state = decision.state

@@ -24,6 +24,17 @@ from storage.models import (
 )
 
 
+def scrub(value: Any) -> Any:
+    """PostgreSQL stores no NUL character in text or JSON; keep the rest of the data."""
+    if isinstance(value, str):
+        return value.replace("\x00", "\ufffd") if "\x00" in value else value
+    if isinstance(value, dict):
+        return {scrub(k): scrub(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [scrub(v) for v in value]
+    return value
+
+
 async def inbound_exists(s: AsyncSession, channel: str, platform_message_id: str) -> bool:
     q = select(Touchpoint.id).where(
         Touchpoint.channel == channel,
@@ -86,8 +97,8 @@ def add_touchpoint(
     outbox_id: int | None = None,
 ) -> Touchpoint:
     tp = Touchpoint(contact_id=contact_id, conversation_id=conversation_id, channel=channel,
-                    direction=direction, kind=kind, actor=actor, text=text,
-                    payload=payload or {}, platform_message_id=platform_message_id,
+                    direction=direction, kind=kind, actor=actor, text=scrub(text),
+                    payload=scrub(payload or {}), platform_message_id=scrub(platform_message_id),
                     outbox_id=outbox_id, created_at=utcnow())
     s.add(tp)
     return tp
@@ -98,7 +109,7 @@ async def enqueue(
     conversation_id: int | None, identity_id: int | None,
 ) -> OutboxMessage:
     row = OutboxMessage(channel=channel, recipient_id=recipient_id, thread_key=thread_key,
-                        body=body, conversation_id=conversation_id, identity_id=identity_id,
+                        body=scrub(body), conversation_id=conversation_id, identity_id=identity_id,
                         status=OutboxStatus.PENDING, next_attempt_at=utcnow())
     s.add(row)
     await s.flush()

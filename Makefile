@@ -1,0 +1,40 @@
+# Two commands do all the set-up on a fresh machine with Python >= 3.11 and make:
+#   make run    the bot on SQLite with the built-in web chat at http://127.0.0.1:8000/
+#   make test   the test suite
+PYTHON ?= python3
+UV_VERSION := 0.13.9
+BOOT := .uv-bootstrap
+UV := $(BOOT)/bin/uv
+VENV := .venv
+export UV_PYTHON_DOWNLOADS := never
+
+.PHONY: run test lint format chat clean
+
+$(UV):
+	$(PYTHON) -m venv $(BOOT)
+	$(BOOT)/bin/pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
+
+$(VENV)/.synced: pyproject.toml uv.lock | $(UV)
+	$(UV) sync --frozen --python $(PYTHON)
+	touch $@
+
+run: $(VENV)/.synced
+	$(VENV)/bin/cicbot serve
+
+chat: $(VENV)/.synced
+	$(VENV)/bin/cicbot chat
+
+test: $(VENV)/.synced
+	$(VENV)/bin/python -m pytest
+
+lint: $(VENV)/.synced
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+format: $(VENV)/.synced
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+clean:
+	rm -rf $(VENV) $(BOOT) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,156 @@
+"""Shared fixtures: databases (SQLite always; PostgreSQL when reachable), settings,
+a runtime with a recording channel."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from bot.channel import ChannelAdapter, SendResult
+from bot.config import DatabaseSettings, DispatcherSettings, Settings, load_settings
+from bot.messages import InboundMessage, OutboundMessage
+from bot.runtime import Runtime
+from storage.migrate import upgrade
+
+ROOT = Path(__file__).resolve().parent.parent
+PG_ADMIN_URL = os.environ.get("CICBOT_TEST_PG", "postgresql+asyncpg://postgres@127.0.0.1:5432/test")
+REQUIRE_PG = os.environ.get("CICBOT_REQUIRE_POSTGRES") == "1"
+TABLES = ("survey_answers", "consents", "touchpoints", "outbox", "cases", "conversations",
+          "identities", "contacts", "inbox")
+
+
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("tpl") / "template.db"
+    upgrade(f"sqlite+aiosqlite:///{path}")
+    return path
+
+
+async def _pg_admin(sql: str) -> None:
+    engine = create_async_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    try:
+        async with engine.connect() as conn:
+            await conn.execute(text(sql))
+    finally:
+        await engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> Iterator[str]:
+    name = f"cicbot_test_{os.getpid()}_{uuid.uuid4().hex[:6]}"
+    try:
+        asyncio.run(_pg_admin(f"CREATE DATABASE {name}"))
+    except Exception as exc:
+        if REQUIRE_PG:
+            pytest.fail(f"PostgreSQL required (CICBOT_REQUIRE_POSTGRES=1) but unreachable: {exc}")
+        pytest.skip(f"PostgreSQL not reachable at {PG_ADMIN_URL}: {exc}")
+    url = PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+    upgrade(url)
+    yield url
+    asyncio.run(_pg_admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+
+
+async def _truncate(url: str) -> None:
+    engine = create_async_engine(url)
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(text(f"TRUNCATE {', '.join(TABLES)} RESTART IDENTITY CASCADE"))
+    finally:
+        await engine.dispose()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path, sqlite_template: Path) -> str:
+    """Every test using it runs on SQLite and on PostgreSQL."""
+    if request.param == "sqlite":
+        path = tmp_path / "cicbot.db"
+        shutil.copy(sqlite_template, path)
+        return f"sqlite+aiosqlite:///{path}"
+    url: str = request.getfixturevalue("pg_url")
+    asyncio.run(_truncate(url))
+    return url
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path, sqlite_template: Path) -> str:
+    path = tmp_path / "cicbot.db"
+    shutil.copy(sqlite_template, path)
+    return f"sqlite+aiosqlite:///{path}"
+
+
+def make_settings(db_url: str, **overrides: Any) -> Settings:
+    """The repository's config.yaml with the test database and fast retries."""
+    base = load_settings(ROOT / "config.yaml")
+    data = base.model_dump()
+    data["database"] = DatabaseSettings(url=db_url, auto_migrate=False).model_dump()
+    data["dispatcher"] = DispatcherSettings(
+        base_backoff_seconds=0.05, max_backoff_seconds=0.5, poll_interval_seconds=0.05,
+        lease_seconds=30,
+    ).model_dump()
+    data.update(overrides)
+    return Settings(**data)
+
+
+class RecordingChannel(ChannelAdapter):
+    """A channel that records what it is asked to send; can be told to fail."""
+
+    name = "test"
+
+    def __init__(self, runtime: Runtime | None = None) -> None:
+        self.sent: list[OutboundMessage] = []
+        self.failures: list[Exception] = []  # raised by the next sends, in order
+        self.event = asyncio.Event()
+
+    async def send(self, message: OutboundMessage) -> SendResult:
+        if self.failures:
+            raise self.failures.pop(0)
+        self.sent.append(message)
+        self.event.set()
+        return SendResult(platform_message_id=f"t-{message.outbox_id}")
+
+    def texts(self, recipient: str | None = None) -> list[str]:
+        return [m.text for m in self.sent if recipient in (None, m.recipient_id)]
+
+    async def wait_for(self, n: int, timeout: float = 10.0) -> None:
+        async with asyncio.timeout(timeout):
+            while len(self.sent) < n:
+                self.event.clear()
+                await self.event.wait()
+
+
+@pytest.fixture
+async def runtime(db_url: str) -> AsyncIterator[Runtime]:
+    rt = Runtime(make_settings(db_url), channels=[])
+    rt.channels["test"] = RecordingChannel()
+    await rt.start(dispatch=False)
+    yield rt
+    await rt.stop()
+
+
+def recorder(rt: Runtime) -> RecordingChannel:
+    ch = rt.channels["test"]
+    assert isinstance(ch, RecordingChannel)
+    return ch
+
+
+_counter = 0
+
+
+def inbound(text: str = "", *, user: str = "u1", payload: str | None = None,
+            mid: str | None = None, locale: str | None = "en", **kw: Any) -> InboundMessage:
+    global _counter
+    _counter += 1
+    return InboundMessage(
+        channel="test", sender_id=user, platform_message_id=mid or f"m{_counter}-{uuid.uuid4()}",
+        thread_key=user, text=text, payload=payload, locale_hint=locale,
+        kind="button" if payload else "message", **kw,
+    )
