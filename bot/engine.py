@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bot.actions import ActionRunner
 from bot.locks import KeyedLocks
-from bot.messages import Choice, InboundMessage, OutboundMessage
+from bot.messages import ChannelEvent, Choice, InboundMessage, OutboundMessage
 from flows import dialogue
 from flows.catalog import Catalog, normalize_locale
 from flows.knowledge import Matcher
@@ -129,6 +129,39 @@ class Engine:
             result.outbox_ids.append(await self.say(s, identity, conv, reply, turn.ctx.locale))
             result.replies.append(reply.text)
         return result
+
+    async def record_event(self, event: ChannelEvent) -> bool:
+        """Record a non-message event in the history; False if it was already recorded."""
+        async with self._locks.hold((event.channel, "identity", event.sender_id)):
+            for attempt in range(5):
+                try:
+                    async with self.sessions() as s, s.begin():
+                        return await self._record_event(s, event)
+                except IntegrityError:
+                    if attempt == 4:
+                        raise
+        return False  # pragma: no cover
+
+    async def _record_event(self, s: AsyncSession, event: ChannelEvent) -> bool:
+        if event.platform_event_id and await queries.inbound_exists(
+                s, event.channel, event.platform_event_id):
+            return False
+        identity = await queries.get_identity(s, event.channel, event.sender_id)
+        if identity is None:
+            identity = await queries.create_contact_with_identity(
+                s, event.channel, event.sender_id, name=event.sender_name,
+                locale=normalize_locale(event.locale_hint, self.default_locale))
+        if event.reachable is not None:
+            identity.reachable = event.reachable
+            identity.unreachable_reason = None if event.reachable else event.reason
+        queries.add_touchpoint(
+            s, contact_id=identity.contact_id, conversation_id=None, channel=event.channel,
+            direction=Direction.IN, kind=event.kind, actor="platform",
+            payload={**event.payload, "reachable": event.reachable, "reason": event.reason},
+            platform_message_id=event.platform_event_id,
+        )
+        await s.flush()
+        return True
 
     async def _identity(self, s: AsyncSession, msg: InboundMessage,
                         now: datetime) -> tuple[Identity, Contact]:

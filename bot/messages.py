@@ -98,3 +98,20 @@ class OutboundMessage:
             conversation_id=conversation_id,
             reply_to=body.get("reply_to"),
         )
+
+
+@dataclass(frozen=True)
+class ChannelEvent:
+    """Something a platform told us that is not a customer message: the customer blocked
+    or unblocked the bot, an address bounced, ... Recorded in the history; `reachable`
+    (when not None) updates the identity."""
+
+    channel: str
+    sender_id: str
+    kind: str
+    platform_event_id: str | None = None
+    reachable: bool | None = None
+    reason: str | None = None
+    sender_name: str | None = None
+    locale_hint: str | None = None
+    payload: dict[str, Any] = field(default_factory=dict)

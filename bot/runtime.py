@@ -17,6 +17,7 @@ from bot.channel import ChannelAdapter
 from bot.config import Settings
 from bot.dispatcher import Dispatcher
 from bot.engine import Engine
+from bot.inbox import Inbox
 from flows.catalog import default_catalog
 from flows.knowledge import Matcher
 from flows.options import FlowOptions
@@ -70,6 +71,11 @@ class Runtime:
             on_commit=self.dispatcher.notify,
             clock=clock,
         )
+        self.inbox = Inbox(
+            self.sessions, self.engine, dialect=self.db.dialect.name,
+            lease_seconds=settings.dispatcher.lease_seconds,
+            poll_interval=settings.dispatcher.poll_interval_seconds,
+        )
         for name, factory in channel_factories().items():
             if (channels is not None and name not in channels) or name in exclude:
                 continue
@@ -86,8 +92,10 @@ class Runtime:
             log.info("channel %s started", adapter.name)
         if dispatch:
             await self.dispatcher.start()
+            await self.inbox.start()
 
     async def stop(self) -> None:
+        await self.inbox.stop()
         await self.dispatcher.stop()
         for adapter in self.channels.values():
             await adapter.stop()

@@ -93,8 +93,10 @@ class OutboxStatus(StrEnum):
 
 class InboxStatus(StrEnum):
     PENDING = "pending"
+    PROCESSING = "processing"
     DONE = "done"
-    DEAD = "dead"
+    IGNORED = "ignored"  # not for the engine (group chat, unknown update type): kept as record
+    DEAD = "dead"  # could not be processed: kept with its error, the dead-letter queue
 
 
 NAMING = {
@@ -290,6 +292,7 @@ class InboxUpdate(Base):
     __table_args__ = (
         UniqueConstraint("channel", "dedupe_key"),
         Index("ix_inbox_pending", "status", "id"),
+        Index("ix_inbox_partition", "channel", "partition_key", "status", "id"),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
@@ -299,6 +302,7 @@ class InboxUpdate(Base):
     payload: Mapped[dict[str, Any]] = mapped_column()
     status: Mapped[str] = mapped_column(String(16), default=InboxStatus.PENDING)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
+    leased_until: Mapped[datetime | None] = mapped_column()
     error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     processed_at: Mapped[datetime | None] = mapped_column()

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-22 17:20:43.506445
+Create Date: 2026-11-22 17:28:47.994590
 """
 
 from collections.abc import Sequence
@@ -20,7 +20,6 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
-    
     op.create_table('contacts',
     sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
     sa.Column('name', sa.String(length=200), nullable=True),
@@ -49,6 +48,7 @@ def upgrade() -> None:
     sa.Column('payload', sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), 'postgresql'), nullable=False),
     sa.Column('status', sa.String(length=16), nullable=False),
     sa.Column('attempts', sa.Integer(), nullable=False),
+    sa.Column('leased_until', storage.models.UTCDateTime(timezone=True), nullable=True),
     sa.Column('error', sa.Text(), nullable=True),
     sa.Column('created_at', storage.models.UTCDateTime(timezone=True), nullable=False),
     sa.Column('processed_at', storage.models.UTCDateTime(timezone=True), nullable=True),
@@ -56,6 +56,7 @@ def upgrade() -> None:
     sa.UniqueConstraint('channel', 'dedupe_key', name=op.f('uq_inbox_channel'))
     )
     with op.batch_alter_table('inbox', schema=None) as batch_op:
+        batch_op.create_index('ix_inbox_partition', ['channel', 'partition_key', 'status', 'id'], unique=False)
         batch_op.create_index('ix_inbox_pending', ['status', 'id'], unique=False)
 
     op.create_table('consents',
@@ -202,11 +203,9 @@ def upgrade() -> None:
     with op.batch_alter_table('survey_answers', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_survey_answers_contact_id'), ['contact_id'], unique=False)
 
-    
 
 
 def downgrade() -> None:
-    
     with op.batch_alter_table('survey_answers', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_survey_answers_contact_id'))
 
@@ -243,6 +242,7 @@ def downgrade() -> None:
     op.drop_table('consents')
     with op.batch_alter_table('inbox', schema=None) as batch_op:
         batch_op.drop_index('ix_inbox_pending')
+        batch_op.drop_index('ix_inbox_partition')
 
     op.drop_table('inbox')
     with op.batch_alter_table('contacts', schema=None) as batch_op:
@@ -250,4 +250,3 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f('ix_contacts_email'))
 
     op.drop_table('contacts')
-    

@@ -1,0 +1,177 @@
+"""Raw platform updates: persisted first, acknowledged, processed afterwards.
+
+A webhook handler calls `accept` (one INSERT, deduped on the platform's update id)
+and answers 200; the worker parses each row with its channel's parser and hands the
+result to the engine. Per partition (a chat, a thread) only the oldest unfinished
+row is eligible, so a customer's updates are processed in order; partitions run
+concurrently. A row whose processing crashed is retried after its lease; a parser
+error (the library's models reject the update) or repeated failures park it as
+`dead` with the error, never dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import traceback
+from collections.abc import Callable, Sequence
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import and_, exists, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.orm import aliased
+
+from bot.engine import Engine
+from bot.messages import ChannelEvent, InboundMessage
+from storage.models import InboxStatus, InboxUpdate, utcnow
+from storage.queries import scrub
+
+log = logging.getLogger(__name__)
+Parsed = Sequence[InboundMessage | ChannelEvent]
+Parser = Callable[[dict[str, Any]], Parsed]
+UNFINISHED = (InboxStatus.PENDING, InboxStatus.PROCESSING)
+
+
+class ParseError(Exception):
+    """The update cannot be understood; it is kept as dead, not retried."""
+
+
+class Inbox:
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        engine: Engine,
+        *,
+        dialect: str,
+        concurrency: int = 32,
+        max_attempts: int = 5,
+        lease_seconds: float = 60.0,
+        poll_interval: float = 1.0,
+    ) -> None:
+        self.sessions = sessions
+        self.engine = engine
+        self.dialect = dialect
+        self.concurrency = concurrency
+        self.max_attempts = max_attempts
+        self.lease_seconds = lease_seconds
+        self.poll_interval = poll_interval
+        self.parsers: dict[str, Parser] = {}
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+
+    def register(self, channel: str, parser: Parser) -> None:
+        self.parsers[channel] = parser
+
+    async def accept(self, channel: str, dedupe_key: str, partition_key: str,
+                     payload: dict[str, Any]) -> bool:
+        """Persist one raw update; False if it was already there (a redelivery)."""
+        insert = postgresql.insert if self.dialect == "postgresql" else sqlite.insert
+        stmt = (
+            insert(InboxUpdate)
+            .values(channel=channel, dedupe_key=dedupe_key[:200],
+                    partition_key=partition_key[:200], payload=scrub(payload),
+                    status=InboxStatus.PENDING, attempts=0, created_at=utcnow())
+            .on_conflict_do_nothing(index_elements=["channel", "dedupe_key"])
+            .returning(InboxUpdate.id)
+        )
+        async with self.sessions() as s, s.begin():
+            new = (await s.execute(stmt)).first() is not None
+        if new:
+            self._wake.set()
+        return new
+
+    async def start(self) -> None:
+        self._stopping = False
+        self._task = asyncio.create_task(self._run(), name="inbox-worker")
+
+    async def stop(self) -> None:
+        self._stopping = True
+        self._wake.set()
+        if self._task:
+            await self._task
+            self._task = None
+
+    async def _run(self) -> None:
+        while not self._stopping:
+            try:
+                busy = await self.process_once()
+            except Exception:
+                log.exception("inbox round failed")
+                busy = 0
+                await asyncio.sleep(self.poll_interval)
+            if busy:
+                continue
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), self.poll_interval)
+            except TimeoutError:
+                pass
+
+    async def process_once(self) -> int:
+        rows = await self._claim()
+        await asyncio.gather(*(self._process(r) for r in rows))
+        return len(rows)
+
+    async def drain(self, timeout: float = 30.0) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while await self.process_once():
+            if loop.time() > deadline:
+                raise TimeoutError("inbox not drained")
+
+    async def _claim(self) -> list[InboxUpdate]:
+        now = utcnow()
+        earlier = aliased(InboxUpdate)
+        head = ~exists().where(
+            earlier.channel == InboxUpdate.channel,
+            earlier.partition_key == InboxUpdate.partition_key,
+            earlier.status.in_(UNFINISHED),
+            earlier.id < InboxUpdate.id,
+        )
+        due = or_(InboxUpdate.status == InboxStatus.PENDING,
+                  and_(InboxUpdate.status == InboxStatus.PROCESSING,
+                       InboxUpdate.leased_until < now))
+        q = (select(InboxUpdate)
+             .where(due, head, InboxUpdate.channel.in_(list(self.parsers)))
+             .order_by(InboxUpdate.id).limit(self.concurrency))
+        if self.dialect == "postgresql":
+            q = q.with_for_update(skip_locked=True)
+        async with self.sessions() as s, s.begin():
+            rows = list((await s.execute(q)).scalars())
+            for r in rows:
+                r.status = InboxStatus.PROCESSING
+                r.leased_until = now + timedelta(seconds=self.lease_seconds)
+                r.attempts += 1
+        return rows
+
+    async def _process(self, row: InboxUpdate) -> None:
+        try:
+            items = self.parsers[row.channel](row.payload)
+        except Exception as exc:
+            await self._finish(row, InboxStatus.DEAD, _error(exc))
+            return
+        try:
+            for item in items:
+                if isinstance(item, InboundMessage):
+                    await self.engine.handle(item)
+                else:
+                    await self.engine.record_event(item)
+        except Exception as exc:
+            log.exception("inbox row %s (%s) failed", row.id, row.channel)
+            status = InboxStatus.DEAD if row.attempts >= self.max_attempts else InboxStatus.PENDING
+            await self._finish(row, status, _error(exc))
+            return
+        await self._finish(row, InboxStatus.DONE if items else InboxStatus.IGNORED, None)
+
+    async def _finish(self, row: InboxUpdate, status: InboxStatus, error: str | None) -> None:
+        async with self.sessions() as s, s.begin():
+            await s.execute(update(InboxUpdate).where(InboxUpdate.id == row.id).values(
+                status=status, error=error, leased_until=None,
+                processed_at=utcnow() if status != InboxStatus.PENDING else None))
+
+
+def _error(exc: BaseException) -> str:
+    return "".join(traceback.format_exception_only(type(exc), exc)).strip()[:4000]
