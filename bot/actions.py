@@ -50,9 +50,14 @@ class ActionRunner:
 
     def _note(self, turn: Turn, kind: str, **payload: object) -> None:
         queries.add_touchpoint(
-            turn.session, contact_id=turn.contact.id, conversation_id=turn.conversation.id,
-            channel=turn.conversation.channel, direction=Direction.INTERNAL, kind=kind,
-            actor="bot", payload=dict(payload),
+            turn.session,
+            contact_id=turn.contact.id,
+            conversation_id=turn.conversation.id,
+            channel=turn.conversation.channel,
+            direction=Direction.INTERNAL,
+            kind=kind,
+            actor="bot",
+            payload=dict(payload),
         )
 
     async def _one(self, turn: Turn, action: Action) -> None:
@@ -81,43 +86,88 @@ class ActionRunner:
                     found = await queries.cases_of_contact(turn.session, contact.id, reference=ref)
                     case_id = found[0].id if found else None
                 for question, answer in answers.items():
-                    turn.session.add(SurveyAnswer(
-                        contact_id=contact.id, conversation_id=conv.id, case_id=case_id,
-                        survey=survey, question=question, answer=answer, created_at=ctx.now))
+                    turn.session.add(
+                        SurveyAnswer(
+                            contact_id=contact.id,
+                            conversation_id=conv.id,
+                            case_id=case_id,
+                            survey=survey,
+                            question=question,
+                            answer=answer,
+                            created_at=ctx.now,
+                        )
+                    )
                 self._note(turn, "survey_completed", survey=survey, answers=dict(answers))
             case SetLifecycle(phase=phase, reason=reason):
                 if contact.lifecycle_phase != phase:
-                    self._note(turn, "lifecycle_changed", old=contact.lifecycle_phase,
-                               new=phase, reason=reason)
+                    self._note(
+                        turn,
+                        "lifecycle_changed",
+                        old=contact.lifecycle_phase,
+                        new=phase,
+                        reason=reason,
+                    )
                     contact.lifecycle_phase = phase
             case SetLocale(locale=locale):
                 contact.locale = locale
                 turn.ctx = replace(ctx, locale=locale)
             case SetConsent(purpose=purpose, granted=granted, source=source, text_shown=shown):
                 await queries.add_consent(
-                    turn.session, contact_id=contact.id, purpose=purpose, channel=conv.channel,
-                    granted=granted, source=source, text_shown=shown)
+                    turn.session,
+                    contact_id=contact.id,
+                    purpose=purpose,
+                    channel=conv.channel,
+                    granted=granted,
+                    source=source,
+                    text_shown=shown,
+                )
                 self._note(turn, "consent", purpose=purpose, granted=granted, source=source)
             case ShowCaseStatus(reference=ref):
                 await self._case_status(turn, ref)
             case LogSelfService():
-                self._note(turn, "selfservice", question=action.question,
-                           entry=action.entry_id, confidence=round(action.confidence, 3),
-                           answered=action.answered)
+                self._note(
+                    turn,
+                    "selfservice",
+                    question=action.question,
+                    entry=action.entry_id,
+                    confidence=round(action.confidence, 3),
+                    answered=action.answered,
+                )
 
     async def _open_case(self, turn: Turn, a: OpenCase) -> None:
         ctx = turn.ctx
-        due = ctx.now + timedelta(hours=self.options.complaint.sla_hours[a.severity])
-        case = await queries.create_case(turn.session, Case(
-            contact_id=turn.contact.id, conversation_id=turn.conversation.id,
-            category=a.category, description=a.description, order_reference=a.order_reference,
-            severity=a.severity, desired_resolution=a.desired_resolution, priority=a.priority,
-            sla_due_at=due, created_at=ctx.now, updated_at=ctx.now))
-        self._note(turn, "case_opened", reference=case.reference, severity=a.severity,
-                   category=a.category)
-        turn.replies.append(Reply("complaint.opened", ctx.t(
-            "complaint.opened", reference=case.reference, due=self._local(turn, due, DATE_FORMATS)),
-            meta={"case": case.reference}))
+        hours = self.options.complaint.sla_hours[a.severity]  # type: ignore[index]
+        due = ctx.now + timedelta(hours=hours)
+        case = await queries.create_case(
+            turn.session,
+            Case(
+                contact_id=turn.contact.id,
+                conversation_id=turn.conversation.id,
+                category=a.category,
+                description=a.description,
+                order_reference=a.order_reference,
+                severity=a.severity,
+                desired_resolution=a.desired_resolution,
+                priority=a.priority,
+                sla_due_at=due,
+                created_at=ctx.now,
+                updated_at=ctx.now,
+            ),
+        )
+        self._note(
+            turn, "case_opened", reference=case.reference, severity=a.severity, category=a.category
+        )
+        turn.replies.append(
+            Reply(
+                "complaint.opened",
+                ctx.t(
+                    "complaint.opened",
+                    reference=case.reference,
+                    due=self._local(turn, due, DATE_FORMATS),
+                ),
+                meta={"case": case.reference},
+            )
+        )
         if a.escalate:
             turn.replies.append(Reply("escalation.priority", ctx.t("escalation.priority")))
             await self._one(turn, Escalate("complaint", 10 + SEVERITY_WEIGHT[a.severity] * 10))
@@ -125,16 +175,32 @@ class ActionRunner:
     async def _case_status(self, turn: Turn, ref: str | None) -> None:
         ctx = turn.ctx
         # only this contact's own cases: a quoted reference reveals nothing about others'
-        cases = await queries.cases_of_contact(turn.session, turn.contact.id, reference=ref,
-                                               open_only=ref is None)
+        cases = await queries.cases_of_contact(
+            turn.session, turn.contact.id, reference=ref, open_only=ref is None
+        )
         if not cases:
             key = "status.not_found" if ref else "status.none"
             turn.replies.append(Reply(key, ctx.t(key, reference=ref)))
             return
         for case in cases[-5:]:
-            category = next((c.label.get(ctx.locale) for c in self.options.complaint.categories
-                             if c.id == case.category), case.category)
-            turn.replies.append(Reply("status.case", ctx.t(
-                "status.case", reference=case.reference, category=category,
-                created=self._local(turn, case.created_at, DAY_FORMATS),
-                status=ctx.t(f"status.{case.status}")), meta={"case": case.reference}))
+            category = next(
+                (
+                    c.label.get(ctx.locale)
+                    for c in self.options.complaint.categories
+                    if c.id == case.category
+                ),
+                case.category,
+            )
+            turn.replies.append(
+                Reply(
+                    "status.case",
+                    ctx.t(
+                        "status.case",
+                        reference=case.reference,
+                        category=category,
+                        created=self._local(turn, case.created_at, DAY_FORMATS),
+                        status=ctx.t(f"status.{case.status}"),
+                    ),
+                    meta={"case": case.reference},
+                )
+            )

@@ -5,17 +5,30 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
-from typing import Annotated
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from bot.config import ConfigError, Settings, load_settings
 
-app = typer.Typer(help="cicbot: the omnichannel customer interaction center bot.",
-                  no_args_is_help=True, add_completion=False)
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncSession
+
+    from storage.models import Case
+
+T = TypeVar("T")
+
+app = typer.Typer(
+    help="cicbot: the omnichannel customer interaction center bot.",
+    no_args_is_help=True,
+    add_completion=False,
+)
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 contacts_app = typer.Typer(help="Contacts and their history.", no_args_is_help=True)
 cases_app = typer.Typer(help="Complaint cases.", no_args_is_help=True)
@@ -30,13 +43,17 @@ def _settings() -> Settings:
     try:
         return load_settings()
     except ConfigError as exc:
-        err.print(f"[red]error:[/red] {exc}", markup=True, highlight=False)
+        err.print(f"[red]error:[/red] {escape(str(exc))}", markup=True, highlight=False)
         raise typer.Exit(2) from None
 
 
 def _logging(level: str) -> None:
-    logging.basicConfig(level=level.upper(), format="%(message)s", datefmt="[%X]",
-                        handlers=[RichHandler(console=err, show_path=False)])
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(message)s",
+        datefmt="[%X]",
+        handlers=[RichHandler(console=err, show_path=False)],
+    )
 
 
 @app.command()
@@ -55,10 +72,17 @@ def serve(
     _logging(log_level)
     runtime = Runtime(settings)
     h, p = host or settings.server.host, port or settings.server.port
-    logging.getLogger("cicbot").info("channels: %s; web chat on http://%s:%s/",
-                                     ", ".join(sorted(runtime.channels)), h, p)
-    uvicorn.run(create_app(runtime), host=h, port=p, log_level=log_level, ws_max_size=1 << 20,
-                proxy_headers=True)
+    logging.getLogger("cicbot").info(
+        "channels: %s; web chat on http://%s:%s/", ", ".join(sorted(runtime.channels)), h, p
+    )
+    uvicorn.run(
+        create_app(runtime),
+        host=h,
+        port=p,
+        log_level=log_level,
+        ws_max_size=1 << 20,
+        proxy_headers=True,
+    )
 
 
 @app.command()
@@ -94,10 +118,11 @@ def db_upgrade(revision: str = "head") -> None:
     out.print(f"database at revision {revision}")
 
 
-def _run(coro_fn):  # type: ignore[no-untyped-def]
+def _run(coro_fn: Callable[[AsyncSession], Awaitable[T]]) -> T:
+    """Run one read-only query function in a session against the configured database."""
     settings = _settings()
 
-    async def main():  # type: ignore[no-untyped-def]
+    async def main() -> T:
         from storage.db import create_engine, session_factory
 
         engine = create_engine(settings.database.url)
@@ -111,35 +136,55 @@ def _run(coro_fn):  # type: ignore[no-untyped-def]
 
 
 @contacts_app.command("show")
-def contacts_show(ref: Annotated[str, typer.Argument(help="contact id or channel:external_id")]
-                  ) -> None:
+def contacts_show(
+    ref: Annotated[str, typer.Argument(help="contact id or channel:external_id")],
+) -> None:
     """A contact's profile, identities and whole timeline, oldest first."""
     from storage import queries
 
-    async def load(s):  # type: ignore[no-untyped-def]
+    async def load(s: AsyncSession) -> Any:
         contact = await queries.find_contact(s, ref)
         if contact is None:
             return None
-        return (contact, await queries.identities_of(s, contact.id),
-                await queries.timeline(s, contact.id),
-                await queries.cases_of_contact(s, contact.id))
+        return (
+            contact,
+            await queries.identities_of(s, contact.id),
+            await queries.timeline(s, contact.id),
+            await queries.cases_of_contact(s, contact.id),
+        )
 
     found = _run(load)
     if found is None:
-        err.print(f"no contact {ref}")
+        err.print(f"no contact {ref}", markup=False, emoji=False, highlight=False)
         raise typer.Exit(1)
     contact, identities, touchpoints, cases = found
-    out.print(f"[bold]Contact {contact.id}[/bold] {contact.name or ''}  locale={contact.locale}"
-              f"  phase={contact.lifecycle_phase}  segment={contact.value_segment or '-'}")
+    # customer data is printed as plain text, never as Rich markup ("[/]" in a message)
+    out.print(
+        f"[bold]Contact {contact.id}[/bold] {escape(contact.name or '')}"
+        f"  locale={contact.locale}  phase={contact.lifecycle_phase}"
+        f"  segment={contact.value_segment or '-'}",
+        emoji=False,
+    )
     for i in identities:
-        out.print(f"  {i.channel}:{i.external_id}  reachable={i.reachable}")
+        out.print(
+            f"  {i.channel}:{i.external_id}  reachable={i.reachable}", markup=False, emoji=False
+        )
     for c in cases:
-        out.print(f"  case {c.reference}  {c.status}  {c.category}  severity={c.severity}")
+        out.print(
+            f"  case {c.reference}  {c.status}  {c.category}  severity={c.severity}", markup=False
+        )
     table = Table("#", "time (UTC)", "channel", "dir", "kind", "actor", "text", show_lines=False)
     for t in touchpoints:
         text = t.text if t.text is not None else _summary(t.payload)
-        table.add_row(str(t.id), t.created_at.strftime("%Y-%m-%d %H:%M:%S"), t.channel,
-                      t.direction, t.kind, t.actor, (text or "")[:200])
+        table.add_row(
+            str(t.id),
+            t.created_at.strftime("%Y-%m-%d %H:%M:%S"),
+            t.channel,
+            t.direction,
+            t.kind,
+            t.actor,
+            Text((text or "")[:200]),
+        )
     out.print(table)
 
 
@@ -155,15 +200,22 @@ def cases_list(
     """Cases, newest first."""
     from storage import queries
 
-    async def load(s):  # type: ignore[no-untyped-def]
+    async def load(s: AsyncSession) -> Sequence[Case]:
         return await queries.list_cases(s, status, limit)
 
-    table = Table("reference", "status", "category", "severity", "contact", "SLA due (UTC)",
-                  "created (UTC)")
+    table = Table(
+        "reference", "status", "category", "severity", "contact", "SLA due (UTC)", "created (UTC)"
+    )
     for c in _run(load):
-        table.add_row(c.reference, c.status, c.category, c.severity, str(c.contact_id),
-                      c.sla_due_at.strftime("%Y-%m-%d %H:%M") if c.sla_due_at else "",
-                      c.created_at.strftime("%Y-%m-%d %H:%M"))
+        table.add_row(
+            c.reference,
+            c.status,
+            c.category,
+            c.severity,
+            str(c.contact_id),
+            c.sla_due_at.strftime("%Y-%m-%d %H:%M") if c.sla_due_at else "",
+            c.created_at.strftime("%Y-%m-%d %H:%M"),
+        )
     out.print(table)
 
 

@@ -109,7 +109,9 @@ class Dispatcher:
             earlier.id < OutboxMessage.id,
         )
         due = or_(
-            and_(OutboxMessage.status == OutboxStatus.PENDING, OutboxMessage.next_attempt_at <= now),
+            and_(
+                OutboxMessage.status == OutboxStatus.PENDING, OutboxMessage.next_attempt_at <= now
+            ),
             and_(OutboxMessage.status == OutboxStatus.SENDING, OutboxMessage.leased_until < now),
         )
         q = (
@@ -132,8 +134,12 @@ class Dispatcher:
     async def _deliver(self, row: OutboxMessage) -> None:
         channel = self.channels[row.channel]
         message = OutboundMessage.from_row(
-            channel=row.channel, recipient_id=row.recipient_id, thread_key=row.thread_key,
-            body=row.body, outbox_id=row.id, conversation_id=row.conversation_id,
+            channel=row.channel,
+            recipient_id=row.recipient_id,
+            thread_key=row.thread_key,
+            body=row.body,
+            outbox_id=row.id,
+            conversation_id=row.conversation_id,
         )
         try:
             result = await channel.send(message)
@@ -149,25 +155,41 @@ class Dispatcher:
 
     async def _sent(self, row: OutboxMessage, result: SendResult) -> None:
         async with self.sessions() as s, s.begin():
-            await s.execute(update(OutboxMessage).where(OutboxMessage.id == row.id).values(
-                status=OutboxStatus.SENT, sent_at=utcnow(), leased_until=None,
-                platform_message_id=result.platform_message_id, last_error=None))
+            await s.execute(
+                update(OutboxMessage)
+                .where(OutboxMessage.id == row.id)
+                .values(
+                    status=OutboxStatus.SENT,
+                    sent_at=utcnow(),
+                    leased_until=None,
+                    platform_message_id=result.platform_message_id,
+                    last_error=None,
+                )
+            )
 
     def _backoff(self, attempts: int) -> float:
-        base = self.settings.base_backoff_seconds * 2 ** max(attempts - 1, 0)
+        base: float = self.settings.base_backoff_seconds * 2.0 ** max(attempts - 1, 0)
         return min(base, self.settings.max_backoff_seconds) * random.uniform(0.8, 1.2)
 
     async def _retry(self, row: OutboxMessage, error: str, retry_after: float | None) -> None:
         if row.attempts >= self.settings.max_attempts:
-            await self._fail(row, f"gave up after {row.attempts} attempts: {error}",
-                             unreachable=False)
+            await self._fail(
+                row, f"gave up after {row.attempts} attempts: {error}", unreachable=False
+            )
             return
         delay = retry_after if retry_after is not None else self._backoff(row.attempts)
         log.warning("outbox row %s: transient error, retry in %.1fs: %s", row.id, delay, error)
         async with self.sessions() as s, s.begin():
-            await s.execute(update(OutboxMessage).where(OutboxMessage.id == row.id).values(
-                status=OutboxStatus.PENDING, leased_until=None, last_error=error[:1000],
-                next_attempt_at=utcnow() + timedelta(seconds=delay)))
+            await s.execute(
+                update(OutboxMessage)
+                .where(OutboxMessage.id == row.id)
+                .values(
+                    status=OutboxStatus.PENDING,
+                    leased_until=None,
+                    last_error=error[:1000],
+                    next_attempt_at=utcnow() + timedelta(seconds=delay),
+                )
+            )
 
     async def _fail(self, row: OutboxMessage, error: str, *, unreachable: bool) -> None:
         log.warning("outbox row %s failed permanently: %s", row.id, error)
@@ -177,20 +199,35 @@ class Dispatcher:
                 # whatever else waits for this recipient would fail the same way
                 rest = await s.execute(
                     update(OutboxMessage)
-                    .where(OutboxMessage.channel == row.channel,
-                           OutboxMessage.recipient_id == row.recipient_id,
-                           OutboxMessage.status == OutboxStatus.PENDING)
+                    .where(
+                        OutboxMessage.channel == row.channel,
+                        OutboxMessage.recipient_id == row.recipient_id,
+                        OutboxMessage.status == OutboxStatus.PENDING,
+                    )
                     .values(status=OutboxStatus.FAILED, last_error="recipient unreachable")
-                    .returning(OutboxMessage.id))
+                    .returning(OutboxMessage.id)
+                )
                 failed += list(rest.scalars())
                 if row.identity_id:
                     await queries.set_reachable(s, row.identity_id, False, error[:500])
-            await s.execute(update(OutboxMessage).where(OutboxMessage.id == row.id).values(
-                status=OutboxStatus.FAILED, leased_until=None, last_error=error[:1000]))
+            await s.execute(
+                update(OutboxMessage)
+                .where(OutboxMessage.id == row.id)
+                .values(status=OutboxStatus.FAILED, leased_until=None, last_error=error[:1000])
+            )
             conv = await s.get(Conversation, row.conversation_id) if row.conversation_id else None
             if conv is not None:
                 queries.add_touchpoint(
-                    s, contact_id=conv.contact_id, conversation_id=conv.id, channel=row.channel,
-                    direction=Direction.INTERNAL, kind="delivery_failed", actor="system",
-                    payload={"outbox_ids": failed, "error": error[:500],
-                             "unreachable": unreachable})
+                    s,
+                    contact_id=conv.contact_id,
+                    conversation_id=conv.id,
+                    channel=row.channel,
+                    direction=Direction.INTERNAL,
+                    kind="delivery_failed",
+                    actor="system",
+                    payload={
+                        "outbox_ids": failed,
+                        "error": error[:500],
+                        "unreachable": unreachable,
+                    },
+                )

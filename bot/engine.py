@@ -109,17 +109,25 @@ class Engine:
             )
         text = clean_text(msg.text)[:MAX_STORED_TEXT] if msg.text else ""
         queries.add_touchpoint(
-            s, contact_id=contact.id, conversation_id=conv.id, channel=msg.channel,
-            direction=Direction.IN, kind=msg.kind, actor="customer", text=text,
-            payload=_inbound_payload(msg), platform_message_id=msg.platform_message_id,
+            s,
+            contact_id=contact.id,
+            conversation_id=conv.id,
+            channel=msg.channel,
+            direction=Direction.IN,
+            kind=msg.kind,
+            actor="customer",
+            text=text,
+            payload=_inbound_payload(msg),
+            platform_message_id=msg.platform_message_id,
         )
         await s.flush()  # the dedupe index speaks here if a racing process won
         ctx = self._context(contact, now)
         turn = Turn(s, contact, identity, conv, ctx)
         if msg.kind == "message" or msg.kind == "button":
             payload = clean_text(msg.payload)[:200] if msg.payload is not None else None
-            inp = UserInput(text=text[:MAX_FLOW_TEXT], payload=payload,
-                            attachments=len(msg.attachments))
+            inp = UserInput(
+                text=text[:MAX_FLOW_TEXT], payload=payload, attachments=len(msg.attachments)
+            )
             decision = dialogue.decide(conv.status, conv.flow_state or {}, inp, ctx)
             conv.flow_state = decision.state
             await self.actions.run(turn, decision.actions)
@@ -144,32 +152,47 @@ class Engine:
 
     async def _record_event(self, s: AsyncSession, event: ChannelEvent) -> bool:
         if event.platform_event_id and await queries.inbound_exists(
-                s, event.channel, event.platform_event_id):
+            s, event.channel, event.platform_event_id
+        ):
             return False
         identity = await queries.get_identity(s, event.channel, event.sender_id)
         if identity is None:
             identity = await queries.create_contact_with_identity(
-                s, event.channel, event.sender_id, name=event.sender_name,
-                locale=normalize_locale(event.locale_hint, self.default_locale))
+                s,
+                event.channel,
+                event.sender_id,
+                name=event.sender_name,
+                locale=normalize_locale(event.locale_hint, self.default_locale),
+            )
         if event.reachable is not None:
             identity.reachable = event.reachable
             identity.unreachable_reason = None if event.reachable else event.reason
         queries.add_touchpoint(
-            s, contact_id=identity.contact_id, conversation_id=None, channel=event.channel,
-            direction=Direction.IN, kind=event.kind, actor="platform",
+            s,
+            contact_id=identity.contact_id,
+            conversation_id=None,
+            channel=event.channel,
+            direction=Direction.IN,
+            kind=event.kind,
+            actor="platform",
             payload={**event.payload, "reachable": event.reachable, "reason": event.reason},
             platform_message_id=event.platform_event_id,
         )
         await s.flush()
         return True
 
-    async def _identity(self, s: AsyncSession, msg: InboundMessage,
-                        now: datetime) -> tuple[Identity, Contact]:
+    async def _identity(
+        self, s: AsyncSession, msg: InboundMessage, now: datetime
+    ) -> tuple[Identity, Contact]:
         identity = await queries.get_identity(s, msg.channel, msg.sender_id)
         if identity is None:
             locale = normalize_locale(msg.locale_hint, self.default_locale)
             identity = await queries.create_contact_with_identity(
-                s, msg.channel, msg.sender_id, name=msg.sender_name, locale=locale,
+                s,
+                msg.channel,
+                msg.sender_id,
+                name=msg.sender_name,
+                locale=locale,
                 source=msg.contact_updates.get("source"),
             )
         contact = await s.get(Contact, identity.contact_id)
@@ -188,28 +211,61 @@ class Engine:
         return identity, contact
 
     def _context(self, contact: Contact, now: datetime) -> Context:
-        facts = ContactFacts(name=contact.name, value_segment=contact.value_segment,
-                             lifecycle_phase=contact.lifecycle_phase)
-        return Context(locale=contact.locale or self.default_locale, options=self.options,
-                       catalog=self.catalog, contact=facts, now=now, matcher=self.matcher)
+        facts = ContactFacts(
+            name=contact.name,
+            value_segment=contact.value_segment,
+            lifecycle_phase=contact.lifecycle_phase,
+        )
+        return Context(
+            locale=contact.locale or self.default_locale,
+            options=self.options,
+            catalog=self.catalog,
+            contact=facts,
+            now=now,
+            matcher=self.matcher,
+        )
 
-    async def say(self, s: AsyncSession, identity: Identity, conv: Conversation, reply: Reply,
-                  locale: str, actor: str = "bot") -> int:
+    async def say(
+        self,
+        s: AsyncSession,
+        identity: Identity,
+        conv: Conversation,
+        reply: Reply,
+        locale: str,
+        actor: str = "bot",
+    ) -> int:
         """Queue one reply in the outbox and record it in the history (same transaction)."""
         out = OutboundMessage(
-            channel=conv.channel, recipient_id=identity.external_id, thread_key=conv.thread_key,
-            text=reply.text, choices=tuple(_choice(b) for b in reply.buttons), locale=locale,
+            channel=conv.channel,
+            recipient_id=identity.external_id,
+            thread_key=conv.thread_key,
+            text=reply.text,
+            choices=tuple(_choice(b) for b in reply.buttons),
+            locale=locale,
         )
         row = await queries.enqueue(
-            s, channel=conv.channel, recipient_id=identity.external_id,
-            thread_key=conv.thread_key, body=out.to_json(), conversation_id=conv.id,
+            s,
+            channel=conv.channel,
+            recipient_id=identity.external_id,
+            thread_key=conv.thread_key,
+            body=out.to_json(),
+            conversation_id=conv.id,
             identity_id=identity.id,
         )
         queries.add_touchpoint(
-            s, contact_id=conv.contact_id, conversation_id=conv.id, channel=conv.channel,
-            direction=Direction.OUT, kind="message", actor=actor, text=reply.text,
-            payload={"key": reply.key, "buttons": [asdict(b) for b in reply.buttons],
-                     **dict(reply.meta)},
+            s,
+            contact_id=conv.contact_id,
+            conversation_id=conv.id,
+            channel=conv.channel,
+            direction=Direction.OUT,
+            kind="message",
+            actor=actor,
+            text=reply.text,
+            payload={
+                "key": reply.key,
+                "buttons": [asdict(b) for b in reply.buttons],
+                **dict(reply.meta),
+            },
             outbox_id=row.id,
         )
         return row.id

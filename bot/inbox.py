@@ -65,15 +65,22 @@ class Inbox:
     def register(self, channel: str, parser: Parser) -> None:
         self.parsers[channel] = parser
 
-    async def accept(self, channel: str, dedupe_key: str, partition_key: str,
-                     payload: dict[str, Any]) -> bool:
+    async def accept(
+        self, channel: str, dedupe_key: str, partition_key: str, payload: dict[str, Any]
+    ) -> bool:
         """Persist one raw update; False if it was already there (a redelivery)."""
         insert = postgresql.insert if self.dialect == "postgresql" else sqlite.insert
         stmt = (
             insert(InboxUpdate)
-            .values(channel=channel, dedupe_key=dedupe_key[:200],
-                    partition_key=partition_key[:200], payload=scrub(payload),
-                    status=InboxStatus.PENDING, attempts=0, created_at=utcnow())
+            .values(
+                channel=channel,
+                dedupe_key=dedupe_key[:200],
+                partition_key=partition_key[:200],
+                payload=scrub(payload),
+                status=InboxStatus.PENDING,
+                attempts=0,
+                created_at=utcnow(),
+            )
             .on_conflict_do_nothing(index_elements=["channel", "dedupe_key"])
             .returning(InboxUpdate.id)
         )
@@ -131,12 +138,16 @@ class Inbox:
             earlier.status.in_(UNFINISHED),
             earlier.id < InboxUpdate.id,
         )
-        due = or_(InboxUpdate.status == InboxStatus.PENDING,
-                  and_(InboxUpdate.status == InboxStatus.PROCESSING,
-                       InboxUpdate.leased_until < now))
-        q = (select(InboxUpdate)
-             .where(due, head, InboxUpdate.channel.in_(list(self.parsers)))
-             .order_by(InboxUpdate.id).limit(self.concurrency))
+        due = or_(
+            InboxUpdate.status == InboxStatus.PENDING,
+            and_(InboxUpdate.status == InboxStatus.PROCESSING, InboxUpdate.leased_until < now),
+        )
+        q = (
+            select(InboxUpdate)
+            .where(due, head, InboxUpdate.channel.in_(list(self.parsers)))
+            .order_by(InboxUpdate.id)
+            .limit(self.concurrency)
+        )
         if self.dialect == "postgresql":
             q = q.with_for_update(skip_locked=True)
         async with self.sessions() as s, s.begin():
@@ -168,9 +179,16 @@ class Inbox:
 
     async def _finish(self, row: InboxUpdate, status: InboxStatus, error: str | None) -> None:
         async with self.sessions() as s, s.begin():
-            await s.execute(update(InboxUpdate).where(InboxUpdate.id == row.id).values(
-                status=status, error=error, leased_until=None,
-                processed_at=utcnow() if status != InboxStatus.PENDING else None))
+            await s.execute(
+                update(InboxUpdate)
+                .where(InboxUpdate.id == row.id)
+                .values(
+                    status=status,
+                    error=error,
+                    leased_until=None,
+                    processed_at=utcnow() if status != InboxStatus.PENDING else None,
+                )
+            )
 
 
 def _error(exc: BaseException) -> str:

@@ -60,11 +60,15 @@ class Runtime:
         options = flow_options(settings)
         self.channels: dict[str, ChannelAdapter] = {}
         self.dispatcher = Dispatcher(
-            self.sessions, self.channels, settings.dispatcher,
+            self.sessions,
+            self.channels,
+            settings.dispatcher,
             skip_locked=not is_sqlite(settings.database.url),
         )
         self.engine = Engine(
-            self.sessions, options, self.catalog,
+            self.sessions,
+            options,
+            self.catalog,
             default_locale=settings.company.default_locale,
             timezone=settings.company.timezone,
             matcher=Matcher(options.knowledge_base.entries),
@@ -72,7 +76,9 @@ class Runtime:
             clock=clock,
         )
         self.inbox = Inbox(
-            self.sessions, self.engine, dialect=self.db.dialect.name,
+            self.sessions,
+            self.engine,
+            dialect=self.db.dialect.name,
             lease_seconds=settings.dispatcher.lease_seconds,
             poll_interval=settings.dispatcher.poll_interval_seconds,
         )

@@ -38,14 +38,23 @@ class ConsoleChannel(ChannelAdapter):
 
     def to_inbound(self, user: str, line: str, locale: str | None) -> InboundMessage:
         payload = None
-        choices = self.last_choices.get(user, ())
+        # a number presses a button of the replies to the previous line only: once answered,
+        # a list is stale ("2" typed to an agent must not press an old menu's button)
+        choices = self.last_choices.pop(user, ())
         text = line.strip()
-        if text.isdigit() and 1 <= int(text) <= len(choices):
+        # isdecimal, not isdigit: int() refuses "²" and "①"; and no 5000-digit numbers
+        if text.isdecimal() and len(text) <= 9 and 1 <= int(text) <= len(choices):
             payload = choices[int(text) - 1].payload
         return InboundMessage(
-            channel=CHANNEL, sender_id=user, platform_message_id=str(uuid.uuid4()),
-            thread_key=user, text=line.rstrip("\n"), payload=payload, sender_name=user,
-            locale_hint=locale, kind="button" if payload else "message",
+            channel=CHANNEL,
+            sender_id=user,
+            platform_message_id=str(uuid.uuid4()),
+            thread_key=user,
+            text=line.rstrip("\n"),
+            payload=payload,
+            sender_name=user,
+            locale_hint=locale,
+            kind="button" if payload else "message",
         )
 
 

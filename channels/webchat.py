@@ -26,6 +26,7 @@ from sqlalchemy import select
 from bot.channel import ChannelAdapter, SendResult
 from bot.messages import InboundMessage, OutboundMessage
 from bot.runtime import Runtime
+from flows.model import clean_text
 from storage import queries
 from storage.models import Direction, Touchpoint
 
@@ -55,8 +56,12 @@ class WebChatChannel(ChannelAdapter):
         return HTMLResponse(PAGE.read_text("utf-8"))
 
     async def send(self, message: OutboundMessage) -> SendResult:
-        frame = {"type": "message", "id": message.outbox_id, "text": message.text,
-                 "choices": [{"payload": c.payload, "label": c.label} for c in message.choices]}
+        frame = {
+            "type": "message",
+            "id": message.outbox_id,
+            "text": message.text,
+            "choices": [{"payload": c.payload, "label": c.label} for c in message.choices],
+        }
         for ws in list(self.sockets.get(message.recipient_id, ())):
             try:
                 await ws.send_json(frame)
@@ -67,16 +72,31 @@ class WebChatChannel(ChannelAdapter):
     async def websocket(self, ws: WebSocket) -> None:
         visitor = ws.query_params.get("visitor", "")
         if not ID_RE.match(visitor):
+            # accept first: a close before the handshake is an HTTP 403 and the client
+            # never sees the code
+            await ws.accept()
             await ws.close(code=4400, reason="visitor id missing or malformed")
             return
         locale = ws.query_params.get("lang")
-        name = (ws.query_params.get("name") or "").strip()[:100] or None
+        # control characters (NUL: PostgreSQL refuses it) never reach the contact's name
+        name = clean_text(ws.query_params.get("name") or "")[:100] or None
         await ws.accept()
         await ws.send_json({"type": "history", "messages": await self._history(visitor)})
         self.sockets.setdefault(visitor, set()).add(ws)
         try:
             while True:
-                raw = await ws.receive_text()
+                message = await ws.receive()
+                if message["type"] == "websocket.disconnect":
+                    break
+                raw = message.get("text")
+                if raw is None:  # a binary frame
+                    await ws.send_json(
+                        {
+                            "type": "error",
+                            "error": "binary frames are not supported; send JSON text",
+                        }
+                    )
+                    continue
                 await self._frame(ws, visitor, raw, locale, name)
         except WebSocketDisconnect:
             pass
@@ -86,14 +106,15 @@ class WebChatChannel(ChannelAdapter):
             if not peers:
                 self.sockets.pop(visitor, None)
 
-    async def _frame(self, ws: WebSocket, visitor: str, raw: str, locale: str | None,
-                     name: str | None) -> None:
+    async def _frame(
+        self, ws: WebSocket, visitor: str, raw: str, locale: str | None, name: str | None
+    ) -> None:
         if len(raw) > MAX_FRAME:
             await ws.send_json({"type": "error", "error": "message too large"})
             return
         try:
             data = json.loads(raw)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nested too deeply
             await ws.send_json({"type": "error", "error": "not JSON"})
             return
         msg = self.to_inbound(visitor, data, locale, name)
@@ -101,11 +122,13 @@ class WebChatChannel(ChannelAdapter):
             await ws.send_json({"type": "error", "error": msg})
             return
         result = await self.runtime.engine.handle(msg)
-        await ws.send_json({"type": "ack", "id": msg.platform_message_id,
-                            "duplicate": result.duplicate})
+        await ws.send_json(
+            {"type": "ack", "id": msg.platform_message_id, "duplicate": result.duplicate}
+        )
 
-    def to_inbound(self, visitor: str, data: Any, locale: str | None,
-                   name: str | None) -> InboundMessage | str:
+    def to_inbound(
+        self, visitor: str, data: Any, locale: str | None, name: str | None
+    ) -> InboundMessage | str:
         """The frame as an InboundMessage, or the reason it is refused."""
         if not isinstance(data, dict) or data.get("type") not in ("message", "button"):
             return "unknown frame type"
@@ -117,9 +140,15 @@ class WebChatChannel(ChannelAdapter):
         if not isinstance(text, str | None) or not isinstance(payload, str | None):
             return "text and payload must be strings"
         return InboundMessage(
-            channel=CHANNEL, sender_id=visitor, platform_message_id=mid, thread_key=visitor,
-            text=text or "", payload=payload[:200] if payload else None, sender_name=name,
-            locale_hint=locale, kind=data["type"],
+            channel=CHANNEL,
+            sender_id=visitor,
+            platform_message_id=mid,
+            thread_key=visitor,
+            text=text or "",
+            payload=payload[:200] if payload else None,
+            sender_name=name,
+            locale_hint=locale,
+            kind=data["type"],
         )
 
     async def _history(self, visitor: str) -> list[dict[str, Any]]:
@@ -127,16 +156,27 @@ class WebChatChannel(ChannelAdapter):
             identity = await queries.get_identity(s, CHANNEL, visitor)
             if identity is None:
                 return []
-            q = (select(Touchpoint)
-                 .where(Touchpoint.contact_id == identity.contact_id,
-                        Touchpoint.channel == CHANNEL,
-                        Touchpoint.direction.in_([Direction.IN, Direction.OUT]),
-                        Touchpoint.kind.in_(["message", "button"]))
-                 .order_by(Touchpoint.id.desc()).limit(HISTORY))
+            q = (
+                select(Touchpoint)
+                .where(
+                    Touchpoint.contact_id == identity.contact_id,
+                    Touchpoint.channel == CHANNEL,
+                    Touchpoint.direction.in_([Direction.IN, Direction.OUT]),
+                    Touchpoint.kind.in_(["message", "button"]),
+                )
+                .order_by(Touchpoint.id.desc())
+                .limit(HISTORY)
+            )
             rows = list((await s.execute(q)).scalars())[::-1]
-        return [{"direction": t.direction, "text": t.text or "",
-                 "choices": (t.payload or {}).get("buttons", []) if t is rows[-1] else [],
-                 "at": t.created_at.isoformat()} for t in rows]
+        return [
+            {
+                "direction": t.direction,
+                "text": t.text or "",
+                "choices": (t.payload or {}).get("buttons", []) if t is rows[-1] else [],
+                "at": t.created_at.isoformat(),
+            }
+            for t in rows
+        ]
 
 
 def create(runtime: Runtime) -> WebChatChannel:

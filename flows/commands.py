@@ -32,27 +32,65 @@ CASE_REF_RE = re.compile(r"\bC-\d{4}-\d{6}\b", re.IGNORECASE)
 
 WORDS: dict[str, Command] = {
     **dict.fromkeys(["help", "hilfe", "?", "hilfe bitte"], Command.HELP),
-    **dict.fromkeys(["menu", "menü", "hauptmenü", "main menu", "hallo", "hello", "hi", "hey", "moin", "servus", "guten tag"], Command.MENU),
+    **dict.fromkeys(
+        [
+            "menu",
+            "menü",
+            "hauptmenü",
+            "main menu",
+            "hallo",
+            "hello",
+            "hi",
+            "hey",
+            "moin",
+            "servus",
+            "guten tag",
+        ],
+        Command.MENU,
+    ),
     **dict.fromkeys(["cancel", "abbrechen", "abbruch", "quit"], Command.CANCEL),
     **dict.fromkeys(
-        ["human", "agent", "mensch", "mitarbeiter", "mitarbeiterin", "operator", "person",
-         "talk to a human", "speak to a human", "talk to an agent", "speak to an agent",
-         "real person", "a human please", "mit einem menschen sprechen",
-         "mit einem mitarbeiter sprechen", "echter mensch", "kundenberater"],
+        [
+            "human",
+            "agent",
+            "mensch",
+            "mitarbeiter",
+            "mitarbeiterin",
+            "operator",
+            "person",
+            "talk to a human",
+            "speak to a human",
+            "talk to an agent",
+            "speak to an agent",
+            "real person",
+            "a human please",
+            "mit einem menschen sprechen",
+            "mit einem mitarbeiter sprechen",
+            "echter mensch",
+            "kundenberater",
+        ],
         Command.HUMAN,
     ),
-    **dict.fromkeys(["stop", "stopp", "abmelden", "unsubscribe", "opt out", "optout"],
-                    Command.STOP),
+    **dict.fromkeys(
+        ["stop", "stopp", "abmelden", "unsubscribe", "opt out", "optout"], Command.STOP
+    ),
     **dict.fromkeys(["start", "anmelden", "subscribe", "opt in", "optin"], Command.OPTIN),
-    **dict.fromkeys(["status", "case status", "fallstatus", "mein fall", "my case"],
-                    Command.STATUS),
+    **dict.fromkeys(
+        ["status", "case status", "fallstatus", "mein fall", "my case"], Command.STATUS
+    ),
     **dict.fromkeys(["language", "sprache", "lang"], Command.LANGUAGE),
     **dict.fromkeys(["deutsch", "german"], Command.LANGUAGE),
     **dict.fromkeys(["english", "englisch"], Command.LANGUAGE),
     **dict.fromkeys(["complaint", "beschwerde", "reklamation", "complain"], Command.COMPLAINT),
 }
-LANGUAGE_ARG = {"deutsch": "de", "german": "de", "english": "en", "englisch": "en",
-                "de": "de", "en": "en"}
+LANGUAGE_ARG = {
+    "deutsch": "de",
+    "german": "de",
+    "english": "en",
+    "englisch": "en",
+    "de": "de",
+    "en": "en",
+}
 
 
 def parse(text: str, payload: str | None) -> Parsed | None:
@@ -71,7 +109,9 @@ def parse(text: str, payload: str | None) -> Parsed | None:
         return None
     words = normalize(raw.lstrip("/"))
     if raw.startswith("/"):
-        words = words.split("@")[0]  # Telegram's /cmd@botname
+        # Telegram's /cmd@botname, maybe with an argument ("/start@bot campaign_x")
+        head, sep, tail = words.partition(" ")
+        words = head.split("@")[0] + sep + tail
     if raw == "?":
         return Parsed(Command.HELP)
     if raw.startswith("/") and words.split(" ")[0] == "start":

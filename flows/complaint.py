@@ -82,8 +82,9 @@ FLOW = Flow(
     steps=(
         ChoiceStep("category", "complaint.ask_category", next="description", choices=_categories),
         TextStep("description", "complaint.ask_description", next="reference", min_length=10),
-        TextStep("reference", "complaint.ask_reference", next="severity", optional=True,
-                 max_length=200),
+        TextStep(
+            "reference", "complaint.ask_reference", next="severity", optional=True, max_length=200
+        ),
         ChoiceStep(
             "severity",
             "complaint.ask_severity",

@@ -13,11 +13,23 @@ from typing import Any
 from flows import complaint, consent, csat, language, winback
 from flows.actions import Escalate, LeaveQueue, LogSelfService, SetLocale, ShowCaseStatus
 from flows.commands import CASE_REF_RE, Command, Parsed, parse
-from flows.model import Button, Context, Decision, Flow, Reply, UserInput, advance, prompt, start
+from flows.model import (
+    Button,
+    Context,
+    Decision,
+    Flow,
+    Reply,
+    UserInput,
+    advance,
+    normalize,
+    prompt,
+    start,
+)
 
 FLOWS: dict[str, Flow] = {
     f.name: f for f in (complaint.FLOW, winback.FLOW, csat.FLOW, consent.FLOW, language.FLOW)
 }
+MENU_WORDS = ("menu", "menü", "hauptmenü", "main menu")
 COMPLAINT_WORDS = ("beschwer", "reklamation", "complain", "kaputt", "defekt", "broken", "damaged")
 
 BOT, QUEUED, AGENT = "bot", "queued", "agent"
@@ -54,7 +66,7 @@ def decide(status: str, state: Mapping[str, Any], inp: UserInput, ctx: Context) 
 
 
 def _queued(state: Mapping[str, Any], inp: UserInput, cmd: Parsed | None, ctx: Context) -> Decision:
-    if cmd is None or cmd.command is Command.MENU and inp.payload is None:
+    if cmd is None or (cmd.command is Command.MENU and inp.payload is None):
         if state.get("queue_ack"):
             return Decision(dict(state))  # recorded for the agent; no repeated auto-reply
         reply = Reply("escalation.still_waiting", ctx.t("escalation.still_waiting"))
@@ -68,17 +80,26 @@ def _queued(state: Mapping[str, Any], inp: UserInput, cmd: Parsed | None, ctx: C
     if c is Command.LANGUAGE:
         return _language(state, cmd, ctx, reprompt_flow=False)
     if c is Command.HELP:
-        return Decision(dict(state), (Reply("escalation.help_queued",
-                                            ctx.t("escalation.help_queued")),))
-    return Decision(dict(state), (Reply("escalation.already_queued",
-                                        ctx.t("escalation.already_queued")),))
+        return Decision(
+            dict(state), (Reply("escalation.help_queued", ctx.t("escalation.help_queued")),)
+        )
+    return Decision(
+        dict(state), (Reply("escalation.already_queued", ctx.t("escalation.already_queued")),)
+    )
 
 
 def _bot(state: Mapping[str, Any], inp: UserInput, cmd: Parsed | None, ctx: Context) -> Decision:
     running = FLOWS.get(state.get("flow", ""))
-    # a greeting typed inside a flow is an answer, not a request for the menu
-    if cmd and cmd.command is Command.MENU and running and inp.payload is None \
-            and not inp.text.strip().startswith("/"):
+    # a greeting typed inside a flow is an answer, not a request for the menu; "menu" itself
+    # works at any time (the help text promises it)
+    if (
+        cmd
+        and cmd.command is Command.MENU
+        and running
+        and inp.payload is None
+        and not inp.text.strip().startswith("/")
+        and normalize(inp.text) not in MENU_WORDS
+    ):
         cmd = None
     if cmd is not None:
         return _command(state, cmd, running, ctx)
@@ -90,12 +111,12 @@ def _bot(state: Mapping[str, Any], inp: UserInput, cmd: Parsed | None, ctx: Cont
     return _self_service(state, inp, ctx)
 
 
-def _command(state: Mapping[str, Any], cmd: Parsed, running: Flow | None,
-             ctx: Context) -> Decision:
+def _command(state: Mapping[str, Any], cmd: Parsed, running: Flow | None, ctx: Context) -> Decision:
     c = cmd.command
     if c is Command.HELP:
-        return Decision(dict(state), (Reply("help.text", ctx.t("help.text")),
-                                      *reprompt(state, ctx)))
+        return Decision(
+            dict(state), (Reply("help.text", ctx.t("help.text")), *reprompt(state, ctx))
+        )
     if c is Command.MENU:
         return Decision({}, (menu(ctx),))
     if c is Command.CANCEL:
@@ -104,7 +125,8 @@ def _command(state: Mapping[str, Any], cmd: Parsed, running: Flow | None,
         return Decision({}, (menu(ctx, "common.cancelled"),))
     if c is Command.HUMAN:
         return Decision(
-            {}, (Reply("escalation.queued", ctx.t("escalation.queued")),),
+            {},
+            (Reply("escalation.queued", ctx.t("escalation.queued")),),
             (Escalate("customer_request", priority=20),),
         )
     if c is Command.OPTIN:
@@ -121,8 +143,7 @@ def _command(state: Mapping[str, Any], cmd: Parsed, running: Flow | None,
     return Decision({}, (Reply("selfservice.ask_question", ctx.t("selfservice.ask_question")),))
 
 
-def _language(state: Mapping[str, Any], cmd: Parsed, ctx: Context,
-              reprompt_flow: bool) -> Decision:
+def _language(state: Mapping[str, Any], cmd: Parsed, ctx: Context, reprompt_flow: bool) -> Decision:
     if cmd.arg not in ("de", "en"):
         buttons = tuple(Button(f"c:language:{o.value}", o.text(ctx)) for o in language.OPTIONS)
         return Decision(dict(state), (Reply("language.ask", ctx.t("language.ask"), buttons),))
@@ -153,16 +174,26 @@ def _self_service(state: Mapping[str, Any], inp: UserInput, ctx: Context) -> Dec
     if any(w in text.casefold() for w in COMPLAINT_WORDS):
         return start(complaint.FLOW, ctx)
     misses = int(state.get("misses", 0)) + 1
-    log = LogSelfService(text[:500], match.entry.id if match else None,
-                         match.confidence if match else 0.0, False)
+    log = LogSelfService(
+        text[:500], match.entry.id if match else None, match.confidence if match else 0.0, False
+    )
     if misses >= ctx.options.max_selfservice_misses:
         return Decision(
-            {}, (Reply("selfservice.escalate_after_misses",
-                       ctx.t("selfservice.escalate_after_misses")),),
+            {},
+            (
+                Reply(
+                    "selfservice.escalate_after_misses", ctx.t("selfservice.escalate_after_misses")
+                ),
+            ),
             (log, Escalate("selfservice_misses", priority=10)),
         )
-    buttons = (Button("c:human", ctx.t("menu.human")), Button("c:complaint", ctx.t("menu.complaint")),
-               Button("c:menu", ctx.t("menu.menu")))
-    return Decision({"misses": misses},
-                    (Reply("selfservice.not_sure", ctx.t("selfservice.not_sure"), buttons),),
-                    (log,))
+    buttons = (
+        Button("c:human", ctx.t("menu.human")),
+        Button("c:complaint", ctx.t("menu.complaint")),
+        Button("c:menu", ctx.t("menu.menu")),
+    )
+    return Decision(
+        {"misses": misses},
+        (Reply("selfservice.not_sure", ctx.t("selfservice.not_sure"), buttons),),
+        (log,),
+    )

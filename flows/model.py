@@ -131,31 +131,51 @@ class ChoiceStep(Step):
         if inp.payload is not None:
             raise Invalid("errors.stale_button")  # payloads of this step are matched earlier
         text = normalize(inp.text)
-        if not text:
+        symbol = _symbol(inp.text)
+        if not text and not symbol:
             raise Invalid("errors.choose_option")
-        if text.isdigit() and 1 <= int(text) <= len(opts):
-            return opts[int(text) - 1].value
+        number = small_int(text)
+        if number is not None and 1 <= number <= len(opts):
+            return opts[number - 1].value
         for opt in opts:
             names = {normalize(opt.value), normalize(opt.text(ctx)), *map(normalize, opt.aliases)}
-            if text in names:
+            if text and text in names:
+                return opt.value
+            if not text and symbol in opt.aliases:  # "👍": normalize() drops symbols
                 return opt.value
         raise Invalid("errors.choose_option")
+
+
+def small_int(text: str) -> int | None:
+    """A typed number such as "3"; None for anything else, including digits int() refuses
+    ("፩", other scripts' digits) and huge numbers (int() refuses > 4300 digits)."""
+    if text.isdecimal() and len(text) <= 9:
+        return int(text)
+    return None
+
+
+def _symbol(text: str) -> str:
+    """The text without spaces, emoji variation selectors and skin-tone modifiers."""
+    return "".join(
+        ch
+        for ch in text
+        if not ch.isspace() and ch != "\ufe0f" and not "\U0001f3fb" <= ch <= "\U0001f3ff"
+    )
 
 
 YES = ("yes", "y", "ja", "j", "yep", "sure", "ok", "okay", "gerne", "klar", "👍")
 NO = ("no", "n", "nein", "nope", "nee", "👎")
 
 
-def yes_no_options() -> tuple[Option, Option]:
-    return (
-        Option("yes", "common.yes", aliases=YES),
-        Option("no", "common.no", aliases=NO),
-    )
+YES_NO = (
+    Option("yes", "common.yes", aliases=YES),
+    Option("no", "common.no", aliases=NO),
+)
 
 
 @dataclass(frozen=True)
 class YesNoStep(ChoiceStep):
-    choices: Sequence[Option] | Callable[[Context], Sequence[Option]] = yes_no_options()
+    choices: Sequence[Option] | Callable[[Context], Sequence[Option]] = YES_NO
 
 
 @dataclass(frozen=True)
@@ -166,12 +186,21 @@ class TextStep(Step):
 
     def options(self, ctx: Context) -> Sequence[Option]:
         if self.optional:
-            return (Option("-", "common.skip", aliases=("skip", "überspringen", "-", "keine", "none")),)
+            return (
+                Option("-", "common.skip", aliases=("skip", "überspringen", "-", "keine", "none")),
+            )
         return ()
 
     def parse(self, inp: UserInput, ctx: Context) -> Answer:
         text = clean_text(inp.text)
-        if self.optional and normalize(text) in {"skip", "überspringen", "-", "keine", "none", "no"}:
+        if self.optional and normalize(text) in {
+            "skip",
+            "überspringen",
+            "-",
+            "keine",
+            "none",
+            "no",
+        }:
             return None
         if not text:
             raise Invalid("errors.need_text_attachment" if inp.attachments else "errors.need_text")
@@ -186,16 +215,18 @@ class RatingStep(Step):
     high: int = 5
 
     def options(self, ctx: Context) -> Sequence[Option]:
-        return tuple(Option(str(i), label=LocalizedText(de=str(i), en=str(i)))
-                     for i in range(self.low, self.high + 1))
+        return tuple(
+            Option(str(i), label=LocalizedText(de=str(i), en=str(i)))
+            for i in range(self.low, self.high + 1)
+        )
 
     def parse(self, inp: UserInput, ctx: Context) -> Answer:
         text = normalize(inp.text)
         stars = inp.text.count("⭐")
         if stars and not text.strip("⭐ "):
             value = stars
-        elif text.isdigit():
-            value = int(text)
+        elif (number := small_int(text)) is not None:
+            value = number
         else:
             raise Invalid("errors.rating")
         if not self.low <= value <= self.high:
@@ -217,9 +248,7 @@ class EmailStep(Step):
 
 def clean_text(text: str) -> str:
     """Drop control characters (keep newlines and tabs), trim."""
-    return "".join(
-        ch for ch in text if ch in "\n\t" or unicodedata.category(ch)[0] != "C"
-    ).strip()
+    return "".join(ch for ch in text if ch in "\n\t" or unicodedata.category(ch)[0] != "C").strip()
 
 
 # --- flows and the runner ----------------------------------------------------
@@ -247,8 +276,13 @@ def button_payload(flow: str, step: str, value: str) -> str:
     return f"f:{flow}:{step}:{value}"
 
 
-def prompt(flow: Flow, step: Step, answers: Mapping[str, Answer], ctx: Context,
-           error_key: str | None = None) -> tuple[Reply, ...]:
+def prompt(
+    flow: Flow,
+    step: Step,
+    answers: Mapping[str, Answer],
+    ctx: Context,
+    error_key: str | None = None,
+) -> tuple[Reply, ...]:
     params = dict(flow.prompt_params(answers, ctx)) if flow.prompt_params else {}
     buttons = tuple(
         Button(button_payload(flow.name, step.id, o.value), o.text(ctx)) for o in step.options(ctx)
@@ -261,8 +295,13 @@ def prompt(flow: Flow, step: Step, answers: Mapping[str, Answer], ctx: Context,
 
 def start(flow: Flow, ctx: Context, extra: Mapping[str, Any] | None = None) -> Decision:
     first = flow.steps[0]
-    state = {"flow": flow.name, "step": first.id, "answers": {}, "failures": 0,
-             "extra": dict(extra or {})}
+    state = {
+        "flow": flow.name,
+        "step": first.id,
+        "answers": {},
+        "failures": 0,
+        "extra": dict(extra or {}),
+    }
     intro = (Reply(flow.intro, ctx.t(flow.intro)),) if flow.intro else ()
     return Decision(state, intro + prompt(flow, first, {}, ctx))
 
@@ -292,7 +331,7 @@ def _answer(flow: Flow, step: Step, inp: UserInput, ctx: Context) -> Answer:
     if inp.payload is not None:
         prefix = button_payload(flow.name, step.id, "")
         if inp.payload.startswith(prefix):
-            value = inp.payload[len(prefix):]
+            value = inp.payload[len(prefix) :]
             for opt in step.options(ctx):
                 if opt.value == value:
                     return None if value == "-" else value

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -32,7 +32,13 @@ class Labeled(Strict):
 class ComplaintOptions(Strict):
     categories: list[Labeled] = Field(min_length=1, max_length=10)
     resolutions: list[Labeled] = Field(min_length=1, max_length=10)
-    sla_hours: dict[Severity, int] = {"low": 120, "medium": 72, "high": 24, "critical": 4}
+    # Field(gt=0) per value: an error names the key (complaint.sla_hours.high), not just the map
+    sla_hours: dict[Severity, Annotated[int, Field(gt=0)]] = {
+        "low": 120,
+        "medium": 72,
+        "high": 24,
+        "critical": 4,
+    }
     # high severity or a high-value customer goes to an agent with priority
     escalate_severities: list[Severity] = ["high", "critical"]
     escalate_segments: list[ValueSegment] = ["A"]
@@ -43,8 +49,6 @@ class ComplaintOptions(Strict):
         missing = {"low", "medium", "high", "critical"} - set(v)
         if missing:
             raise ValueError(f"missing severities: {', '.join(sorted(missing))}")
-        if any(h <= 0 for h in v.values()):
-            raise ValueError("hours must be positive")
         return v
 
 

@@ -40,8 +40,11 @@ def _finish(answers: Mapping[str, Answer], ctx: Context, extra: Mapping[str, Any
         return Decision(
             {},
             (Reply("winback.offer_accepted", ctx.t("winback.offer_accepted")),),
-            (record, SetLifecycle("at_risk", "winback_offer_accepted"),
-             Escalate("winback_offer", priority=20)),
+            (
+                record,
+                SetLifecycle("at_risk", "winback_offer_accepted"),
+                Escalate("winback_offer", priority=20),
+            ),
         )
     if answers.get("reason") == "no_longer_needed":
         return Decision(
@@ -68,8 +71,7 @@ FLOW = Flow(
         ),
         TextStep("reason_other", "winback.ask_reason_other", next="rating", max_length=1000),
         RatingStep("rating", "winback.ask_rating", next="comeback"),
-        TextStep("comeback", "winback.ask_comeback", next="offer", optional=True,
-                 max_length=2000),
+        TextStep("comeback", "winback.ask_comeback", next="offer", optional=True, max_length=2000),
         YesNoStep("offer", "winback.offer"),
     ),
     finish=_finish,

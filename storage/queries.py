@@ -50,14 +50,20 @@ async def get_identity(s: AsyncSession, channel: str, external_id: str) -> Ident
 
 
 async def create_contact_with_identity(
-    s: AsyncSession, channel: str, external_id: str, *, name: str | None, locale: str,
+    s: AsyncSession,
+    channel: str,
+    external_id: str,
+    *,
+    name: str | None,
+    locale: str,
     source: str | None = None,
 ) -> Identity:
     contact = Contact(name=name, locale=locale, source=source, attributes={})
     s.add(contact)
     await s.flush()
-    identity = Identity(contact_id=contact.id, channel=channel, external_id=external_id,
-                        display_name=name)
+    identity = Identity(
+        contact_id=contact.id, channel=channel, external_id=external_id, display_name=name
+    )
     s.add(identity)
     await s.flush()  # a concurrent creator makes this raise IntegrityError; callers retry
     return identity
@@ -83,34 +89,70 @@ async def open_conversation_locked(
 async def create_conversation(
     s: AsyncSession, contact_id: int, identity_id: int, channel: str, thread_key: str
 ) -> Conversation:
-    conv = Conversation(contact_id=contact_id, identity_id=identity_id, channel=channel,
-                        thread_key=thread_key, status=ConversationStatus.BOT, flow_state={})
+    conv = Conversation(
+        contact_id=contact_id,
+        identity_id=identity_id,
+        channel=channel,
+        thread_key=thread_key,
+        status=ConversationStatus.BOT,
+        flow_state={},
+    )
     s.add(conv)
     await s.flush()
     return conv
 
 
 def add_touchpoint(
-    s: AsyncSession, *, contact_id: int, conversation_id: int | None, channel: str,
-    direction: Direction, kind: str, actor: str, text: str | None = None,
-    payload: dict[str, Any] | None = None, platform_message_id: str | None = None,
+    s: AsyncSession,
+    *,
+    contact_id: int,
+    conversation_id: int | None,
+    channel: str,
+    direction: Direction,
+    kind: str,
+    actor: str,
+    text: str | None = None,
+    payload: dict[str, Any] | None = None,
+    platform_message_id: str | None = None,
     outbox_id: int | None = None,
 ) -> Touchpoint:
-    tp = Touchpoint(contact_id=contact_id, conversation_id=conversation_id, channel=channel,
-                    direction=direction, kind=kind, actor=actor, text=scrub(text),
-                    payload=scrub(payload or {}), platform_message_id=scrub(platform_message_id),
-                    outbox_id=outbox_id, created_at=utcnow())
+    tp = Touchpoint(
+        contact_id=contact_id,
+        conversation_id=conversation_id,
+        channel=channel,
+        direction=direction,
+        kind=kind,
+        actor=actor,
+        text=scrub(text),
+        payload=scrub(payload or {}),
+        platform_message_id=scrub(platform_message_id),
+        outbox_id=outbox_id,
+        created_at=utcnow(),
+    )
     s.add(tp)
     return tp
 
 
 async def enqueue(
-    s: AsyncSession, *, channel: str, recipient_id: str, thread_key: str, body: dict[str, Any],
-    conversation_id: int | None, identity_id: int | None,
+    s: AsyncSession,
+    *,
+    channel: str,
+    recipient_id: str,
+    thread_key: str,
+    body: dict[str, Any],
+    conversation_id: int | None,
+    identity_id: int | None,
 ) -> OutboxMessage:
-    row = OutboxMessage(channel=channel, recipient_id=recipient_id, thread_key=thread_key,
-                        body=scrub(body), conversation_id=conversation_id, identity_id=identity_id,
-                        status=OutboxStatus.PENDING, next_attempt_at=utcnow())
+    row = OutboxMessage(
+        channel=channel,
+        recipient_id=recipient_id,
+        thread_key=thread_key,
+        body=scrub(body),
+        conversation_id=conversation_id,
+        identity_id=identity_id,
+        status=OutboxStatus.PENDING,
+        next_attempt_at=utcnow(),
+    )
     s.add(row)
     await s.flush()
     return row
@@ -136,8 +178,9 @@ async def cases_of_contact(
     return (await s.execute(q.order_by(Case.id))).scalars().all()
 
 
-async def list_cases(s: AsyncSession, status: str | None = None, limit: int = 100
-                     ) -> Sequence[Case]:
+async def list_cases(
+    s: AsyncSession, status: str | None = None, limit: int = 100
+) -> Sequence[Case]:
     q = select(Case)
     if status:
         q = q.where(Case.status == status)
@@ -155,8 +198,9 @@ async def find_contact(s: AsyncSession, ref: str) -> Contact | None:
     return await s.get(Contact, identity.contact_id) if identity else None
 
 
-async def timeline(s: AsyncSession, contact_id: int, *, limit: int | None = None,
-                   newest_first: bool = False) -> Sequence[Touchpoint]:
+async def timeline(
+    s: AsyncSession, contact_id: int, *, limit: int | None = None, newest_first: bool = False
+) -> Sequence[Touchpoint]:
     order = Touchpoint.id.desc() if newest_first else Touchpoint.id
     q = select(Touchpoint).where(Touchpoint.contact_id == contact_id).order_by(order)
     if limit:
@@ -169,26 +213,48 @@ async def identities_of(s: AsyncSession, contact_id: int) -> Sequence[Identity]:
     return (await s.execute(q)).scalars().all()
 
 
-async def add_consent(s: AsyncSession, *, contact_id: int, purpose: str, channel: str | None,
-                      granted: bool, source: str, text_shown: str | None) -> Consent:
-    row = Consent(contact_id=contact_id, purpose=purpose, channel=channel, granted=granted,
-                  source=source, text_shown=text_shown, created_at=utcnow())
+async def add_consent(
+    s: AsyncSession,
+    *,
+    contact_id: int,
+    purpose: str,
+    channel: str | None,
+    granted: bool,
+    source: str,
+    text_shown: str | None,
+) -> Consent:
+    row = Consent(
+        contact_id=contact_id,
+        purpose=purpose,
+        channel=channel,
+        granted=granted,
+        source=source,
+        text_shown=text_shown,
+        created_at=utcnow(),
+    )
     s.add(row)
     await s.flush()
     return row
 
 
 async def consent_granted(s: AsyncSession, contact_id: int, purpose: str) -> bool:
-    q = (select(Consent.granted).where(Consent.contact_id == contact_id,
-                                       Consent.purpose == purpose)
-         .order_by(Consent.id.desc()).limit(1))
+    q = (
+        select(Consent.granted)
+        .where(Consent.contact_id == contact_id, Consent.purpose == purpose)
+        .order_by(Consent.id.desc())
+        .limit(1)
+    )
     return bool((await s.execute(q)).scalar_one_or_none())
 
 
-async def set_reachable(s: AsyncSession, identity_id: int, reachable: bool,
-                        reason: str | None) -> None:
-    await s.execute(update(Identity).where(Identity.id == identity_id)
-                    .values(reachable=reachable, unreachable_reason=reason))
+async def set_reachable(
+    s: AsyncSession, identity_id: int, reachable: bool, reason: str | None
+) -> None:
+    await s.execute(
+        update(Identity)
+        .where(Identity.id == identity_id)
+        .values(reachable=reachable, unreachable_reason=reason)
+    )
 
 
 async def outbox_counts(s: AsyncSession) -> dict[str, int]:

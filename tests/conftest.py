@@ -24,8 +24,17 @@ from storage.migrate import upgrade
 ROOT = Path(__file__).resolve().parent.parent
 PG_ADMIN_URL = os.environ.get("CICBOT_TEST_PG", "postgresql+asyncpg://postgres@127.0.0.1:5432/test")
 REQUIRE_PG = os.environ.get("CICBOT_REQUIRE_POSTGRES") == "1"
-TABLES = ("survey_answers", "consents", "touchpoints", "outbox", "cases", "conversations",
-          "identities", "contacts", "inbox")
+TABLES = (
+    "survey_answers",
+    "consents",
+    "touchpoints",
+    "outbox",
+    "cases",
+    "conversations",
+    "identities",
+    "contacts",
+    "inbox",
+)
 
 
 @pytest.fixture(scope="session")
@@ -93,7 +102,9 @@ def make_settings(db_url: str, **overrides: Any) -> Settings:
     data = base.model_dump()
     data["database"] = DatabaseSettings(url=db_url, auto_migrate=False).model_dump()
     data["dispatcher"] = DispatcherSettings(
-        base_backoff_seconds=0.05, max_backoff_seconds=0.5, poll_interval_seconds=0.05,
+        base_backoff_seconds=0.05,
+        max_backoff_seconds=0.5,
+        poll_interval_seconds=0.05,
         lease_seconds=30,
     ).model_dump()
     data.update(overrides)
@@ -145,12 +156,25 @@ def recorder(rt: Runtime) -> RecordingChannel:
 _counter = 0
 
 
-def inbound(text: str = "", *, user: str = "u1", payload: str | None = None,
-            mid: str | None = None, locale: str | None = "en", **kw: Any) -> InboundMessage:
+def inbound(
+    text: str = "",
+    *,
+    user: str = "u1",
+    payload: str | None = None,
+    mid: str | None = None,
+    locale: str | None = "en",
+    **kw: Any,
+) -> InboundMessage:
     global _counter
     _counter += 1
     return InboundMessage(
-        channel="test", sender_id=user, platform_message_id=mid or f"m{_counter}-{uuid.uuid4()}",
-        thread_key=user, text=text, payload=payload, locale_hint=locale,
-        kind="button" if payload else "message", **kw,
+        channel="test",
+        sender_id=user,
+        platform_message_id=mid or f"m{_counter}-{uuid.uuid4()}",
+        thread_key=user,
+        text=text,
+        payload=payload,
+        locale_hint=locale,
+        kind="button" if payload else "message",
+        **kw,
     )

@@ -46,7 +46,11 @@ async def test_complaint_end_to_end(runtime: Runtime) -> None:
     async with runtime.sessions() as s:
         case = (await s.execute(select(Case))).scalar_one()
     assert case.reference == ref.group(0)
-    assert (case.category, case.severity, case.desired_resolution) == ("delivery", "low", "replacement")
+    assert (case.category, case.severity, case.desired_resolution) == (
+        "delivery",
+        "low",
+        "replacement",
+    )
     assert case.order_reference is None and case.status == "new"
     assert case.sla_due_at is not None and case.sla_due_at > case.created_at
     # the history has every message in and out, in order
@@ -145,8 +149,17 @@ async def test_bad_input_gets_clear_reply_nothing_lost(runtime: Runtime) -> None
     assert any("didn't receive any text" in t for t in texts)
     assert any("don't know that button" in t for t in texts)
     async with runtime.sessions() as s:
-        stored = (await s.execute(select(Touchpoint.text).where(
-            Touchpoint.direction == Direction.IN).order_by(Touchpoint.id))).scalars().all()
+        stored = (
+            (
+                await s.execute(
+                    select(Touchpoint.text)
+                    .where(Touchpoint.direction == Direction.IN)
+                    .order_by(Touchpoint.id)
+                )
+            )
+            .scalars()
+            .all()
+        )
     assert stored[1] == big  # kept whole
     assert "\x00" not in stored[2] and "\x1b" not in stored[2]
     assert stored[3] == "😀🙈👍🏽"

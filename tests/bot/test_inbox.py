@@ -19,11 +19,25 @@ def parse(payload: dict[str, Any]) -> list[InboundMessage | ChannelEvent]:
     if payload.get("kind") == "broken":
         raise ParseError("the library's models reject this update")
     if payload.get("kind") == "blocked":
-        return [ChannelEvent("test", payload["user"], "blocked", f"ev-{payload['id']}",
-                             reachable=False, reason="blocked the bot")]
-    return [InboundMessage(channel="test", sender_id=payload["user"],
-                           platform_message_id=f"msg-{payload['id']}",
-                           thread_key=payload["user"], text=payload["text"])]
+        return [
+            ChannelEvent(
+                "test",
+                payload["user"],
+                "blocked",
+                f"ev-{payload['id']}",
+                reachable=False,
+                reason="blocked the bot",
+            )
+        ]
+    return [
+        InboundMessage(
+            channel="test",
+            sender_id=payload["user"],
+            platform_message_id=f"msg-{payload['id']}",
+            thread_key=payload["user"],
+            text=payload["text"],
+        )
+    ]
 
 
 async def rows(rt: Runtime) -> list[InboxUpdate]:
@@ -35,11 +49,13 @@ async def test_accept_dedupes_and_processes_in_order(runtime: Runtime) -> None:
     runtime.inbox.register("test", parse)
     texts = ["complaint", "1", "The parcel arrived soaking wet.", "skip", "1", "1", "yes"]
     for i, text in enumerate(texts):
-        assert await runtime.inbox.accept("test", str(i), "u1",
-                                          {"id": i, "user": "u1", "text": text})
+        assert await runtime.inbox.accept(
+            "test", str(i), "u1", {"id": i, "user": "u1", "text": text}
+        )
         # the platform retries: a second accept of the same update is refused
-        assert not await runtime.inbox.accept("test", str(i), "u1",
-                                              {"id": i, "user": "u1", "text": text})
+        assert not await runtime.inbox.accept(
+            "test", str(i), "u1", {"id": i, "user": "u1", "text": text}
+        )
     await runtime.inbox.drain()
     await runtime.dispatcher.drain()
     assert "C-" in recorder(runtime).texts()[-1]
