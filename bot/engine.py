@@ -138,6 +138,56 @@ class Engine:
             result.replies.append(reply.text)
         return result
 
+    async def start_flow(
+        self,
+        channel: str,
+        external_id: str,
+        flow: str,
+        *,
+        thread_key: str | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> HandleResult | None:
+        """Open a flow with a known customer (a survey after a case, a win-back campaign).
+
+        Returns None, and says nothing, when the conversation is busy: an agent owns it,
+        it waits for one, or another flow is running.
+        """
+        thread = thread_key or external_id
+        async with self._locks.hold((channel, thread)):
+            async with self.sessions() as s, s.begin():
+                identity = await queries.get_identity(s, channel, external_id)
+                if identity is None:
+                    raise LookupError(f"no identity {channel}:{external_id}")
+                contact = await s.get(Contact, identity.contact_id)
+                assert contact is not None
+                conv = await queries.open_conversation_locked(s, channel, thread)
+                if conv is None:
+                    conv = await queries.create_conversation(
+                        s, contact.id, identity.id, channel, thread
+                    )
+                elif conv.status != "bot" or (conv.flow_state or {}).get("flow"):
+                    return None
+                ctx = self._context(contact, self.clock())
+                decision = dialogue.begin(flow, ctx, extra)
+                conv.flow_state = decision.state
+                queries.add_touchpoint(
+                    s,
+                    contact_id=contact.id,
+                    conversation_id=conv.id,
+                    channel=channel,
+                    direction=Direction.INTERNAL,
+                    kind="flow_started",
+                    actor="system",
+                    payload={"flow": flow, **(extra or {})},
+                )
+                result = HandleResult(contact_id=contact.id, conversation_id=conv.id)
+                for reply in decision.replies:
+                    result.outbox_ids.append(await self.say(s, identity, conv, reply, ctx.locale))
+                    result.replies.append(reply.text)
+        if self.on_commit:
+            self.on_commit()
+        return result
+
     async def record_event(self, event: ChannelEvent) -> bool:
         """Record a non-message event in the history; False if it was already recorded."""
         async with self._locks.hold((event.channel, "identity", event.sender_id)):

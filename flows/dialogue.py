@@ -51,6 +51,11 @@ def reprompt(state: Mapping[str, Any], ctx: Context) -> tuple[Reply, ...]:
     return prompt(flow, flow.step(state["step"]), state.get("answers", {}), ctx)
 
 
+def begin(name: str, ctx: Context, extra: Mapping[str, Any] | None = None) -> Decision:
+    """Start a flow proactively (a campaign's survey); KeyError for an unknown flow."""
+    return start(FLOWS[name], ctx, extra)
+
+
 def decide(status: str, state: Mapping[str, Any], inp: UserInput, ctx: Context) -> Decision:
     cmd = parse(inp.text, inp.payload)
     if cmd and cmd.command is Command.STOP:

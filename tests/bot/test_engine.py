@@ -220,3 +220,40 @@ async def test_case_status_only_for_own_cases(runtime: Runtime) -> None:
     mine, theirs = recorder(runtime).texts("owner")[-1], recorder(runtime).texts("stranger")[-1]
     assert ref in mine and "received, not yet processed" in mine
     assert "couldn't find" in theirs and "delivery" not in theirs.lower()
+
+
+async def test_proactive_csat_survey_records_answers(runtime: Runtime) -> None:
+    from storage.models import SurveyAnswer
+
+    for text in COMPLAINT:
+        await runtime.engine.handle(inbound(text, user="c"))
+    await runtime.dispatcher.drain()
+    ref = re.search(r"C-\d{4}-\d{6}", recorder(runtime).texts()[-1]).group(0)  # type: ignore[union-attr]
+    started = await runtime.engine.start_flow("test", "c", "csat", extra={"case_reference": ref})
+    assert started is not None and "resolved" in started.replies[0]
+    # a second campaign while the survey runs does not interrupt it
+    assert await runtime.engine.start_flow("test", "c", "winback") is None
+    await runtime.engine.handle(inbound("4", user="c"))
+    await runtime.engine.handle(inbound("Quick and friendly, thanks", user="c"))
+    async with runtime.sessions() as s:
+        answers = (await s.execute(select(SurveyAnswer).order_by(SurveyAnswer.id))).scalars().all()
+        case = (await s.execute(select(Case))).scalar_one()
+    assert [(a.survey, a.question, a.answer) for a in answers] == [
+        ("csat", "rating", "4"),
+        ("csat", "comment", "Quick and friendly, thanks"),
+    ]
+    assert all(a.case_id == case.id for a in answers)
+
+
+async def test_proactive_winback_changes_lifecycle(runtime: Runtime) -> None:
+    from storage.models import Contact
+
+    await runtime.engine.handle(inbound("hallo", user="w", locale="de"))
+    assert await runtime.engine.start_flow("test", "w", "winback") is not None
+    for text in ["Der Preis", "2", "günstiger", "nein"]:
+        await runtime.engine.handle(inbound(text, user="w", locale="de"))
+    async with runtime.sessions() as s:
+        contact = (await s.execute(select(Contact))).scalar_one()
+    assert contact.lifecycle_phase == "lost"
+    await runtime.dispatcher.drain()
+    assert "20 %" in " ".join(recorder(runtime).texts())  # the price offer from config.yaml
