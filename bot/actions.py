@@ -8,6 +8,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
 
+from bot.hours import BusinessHours
 from flows.actions import (
     Action,
     Escalate,
@@ -35,10 +36,17 @@ DAY_FORMATS = {"de": "%d.%m.%Y", "en": "%d %b %Y"}
 
 
 class ActionRunner:
-    def __init__(self, options: FlowOptions, catalog: Catalog, timezone: str) -> None:
+    def __init__(
+        self,
+        options: FlowOptions,
+        catalog: Catalog,
+        timezone: str,
+        hours: BusinessHours | None = None,
+    ) -> None:
         self.options = options
         self.catalog = catalog
         self.timezone = timezone
+        self.hours = hours
 
     async def run(self, turn: Turn, actions: Sequence[Action]) -> None:
         for action in actions:
@@ -75,6 +83,12 @@ class ActionRunner:
                 conv.queued_at = ctx.now
                 conv.flow_state = {}
                 self._note(turn, "escalated", reason=reason, priority=conv.priority)
+                if self.hours is not None and not self.hours.is_open(ctx.now):
+                    opening = self.hours.next_open(ctx.now)
+                    if opening is not None:
+                        when = self._local(turn, opening, DATE_FORMATS)
+                        text = ctx.t("escalation.outside_hours", next_open=when)
+                        turn.after.append(Reply("escalation.outside_hours", text))
             case LeaveQueue():
                 conv.status = ConversationStatus.BOT
                 conv.priority = 0

@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 
+from bot import api
 from bot.runtime import Runtime
 
 
@@ -30,6 +31,7 @@ def create_app(runtime: Runtime) -> FastAPI:
             return JSONResponse({"status": "ok", "channels": sorted(runtime.channels)})
         return JSONResponse({"status": "database unavailable"}, status_code=503)
 
+    api.install(app)
     for adapter in runtime.channels.values():
         if adapter.router is not None:
             app.include_router(adapter.router)

@@ -35,6 +35,8 @@ cases_app = typer.Typer(help="Complaint cases.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(contacts_app, name="contacts")
 app.add_typer(cases_app, name="cases")
+agents_app = typer.Typer(help="Agents and their API tokens.", no_args_is_help=True)
+app.add_typer(agents_app, name="agents")
 out = Console()
 err = Console(stderr=True)
 
@@ -217,6 +219,65 @@ def cases_list(
             c.created_at.strftime("%Y-%m-%d %H:%M"),
         )
     out.print(table)
+
+
+@agents_app.command("add")
+def agents_add(
+    name: str,
+    role: Annotated[str, typer.Option(help="agent, supervisor or admin")] = "agent",
+    email: Annotated[str | None, typer.Option()] = None,
+    slack_user: Annotated[str | None, typer.Option(help="Slack user id")] = None,
+) -> None:
+    """Create an agent and print its API token (shown only this once)."""
+    from bot import auth
+    from storage.models import AgentRole
+
+    if role not in {r.value for r in AgentRole}:
+        err.print(f"unknown role {role!r}: use agent, supervisor or admin")
+        raise typer.Exit(2)
+
+    async def create(s: AsyncSession) -> tuple[int, str]:
+        agent, token = await auth.create_agent(
+            s, name, AgentRole(role), email=email, slack_user_id=slack_user
+        )
+        return agent.id, token
+
+    agent_id, token = _run(create)
+    out.print(f"agent {agent_id} ({role}) created. Token, shown only now:", highlight=False)
+    print(token)
+
+
+@agents_app.command("list")
+def agents_list() -> None:
+    """All agents (tokens are never shown again)."""
+    from bot import auth
+
+    table = Table("id", "name", "role", "email", "slack user", "active", "last seen (UTC)")
+    for a in _run(auth.list_agents):
+        table.add_row(
+            str(a.id),
+            Text(a.name),
+            a.role,
+            Text(a.email or ""),
+            a.slack_user_id or "",
+            "yes" if a.active else "revoked",
+            a.last_seen_at.strftime("%Y-%m-%d %H:%M") if a.last_seen_at else "",
+        )
+    out.print(table)
+
+
+@agents_app.command("revoke")
+def agents_revoke(agent_id: int) -> None:
+    """Deactivate an agent; its token stops working at once."""
+    from bot import auth
+
+    async def revoke(s: AsyncSession) -> bool:
+        return await auth.revoke(s, agent_id)
+
+    if not _run(revoke):
+        err.print(f"no agent {agent_id}")
+        raise typer.Exit(1)
+    out.print(f"agent {agent_id} revoked")
 
 
 def main() -> None:

@@ -63,6 +63,7 @@ class Dispatcher:
 
     async def _run(self) -> None:
         while not self._stopping:
+            self._wake.clear()  # before the claim: a notify() during the round is not lost
             try:
                 busy = await self.drain_once()
             except Exception:  # a database hiccup must not kill the loop
@@ -71,7 +72,6 @@ class Dispatcher:
                 await asyncio.sleep(self.settings.poll_interval_seconds)
             if busy:
                 continue
-            self._wake.clear()
             try:
                 await asyncio.wait_for(self._wake.wait(), self.settings.poll_interval_seconds)
             except TimeoutError:

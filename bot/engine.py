@@ -17,6 +17,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bot.actions import ActionRunner
+from bot.hours import BusinessHours
 from bot.locks import KeyedLocks
 from bot.messages import ChannelEvent, Choice, InboundMessage, OutboundMessage
 from flows import dialogue
@@ -38,6 +39,7 @@ class HandleResult:
     duplicate: bool = False
     contact_id: int | None = None
     conversation_id: int | None = None
+    status: str | None = None  # the conversation's status afterwards
     outbox_ids: list[int] = field(default_factory=list)
     replies: list[str] = field(default_factory=list)
 
@@ -51,7 +53,8 @@ class Turn:
     identity: Identity
     conversation: Conversation
     ctx: Context
-    replies: list[Reply] = field(default_factory=list)
+    replies: list[Reply] = field(default_factory=list)  # before the flow's replies
+    after: list[Reply] = field(default_factory=list)  # after them
 
 
 class Engine:
@@ -66,6 +69,7 @@ class Engine:
         matcher: Matcher | None = None,
         on_commit: Callable[[], None] | None = None,
         clock: Callable[[], datetime] = utcnow,
+        hours: BusinessHours | None = None,
     ) -> None:
         self.sessions = sessions
         self.options = options
@@ -73,8 +77,9 @@ class Engine:
         self.default_locale = default_locale
         self.matcher = matcher
         self.on_commit = on_commit
+        self.on_handled: Callable[[HandleResult], None] | None = None  # live views
         self.clock = clock
-        self.actions = ActionRunner(options, catalog, timezone)
+        self.actions = ActionRunner(options, catalog, timezone, hours)
         self._locks = KeyedLocks()
 
     async def handle(self, msg: InboundMessage) -> HandleResult:
@@ -95,6 +100,8 @@ class Engine:
                         raise
         if result.outbox_ids and self.on_commit:
             self.on_commit()
+        if not result.duplicate and self.on_handled:
+            self.on_handled(result)
         return result
 
     async def _handle(self, s: AsyncSession, msg: InboundMessage) -> HandleResult:
@@ -132,7 +139,8 @@ class Engine:
             conv.flow_state = decision.state
             await self.actions.run(turn, decision.actions)
             turn.replies.extend(decision.replies)
-        result = HandleResult(contact_id=contact.id, conversation_id=conv.id)
+            turn.replies.extend(turn.after)
+        result = HandleResult(contact_id=contact.id, conversation_id=conv.id, status=conv.status)
         for reply in turn.replies:
             result.outbox_ids.append(await self.say(s, identity, conv, reply, turn.ctx.locale))
             result.replies.append(reply.text)

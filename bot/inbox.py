@@ -103,6 +103,7 @@ class Inbox:
 
     async def _run(self) -> None:
         while not self._stopping:
+            self._wake.clear()  # before the claim: an accept() during the round is not lost
             try:
                 busy = await self.process_once()
             except Exception:
@@ -111,7 +112,6 @@ class Inbox:
                 await asyncio.sleep(self.poll_interval)
             if busy:
                 continue
-            self._wake.clear()
             try:
                 await asyncio.wait_for(self._wake.wait(), self.poll_interval)
             except TimeoutError:

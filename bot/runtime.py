@@ -15,8 +15,10 @@ from sqlalchemy import text
 
 from bot.channel import ChannelAdapter
 from bot.config import Settings
+from bot.desk import Desk
 from bot.dispatcher import Dispatcher
-from bot.engine import Engine
+from bot.engine import Engine, HandleResult
+from bot.events import EventBus
 from bot.inbox import Inbox
 from flows.catalog import default_catalog
 from flows.knowledge import Matcher
@@ -74,7 +76,11 @@ class Runtime:
             matcher=Matcher(options.knowledge_base.entries),
             on_commit=self.dispatcher.notify,
             clock=clock,
+            hours=settings.business_hours,
         )
+        self.events = EventBus()
+        self.engine.on_handled = self._published
+        self.desk = Desk(self.engine, self.events)
         self.inbox = Inbox(
             self.sessions,
             self.engine,
@@ -106,6 +112,11 @@ class Runtime:
         for adapter in self.channels.values():
             await adapter.stop()
         await self.db.dispose()
+
+    def _published(self, result: HandleResult) -> None:
+        if result.status in ("queued", "agent"):
+            self.events.publish({"type": "queue"})
+            self.events.publish({"type": "conversation", "id": result.conversation_id})
 
     async def healthy(self) -> bool:
         try:

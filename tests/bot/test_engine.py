@@ -17,7 +17,7 @@ from storage.models import (
     OutboxStatus,
     Touchpoint,
 )
-from tests.conftest import inbound, make_settings, recorder
+from tests.conftest import RecordingChannel, inbound, make_settings, recorder
 
 COMPLAINT = ["complaint", "1", "The parcel arrived soaking wet and torn.", "skip", "1", "2", "yes"]
 
@@ -257,3 +257,22 @@ async def test_proactive_winback_changes_lifecycle(runtime: Runtime) -> None:
     assert contact.lifecycle_phase == "lost"
     await runtime.dispatcher.drain()
     assert "20 %" in " ".join(recorder(runtime).texts())  # the price offer from config.yaml
+
+
+async def test_outside_business_hours_the_customer_is_told_when(db_url: str) -> None:
+    from datetime import UTC, datetime
+
+    sunday = datetime(2026, 11, 22, 15, 0, tzinfo=UTC)
+    settings = make_settings(
+        db_url, business_hours={"timezone": "Europe/Berlin", "weekly": {"mon": ["08:00-18:00"]}}
+    )
+    rt = Runtime(settings, channels=[], clock=lambda: sunday)
+    rt.channels["test"] = ch = RecordingChannel()
+    try:
+        await rt.engine.handle(inbound("human", locale="de"))
+        await rt.dispatcher.drain()
+        assert ch.texts()[0].startswith("Ich übergebe Sie")
+        assert ch.texts()[1].endswith("Ihre Nachrichten bleiben bis dahin erhalten.")
+        assert "23.11.2026, 08:00 Uhr" in ch.texts()[1]
+    finally:
+        await rt.stop()

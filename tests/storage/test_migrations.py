@@ -45,4 +45,4 @@ async def test_downgrade_and_upgrade_round_trip(sqlite_url: str) -> None:
     assert await _tables(sqlite_url) == {"alembic_version"}
     await asyncio.to_thread(upgrade, sqlite_url, "head")
     assert {"contacts", "touchpoints", "outbox", "inbox", "cases"} <= await _tables(sqlite_url)
-    assert current_head() == "0001"
+    assert current_head() == "0002"
