@@ -312,7 +312,8 @@ def advance(flow: Flow, state: Mapping[str, Any], inp: UserInput, ctx: Context) 
     try:
         answers[step.id] = _answer(flow, step, inp, ctx)
     except Invalid as bad:
-        failures = int(state.get("failures", 0)) + 1
+        # an old button pressed again is not a failure to understand the customer
+        failures = int(state.get("failures", 0)) + (bad.key != "errors.stale_button")
         if failures >= ctx.options.max_failed_answers:
             return Decision(
                 {},

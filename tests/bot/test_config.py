@@ -1,0 +1,317 @@
+"""Settings: config.yaml validated at start, CICBOT_* environment overrides, secrets."""
+
+from __future__ import annotations
+
+import copy
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from pydantic import SecretStr
+
+from bot.config import ConfigError, load_settings
+
+ROOT = Path(__file__).resolve().parents[2]
+REPO_CONFIG = ROOT / "config.yaml"
+TOKEN = "123456789:AAF-very-secret-token"
+
+Mutation = Callable[[dict[str, Any]], None]
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No CICBOT_ setting from the developer's shell; CICBOT_CONFIG restored afterwards."""
+    for key in list(os.environ):
+        if key.startswith("CICBOT_") and "__" in key:
+            monkeypatch.delenv(key)
+    monkeypatch.setenv("CICBOT_CONFIG", str(REPO_CONFIG))
+
+
+@pytest.fixture(scope="module")
+def repo_yaml() -> dict[str, Any]:
+    data = yaml.safe_load(REPO_CONFIG.read_text("utf-8"))
+    assert isinstance(data, dict)
+    return data
+
+
+@pytest.fixture
+def write(tmp_path: Path, repo_yaml: dict[str, Any]) -> Callable[..., Path]:
+    """write(mutation) → a copy of the repository's config.yaml, changed by `mutation`."""
+
+    def make(mutation: Mutation | None = None, name: str = "config.yaml") -> Path:
+        data = copy.deepcopy(repo_yaml)
+        if mutation is not None:
+            mutation(data)
+        path = tmp_path / name
+        path.write_text(yaml.safe_dump(data, allow_unicode=True), "utf-8")
+        return path
+
+    return make
+
+
+def setting(dotted: str, value: Any) -> Mutation:
+    """A mutation that sets a dotted key, creating sections on the way."""
+
+    def mutate(data: dict[str, Any]) -> None:
+        *parents, last = dotted.split(".")
+        node = data
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[last] = value
+
+    return mutate
+
+
+def removing(dotted: str) -> Mutation:
+    def mutate(data: dict[str, Any]) -> None:
+        *parents, last = dotted.split(".")
+        node = data
+        for part in parents:
+            node = node[part]
+        del node[last]
+
+    return mutate
+
+
+def config_error(path: Path) -> str:
+    with pytest.raises(ConfigError) as err:
+        load_settings(path)
+    return str(err.value)
+
+
+# --- the repository's config ------------------------------------------------------------
+
+
+def test_repo_config_loads() -> None:
+    s = load_settings(REPO_CONFIG)
+    assert s.company.name == "Beispiel GmbH"
+    assert s.company.default_locale == "en"
+    assert s.database.url == "sqlite+aiosqlite:///data/cicbot.db"
+    assert s.server.port == 8000
+    assert s.flows.max_failed_answers == 3
+    assert s.flows.max_selfservice_misses == 2
+    assert [c.id for c in s.complaint.categories] == [
+        "delivery",
+        "product",
+        "billing",
+        "service",
+        "other",
+    ]
+    assert s.complaint.sla_hours == {"low": 120, "medium": 72, "high": 24, "critical": 4}
+    assert set(s.winback.offers) == {
+        "price",
+        "quality",
+        "service",
+        "competitor",
+        "no_longer_needed",
+        "other",
+    }
+    assert [e.id for e in s.knowledge_base.entries] == [
+        "opening_hours",
+        "shipping_time",
+        "return_policy",
+        "payment_methods",
+        "cancel_contract",
+    ]
+    assert s.knowledge_base.threshold == pytest.approx(0.30)
+    assert s.telegram.token is None
+
+
+def test_load_settings_without_path_reads_cicbot_config(
+    monkeypatch: pytest.MonkeyPatch, write: Callable[..., Path]
+) -> None:
+    path = write(setting("company.name", "Env GmbH"))
+    monkeypatch.setenv("CICBOT_CONFIG", str(path))
+    assert load_settings().company.name == "Env GmbH"
+
+
+def test_load_settings_with_path_names_it_in_cicbot_config(write: Callable[..., Path]) -> None:
+    path = write(setting("company.name", "Path GmbH"))
+    assert load_settings(path).company.name == "Path GmbH"
+    assert os.environ["CICBOT_CONFIG"] == str(path)  # restored by monkeypatch afterwards
+
+
+def test_defaults_fill_missing_sections(write: Callable[..., Path]) -> None:
+    def strip(data: dict[str, Any]) -> None:
+        for section in ("server", "dispatcher", "flows", "database"):
+            data.pop(section)
+
+    s = load_settings(write(strip))
+    assert s.server.port == 8000
+    assert s.flows.max_failed_answers == 3
+    assert s.dispatcher.max_attempts == 8
+
+
+# --- invalid values name the key ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("mutation", "key"),
+    [
+        (setting("complaint.sla_hours.high", -1), "complaint.sla_hours.high"),
+        (setting("complaint.sla_hours.low", 0), "complaint.sla_hours.low"),
+        (setting("server.port", "abc"), "server.port"),
+        (setting("server.port", 70000), "server.port"),
+        (setting("server.prot", 8000), "server.prot"),
+        (setting("srever", {"port": 1}), "srever"),
+        (setting("database.auto_migrate", "maybe"), "database.auto_migrate"),
+        (setting("company.default_locale", "fr"), "company.default_locale"),
+        (setting("flows.max_failed_answers", 0), "flows.max_failed_answers"),
+        (setting("knowledge_base.threshold", 1.5), "knowledge_base.threshold"),
+        (setting("winback.offers.price.kind", "rational"), "winback.offers.price.kind"),
+        (
+            setting("winback.offers.weather", {"kind": "factual", "text": {"de": "x", "en": "x"}}),
+            "winback.offers.weather",
+        ),
+        (setting("complaint.escalate_segments", ["Z"]), "complaint.escalate_segments.0"),
+        (setting("dispatcher.concurrency", 0), "dispatcher.concurrency"),
+        (removing("winback"), "winback"),
+    ],
+)
+def test_invalid_value_names_the_dotted_key(
+    write: Callable[..., Path], mutation: Mutation, key: str
+) -> None:
+    message = config_error(write(mutation))
+    assert message.startswith("invalid configuration")
+    assert f"  {key}" in message
+
+
+def test_invalid_list_item_names_its_index(write: Callable[..., Path]) -> None:
+    def bad_id(data: dict[str, Any]) -> None:
+        data["complaint"]["categories"][1]["id"] = "Faulty Product!"
+
+    assert "complaint.categories.1.id" in config_error(write(bad_id))
+
+
+def test_missing_severity_is_named(write: Callable[..., Path]) -> None:
+    message = config_error(write(removing("complaint.sla_hours.critical")))
+    assert "complaint.sla_hours" in message and "critical" in message
+
+
+def test_every_error_is_reported_at_once(write: Callable[..., Path]) -> None:
+    def two(data: dict[str, Any]) -> None:
+        data["server"]["port"] = "abc"
+        data["flows"]["max_selfservice_misses"] = 99
+
+    message = config_error(write(two))
+    assert "server.port" in message and "flows.max_selfservice_misses" in message
+
+
+# --- environment overrides ---------------------------------------------------------------
+
+
+def test_env_overrides_win_over_yaml(
+    monkeypatch: pytest.MonkeyPatch, write: Callable[..., Path]
+) -> None:
+    def yaml_values(data: dict[str, Any]) -> None:
+        data["database"] = {"url": "sqlite+aiosqlite:///yaml.db", "auto_migrate": False}
+        data["server"] = {"host": "0.0.0.0", "port": 8001}
+
+    path = write(yaml_values)
+    monkeypatch.setenv("CICBOT_DATABASE__URL", "postgresql+asyncpg://db/cicbot")
+    monkeypatch.setenv("CICBOT_SERVER__PORT", "9001")
+    s = load_settings(path)
+    assert s.database.url == "postgresql+asyncpg://db/cicbot"
+    assert s.server.port == 9001
+    # the rest of each section still comes from the YAML
+    assert s.database.auto_migrate is False
+    assert s.server.host == "0.0.0.0"
+
+
+def test_env_override_of_a_nested_flow_option(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CICBOT_FLOWS__MAX_FAILED_ANSWERS", "5")
+    monkeypatch.setenv("CICBOT_COMPANY__NAME", "Env GmbH")
+    s = load_settings(REPO_CONFIG)
+    assert s.flows.max_failed_answers == 5
+    assert s.flows.max_selfservice_misses == 2
+    assert s.company.name == "Env GmbH"
+
+
+@pytest.mark.parametrize("value", ["abc", "0", "65536"])
+def test_invalid_env_override_names_the_key(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    monkeypatch.setenv("CICBOT_SERVER__PORT", value)
+    assert "server.port" in config_error(REPO_CONFIG)
+
+
+def test_unrelated_cicbot_variables_are_ignored(monkeypatch: pytest.MonkeyPatch) -> None:
+    # the test suite itself uses these; they are not settings
+    monkeypatch.setenv("CICBOT_TEST_PG", "postgresql+asyncpg://postgres@127.0.0.1:5432/test")
+    monkeypatch.setenv("CICBOT_REQUIRE_POSTGRES", "1")
+    assert load_settings(REPO_CONFIG).server.port == 8000
+
+
+# --- secrets ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("key", "env"),
+    [
+        ("telegram.token", "CICBOT_TELEGRAM__TOKEN"),
+        ("telegram.webhook_secret", "CICBOT_TELEGRAM__WEBHOOK_SECRET"),
+    ],
+)
+def test_secret_in_yaml_is_refused(write: Callable[..., Path], key: str, env: str) -> None:
+    message = config_error(write(setting(key, TOKEN)))
+    assert key in message
+    assert env in message
+    assert TOKEN not in message  # the secret itself is never echoed
+
+
+def test_secret_in_yaml_is_refused_even_if_not_a_string(write: Callable[..., Path]) -> None:
+    assert "CICBOT_TELEGRAM__TOKEN" in config_error(write(setting("telegram.token", 123456)))
+
+
+def test_secret_from_env_is_accepted_and_hidden(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CICBOT_TELEGRAM__TOKEN", TOKEN)
+    s = load_settings(REPO_CONFIG)
+    token = s.telegram.token
+    assert isinstance(token, SecretStr)
+    assert token.get_secret_value() == TOKEN
+    assert TOKEN not in str(token)
+    assert TOKEN not in repr(token)
+    assert TOKEN not in repr(s)
+    assert TOKEN not in s.model_dump_json()
+
+
+def test_telegram_settings_from_yaml_without_secrets(write: Callable[..., Path]) -> None:
+    s = load_settings(write(setting("telegram", {"mode": "webhook"})))
+    assert s.telegram.mode == "webhook"
+    assert s.telegram.token is None
+
+
+# --- unreadable files --------------------------------------------------------------------------
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    path = tmp_path / "nope.yaml"
+    message = config_error(path)
+    assert "not found" in message and str(path) in message and "CICBOT_CONFIG" in message
+
+
+def test_missing_file_named_by_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("CICBOT_CONFIG", str(tmp_path / "gone.yaml"))
+    with pytest.raises(ConfigError, match=r"gone\.yaml"):
+        load_settings()
+
+
+def test_invalid_yaml(tmp_path: Path) -> None:
+    path = tmp_path / "broken.yaml"
+    path.write_text("server: [\n  port: 1\n", "utf-8")
+    message = config_error(path)
+    assert "not valid YAML" in message and str(path) in message
+
+
+def test_top_level_must_be_a_mapping(tmp_path: Path) -> None:
+    path = tmp_path / "list.yaml"
+    path.write_text("- 1\n- 2\n", "utf-8")
+    assert "mapping" in config_error(path)
+
+
+def test_empty_file_names_the_required_sections(tmp_path: Path) -> None:
+    path = tmp_path / "empty.yaml"
+    path.write_text("", "utf-8")
+    message = config_error(path)
+    assert "complaint" in message and "winback" in message

@@ -1,0 +1,107 @@
+"""The knowledge-base matcher over the config's entries."""
+
+from __future__ import annotations
+
+import pytest
+
+from flows.knowledge import MAX_QUERY_CHARS, Matcher, build, features
+from flows.options import FlowOptions, KnowledgeEntry, LocalizedText
+
+
+@pytest.fixture(scope="module")
+def threshold(options: FlowOptions) -> float:
+    return options.knowledge_base.threshold
+
+
+@pytest.mark.parametrize(
+    ("query", "entry"),
+    [
+        # English paraphrases
+        ("when are you open?", "opening_hours"),
+        ("opening times", "opening_hours"),
+        ("How long does delivery take?", "shipping_time"),
+        ("I want to return my shoes", "return_policy"),
+        ("cancel my subscription", "cancel_contract"),
+        # German paraphrases, compounds and a typo
+        ("Wann habt ihr offen", "opening_hours"),
+        ("Öffnungszeitn", "opening_hours"),
+        ("OEFFNUNGSZEITEN", "opening_hours"),
+        ("Wie lange dauert die Lieferung", "shipping_time"),
+        ("Lieferzeiten", "shipping_time"),
+        ("Wann kommt mein Paket?", "shipping_time"),
+        ("Ich möchte etwas zurückschicken", "return_policy"),
+        ("Rücksendung", "return_policy"),
+        ("kann ich per paypal zahlen", "payment_methods"),
+        ("Kann ich auf Rechnung bezahlen?", "payment_methods"),
+        ("Vertragskündigung", "cancel_contract"),
+        ("Abo kündigen", "cancel_contract"),
+    ],
+)
+def test_paraphrases_find_the_entry(
+    matcher: Matcher, threshold: float, query: str, entry: str
+) -> None:
+    match = matcher.best(query)
+    assert match is not None
+    assert match.entry.id == entry
+    assert match.confidence >= threshold
+    assert match.example in match.entry.examples
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "what is the meaning of life",
+        "my cat is sick",
+        "what's the weather like tomorrow",
+        "ich habe Hunger",
+        "hello world",
+    ],
+)
+def test_unrelated_questions_score_below_the_threshold(
+    matcher: Matcher, threshold: float, query: str
+) -> None:
+    match = matcher.best(query)
+    assert match is None or match.confidence < threshold
+
+
+def test_an_example_itself_is_a_perfect_match(matcher: Matcher) -> None:
+    for entry in matcher.entries:
+        for example in entry.examples:
+            match = matcher.best(example)
+            assert match is not None and match.entry.id == entry.id
+            assert match.confidence == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("query", ["", "   ", "?!", "🙂"])
+def test_nothing_to_match(matcher: Matcher, query: str) -> None:
+    assert matcher.best(query) is None
+
+
+def test_huge_queries_are_truncated(matcher: Matcher) -> None:
+    assert MAX_QUERY_CHARS <= 2000
+    assert features("x" * 100_000) == features("x" * 2000)
+    assert features("word " * 20_000) == features(("word " * 20_000)[:2000])
+    match = matcher.best("when are you open? " * 6000)
+    assert match is not None and match.entry.id == "opening_hours"
+    assert matcher.best("x" * 100_000) is None
+
+
+def test_confidence_is_at_most_one(matcher: Matcher) -> None:
+    match = matcher.best("Öffnungszeiten Öffnungszeiten")
+    assert match is not None and 0 < match.confidence <= 1.0
+
+
+def test_empty_knowledge_base() -> None:
+    assert build([]).best("when are you open?") is None
+
+
+def test_a_small_custom_base() -> None:
+    entries = [
+        KnowledgeEntry(id="a", answer=LocalizedText(de="A", en="A"), examples=["reset password"]),
+        KnowledgeEntry(id="b", answer=LocalizedText(de="B", en="B"), examples=["change address"]),
+    ]
+    m = Matcher(entries)
+    hit = m.best("how do I reset my password")
+    assert hit is not None and hit.entry.id == "a"
+    hit = m.best("I moved, new address")
+    assert hit is not None and hit.entry.id == "b"
