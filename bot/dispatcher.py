@@ -11,6 +11,7 @@ sending) makes the row eligible again, the documented at-least-once window.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 from collections.abc import Mapping
@@ -61,6 +62,12 @@ class Dispatcher:
             await self._task
             self._task = None
 
+    async def _pause(self, seconds: float) -> None:
+        """Wait after a failed round, but not past a stop()."""
+        if not self._stopping:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), seconds)
+
     async def _run(self) -> None:
         while not self._stopping:
             self._wake.clear()  # before the claim: a notify() during the round is not lost
@@ -69,7 +76,7 @@ class Dispatcher:
             except Exception:  # a database hiccup must not kill the loop
                 log.exception("outbox dispatcher round failed")
                 busy = 0
-                await asyncio.sleep(self.settings.poll_interval_seconds)
+                await self._pause(self.settings.poll_interval_seconds)
             if busy:
                 continue
             try:

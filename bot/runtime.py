@@ -31,8 +31,15 @@ log = logging.getLogger(__name__)
 ChannelFactory = Callable[["Runtime"], ChannelAdapter | None]
 
 
-def channel_factories() -> dict[str, ChannelFactory]:
-    return {ep.name: ep.load() for ep in entry_points(group="cicbot.channels")}
+def channel_factories(
+    names: Sequence[str] | None = None, exclude: Sequence[str] = ()
+) -> dict[str, ChannelFactory]:
+    """The channel factories, importing only the wanted modules (aiogram is slow to import)."""
+    return {
+        ep.name: ep.load()
+        for ep in entry_points(group="cicbot.channels")
+        if (names is None or ep.name in names) and ep.name not in exclude
+    }
 
 
 def flow_options(settings: Settings) -> FlowOptions:
@@ -88,9 +95,7 @@ class Runtime:
             lease_seconds=settings.dispatcher.lease_seconds,
             poll_interval=settings.dispatcher.poll_interval_seconds,
         )
-        for name, factory in channel_factories().items():
-            if (channels is not None and name not in channels) or name in exclude:
-                continue
+        for name, factory in channel_factories(channels, exclude).items():
             adapter = factory(self)
             if adapter is not None:
                 self.channels[name] = adapter

@@ -13,6 +13,7 @@ A reply to a visitor who is offline stays in the history and is shown on return.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
@@ -43,7 +44,8 @@ class WebChatChannel(ChannelAdapter):
 
     def __init__(self, runtime: Runtime) -> None:
         super().__init__(runtime)
-        self.sockets: dict[str, set[WebSocket]] = {}
+        # each socket has a lock: live frames wait until its history has been sent
+        self.sockets: dict[str, dict[WebSocket, asyncio.Lock]] = {}
         self._router = APIRouter()
         self._router.add_api_route("/", self.page, methods=["GET"], include_in_schema=False)
         self._router.add_api_websocket_route("/ws/chat", self.websocket)
@@ -62,11 +64,12 @@ class WebChatChannel(ChannelAdapter):
             "text": message.text,
             "choices": [{"payload": c.payload, "label": c.label} for c in message.choices],
         }
-        for ws in list(self.sockets.get(message.recipient_id, ())):
+        for ws, lock in list(self.sockets.get(message.recipient_id, {}).items()):
             try:
-                await ws.send_json(frame)
+                async with lock:
+                    await ws.send_json(frame)
             except Exception:  # a socket closing under us; the history has the message
-                self.sockets.get(message.recipient_id, set()).discard(ws)
+                self.sockets.get(message.recipient_id, {}).pop(ws, None)
         return SendResult(platform_message_id=f"webchat-{message.outbox_id}")
 
     async def websocket(self, ws: WebSocket) -> None:
@@ -81,8 +84,12 @@ class WebChatChannel(ChannelAdapter):
         # control characters (NUL: PostgreSQL refuses it) never reach the contact's name
         name = clean_text(ws.query_params.get("name") or "")[:100] or None
         await ws.accept()
-        await ws.send_json({"type": "history", "messages": await self._history(visitor)})
-        self.sockets.setdefault(visitor, set()).add(ws)
+        # register before reading the history, so no reply falls between the two; a reply
+        # in both is shown once (the page skips ids it has)
+        lock = asyncio.Lock()
+        async with lock:
+            self.sockets.setdefault(visitor, {})[ws] = lock
+            await ws.send_json({"type": "history", "messages": await self._history(visitor)})
         try:
             while True:
                 message = await ws.receive()
@@ -101,8 +108,8 @@ class WebChatChannel(ChannelAdapter):
         except WebSocketDisconnect:
             pass
         finally:
-            peers = self.sockets.get(visitor, set())
-            peers.discard(ws)
+            peers = self.sockets.get(visitor, {})
+            peers.pop(ws, None)
             if not peers:
                 self.sockets.pop(visitor, None)
 
@@ -171,6 +178,7 @@ class WebChatChannel(ChannelAdapter):
         return [
             {
                 "direction": t.direction,
+                "id": t.outbox_id,
                 "text": t.text or "",
                 "choices": (t.payload or {}).get("buttons", []) if t is rows[-1] else [],
                 "at": t.created_at.isoformat(),

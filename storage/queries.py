@@ -58,11 +58,11 @@ async def create_contact_with_identity(
     locale: str,
     source: str | None = None,
 ) -> Identity:
-    contact = Contact(name=name, locale=locale, source=source, attributes={})
+    contact = Contact(name=scrub(name), locale=locale, source=scrub(source), attributes={})
     s.add(contact)
     await s.flush()
     identity = Identity(
-        contact_id=contact.id, channel=channel, external_id=external_id, display_name=name
+        contact_id=contact.id, channel=channel, external_id=external_id, display_name=scrub(name)
     )
     s.add(identity)
     await s.flush()  # a concurrent creator makes this raise IntegrityError; callers retry
