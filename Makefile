@@ -8,7 +8,7 @@ UV := $(BOOT)/bin/uv
 VENV := .venv
 export UV_PYTHON_DOWNLOADS := never
 
-.PHONY: run test lint format chat clean
+.PHONY: run test test-browser lint format chat clean
 
 $(UV):
 	$(PYTHON) -m venv $(BOOT)
@@ -27,6 +27,10 @@ chat: $(VENV)/.synced
 test: $(VENV)/.synced
 	$(VENV)/bin/python -m pytest
 
+# the agent console in headless Chromium (Debian's `chromium`); screenshots in test-artifacts/
+test-browser: $(VENV)/.synced
+	$(VENV)/bin/python -m pytest tests/browser -v
+
 lint: $(VENV)/.synced
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
@@ -37,4 +41,4 @@ format: $(VENV)/.synced
 	$(VENV)/bin/ruff format .
 
 clean:
-	rm -rf $(VENV) $(BOOT) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(BOOT) .pytest_cache .mypy_cache .ruff_cache test-artifacts

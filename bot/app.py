@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 
-from bot import api
+from bot import api, console
 from bot.runtime import Runtime
 
 
@@ -32,6 +32,7 @@ def create_app(runtime: Runtime) -> FastAPI:
         return JSONResponse({"status": "database unavailable"}, status_code=503)
 
     api.install(app)
+    app.include_router(console.router)
     for adapter in runtime.channels.values():
         if adapter.router is not None:
             app.include_router(adapter.router)

@@ -77,8 +77,10 @@ def serve(
     logging.getLogger("cicbot").info(
         "channels: %s; web chat on http://%s:%s/", ", ".join(sorted(runtime.channels)), h, p
     )
+    # live event streams of open agent consoles would otherwise hold shutdown forever
     uvicorn.run(
         create_app(runtime),
+        timeout_graceful_shutdown=5,
         host=h,
         port=p,
         log_level=log_level,
@@ -278,6 +280,15 @@ def agents_revoke(agent_id: int) -> None:
         err.print(f"no agent {agent_id}")
         raise typer.Exit(1)
     out.print(f"agent {agent_id} revoked")
+
+
+def _add_kb() -> None:
+    from bot.kb_cli import kb_app
+
+    app.add_typer(kb_app, name="kb")
+
+
+_add_kb()
 
 
 def main() -> None:

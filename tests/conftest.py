@@ -20,21 +20,13 @@ from bot.config import DatabaseSettings, DispatcherSettings, Settings, load_sett
 from bot.messages import InboundMessage, OutboundMessage
 from bot.runtime import Runtime
 from storage.migrate import upgrade
+from storage.models import Base
 
 ROOT = Path(__file__).resolve().parent.parent
 PG_ADMIN_URL = os.environ.get("CICBOT_TEST_PG", "postgresql+asyncpg://postgres@127.0.0.1:5432/test")
 REQUIRE_PG = os.environ.get("CICBOT_REQUIRE_POSTGRES") == "1"
-TABLES = (
-    "survey_answers",
-    "consents",
-    "touchpoints",
-    "outbox",
-    "cases",
-    "conversations",
-    "identities",
-    "contacts",
-    "inbox",
-)
+# every table of the models: a new table is truncated between tests without a list to keep
+TABLES = tuple(t.name for t in reversed(Base.metadata.sorted_tables))
 
 
 @pytest.fixture(scope="session")

@@ -35,7 +35,12 @@ async def serve(settings: Settings | Runtime, **config: Any) -> AsyncIterator[tu
     """
     runtime = settings if isinstance(settings, Runtime) else Runtime(settings)
     port = free_port()
-    options: dict[str, Any] = {"lifespan": "on", "log_level": "warning", "ws_max_size": 1 << 20}
+    options: dict[str, Any] = {
+        "lifespan": "on",
+        "log_level": "warning",
+        "ws_max_size": 1 << 20,
+        "timeout_graceful_shutdown": 3,  # an open event stream must not hold shutdown
+    }
     options.update(config)
     server = uvicorn.Server(
         uvicorn.Config(create_app(runtime), host="127.0.0.1", port=port, **options)
