@@ -130,6 +130,131 @@ class TelegramSettings(Section):
         return self
 
 
+class EmailImapSettings(Section):
+    host: str | None = None
+    port: int | None = Field(default=None, ge=1, le=65535)  # None: 993 with ssl, else 143
+    username: str | None = None
+    password: SecretStr | None = None  # CICBOT_EMAIL__IMAP__PASSWORD (an app password)
+    ssl: bool = True  # implicit TLS (993); false: plain, for a local test server only
+    folder: str = "INBOX"
+    # after a mail is committed: "seen" flags it \\Seen; "move" moves it to processed_folder
+    after_import: Literal["seen", "move"] = "seen"
+    processed_folder: str = "cicbot-processed"
+    idle: bool = True  # IMAP IDLE where the server has it; polling otherwise
+    poll_interval_seconds: float = Field(default=60.0, gt=0)
+    idle_timeout_seconds: float = Field(default=25 * 60, gt=0)  # RFC 2177: under 29 min
+    timeout_seconds: float = Field(default=30.0, gt=0)
+
+
+class EmailSmtpSettings(Section):
+    host: str | None = None
+    port: int | None = Field(default=None, ge=1, le=65535)  # None: 465 ssl, 587 starttls, 25
+    username: str | None = None
+    password: SecretStr | None = None  # CICBOT_EMAIL__SMTP__PASSWORD
+    starttls: bool = True
+    ssl: bool = False  # implicit TLS (465) instead of STARTTLS
+    timeout_seconds: float = Field(default=30.0, gt=0)
+    idle_close_seconds: float = Field(default=10.0, gt=0)  # a batch's connection is kept
+
+
+class EmailSettings(Section):
+    """The email channel (channels/email.py, docs/email.md); on when address and both
+    hosts are set."""
+
+    address: str | None = None  # the mailbox customers write to (the From of our mail)
+    display_name: str | None = None  # default: company.name
+    imap: EmailImapSettings = EmailImapSettings()
+    smtp: EmailSmtpSettings = EmailSmtpSettings()
+    max_message_bytes: int = Field(default=25 << 20, ge=1024)  # larger: headers only kept
+    max_attachment_bytes: int = Field(default=10 << 20, ge=0)  # larger: flagged over_cap
+    public_url: str | None = None  # https://... base of the unsubscribe links
+    unsubscribe_secret: SecretStr | None = None  # CICBOT_EMAIL__UNSUBSCRIBE_SECRET
+
+    @field_validator("address")
+    @classmethod
+    def _address_shape(cls, value: str | None) -> str | None:
+        if value and not re.fullmatch(r"[^@\s<>]+@[^@\s<>]+\.[^@\s<>]+", value):
+            raise ValueError("is not an email address such as service@example.com")
+        return value or None
+
+
+SLACK_CHANNEL_ID = re.compile(r"^[CG][A-Z0-9]{2,30}$")
+
+
+class SlackSettings(Section):
+    """The Slack channel (channels/slack.py, docs/slack.md); on when a bot token is set.
+
+    Customers write in DMs with the app or in `customer_channels`; escalations from every
+    channel are posted as cards to `agent_channel`, where agents claim and answer them.
+    """
+
+    bot_token: SecretStr | None = None  # CICBOT_SLACK__BOT_TOKEN, xoxb-...
+    signing_secret: SecretStr | None = None  # CICBOT_SLACK__SIGNING_SECRET (HTTP mode)
+    app_token: SecretStr | None = None  # CICBOT_SLACK__APP_TOKEN, xapp-...: Socket Mode
+    api_base: str = "https://slack.com/api/"  # slack_sdk's base URL
+    agent_channel: str | None = None  # channel id (C...) of the agent desk; None: no desk
+    customer_channels: list[str] = Field(default_factory=list)  # ids where every message counts
+    channel_rate_per_second: float = Field(default=1.0, gt=0)  # chat.postMessage per channel
+    channel_burst: int = Field(default=3, ge=1, le=30)  # ... after a burst of this many
+    request_timeout: int = Field(default=15, ge=1, le=300)  # one Web API call, seconds
+    max_body_bytes: int = Field(default=1 << 20, ge=4096)  # an HTTP request; larger → 413
+    user_cache_seconds: float = Field(default=86400.0, ge=0)  # users.info answers are kept
+    card_messages: int = Field(default=5, ge=0, le=20)  # the last messages shown on a card
+
+    @field_validator("api_base")
+    @classmethod
+    def _api_url(cls, value: str) -> str:
+        if not re.match(r"^https?://[^/\s]+", value):
+            raise ValueError("must be an http(s) URL such as https://slack.com/api/")
+        return value.rstrip("/") + "/"
+
+    @field_validator("agent_channel")
+    @classmethod
+    def _agent_channel_id(cls, value: str | None) -> str | None:
+        if value and not SLACK_CHANNEL_ID.match(value):
+            raise ValueError("must be a channel id such as C0123456789 (not a #name)")
+        return value or None
+
+    @field_validator("customer_channels")
+    @classmethod
+    def _customer_channel_ids(cls, value: list[str]) -> list[str]:
+        bad = [v for v in value if not SLACK_CHANNEL_ID.match(v)]
+        if bad:
+            raise ValueError(f"must be channel ids such as C0123456789, not {bad[0]!r}")
+        return value
+
+    @field_validator("bot_token")
+    @classmethod
+    def _bot_token_shape(cls, value: SecretStr | None) -> SecretStr | None:
+        if _given(value) and not _given(value).startswith("xoxb-"):
+            raise ValueError("is not a bot token (xoxb-...)")
+        return value
+
+    @field_validator("app_token")
+    @classmethod
+    def _app_token_shape(cls, value: SecretStr | None) -> SecretStr | None:
+        if _given(value) and not _given(value).startswith("xapp-"):
+            raise ValueError("is not an app-level token (xapp-...)")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> SlackSettings:
+        if self.agent_channel and self.agent_channel in self.customer_channels:
+            raise ValueError("agent_channel must not also be a customer channel")
+        if _given(self.bot_token) and not _given(self.app_token):
+            if not _given(self.signing_secret):
+                raise ValueError(
+                    "a bot token is set but neither a signing secret (HTTP mode, "
+                    "CICBOT_SLACK__SIGNING_SECRET) nor an app token (Socket Mode, "
+                    "CICBOT_SLACK__APP_TOKEN)"
+                )
+        return self
+
+
+def _given(secret: SecretStr | None) -> str:
+    return secret.get_secret_value() if secret is not None else ""
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="CICBOT_",
@@ -147,6 +272,8 @@ class Settings(BaseSettings):
     winback: WinbackOptions
     knowledge_base: KnowledgeBaseOptions = KnowledgeBaseOptions()
     telegram: TelegramSettings = TelegramSettings()
+    slack: SlackSettings = SlackSettings()
+    email: EmailSettings = EmailSettings()
     business_hours: BusinessHours = BusinessHours()
 
     @classmethod
@@ -216,6 +343,18 @@ def load_settings(path: str | Path | None = None) -> Settings:
             f"set them in the environment instead ({envs})"
         )
     try:
-        return Settings()
+        settings = Settings()
     except ValidationError as exc:
         raise ConfigError(_format_errors(exc)) from exc
+    return _with_knowledge_base(settings, config_path)
+
+
+def _with_knowledge_base(settings: Settings, config_path: Path) -> Settings:
+    """The entries of the files `knowledge_base.files` names, validated with file and line."""
+    from bot.kb import KBError, with_files
+
+    try:
+        kb = with_files(settings.knowledge_base, config_path.resolve().parent)
+    except KBError as exc:
+        raise ConfigError(f"knowledge_base: {exc}") from exc
+    return settings.model_copy(update={"knowledge_base": kb})

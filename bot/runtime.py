@@ -20,8 +20,8 @@ from bot.dispatcher import Dispatcher
 from bot.engine import Engine, HandleResult
 from bot.events import EventBus
 from bot.inbox import Inbox
+from bot.kb import build_matcher
 from flows.catalog import default_catalog
-from flows.knowledge import Matcher
 from flows.options import FlowOptions
 from storage.db import create_engine, is_sqlite, session_factory
 from storage.migrate import upgrade_async
@@ -80,7 +80,7 @@ class Runtime:
             self.catalog,
             default_locale=settings.company.default_locale,
             timezone=settings.company.timezone,
-            matcher=Matcher(options.knowledge_base.entries),
+            matcher=build_matcher(options.knowledge_base),
             on_commit=self.dispatcher.notify,
             clock=clock,
             hours=settings.business_hours,

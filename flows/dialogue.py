@@ -33,6 +33,8 @@ MENU_WORDS = ("menu", "menü", "hauptmenü", "main menu")
 COMPLAINT_WORDS = ("beschwer", "reklamation", "complain", "kaputt", "defekt", "broken", "damaged")
 
 BOT, QUEUED, AGENT = "bot", "queued", "agent"
+# a knowledge-base answer this sure beats complaint words in the question
+STRONG_MATCH = 0.8
 
 
 def menu(ctx: Context, key: str = "menu.greeting") -> Reply:
@@ -167,17 +169,22 @@ def _self_service(state: Mapping[str, Any], inp: UserInput, ctx: Context) -> Dec
         return Decision(dict(state), (), (ShowCaseStatus(ref.group(0).upper()),))
     match = ctx.matcher.best(text) if ctx.matcher is not None else None
     threshold = ctx.options.knowledge_base.threshold
+    complaint_words = any(w in text.casefold() for w in COMPLAINT_WORDS)
+    if complaint_words and (match is None or match.confidence < max(threshold, STRONG_MATCH)):
+        # "it arrived broken" is a complaint, not a question about delivery times, unless
+        # the knowledge base is sure it has the answer
+        return start(complaint.FLOW, ctx)
     if match is not None and match.confidence >= threshold:
         entry = match.entry
         answer = entry.answer.get(ctx.locale) + (f"\n{entry.link}" if entry.link else "")
         meta = {"kb_entry": entry.id, "confidence": round(match.confidence, 3)}
+        # the entry's follow-up (complaint, status, human) is offered as a button
+        follow = (Button(f"c:{entry.flow}", ctx.t(f"menu.{entry.flow}")),) if entry.flow else ()
         return Decision(
             {},
-            (Reply("selfservice.answer", answer, meta=meta),),
+            (Reply("selfservice.answer", answer, follow, meta=meta),),
             (LogSelfService(text[:500], entry.id, match.confidence, True),),
         )
-    if any(w in text.casefold() for w in COMPLAINT_WORDS):
-        return start(complaint.FLOW, ctx)
     misses = int(state.get("misses", 0)) + 1
     log = LogSelfService(
         text[:500], match.entry.id if match else None, match.confidence if match else 0.0, False

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 Severity = Literal["low", "medium", "high", "critical"]
 ValueSegment = Literal["A", "B", "C"]
@@ -64,16 +64,34 @@ class WinbackOptions(Strict):
     offers: dict[WinbackReason, WinbackOffer]
 
 
+FollowUp = Literal["complaint", "status", "human"]
+
+
 class KnowledgeEntry(Strict):
+    """One answer of the knowledge base and the questions it answers (docs/knowledge-base.md)."""
+
     id: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
     answer: LocalizedText
-    examples: list[str] = Field(min_length=1)
+    examples: list[Annotated[str, Field(min_length=1, max_length=500)]] = Field(min_length=1)
     link: str | None = None
+    flow: FollowUp | None = None  # offered with the answer as a button
+    tags: list[str] = []
 
 
 class KnowledgeBaseOptions(Strict):
-    threshold: float = Field(default=0.30, ge=0.0, le=1.0)
+    # the calibrated confidence below which the bot says it is not sure (docs/knowledge-base.md)
+    threshold: float = Field(default=0.40, ge=0.0, le=1.0)
+    files: list[str] = []  # YAML files, relative to config.yaml's folder (or the working dir)
+    encoder: Literal["none", "e5"] = "none"  # "e5": the optional sentence encoder extra
     entries: list[KnowledgeEntry] = []
+
+    @model_validator(mode="after")
+    def _unique_ids(self) -> KnowledgeBaseOptions:
+        ids = [e.id for e in self.entries]
+        dupes = {i for i in ids if ids.count(i) > 1}
+        if dupes:
+            raise ValueError(f"duplicate entry ids: {', '.join(sorted(set(dupes)))}")
+        return self
 
 
 class FlowOptions(Strict):

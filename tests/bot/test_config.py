@@ -116,7 +116,7 @@ def test_repo_config_loads() -> None:
         "payment_methods",
         "cancel_contract",
     ]
-    assert s.knowledge_base.threshold == pytest.approx(0.30)
+    assert s.knowledge_base.threshold == pytest.approx(0.40)
     assert s.telegram.token is None
 
 

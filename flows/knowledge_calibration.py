@@ -1,0 +1,119 @@
+"""Calibrated confidence for the knowledge-base matcher.
+
+The raw scores of a linear model (decision value, margin, similarity) mean different
+things on a base of five entries and on one of 150. So the matcher learns, when it is
+built, what its own scores mean on its own knowledge base, by cross-validation:
+
+- the entries are split into `folds` groups; in each round one group is left out
+  entirely — its examples play the questions the bot has **no** answer for (out of
+  scope, and hard ones: they are about the same business) — and a share of the examples
+  of every other entry is held back — they play **paraphrases** of known questions;
+- a model trained on the rest scores both; a logistic regression over the scores learns
+  the probability that the answer is right (a paraphrase matched to its own entry).
+
+In-scope and out-of-scope questions are weighted alike (a prior of one half), so a
+threshold of 0.5 reads "more likely right than wrong". A base too small to split
+(fewer than three entries) gets fixed default coefficients, and a small one leans on
+them (they weigh as much as a hundred held-out questions).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+from sklearn.linear_model import LogisticRegression
+
+MIN_ENTRIES = 3
+PRIOR_SAMPLES = 100
+
+
+class _Scored(Protocol):
+    @property
+    def index(self) -> int: ...
+
+    def row(self) -> list[float]: ...
+
+
+@dataclass(frozen=True)
+class Calibrator:
+    coef: tuple[float, ...]
+    intercept: float
+    fitted: bool = False
+    samples: int = 0
+
+    @classmethod
+    def default(cls) -> Calibrator:
+        # what the calibration learns on small, few-shot bases (config.yaml's, Banking77
+        # with ten examples per intent), used when a base is too small to calibrate itself
+        return cls((1.5, 1.5, 2.5), -1.7)
+
+    def probability(self, row: Sequence[float]) -> float:
+        z = self.intercept + float(np.dot(self.coef, row))
+        return float(1.0 / (1.0 + np.exp(-np.clip(z, -30.0, 30.0))))
+
+
+def fit_calibrator(
+    labels: np.ndarray,
+    train: Callable[[np.ndarray], Any],
+    score: Callable[[Any, np.ndarray], Sequence[_Scored | None]],
+    *,
+    folds: int = 3,
+    seed: int = 0,
+) -> Calibrator:
+    """`train(indices)` → a model over those examples; `score(model, indices)` → its scores
+    for those examples (None where it knows no feature of the text)."""
+    entries = np.unique(labels)
+    if len(entries) < MIN_ENTRIES or len(labels) < 2 * MIN_ENTRIES:
+        return Calibrator.default()
+    rng = np.random.default_rng(seed)
+    shuffled = rng.permutation(entries)
+    folds = min(folds, len(entries))
+    rows: list[list[float]] = []
+    right: list[int] = []
+    weight: list[float] = []
+    for k in range(folds):
+        left_out = set(shuffled[k::folds].tolist())
+        out_idx = np.flatnonzero(np.isin(labels, list(left_out)))
+        held: list[int] = []
+        for entry in entries:
+            if entry in left_out:
+                continue
+            idx = rng.permutation(np.flatnonzero(labels == entry))
+            take = len(idx) // folds if len(idx) >= folds else (1 if len(idx) >= 2 else 0)
+            held.extend(idx[:take].tolist())
+        held_idx = np.array(sorted(held), dtype=np.int64)
+        mask = np.ones(len(labels), bool)
+        mask[out_idx] = False
+        mask[held_idx] = False
+        train_idx = np.flatnonzero(mask)
+        if len(np.unique(labels[train_idx])) < 2 or (not len(held_idx) and not len(out_idx)):
+            continue
+        model = train(train_idx)
+        for group, is_in in ((held_idx, True), (out_idx, False)):
+            if not len(group):
+                continue
+            scored = [(i, s) for i, s in zip(group, score(model, group), strict=True) if s]
+            for i, s in scored:
+                rows.append(s.row())
+                right.append(int(is_in and s.index == labels[i]))
+                weight.append((1.0 if is_in else -1.0) / len(scored))
+    y = np.array(right)
+    if len(rows) < 2 * MIN_ENTRIES or y.min() == y.max():
+        return Calibrator.default()
+    w = np.array(weight)
+    w_in, w_out = w[w > 0], -w[w < 0]
+    # in scope and out of scope weigh alike in total, whatever their counts
+    w = np.where(w > 0, w / max(w_in.sum(), 1e-9), -w / max(w_out.sum(), 1e-9))
+    w = w / w.mean()
+    lr = LogisticRegression(C=1.0)
+    lr.fit(np.array(rows), y, sample_weight=w)
+    # a small base says little about its scores: lean on the default coefficients until
+    # it has a few hundred held-out questions (a prior worth PRIOR_SAMPLES of them)
+    share = len(rows) / (len(rows) + PRIOR_SAMPLES)
+    prior = Calibrator.default()
+    coef = share * lr.coef_[0] + (1 - share) * np.array(prior.coef)
+    intercept = share * float(lr.intercept_[0]) + (1 - share) * prior.intercept
+    return Calibrator(tuple(float(c) for c in coef), float(intercept), True, len(rows))
