@@ -108,25 +108,36 @@ class TelegramSettings(Section):
     @field_validator("token")
     @classmethod
     def _token_shape(cls, value: SecretStr | None) -> SecretStr | None:
-        if value is not None and value.get_secret_value() \
-                and not re.fullmatch(r"\d+:[A-Za-z0-9_-]+", value.get_secret_value()):
+        if (
+            value is not None
+            and value.get_secret_value()
+            and not re.fullmatch(r"\d+:[A-Za-z0-9_-]+", value.get_secret_value())
+        ):
             raise ValueError("is not a bot token (digits:letters, as @BotFather gives it)")
         return value
 
     @field_validator("webhook_secret")
     @classmethod
     def _secret_shape(cls, value: SecretStr | None) -> SecretStr | None:
-        if value is not None and value.get_secret_value() \
-                and not re.fullmatch(r"[A-Za-z0-9_-]{16,256}", value.get_secret_value()):
+        if (
+            value is not None
+            and value.get_secret_value()
+            and not re.fullmatch(r"[A-Za-z0-9_-]{16,256}", value.get_secret_value())
+        ):
             raise ValueError("must be 16-256 characters of A-Z, a-z, 0-9, _ and -")
         return value
 
     @model_validator(mode="after")
     def _webhook_needs_secret(self) -> TelegramSettings:
-        if self.mode == "webhook" and self.token is not None and self.token.get_secret_value() \
-                and not (self.webhook_secret and self.webhook_secret.get_secret_value()):
-            raise ValueError("mode is webhook but no webhook secret is set "
-                             "(CICBOT_TELEGRAM__WEBHOOK_SECRET)")
+        if (
+            self.mode == "webhook"
+            and self.token is not None
+            and self.token.get_secret_value()
+            and not (self.webhook_secret and self.webhook_secret.get_secret_value())
+        ):
+            raise ValueError(
+                "mode is webhook but no webhook secret is set (CICBOT_TELEGRAM__WEBHOOK_SECRET)"
+            )
         return self
 
 

@@ -386,7 +386,7 @@ class TelegramStandIn:
         self.count_429 = 0
 
     # timeout= is the interface tests asked for (ASYNC109 prefers asyncio.timeout)
-    async def wait_for(self, predicate: Callable[[], T], timeout: float = 10.0) -> T:  # noqa: ASYNC109
+    async def wait_for(self, predicate: Callable[[], T], timeout: float = 10.0) -> T:
         """Wait until predicate() is truthy and return its value; TimeoutError otherwise."""
         deadline = time.monotonic() + timeout
         while not (result := predicate()):
@@ -403,7 +403,7 @@ class TelegramStandIn:
         self,
         n: int,
         chat_id: ChatId | None = None,
-        timeout: float = 10.0,  # noqa: ASYNC109
+        timeout: float = 10.0,
     ) -> list[Params]:
         """Wait for at least n sendMessage calls (to chat_id); returns all of them."""
         return await self.wait_for(
