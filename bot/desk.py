@@ -168,6 +168,10 @@ class Desk:
         text = self.engine.catalog.text(locale, key, **params)
         await self.engine.say(s, identity, conv, Reply(key, text), locale, actor=actor(by))
 
+    async def _observe(self, s: AsyncSession, conv: Conversation, kind: str, by: Agent) -> None:
+        """Tell the engine's observers (an agent channel's card) inside the transaction."""
+        await self.engine.notify_observers(s, conv, kind, agent_id=by.id, agent_name=by.name)
+
     def _changed(self, conv_id: int) -> None:
         self.events.publish({"type": "queue"})
         self.events.publish({"type": "conversation", "id": conv_id})
@@ -201,6 +205,7 @@ class Desk:
             conv = await self._locked(s, conv_id)
             self._note(s, agent, conv, "claimed")
             await self._tell(s, conv, "agent.joined", agent, agent=agent.name)
+            await self._observe(s, conv, "claimed", agent)
         self._changed(conv_id)
 
     async def reply(self, agent: Agent, conv_id: int, text: str) -> int:
@@ -259,6 +264,7 @@ class Desk:
             await self._tell(s, conv, "agent.resolved", agent)
             conv.status, conv.closed_at, conv.assignee = ConversationStatus.CLOSED, now, None
             self._note(s, agent, conv, "resolved")
+            await self._observe(s, conv, "resolved", agent)
             refs = [c.reference or "" for c in cases]
         self._changed(conv_id)
         return refs
@@ -271,6 +277,7 @@ class Desk:
             conv.queued_at, conv.flow_state = None, {}
             self._note(s, agent, conv, "handed_back")
             await self._tell(s, conv, "agent.handed_back", agent)
+            await self._observe(s, conv, "handed_back", agent)
         self._changed(conv_id)
 
     async def transfer(self, agent: Agent, conv_id: int, to: Agent) -> None:
@@ -281,6 +288,7 @@ class Desk:
             self._owns(agent, conv)
             conv.assignee = str(to.id)
             self._note(s, agent, conv, "transferred", to=to.id, to_name=to.name)
+            await self._observe(s, conv, "transferred", to)
         self._changed(conv_id)
 
     async def set_case_status(self, agent: Agent, reference: str, status: CaseStatus) -> Case:

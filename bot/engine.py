@@ -8,7 +8,7 @@ The dispatcher is woken after the commit; nothing is sent from here.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
@@ -26,9 +26,26 @@ from flows.knowledge import Matcher
 from flows.model import Button, ContactFacts, Context, Reply, UserInput, clean_text
 from flows.options import FlowOptions
 from storage import queries
-from storage.models import Contact, Conversation, Direction, Identity, utcnow
+from storage.models import (
+    Contact,
+    Conversation,
+    ConversationStatus,
+    Direction,
+    Identity,
+    utcnow,
+)
 
 log = logging.getLogger(__name__)
+
+# Called inside the transaction that changes a conversation, with its session, so that what
+# an observer writes (an outbox row for an agent channel's card, say) commits or rolls back
+# with the change. Kinds: "escalated" (it entered the queue), "left_queue", and
+# "customer_message" (the customer wrote while the conversation was queued or an agent's;
+# detail: text, attachments) from the engine; "claimed", "resolved", "handed_back" and
+# "transferred" (detail: agent_id, agent_name) from the desk.
+ConversationObserver = Callable[
+    [AsyncSession, Conversation, str, Mapping[str, Any]], Awaitable[None]
+]
 
 MAX_FLOW_TEXT = 4000  # what a flow sees; the touchpoint keeps the whole text
 MAX_STORED_TEXT = 200_000
@@ -42,6 +59,7 @@ class HandleResult:
     status: str | None = None  # the conversation's status afterwards
     outbox_ids: list[int] = field(default_factory=list)
     replies: list[str] = field(default_factory=list)
+    observed: list[str] = field(default_factory=list)  # kinds the observers were told of
 
 
 @dataclass
@@ -80,7 +98,16 @@ class Engine:
         self.on_handled: Callable[[HandleResult], None] | None = None  # live views
         self.clock = clock
         self.actions = ActionRunner(options, catalog, timezone, hours)
+        self.observers: list[ConversationObserver] = []
         self._locks = KeyedLocks()
+
+    async def notify_observers(
+        self, s: AsyncSession, conv: Conversation, kind: str, **detail: Any
+    ) -> bool:
+        """Tell the observers (inside the caller's transaction); True if there were any."""
+        for observer in self.observers:
+            await observer(s, conv, kind, detail)
+        return bool(self.observers)
 
     async def handle(self, msg: InboundMessage) -> HandleResult:
         """Process one inbound message exactly once; safe to call again with the same one."""
@@ -98,7 +125,7 @@ class Engine:
                 except OperationalError as exc:
                     if attempt == 4 or not _is_retryable(exc):
                         raise
-        if result.outbox_ids and self.on_commit:
+        if (result.outbox_ids or result.observed) and self.on_commit:
             self.on_commit()
         if not result.duplicate and self.on_handled:
             self.on_handled(result)
@@ -130,6 +157,12 @@ class Engine:
         await s.flush()  # the dedupe index speaks here if a racing process won
         ctx = self._context(contact, now)
         turn = Turn(s, contact, identity, conv, ctx)
+        result = HandleResult(contact_id=contact.id, conversation_id=conv.id)
+        before = conv.status
+        if before in (ConversationStatus.QUEUED, ConversationStatus.AGENT):
+            await self._observe(
+                s, conv, result, "customer_message", text=text, attachments=len(msg.attachments)
+            )
         if msg.kind == "message" or msg.kind == "button":
             payload = clean_text(msg.payload)[:200] if msg.payload is not None else None
             inp = UserInput(
@@ -140,11 +173,21 @@ class Engine:
             await self.actions.run(turn, decision.actions)
             turn.replies.extend(decision.replies)
             turn.replies.extend(turn.after)
-        result = HandleResult(contact_id=contact.id, conversation_id=conv.id, status=conv.status)
+        if conv.status != before and conv.status == ConversationStatus.QUEUED:
+            await self._observe(s, conv, result, "escalated")
+        elif before == ConversationStatus.QUEUED and conv.status == ConversationStatus.BOT:
+            await self._observe(s, conv, result, "left_queue")
+        result.status = conv.status
         for reply in turn.replies:
             result.outbox_ids.append(await self.say(s, identity, conv, reply, turn.ctx.locale))
             result.replies.append(reply.text)
         return result
+
+    async def _observe(
+        self, s: AsyncSession, conv: Conversation, result: HandleResult, kind: str, **detail: Any
+    ) -> None:
+        if await self.notify_observers(s, conv, kind, **detail):
+            result.observed.append(kind)
 
     async def start_flow(
         self,
@@ -259,7 +302,7 @@ class Engine:
         identity.reachable = True  # they just wrote to us
         identity.unreachable_reason = None
         if msg.sender_name and not identity.display_name:
-            identity.display_name = msg.sender_name
+            identity.display_name = queries.scrub(msg.sender_name)
         contact.last_contact_at = now
         for key in ("phone", "email"):
             if msg.contact_updates.get(key):

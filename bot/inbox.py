@@ -12,9 +12,10 @@ error (the library's models reject the update) or repeated failures park it as
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -29,7 +30,11 @@ from storage.models import InboxStatus, InboxUpdate, utcnow
 from storage.queries import scrub
 
 log = logging.getLogger(__name__)
-Parsed = Sequence[InboundMessage | ChannelEvent]
+# Work a parser hands back instead of a message, run in the worker in order with the rest:
+# an agent's action in Slack, or a platform look-up before a message is handed to the engine.
+# Its failure is retried like the engine's (and parked as dead after max_attempts).
+Deferred = Callable[[], Awaitable[object]]
+Parsed = Sequence[InboundMessage | ChannelEvent | Deferred]
 Parser = Callable[[dict[str, Any]], Parsed]
 UNFINISHED = (InboxStatus.PENDING, InboxStatus.PROCESSING)
 
@@ -101,6 +106,12 @@ class Inbox:
             await self._task
             self._task = None
 
+    async def _pause(self, seconds: float) -> None:
+        """Wait after a failed round, but not past a stop()."""
+        if not self._stopping:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), seconds)
+
     async def _run(self) -> None:
         while not self._stopping:
             self._wake.clear()  # before the claim: an accept() during the round is not lost
@@ -109,7 +120,7 @@ class Inbox:
             except Exception:
                 log.exception("inbox round failed")
                 busy = 0
-                await asyncio.sleep(self.poll_interval)
+                await self._pause(self.poll_interval)
             if busy:
                 continue
             try:
@@ -168,8 +179,10 @@ class Inbox:
             for item in items:
                 if isinstance(item, InboundMessage):
                     await self.engine.handle(item)
-                else:
+                elif isinstance(item, ChannelEvent):
                     await self.engine.record_event(item)
+                else:
+                    await item()
         except Exception as exc:
             log.exception("inbox row %s (%s) failed", row.id, row.channel)
             status = InboxStatus.DEAD if row.attempts >= self.max_attempts else InboxStatus.PENDING

@@ -326,3 +326,19 @@ class Agent(Base):
     active: Mapped[bool] = mapped_column(Boolean, default=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     last_seen_at: Mapped[datetime | None] = mapped_column()
+
+
+class AgentCard(Base):
+    """A card an agent-facing channel posted for a conversation (the Slack agent channel's
+    escalation card): where to update it, and the thread under it where agents answer.
+    A conversation escalated twice has two cards; the newest is the live one."""
+
+    __tablename__ = "agent_cards"
+    __table_args__ = (UniqueConstraint("channel", "container", "message_ref"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    conversation_id: Mapped[int] = mapped_column(ForeignKey("conversations.id"), index=True)
+    channel: Mapped[str] = mapped_column(String(32))  # the adapter: "slack"
+    container: Mapped[str] = mapped_column(String(200))  # Slack: the agent channel's id
+    message_ref: Mapped[str] = mapped_column(String(200))  # Slack: the card message's ts
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -276,3 +276,14 @@ async def test_outside_business_hours_the_customer_is_told_when(db_url: str) -> 
         assert "23.11.2026, 08:00 Uhr" in ch.texts()[1]
     finally:
         await rt.stop()
+
+
+async def test_nul_in_sender_name_is_stored_safely(runtime: Runtime) -> None:
+    # regression: PostgreSQL refuses NUL; a platform's display name must not break the insert
+    result = await runtime.engine.handle(inbound("hello", user="nul", sender_name="Ma\x00x"))
+    assert result.replies
+    from storage.models import Contact
+
+    async with runtime.sessions() as s:
+        contact = (await s.execute(select(Contact))).scalar_one()
+    assert contact.name == "Ma\ufffdx"

@@ -44,5 +44,6 @@ async def test_downgrade_and_upgrade_round_trip(sqlite_url: str) -> None:
     await asyncio.to_thread(command.downgrade, alembic_config(sqlite_url), "base")
     assert await _tables(sqlite_url) == {"alembic_version"}
     await asyncio.to_thread(upgrade, sqlite_url, "head")
-    assert {"contacts", "touchpoints", "outbox", "inbox", "cases"} <= await _tables(sqlite_url)
-    assert current_head() == "0002"
+    tables = {"contacts", "touchpoints", "outbox", "inbox", "cases", "agent_cards"}
+    assert tables <= await _tables(sqlite_url)
+    assert current_head() == "0003"
