@@ -11,7 +11,6 @@ sending) makes the row eligible again, the documented at-least-once window.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 from collections.abc import Mapping
@@ -24,6 +23,7 @@ from sqlalchemy.orm import aliased
 from bot.channel import Channel, PermanentSendError, SendResult, TransientSendError
 from bot.config import DispatcherSettings
 from bot.messages import OutboundMessage
+from bot.worker import RoundWorker
 from storage import queries
 from storage.models import Conversation, Direction, OutboxMessage, OutboxStatus, utcnow
 
@@ -31,7 +31,9 @@ log = logging.getLogger(__name__)
 UNFINISHED = (OutboxStatus.PENDING, OutboxStatus.SENDING)
 
 
-class Dispatcher:
+class Dispatcher(RoundWorker):
+    name = "outbox-dispatcher"
+
     def __init__(
         self,
         sessions: async_sessionmaker[AsyncSession],
@@ -40,49 +42,14 @@ class Dispatcher:
         *,
         skip_locked: bool = False,
     ) -> None:
+        super().__init__(settings.poll_interval_seconds)
         self.sessions = sessions
         self.channels = channels
         self.settings = settings
         self.skip_locked = skip_locked
-        self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-        self._stopping = False
 
-    def notify(self) -> None:
-        self._wake.set()
-
-    async def start(self) -> None:
-        self._stopping = False
-        self._task = asyncio.create_task(self._run(), name="outbox-dispatcher")
-
-    async def stop(self) -> None:
-        self._stopping = True
-        self._wake.set()
-        if self._task:
-            await self._task
-            self._task = None
-
-    async def _pause(self, seconds: float) -> None:
-        """Wait after a failed round, but not past a stop()."""
-        if not self._stopping:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), seconds)
-
-    async def _run(self) -> None:
-        while not self._stopping:
-            self._wake.clear()  # before the claim: a notify() during the round is not lost
-            try:
-                busy = await self.drain_once()
-            except Exception:  # a database hiccup must not kill the loop
-                log.exception("outbox dispatcher round failed")
-                busy = 0
-                await self._pause(self.settings.poll_interval_seconds)
-            if busy:
-                continue
-            try:
-                await asyncio.wait_for(self._wake.wait(), self.settings.poll_interval_seconds)
-            except TimeoutError:
-                pass
+    async def round(self) -> int:
+        return await self.drain_once()
 
     async def drain_once(self) -> int:
         """Claim one batch and send it; returns how many rows were attempted."""

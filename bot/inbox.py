@@ -12,7 +12,6 @@ error (the library's models reject the update) or repeated failures park it as
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import traceback
 from collections.abc import Awaitable, Callable, Sequence
@@ -26,6 +25,7 @@ from sqlalchemy.orm import aliased
 
 from bot.engine import Engine
 from bot.messages import ChannelEvent, InboundMessage
+from bot.worker import RoundWorker
 from storage.models import InboxStatus, InboxUpdate, utcnow
 from storage.queries import scrub
 
@@ -43,7 +43,9 @@ class ParseError(Exception):
     """The update cannot be understood; it is kept as dead, not retried."""
 
 
-class Inbox:
+class Inbox(RoundWorker):
+    name = "inbox-worker"
+
     def __init__(
         self,
         sessions: async_sessionmaker[AsyncSession],
@@ -55,17 +57,14 @@ class Inbox:
         lease_seconds: float = 60.0,
         poll_interval: float = 1.0,
     ) -> None:
+        super().__init__(poll_interval)
         self.sessions = sessions
         self.engine = engine
         self.dialect = dialect
         self.concurrency = concurrency
         self.max_attempts = max_attempts
         self.lease_seconds = lease_seconds
-        self.poll_interval = poll_interval
         self.parsers: dict[str, Parser] = {}
-        self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-        self._stopping = False
 
     def register(self, channel: str, parser: Parser) -> None:
         self.parsers[channel] = parser
@@ -92,41 +91,11 @@ class Inbox:
         async with self.sessions() as s, s.begin():
             new = (await s.execute(stmt)).first() is not None
         if new:
-            self._wake.set()
+            self.notify()
         return new
 
-    async def start(self) -> None:
-        self._stopping = False
-        self._task = asyncio.create_task(self._run(), name="inbox-worker")
-
-    async def stop(self) -> None:
-        self._stopping = True
-        self._wake.set()
-        if self._task:
-            await self._task
-            self._task = None
-
-    async def _pause(self, seconds: float) -> None:
-        """Wait after a failed round, but not past a stop()."""
-        if not self._stopping:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), seconds)
-
-    async def _run(self) -> None:
-        while not self._stopping:
-            self._wake.clear()  # before the claim: an accept() during the round is not lost
-            try:
-                busy = await self.process_once()
-            except Exception:
-                log.exception("inbox round failed")
-                busy = 0
-                await self._pause(self.poll_interval)
-            if busy:
-                continue
-            try:
-                await asyncio.wait_for(self._wake.wait(), self.poll_interval)
-            except TimeoutError:
-                pass
+    async def round(self) -> int:
+        return await self.process_once()
 
     async def process_once(self) -> int:
         rows = await self._claim()
