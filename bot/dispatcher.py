@@ -57,10 +57,23 @@ class Dispatcher(RoundWorker):
         if not rows:
             return 0
         sem = asyncio.Semaphore(self.settings.concurrency)
+        done: list[tuple[OutboxMessage, SendResult]] = []
+        flushing = asyncio.Lock()
+
+        async def flush() -> None:
+            # sends finishing while a flush writes are recorded together by the next one:
+            # few transactions, and no reply waits for a slower one of its batch
+            async with flushing:
+                batch = done[:]
+                del done[:]
+                await self._sent(batch)
 
         async def one(row: OutboxMessage) -> None:
             async with sem:
-                await self._deliver(row)
+                sent = await self._deliver(row)
+            if sent is not None:
+                done.append(sent)
+                await flush()
 
         await asyncio.gather(*(one(r) for r in rows))
         return len(rows)
@@ -105,7 +118,8 @@ class Dispatcher(RoundWorker):
                 row.attempts += 1
         return rows
 
-    async def _deliver(self, row: OutboxMessage) -> None:
+    async def _deliver(self, row: OutboxMessage) -> tuple[OutboxMessage, SendResult] | None:
+        """Send one row; the result if it went out, None if it was retried or failed."""
         channel = self.channels[row.channel]
         message = OutboundMessage.from_row(
             channel=row.channel,
@@ -125,20 +139,27 @@ class Dispatcher(RoundWorker):
             log.exception("channel %s raised while sending outbox row %s", row.channel, row.id)
             await self._retry(row, f"{type(exc).__name__}: {exc}", None)
         else:
-            await self._sent(row, result)
+            return row, result
+        return None
 
-    async def _sent(self, row: OutboxMessage, result: SendResult) -> None:
+    async def _sent(self, done: list[tuple[OutboxMessage, SendResult]]) -> None:
+        if not done:
+            return
+        now = utcnow()
         async with self.sessions() as s, s.begin():
             await s.execute(
-                update(OutboxMessage)
-                .where(OutboxMessage.id == row.id)
-                .values(
-                    status=OutboxStatus.SENT,
-                    sent_at=utcnow(),
-                    leased_until=None,
-                    platform_message_id=result.platform_message_id,
-                    last_error=None,
-                )
+                update(OutboxMessage),
+                [
+                    {
+                        "id": row.id,
+                        "status": OutboxStatus.SENT,
+                        "sent_at": now,
+                        "leased_until": None,
+                        "last_error": None,
+                        "platform_message_id": result.platform_message_id,
+                    }
+                    for row, result in done
+                ],
             )
 
     def _backoff(self, attempts: int) -> float:

@@ -4,8 +4,9 @@ serialized across processes). PostgreSQL: a normal pool; callers lock rows."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from sqlalchemy import event
 from sqlalchemy.engine import make_url
@@ -53,5 +54,33 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
+class SerialSession(AsyncSession):
+    """A session that waits for its turn in asyncio, first come first served.
+
+    SQLite has one writer at a time and every transaction here writes (BEGIN IMMEDIATE);
+    without this, waiting transactions sleep and retry in SQLite's busy handler, which
+    under load costs more than the work. Sessions must not be nested (none are).
+    """
+
+    _gate: asyncio.Lock
+
+    async def __aenter__(self) -> Self:
+        await self._gate.acquire()
+        try:
+            return await super().__aenter__()
+        except BaseException:
+            self._gate.release()
+            raise
+
+    async def __aexit__(self, *exc: Any) -> None:
+        try:
+            await super().__aexit__(*exc)
+        finally:
+            self._gate.release()
+
+
 def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
+    if engine.dialect.name == "sqlite":
+        gated = type("SerialSession", (SerialSession,), {"_gate": asyncio.Lock()})
+        return async_sessionmaker(engine, expire_on_commit=False, class_=gated)
     return async_sessionmaker(engine, expire_on_commit=False)
