@@ -147,6 +147,7 @@ class EmailImapSettings(Section):
     username: str | None = None
     password: SecretStr | None = None  # CICBOT_EMAIL__IMAP__PASSWORD (an app password)
     ssl: bool = True  # implicit TLS (993); false: plain, for a local test server only
+    ca_file: str | None = None  # a private CA's PEM file; default: the system's CAs
     folder: str = "INBOX"
     # after a mail is committed: "seen" flags it \\Seen; "move" moves it to processed_folder
     after_import: Literal["seen", "move"] = "seen"
@@ -164,6 +165,7 @@ class EmailSmtpSettings(Section):
     password: SecretStr | None = None  # CICBOT_EMAIL__SMTP__PASSWORD
     starttls: bool = True
     ssl: bool = False  # implicit TLS (465) instead of STARTTLS
+    ca_file: str | None = None  # a private CA's PEM file; default: the system's CAs
     timeout_seconds: float = Field(default=30.0, gt=0)
     idle_close_seconds: float = Field(default=10.0, gt=0)  # a batch's connection is kept
 

@@ -342,3 +342,31 @@ class AgentCard(Base):
     container: Mapped[str] = mapped_column(String(200))  # Slack: the agent channel's id
     message_ref: Mapped[str] = mapped_column(String(200))  # Slack: the card message's ts
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class EmailMailbox(Base):
+    """IMAP progress of one mailbox folder: the highest UID taken into the inbox, valid only
+    while the folder's UIDVALIDITY stays the same (channels/email_imap.py)."""
+
+    __tablename__ = "email_mailboxes"
+
+    mailbox: Mapped[str] = mapped_column(String(500), primary_key=True)  # user@host:port/folder
+    uidvalidity: Mapped[int] = mapped_column(BigInteger)
+    last_uid: Mapped[int] = mapped_column(BigInteger, default=0)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class EmailMessageRef(Base):
+    """Message-IDs of the mails in an email thread, ours and the customer's: a reply's
+    In-Reply-To / References find the thread (channels/email.py)."""
+
+    __tablename__ = "email_messages"
+    __table_args__ = (Index("ix_email_messages_thread", "thread_key", "id"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    message_id: Mapped[str] = mapped_column(String(500), unique=True)
+    thread_key: Mapped[str] = mapped_column(String(320))
+    address: Mapped[str] = mapped_column(String(320))  # the customer's address
+    direction: Mapped[str] = mapped_column(String(8))
+    subject: Mapped[str | None] = mapped_column(String(500))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -1,0 +1,473 @@
+"""Inbound mail, parsed with the standard library (`email`, `policy.default`): pure functions.
+
+* `parse_mail(raw)` → `ParsedMail`: ids (Message-ID, or a hash of the headers where it is
+  missing), threading headers, sender, subject, the text (from text/plain, or from the
+  HTML part turned into text), the reply with quoted history and signature stripped,
+  the HTML sanitized with nh3, attachments' metadata, and why no answer may be sent
+  (`auto`) or which addresses bounced (`bounce`).
+* Every charset the `email` package knows (UTF-8, ISO-8859-1, Windows-1252, ...) and the
+  transfer encodings quoted-printable and base64; an unknown or lying charset falls
+  back to UTF-8 with replacement, then Latin-1, never an exception.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass, field
+from email import policy
+from email.headerregistry import Address
+from email.message import EmailMessage, Message
+from email.parser import BytesParser
+from email.utils import getaddresses, parseaddr
+from html.parser import HTMLParser
+from typing import Any
+
+import nh3
+
+MSGID_RE = re.compile(r"<[^<>\s]+>")
+CASE_REF_RE = re.compile(r"\[(C-\d{4}-\d{6})\]")
+MAX_TEXT = 200_000
+
+
+@dataclass(frozen=True)
+class AttachmentInfo:
+    name: str | None
+    mime_type: str
+    size: int
+    over_cap: bool = False
+
+
+@dataclass(frozen=True)
+class Bounce:
+    """A delivery status notification: who failed, permanently or not."""
+
+    recipients: tuple[str, ...]
+    permanent: bool
+    status: str
+    diagnostic: str
+    original_message_id: str | None = None
+
+
+@dataclass(frozen=True)
+class ParsedMail:
+    message_id: str
+    in_reply_to: tuple[str, ...]
+    references: tuple[str, ...]
+    from_address: str
+    from_name: str | None
+    subject: str
+    text: str  # the whole body as text
+    reply: str  # the new part only: quotes and signature stripped
+    html: str | None  # sanitized HTML, if the mail had an HTML part
+    attachments: tuple[AttachmentInfo, ...] = ()
+    auto: str | None = None  # why this mail must not be answered (RFC 3834 and friends)
+    bounce: Bounce | None = None
+    language: str | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def case_reference(self) -> str | None:
+        m = CASE_REF_RE.search(self.subject)
+        return m.group(1) if m else None
+
+
+def message_ids(value: str | None) -> tuple[str, ...]:
+    return tuple(MSGID_RE.findall(value or ""))
+
+
+def header_message_id(msg: Message) -> str:
+    """The Message-ID, or a stable hash of the identifying headers where it is missing."""
+    found = message_ids(str(msg.get("Message-ID", "") or ""))
+    if found:
+        return found[0]
+    basis = "\n".join(
+        f"{k}:{msg.get(k, '')}" for k in ("From", "To", "Date", "Subject", "Received")
+    )
+    return "<sha256-" + hashlib.sha256(basis.encode("utf-8", "replace")).hexdigest() + "@cicbot>"
+
+
+def parse_headers(raw: bytes) -> Message:
+    return BytesParser(policy=policy.default).parsebytes(raw, headersonly=True)
+
+
+def parse_mail(raw: bytes, *, max_attachment_bytes: int = 10 << 20) -> ParsedMail:
+    msg = BytesParser(policy=policy.default).parsebytes(raw)
+    assert isinstance(msg, EmailMessage)
+    name, address = _sender(msg)
+    subject = _header(msg, "Subject")
+    plain, html = _bodies(msg)
+    text = plain if plain.strip() else (html_to_text(html) if html else "")
+    if plain.strip():
+        reply = strip_reply(plain)
+    elif html:
+        reply = strip_reply(html_to_text(html, cut_quotes=True))
+    else:
+        reply = ""
+    bounce = parse_bounce(msg)
+    return ParsedMail(
+        message_id=header_message_id(msg),
+        in_reply_to=message_ids(_header(msg, "In-Reply-To")),
+        references=message_ids(_header(msg, "References")),
+        from_address=address,
+        from_name=name,
+        subject=subject,
+        text=text[:MAX_TEXT],
+        reply=reply[:MAX_TEXT],
+        html=nh3.clean(html) if html else None,
+        attachments=tuple(_attachments(msg, max_attachment_bytes)),
+        auto=auto_reason(msg, address) if bounce is None else "delivery status notification",
+        bounce=bounce,
+        language=_language(msg) or _guess_language(subject, text),
+        headers={k: _header(msg, k) for k in ("Date", "To", "Auto-Submitted") if k in msg},
+    )
+
+
+# ---- headers -------------------------------------------------------------------------
+
+
+def _header(msg: Message, name: str) -> str:
+    try:
+        value = msg.get(name)
+    except Exception:  # a header the policy cannot parse: fall back to its raw text
+        value = None
+        for k, v in msg.raw_items():
+            if k.lower() == name.lower():
+                value = v
+                break
+    return " ".join(str(value).split()) if value is not None else ""
+
+
+def _sender(msg: Message) -> tuple[str | None, str]:
+    try:
+        header = msg.get("From")
+        addresses = getattr(header, "addresses", ())
+        if addresses:
+            a: Address = addresses[0]
+            return (a.display_name or None), a.addr_spec.lower()
+    except Exception:  # noqa: S110 (a broken header: the raw fallback below)
+        pass
+    name, addr = parseaddr(_header(msg, "From"))
+    return (name or None), addr.lower()
+
+
+def _language(msg: Message) -> str | None:
+    lang = _header(msg, "Content-Language").split(",")[0].strip().lower()
+    return lang[:2] if lang else None
+
+
+GERMAN_HINTS = re.compile(
+    r"^\s*(aw|wg)\s*:|^Am\b.{0,300}\bschrieb\b|^(Von|Gesendet|Betreff)\s*:|"
+    r"\b(ich|und|nicht|bitte|danke|hallo|mein|meine|ist|das|die|der|mit|freundlichen)\b",
+    re.I | re.M,
+)
+ENGLISH_HINTS = re.compile(r"\b(i|and|not|please|thanks|hello|my|is|the|with|regards)\b", re.I)
+
+
+def _guess_language(subject: str, text: str) -> str | None:
+    """de or en from the mail's words when it has no Content-Language; None if unsure."""
+    sample = f"{subject}\n{text[:2000]}"
+    de, en = len(GERMAN_HINTS.findall(sample)), len(ENGLISH_HINTS.findall(sample))
+    if de > en:
+        return "de"
+    if en > de:
+        return "en"
+    return None
+
+
+AUTO_LOCALPARTS = ("mailer-daemon", "postmaster", "noreply", "no-reply", "do-not-reply")
+
+
+def auto_reason(msg: Message, sender: str = "") -> str | None:
+    """Why an answer would be wrong (RFC 3834 §2 and the headers mail systems really use);
+    None for a person's mail."""
+    auto = _header(msg, "Auto-Submitted").lower()
+    if auto and auto.split(";")[0].strip() != "no":
+        return f"Auto-Submitted: {auto}"
+    for name in ("X-Autoreply", "X-Autorespond", "X-Autoresponder"):
+        if name in msg:
+            return name
+    precedence = _header(msg, "Precedence").lower()
+    if precedence in ("bulk", "list", "junk", "auto_reply"):
+        return f"Precedence: {precedence}"
+    if "X-Loop" in msg:
+        return "X-Loop"
+    if "List-Id" in msg:
+        return "List-Id"
+    local = sender.split("@", 1)[0].lower()
+    if local in AUTO_LOCALPARTS or local.startswith("mailer-daemon"):
+        return f"sender {local}"
+    if _header(msg, "Return-Path").strip() == "<>":
+        return "null Return-Path"
+    if msg.get_content_type() == "multipart/report":
+        return "report"
+    return None
+
+
+# ---- bodies --------------------------------------------------------------------------
+
+
+def _decoded(part: Message) -> str:
+    try:
+        content = part.get_content()  # type: ignore[attr-defined]
+        if isinstance(content, str):
+            return content
+    except (LookupError, UnicodeError, AssertionError, KeyError):
+        pass
+    payload = part.get_payload(decode=True)
+    if not isinstance(payload, bytes):
+        return ""
+    charset = part.get_content_charset() or "utf-8"
+    for cs in (charset, "utf-8"):
+        try:
+            return payload.decode(cs)
+        except (LookupError, UnicodeDecodeError):
+            continue
+    return payload.decode("latin-1")
+
+
+def _is_attachment(part: Message) -> bool:
+    return part.get_content_disposition() == "attachment" or (
+        part.get_filename() is not None and part.get_content_maintype() != "multipart"
+    )
+
+
+def _bodies(msg: EmailMessage) -> tuple[str, str | None]:
+    plain_part: Message | None = None
+    html_part: Message | None = None
+    try:
+        plain_part = msg.get_body(preferencelist=("plain",))
+        html_part = msg.get_body(preferencelist=("html",))
+    except Exception:  # noqa: S110 (an odd structure: walked below)
+        pass
+    if plain_part is None and html_part is None:
+        for part in msg.walk():
+            if part.is_multipart() or _is_attachment(part):
+                continue
+            if part.get_content_type() == "text/plain" and plain_part is None:
+                plain_part = part
+            elif part.get_content_type() == "text/html" and html_part is None:
+                html_part = part
+    plain = _decoded(plain_part) if plain_part is not None else ""
+    html = _decoded(html_part) if html_part is not None else None
+    return plain.replace("\r\n", "\n"), html
+
+
+def _attachments(msg: EmailMessage, cap: int) -> list[AttachmentInfo]:
+    found = []
+    for part in msg.walk():
+        if part.is_multipart() or not _is_attachment(part):
+            continue
+        payload = part.get_payload(decode=True)
+        size = len(payload) if isinstance(payload, bytes) else 0
+        found.append(
+            AttachmentInfo(
+                name=part.get_filename(),
+                mime_type=part.get_content_type(),
+                size=size,
+                over_cap=size > cap,
+            )
+        )
+    return found
+
+
+# ---- HTML → text ---------------------------------------------------------------------
+
+BLOCK = {
+    "p", "div", "br", "tr", "li", "h1", "h2", "h3", "h4", "h5", "h6", "table",
+    "ul", "ol", "pre", "hr", "section", "article", "header", "footer",
+}  # fmt: skip
+SKIP = {"script", "style", "head", "title", "template"}
+CUT_MARK = "\x00cut\x00"
+# where a mail client puts the quoted history
+QUOTE_MARKERS = ("gmail_quote", "divrplyfwdmsg", "moz-cite-prefix", "appendonsend", "yahoo_quoted")
+
+
+class _TextExtractor(HTMLParser):
+    def __init__(self, cut_quotes: bool) -> None:
+        super().__init__(convert_charrefs=True)
+        self.cut_quotes = cut_quotes
+        self.out: list[str] = []
+        self.skip = 0
+        self.quote = 0
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag in SKIP:
+            self.skip += 1
+            return
+        marks = " ".join(f"{v}" for k, v in attrs if k in ("class", "id") and v).lower()
+        if self.cut_quotes and (
+            any(m in marks for m in QUOTE_MARKERS) or (tag == "blockquote" and "cite" in str(attrs))
+        ):
+            self.out.append(CUT_MARK)
+        if tag == "blockquote":
+            self.quote += 1
+        if tag in BLOCK:
+            self.out.append("\n")
+        if tag == "li":
+            self.out.append("- ")
+
+    def handle_startendtag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag in ("br", "hr"):
+            self.out.append("\n")
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in SKIP:
+            self.skip = max(0, self.skip - 1)
+            return
+        if tag == "blockquote":
+            self.quote = max(0, self.quote - 1)
+        if tag in BLOCK:
+            self.out.append("\n")
+
+    def handle_data(self, data: str) -> None:
+        if self.skip:
+            return
+        text = re.sub(r"\s+", " ", data)
+        if self.quote and self.cut_quotes:
+            self.out.append(CUT_MARK)
+            return
+        self.out.append(text)
+
+
+def html_to_text(html: str, *, cut_quotes: bool = False) -> str:
+    parser = _TextExtractor(cut_quotes)
+    try:
+        parser.feed(html)
+        parser.close()
+    except Exception:  # noqa: S110 (malformed HTML: what was read so far)
+        pass
+    text = "".join(parser.out)
+    if cut_quotes and CUT_MARK in text:
+        text = text.split(CUT_MARK, 1)[0]
+    lines = [line.strip() for line in text.replace("\xa0", " ").split("\n")]
+    return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip()
+
+
+# ---- quoted history and signatures ---------------------------------------------------
+
+# a line that introduces the quoted original (the attribution line)
+ATTRIBUTION = [
+    re.compile(r"^On\b.{0,300}\bwrote:\s*$", re.I | re.S),  # Gmail, Apple Mail, Thunderbird
+    re.compile(r"^Am\b.{0,300}\bschrieb\b.{0,300}:\s*$", re.I | re.S),  # German clients
+    re.compile(r"^Le\b.{0,300}\ba écrit\s*:\s*$", re.I | re.S),
+    re.compile(
+        r"^-{2,}\s*(Original Message|Ursprüngliche Nachricht|Originalnachricht)\s*-{2,}", re.I
+    ),
+    re.compile(r"^-{2,}\s*(Forwarded message|Weitergeleitete Nachricht)\s*-{2,}", re.I),
+    re.compile(r"^_{20,}\s*$"),  # Outlook's rule above the header block
+]
+HEADER_BLOCK = re.compile(r"^\*?(From|Von|De)\s*:\*?\s", re.I)
+HEADER_NEXT = re.compile(r"^\*?(Sent|Gesendet|Date|Datum|To|An|Subject|Betreff|Envoyé)\s*:", re.I)
+SIGNATURE = [
+    re.compile(r"^--\s*$"),
+    re.compile(r"^(Sent from|Gesendet von|Von meinem|Sent with|Envoyé de)\b.{0,60}$", re.I),
+    re.compile(r"^Get Outlook for\b", re.I),
+    re.compile(r"^Outlook für\b.{0,30}(herunterladen|beziehen)", re.I),
+]
+
+
+def strip_reply(text: str) -> str:
+    """The new part of a reply: up to the attribution line or header block of the quoted
+    original, without `>` lines and without the signature."""
+    lines = text.replace("\r\n", "\n").split("\n")
+    end = len(lines)
+    for i, line in enumerate(lines):
+        s = line.strip()
+        nxt = lines[i + 1].strip() if i + 1 < len(lines) else ""
+        two = f"{s} {nxt}"  # Gmail wraps a long attribution line
+        if any(p.match(s) for p in ATTRIBUTION) or (
+            s
+            and not s.startswith(">")
+            and any(p.match(two) for p in ATTRIBUTION[:3])
+            and nxt.endswith(":")
+        ):
+            end = i
+            break
+        if HEADER_BLOCK.match(s) and any(
+            HEADER_NEXT.match(x.strip()) for x in lines[i + 1 : i + 4]
+        ):
+            end = i
+            break
+    kept = [line for line in lines[:end] if not line.lstrip().startswith(">")]
+    for i, line in enumerate(kept):
+        if any(p.match(line.strip()) for p in SIGNATURE):
+            kept = kept[:i]
+            break
+    return "\n".join(line.rstrip() for line in kept).strip()
+
+
+# ---- delivery status notifications ---------------------------------------------------
+
+
+def parse_bounce(msg: Message) -> Bounce | None:
+    """A DSN (RFC 3464, multipart/report; report-type=delivery-status): the recipients that
+    failed (or, if none did, those delayed), and whether the failure is permanent (Action
+    failed with a 5.x.x Status)."""
+    if msg.get_content_type() != "multipart/report":
+        return None
+    found: dict[str, list[tuple[str, str, str]]] = {"failed": [], "delayed": []}
+    original: str | None = None
+    for part in msg.walk():
+        ctype = part.get_content_type()
+        if ctype == "message/delivery-status":
+            blocks = part.get_payload()
+            for block in blocks if isinstance(blocks, list) else []:
+                action = str(block.get("Action", "")).strip().lower()
+                rcpt = str(block.get("Final-Recipient", "") or block.get("Original-Recipient", ""))
+                if not rcpt or action not in found:
+                    continue
+                found[action].append(
+                    (
+                        rcpt.split(";", 1)[-1].strip().strip("<>").lower(),
+                        str(block.get("Status", "")).strip(),
+                        " ".join(str(block.get("Diagnostic-Code", "")).split()),
+                    )
+                )
+        elif ctype in ("message/rfc822", "text/rfc822-headers") and original is None:
+            original = _original_message_id(part)
+    rows = found["failed"] or found["delayed"]
+    if not rows:
+        return Bounce((), False, "", "", original)
+    status, diagnostic = rows[0][1], rows[0][2]
+    return Bounce(
+        tuple(r[0] for r in rows),
+        bool(found["failed"]) and status.startswith("5"),
+        status,
+        diagnostic,
+        original,
+    )
+
+
+def _original_message_id(part: Message) -> str | None:
+    inner = part.get_payload()
+    if isinstance(inner, list) and inner:
+        text = str(inner[0].get("Message-ID", ""))
+    elif isinstance(inner, str):
+        text = _rfc822_header(inner, "Message-ID")
+    else:
+        return None
+    found = message_ids(text)
+    return found[0] if found else None
+
+
+def _rfc822_header(text: str, name: str) -> str:
+    m = re.search(rf"^{re.escape(name)}:\s*(.+)$", text, re.I | re.M)
+    return m.group(1) if m else ""
+
+
+def addresses(value: str) -> list[str]:
+    return [a.lower() for _, a in getaddresses([value]) if a]
+
+
+def summary(mail: ParsedMail) -> dict[str, Any]:
+    """What goes into InboundMessage.raw (the history keeps it)."""
+    return {
+        "message_id": mail.message_id,
+        "subject": mail.subject,
+        "from": mail.from_address,
+        "in_reply_to": list(mail.in_reply_to),
+        "references": list(mail.references[-20:]),
+        "full_text": mail.text[:20_000],
+        "html": (mail.html or "")[:50_000] or None,
+    }
