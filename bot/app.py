@@ -8,7 +8,8 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 
-from bot import api, console
+from bot import api, api_crm, console
+from bot.campaign_api import router as campaign_router
 from bot.runtime import Runtime
 
 
@@ -32,6 +33,8 @@ def create_app(runtime: Runtime) -> FastAPI:
         return JSONResponse({"status": "database unavailable"}, status_code=503)
 
     api.install(app)
+    app.include_router(campaign_router)
+    app.include_router(api_crm.router)
     app.include_router(console.router)
     for adapter in runtime.channels.values():
         if adapter.router is not None:

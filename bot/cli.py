@@ -142,6 +142,10 @@ def _run(coro_fn: Callable[[AsyncSession], Awaitable[T]]) -> T:
 @contacts_app.command("show")
 def contacts_show(
     ref: Annotated[str, typer.Argument(help="contact id or channel:external_id")],
+    channel: Annotated[str | None, typer.Option(help="Only this channel's touchpoints.")] = None,
+    kind: Annotated[str | None, typer.Option(help="Only touchpoints of this kind.")] = None,
+    limit: Annotated[int | None, typer.Option(min=1, help="At most N (the newest).")] = None,
+    newest_first: Annotated[bool, typer.Option("--newest-first", help="Newest on top.")] = False,
 ) -> None:
     """A contact's profile, identities and whole timeline, oldest first."""
     from storage import queries
@@ -150,10 +154,19 @@ def contacts_show(
         contact = await queries.find_contact(s, ref)
         if contact is None:
             return None
+        if channel or kind or limit:
+            from bot.history import timeline_page
+
+            rows, _ = await timeline_page(
+                s, contact.id, channel=channel, kind=kind, limit=limit or 10**9
+            )
+            touchpoints = list(rows) if newest_first else list(reversed(rows))
+        else:
+            touchpoints = list(await queries.timeline(s, contact.id, newest_first=newest_first))
         return (
             contact,
             await queries.identities_of(s, contact.id),
-            await queries.timeline(s, contact.id),
+            touchpoints,
             await queries.cases_of_contact(s, contact.id),
         )
 
@@ -291,5 +304,23 @@ def _add_kb() -> None:
 _add_kb()
 
 
+def _add_crm() -> None:
+    from bot.crm_cli import register
+
+    register(app)
+
+
+_add_crm()
+
+
 def main() -> None:
     app()
+
+
+def _add_campaigns() -> None:
+    from bot.campaign_cli import campaigns_app
+
+    app.add_typer(campaigns_app, name="campaigns")
+
+
+_add_campaigns()

@@ -28,6 +28,7 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
+from bot.campaign_config import CampaignSettings
 from bot.hours import BusinessHours
 from flows.options import ComplaintOptions, KnowledgeBaseOptions, WinbackOptions
 
@@ -268,6 +269,36 @@ def _given(secret: SecretStr | None) -> str:
     return secret.get_secret_value() if secret is not None else ""
 
 
+class CrmSettings(Section):
+    """Contact history, customer value, lifecycle and privacy (docs/crm.md)."""
+
+    retention_days: int = Field(default=1095, ge=1)  # touchpoints older than this are purged
+    at_risk_after_days: int = Field(default=90, ge=1)  # active → at_risk without order/contact
+    lost_after_days: int = Field(default=180, ge=1)  # → lost without order or contact
+    value_window_days: int = Field(default=730, ge=1)  # orders counted for RFM and CLV
+    clv_horizon_years: float = Field(default=3.0, gt=0)  # the CLV estimate looks this far
+    segment_a_share: float = Field(default=0.2, gt=0, lt=1)  # top share by CLV → A
+    segment_b_share: float = Field(default=0.3, gt=0, lt=1)  # the next share → B; rest C
+    service_need_contacts: int = Field(default=5, ge=1)  # inbound msgs + cases in 90 days → high
+    import_max_rows: int = Field(default=1_000_000, ge=1)
+
+    @model_validator(mode="after")
+    def _order(self) -> CrmSettings:
+        if self.lost_after_days <= self.at_risk_after_days:
+            raise ValueError("lost_after_days must be greater than at_risk_after_days")
+        if self.segment_a_share + self.segment_b_share >= 1:
+            raise ValueError("segment_a_share + segment_b_share must be below 1")
+        return self
+
+
+class CampaignsSection(Section):
+    """Scheduled follow-ups (bot/campaigns.py, docs/campaigns.md)."""
+
+    scheduler: bool = True  # `cicbot serve` runs the schedule (one leader per database)
+    builtin: bool = True  # the built-in csat and winback campaigns (redefine one by name)
+    definitions: list[CampaignSettings] = []
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="CICBOT_",
@@ -288,6 +319,8 @@ class Settings(BaseSettings):
     slack: SlackSettings = SlackSettings()
     email: EmailSettings = EmailSettings()
     business_hours: BusinessHours = BusinessHours()
+    crm: CrmSettings = CrmSettings()
+    campaigns: CampaignsSection = Field(default_factory=lambda: CampaignsSection())
 
     @classmethod
     def settings_customise_sources(

@@ -197,11 +197,16 @@ class Engine:
         *,
         thread_key: str | None = None,
         extra: dict[str, Any] | None = None,
+        footer_key: str | None = None,
+        in_transaction: Callable[[AsyncSession, HandleResult], Awaitable[None]] | None = None,
     ) -> HandleResult | None:
         """Open a flow with a known customer (a survey after a case, a win-back campaign).
 
         Returns None, and says nothing, when the conversation is busy: an agent owns it,
-        it waits for one, or another flow is running.
+        it waits for one, or another flow is running. `footer_key`: a catalog line appended
+        to the last opening message (a campaign's how-to-stop notice). `in_transaction` is
+        awaited after the messages are queued, in the same transaction (a campaign records
+        its delivery there); what it raises rolls everything back and propagates.
         """
         thread = thread_key or external_id
         async with self._locks.hold((channel, thread)):
@@ -232,9 +237,16 @@ class Engine:
                     payload={"flow": flow, **(extra or {})},
                 )
                 result = HandleResult(contact_id=contact.id, conversation_id=conv.id)
-                for reply in decision.replies:
+                replies = list(decision.replies)
+                if footer_key and replies:
+                    last = replies[-1]
+                    text = f"{last.text}\n\n{ctx.t(footer_key)}"
+                    replies[-1] = Reply(last.key, text, last.buttons, last.meta)
+                for reply in replies:
                     result.outbox_ids.append(await self.say(s, identity, conv, reply, ctx.locale))
                     result.replies.append(reply.text)
+                if in_transaction is not None:
+                    await in_transaction(s, result)
         if self.on_commit:
             self.on_commit()
         return result

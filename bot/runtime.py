@@ -13,6 +13,7 @@ from importlib.metadata import entry_points
 
 from sqlalchemy import text
 
+from bot.campaigns import Campaigns
 from bot.channel import ChannelAdapter
 from bot.config import Settings
 from bot.desk import Desk
@@ -21,6 +22,7 @@ from bot.engine import Engine, HandleResult
 from bot.events import EventBus
 from bot.inbox import Inbox
 from bot.kb import build_matcher
+from bot.scheduler import CampaignScheduler
 from flows.catalog import default_catalog
 from flows.options import FlowOptions
 from storage.db import create_engine, is_sqlite, session_factory
@@ -95,6 +97,16 @@ class Runtime:
             lease_seconds=settings.dispatcher.lease_seconds,
             poll_interval=settings.dispatcher.poll_interval_seconds,
         )
+        self.campaigns = Campaigns(
+            self.sessions,
+            self.engine,
+            settings.campaigns.definitions,
+            channels=lambda: list(self.channels),
+            timezone=settings.company.timezone,
+            builtin=settings.campaigns.builtin,
+            clock=clock,
+        )
+        self.scheduler: CampaignScheduler | None = None
         for name, factory in channel_factories(channels, exclude).items():
             adapter = factory(self)
             if adapter is not None:
@@ -110,8 +122,16 @@ class Runtime:
         if dispatch:
             await self.dispatcher.start()
             await self.inbox.start()
+            if self.settings.campaigns.scheduler:
+                self.scheduler = CampaignScheduler(
+                    self.campaigns, self.db, timezone=self.settings.company.timezone
+                )
+                await self.scheduler.start()
 
     async def stop(self) -> None:
+        if self.scheduler is not None:
+            await self.scheduler.stop()
+            self.scheduler = None
         await self.inbox.stop()
         await self.dispatcher.stop()
         for adapter in self.channels.values():

@@ -370,3 +370,86 @@ class EmailMessageRef(Base):
     direction: Mapped[str] = mapped_column(String(8))
     subject: Mapped[str | None] = mapped_column(String(500))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Order(Base):
+    """A customer's order, imported from the shop (bot/importer.py): the data behind the
+    customer value (RFM, lifetime value, segment) and the lifecycle. Amounts in cents."""
+
+    __tablename__ = "orders"
+    __table_args__ = (Index("ix_orders_contact_time", "contact_id", "ordered_at"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    external_id: Mapped[str] = mapped_column(String(200), unique=True)  # the shop's order id
+    contact_id: Mapped[int] = mapped_column(ForeignKey("contacts.id"))
+    amount_cents: Mapped[int] = mapped_column(BigInteger)
+    currency: Mapped[str] = mapped_column(String(3), default="EUR")
+    ordered_at: Mapped[datetime] = mapped_column()
+    status: Mapped[str] = mapped_column(String(16), default="completed")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class CampaignDefinition(Base):
+    """A campaign defined through the API or CLI (config.yaml's own live in the file; a
+    stored one with the same name overrides it). `definition` is bot.campaign_config's
+    CampaignSettings as JSON."""
+
+    __tablename__ = "campaigns"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+    definition: Mapped[dict[str, Any]] = mapped_column()
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class CampaignRun(Base):
+    """One run of a campaign. The run key names the firing (a cron time, "once", a manual
+    run's stamp): a scheduler firing twice, or a run resumed after a crash, finds the same
+    row and so the same deliveries."""
+
+    __tablename__ = "campaign_runs"
+    __table_args__ = (UniqueConstraint("campaign", "run_key"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    campaign: Mapped[str] = mapped_column(String(100), index=True)
+    run_key: Mapped[str] = mapped_column(String(100))
+    status: Mapped[str] = mapped_column(String(16), default="running")  # running, done
+    targeted: Mapped[int] = mapped_column(Integer, default=0)
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column()
+
+
+class CampaignDelivery(Base):
+    """At most one per (run, contact), and one sent per (campaign, subject) — the subject
+    is what the message is about, e.g. the resolved case a CSAT survey asks about.
+    status: sent, skipped (reason: no_consent, opted_out, capped, unreachable, busy, ...)
+    or deferred (quiet hours: a resumed run tries again)."""
+
+    __tablename__ = "campaign_deliveries"
+    __table_args__ = (
+        UniqueConstraint("run_id", "contact_id"),
+        Index(
+            "uq_campaign_deliveries_subject",
+            "campaign",
+            "subject",
+            unique=True,
+            sqlite_where=text("subject IS NOT NULL AND status = 'sent'"),
+            postgresql_where=text("subject IS NOT NULL AND status = 'sent'"),
+        ),
+        Index("ix_campaign_deliveries_contact_sent", "contact_id", "status", "sent_at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("campaign_runs.id"))
+    campaign: Mapped[str] = mapped_column(String(100), index=True)
+    contact_id: Mapped[int] = mapped_column(ForeignKey("contacts.id"))
+    subject: Mapped[str | None] = mapped_column(String(100))
+    status: Mapped[str] = mapped_column(String(16))
+    reason: Mapped[str | None] = mapped_column(String(32))
+    channel: Mapped[str | None] = mapped_column(String(32))
+    flow: Mapped[str | None] = mapped_column(String(32))
+    conversation_id: Mapped[int | None] = mapped_column(ForeignKey("conversations.id"))
+    outbox_id: Mapped[int | None] = mapped_column(BigId)  # the first message sent
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    sent_at: Mapped[datetime | None] = mapped_column()

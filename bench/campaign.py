@@ -1,0 +1,154 @@
+"""Campaign benchmark: N recipients through the Telegram stand-in, on 127.0.0.1 only.
+
+    .venv/bin/python bench/campaign.py [--recipients 10000] [--limit 300] [--db URL]
+
+Seeds N contacts with a reachable Telegram identity (bulk insert, SQLite in a temporary
+directory unless --db names another database), defines a one-message campaign (the
+consent question), then runs it in this process while the runtime's dispatcher sends the
+outbox through the Telegram channel to the stand-in (tests/standins/telegram_api.py).
+cicbot's Telegram shaping is set to --limit messages/s for the bot; the stand-in answers
+429 above the same limit (a 1-second sliding window), so a 429 means our shaping let
+through more than the platform allows.
+
+Reported: wall time from the run's start to the last message arriving at the stand-in,
+against the ideal N / limit (the ratio; 1.0 is the rate limit itself), 429s provoked
+(should be 0), duplicates (messages beyond one per recipient; must be 0), and the
+campaign's own figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+SELF = Path(__file__).resolve()
+ROOT = SELF.parent.parent
+sys.path.insert(0, str(ROOT))
+
+from sqlalchemy import insert, select  # noqa: E402
+
+from bot.campaign_config import CampaignSettings  # noqa: E402
+from bot.config import load_settings  # noqa: E402
+from bot.runtime import Runtime  # noqa: E402
+from storage.migrate import upgrade_async  # noqa: E402
+from storage.models import Contact, Identity  # noqa: E402
+from tests.standins.telegram_api import DEFAULT_TOKEN, TelegramStandIn  # noqa: E402
+
+CHAT_BASE = 7_000_000_000
+
+
+async def seed(rt: Runtime, n: int) -> None:
+    async with rt.sessions() as s, s.begin():
+        for start in range(0, n, 2000):
+            rows = [
+                {
+                    "name": f"Kunde {i}",
+                    "locale": "de",
+                    "lifecycle_phase": "active",
+                    "attributes": {},
+                }
+                for i in range(start, min(n, start + 2000))
+            ]
+            await s.execute(insert(Contact), rows)
+        ids = (await s.execute(select(Contact.id).order_by(Contact.id))).scalars().all()
+        for start in range(0, len(ids), 2000):
+            await s.execute(
+                insert(Identity),
+                [
+                    {
+                        "contact_id": cid,
+                        "channel": "telegram",
+                        "external_id": str(CHAT_BASE + cid),
+                        "reachable": True,
+                    }
+                    for cid in ids[start : start + 2000]
+                ],
+            )
+
+
+async def bench(n: int, limit: int, db: str | None, timeout: float) -> dict[str, Any]:
+    tmp = tempfile.TemporaryDirectory(prefix="cicbot-bench-")
+    url = db or f"sqlite+aiosqlite:///{tmp.name}/bench.db"
+    await upgrade_async(url)
+    async with TelegramStandIn() as standin:
+        standin.rate_limit(per_chat_per_sec=None, global_per_sec=limit)
+        base = load_settings(ROOT / "config.yaml").model_dump()
+        base["database"] = {"url": url, "auto_migrate": False}
+        base["telegram"] = {
+            **base["telegram"],
+            "token": DEFAULT_TOKEN,
+            "mode": "webhook",
+            "webhook_secret": "bench-webhook-secret-0123456789",
+            "api_base": standin.base_url,
+            "rate_per_second": limit,
+        }
+        base["campaigns"] = {"scheduler": False, "builtin": False, "definitions": []}
+        from bot.config import Settings
+
+        settings = Settings(**base)
+        rt = Runtime(settings, channels=["telegram"])
+        await rt.start()
+        try:
+            await seed(rt, n)
+            await rt.campaigns.save(
+                CampaignSettings(
+                    name="bench",
+                    flow="consent",
+                    purpose="service",
+                    legal_basis="service",
+                    audience={"lifecycle_phase": ["active"]},
+                    quiet_hours=None,
+                    rate_per_second=limit * 2,  # queueing is not the bottleneck
+                    frequency_cap=10,
+                )
+            )
+            started = time.monotonic()
+            report = await rt.campaigns.run("bench", run_key="bench")
+            queued = time.monotonic() - started
+            deadline = started + timeout
+            while len(standin.sent_messages()) < n and time.monotonic() < deadline:  # noqa: ASYNC110
+                await asyncio.sleep(0.05)
+            wall = time.monotonic() - started
+            per_chat = Counter(p.get("chat_id") for p in standin.sent_messages())
+            status = await rt.campaigns.status("bench")
+        finally:
+            await rt.stop()
+        tmp.cleanup()
+        ideal = n / limit
+        return {
+            "recipients": n,
+            "limit_per_second": limit,
+            "delivered": len(per_chat),
+            "wall_seconds": round(wall, 2),
+            "queue_seconds": round(queued, 2),
+            "ideal_seconds": round(ideal, 2),
+            "ratio": round(wall / ideal, 2),
+            "http_429": standin.count_429,
+            "duplicates": sum(c - 1 for c in per_chat.values() if c > 1),
+            "outcomes": dict(report.outcomes),
+            "figures": {k: status[k] for k in ("sent", "failed", "skipped")},
+        }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--recipients", type=int, default=10_000)
+    parser.add_argument("--limit", type=int, default=300, help="messages/s, bot-wide")
+    parser.add_argument("--db", default=None, help="database URL (default: temporary SQLite)")
+    parser.add_argument("--timeout", type=float, default=600.0)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    result = asyncio.run(bench(args.recipients, args.limit, args.db, args.timeout))
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

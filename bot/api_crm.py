@@ -1,0 +1,162 @@
+"""The CRM part of the REST API, `/api/v1` (docs/crm.md): merge contacts (agents, audited),
+imports and recomputations (supervisors), analytics (supervisors), GDPR export, erasure
+and retention (admins). Errors are the API's JSON errors."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+from sqlalchemy.exc import IntegrityError
+
+from bot import analytics, gdpr, importer, lifecycle, value
+from bot.api import Admin, AnyAgent, ApiError, Supervisor, runtime_of
+from bot.desk import actor
+from bot.history import MergeError, merge_contacts
+from storage.models import utcnow
+
+router = APIRouter(prefix="/api/v1", tags=["crm"])
+MAX_IMPORT_BYTES = 64 << 20
+
+
+class Merge(BaseModel):
+    other_id: int = Field(description="The contact merged into the one in the path.")
+    reason: str = Field(min_length=1, max_length=500)
+
+
+class Retention(BaseModel):
+    days: int | None = Field(default=None, ge=1)
+
+
+@router.post("/contacts/{contact_id}/merge")
+async def merge(request: Request, contact_id: int, body: Merge, agent: AnyAgent) -> dict[str, Any]:
+    """Merge contact `other_id` into this one: identities, history, cases, consents and
+    orders move over; an audit touchpoint records who merged and why."""
+    try:
+        async with runtime_of(request).sessions() as s, s.begin():
+            return await merge_contacts(
+                s, contact_id, body.other_id, actor=actor(agent), reason=body.reason
+            )
+    except MergeError as exc:
+        raise ApiError(exc.status, exc.code, str(exc)) from None
+    except IntegrityError:
+        raise ApiError(
+            409, "conflict", "the contacts' records conflict; nothing was merged"
+        ) from None
+
+
+@router.get("/contacts/{contact_id}/export")
+async def export(request: Request, contact_id: int, agent: Admin) -> dict[str, Any]:
+    """GDPR art. 15: everything stored about the contact."""
+    try:
+        async with runtime_of(request).sessions() as s:
+            return await gdpr.export(s, contact_id)
+    except gdpr.GdprError as exc:
+        raise ApiError(exc.status, exc.code, str(exc)) from None
+
+
+@router.post("/contacts/{contact_id}/erase")
+async def erase(request: Request, contact_id: int, agent: Admin) -> dict[str, Any]:
+    """GDPR art. 17: delete or anonymize the contact's personal data; aggregates stay."""
+    try:
+        async with runtime_of(request).sessions() as s, s.begin():
+            return await gdpr.erase(s, contact_id, actor=actor(agent))
+    except gdpr.GdprError as exc:
+        raise ApiError(exc.status, exc.code, str(exc)) from None
+
+
+@router.post("/gdpr/retention")
+async def retention(request: Request, body: Retention, agent: Admin) -> dict[str, Any]:
+    rt = runtime_of(request)
+    days = body.days or rt.settings.crm.retention_days
+    async with rt.sessions() as s, s.begin():
+        purged = await gdpr.purge_touchpoints(s, days)
+    return {"retention_days": days, "purged": purged}
+
+
+class _BadRows(Exception):
+    def __init__(self, errors: list[dict[str, Any]]) -> None:
+        super().__init__(f"{len(errors)} bad row(s)")
+        self.errors = errors
+
+
+async def _import(request: Request, kind: str) -> Any:
+    rt = runtime_of(request)
+    if int(request.headers.get("content-length") or 0) > MAX_IMPORT_BYTES:
+        raise ApiError(413, "too_large", f"at most {MAX_IMPORT_BYTES} bytes")
+    data = await request.body()
+    if len(data) > MAX_IMPORT_BYTES:
+        raise ApiError(413, "too_large", f"at most {MAX_IMPORT_BYTES} bytes")
+    fn = importer.import_contacts if kind == "contacts" else importer.import_orders
+    try:
+        async with rt.sessions() as s, s.begin():
+            report = await fn(s, data)
+            if not report.ok:
+                raise _BadRows(report.as_dict()["errors"])  # rolls back: nothing half-imported
+            result = report.as_dict()
+            if kind == "orders":
+                result["value"] = await value.recompute(s, rt.settings.crm)
+                result["lifecycle"] = await lifecycle.run(
+                    s, rt.settings.crm, contact_ids=report.contact_ids
+                )
+    except importer.ImportFileError as exc:
+        raise ApiError(422, "invalid_file", str(exc)) from None
+    except _BadRows as bad:
+        message = f"{len(bad.errors)} bad row(s); nothing was imported"
+        return JSONResponse(
+            {"error": {"code": "invalid_rows", "message": message, "rows": bad.errors}},
+            status_code=422,
+        )
+    return result
+
+
+@router.post("/import/contacts")
+async def import_contacts(request: Request, agent: Supervisor) -> Any:
+    """The body is the CSV file (see `cicbot import contacts`). All rows or none: a bad row
+    answers 422 with every bad row's line and reason."""
+    return await _import(request, "contacts")
+
+
+@router.post("/import/orders")
+async def import_orders(request: Request, agent: Supervisor) -> Any:
+    """The body is the CSV file (see `cicbot import orders`); value and lifecycle are
+    recomputed afterwards, in the same transaction."""
+    return await _import(request, "orders")
+
+
+@router.post("/crm/value")
+async def recompute_value(request: Request, agent: Supervisor) -> dict[str, Any]:
+    rt = runtime_of(request)
+    async with rt.sessions() as s, s.begin():
+        return await value.recompute(s, rt.settings.crm)
+
+
+@router.post("/crm/lifecycle")
+async def run_lifecycle(request: Request, agent: Supervisor) -> dict[str, Any]:
+    rt = runtime_of(request)
+    async with rt.sessions() as s, s.begin():
+        return await lifecycle.run(s, rt.settings.crm)
+
+
+@router.get("/analytics")
+async def report(
+    request: Request,
+    agent: Supervisor,
+    days: Annotated[int, Query(ge=1, le=3660)] = 30,
+    since: datetime | None = None,
+    until: datetime | None = None,
+) -> dict[str, Any]:
+    """Channel mix and volume, first response and resolution times, complaints, SLA
+    breaches, CSAT, win-back, self-service deflection; `since`/`until` (ISO, UTC when
+    naive) or the last `days`."""
+    from datetime import UTC
+
+    until = (until.replace(tzinfo=until.tzinfo or UTC)) if until else utcnow()
+    since = (since.replace(tzinfo=since.tzinfo or UTC)) if since else until - timedelta(days=days)
+    if since >= until:
+        raise ApiError(422, "invalid_request", "since must be before until")
+    async with runtime_of(request).sessions() as s:
+        return await analytics.report(s, since=since, until=until)

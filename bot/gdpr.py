@@ -1,0 +1,225 @@
+"""Privacy rights (GDPR art. 15, 17) and retention: export everything about a contact,
+erase a contact's personal data while keeping the aggregates, purge old touchpoints."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Text, cast, delete, func, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from bot.history import CRM_CHANNEL
+from storage import queries
+from storage.models import (
+    Base,
+    Case,
+    Consent,
+    Contact,
+    Conversation,
+    ConversationStatus,
+    Direction,
+    EmailMessageRef,
+    Identity,
+    InboxStatus,
+    InboxUpdate,
+    Order,
+    OutboxMessage,
+    SurveyAnswer,
+    Touchpoint,
+    utcnow,
+)
+
+ERASED = "[erased]"
+
+
+class GdprError(Exception):
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.code = status, code
+
+
+def _row(obj: Any) -> dict[str, Any]:
+    data: dict[str, Any] = {}
+    for col in obj.__table__.columns:
+        value = getattr(obj, col.key)
+        data[col.key] = value.isoformat() if isinstance(value, datetime) else value
+    return data
+
+
+async def _all(s: AsyncSession, model: Any, contact_id: int) -> list[dict[str, Any]]:
+    q = select(model).where(model.contact_id == contact_id).order_by(model.id)
+    return [_row(r) for r in (await s.execute(q)).scalars().all()]
+
+
+async def export(s: AsyncSession, contact_id: int) -> dict[str, Any]:
+    """Everything stored about one contact, as one JSON-serialisable document."""
+    contact = await s.get(Contact, contact_id)
+    if contact is None:
+        raise GdprError(404, "not_found", f"contact {contact_id} not found")
+    return {
+        "format": "cicbot-gdpr-export/1",
+        "exported_at": utcnow().isoformat(),
+        "profile": _row(contact),
+        "identities": await _all(s, Identity, contact_id),
+        "consents": await _all(s, Consent, contact_id),
+        "conversations": [
+            {k: v for k, v in c.items() if k != "flow_state"}
+            for c in await _all(s, Conversation, contact_id)
+        ],
+        "touchpoints": await _all(s, Touchpoint, contact_id),
+        "cases": await _all(s, Case, contact_id),
+        "survey_answers": await _all(s, SurveyAnswer, contact_id),
+        "orders": await _all(s, Order, contact_id),
+    }
+
+
+def _is_rating(answer: str | None) -> bool:
+    return answer is not None and answer.strip().isdigit() and len(answer.strip()) <= 2
+
+
+async def erase(s: AsyncSession, contact_id: int, *, actor: str) -> dict[str, Any]:
+    """Delete or anonymize every personal value of a contact; keep the rows aggregates
+    are computed from (touchpoints' channel/kind/time, cases' category/severity/times,
+    ratings, orders' amounts), and record the erasure itself as a touchpoint that holds
+    no personal data. Idempotent. The caller owns the transaction."""
+    contact = await s.get(Contact, contact_id, with_for_update=True)
+    if contact is None:
+        raise GdprError(404, "not_found", f"contact {contact_id} not found")
+    identities = (
+        (await s.execute(select(Identity).where(Identity.contact_id == contact_id))).scalars().all()
+    )
+    convs = (
+        (await s.execute(select(Conversation).where(Conversation.contact_id == contact_id)))
+        .scalars()
+        .all()
+    )
+    # the values other tables may hold without a contact_id: addresses and thread keys
+    addresses = {i.external_id for i in identities} | {c.thread_key for c in convs}
+    if contact.email:
+        addresses.add(contact.email)
+    if contact.phone:
+        addresses.add(contact.phone)
+    addresses = {a for a in addresses if a and not a.startswith("erased:")}
+    identity_ids = [i.id for i in identities]
+    conv_ids = [c.id for c in convs]
+    counts: dict[str, int] = {}
+
+    async def run(name: str, stmt: Any) -> None:
+        result = await s.execute(stmt)
+        counts[name] = counts.get(name, 0) + int(getattr(result, "rowcount", 0) or 0)
+
+    # messages about the contact that are not its history: the outbox (sent or not: nothing
+    # more goes out), finished raw platform updates, email threading records
+    out_cond = []
+    if identity_ids:
+        out_cond.append(OutboxMessage.identity_id.in_(identity_ids))
+    if conv_ids:
+        out_cond.append(OutboxMessage.conversation_id.in_(conv_ids))
+    if addresses:
+        out_cond.append(OutboxMessage.recipient_id.in_(addresses))
+    if out_cond:
+        await run("outbox", delete(OutboxMessage).where(or_(*out_cond)))
+    if addresses:
+        payload_text = cast(InboxUpdate.payload, Text)
+        await run(
+            "inbox",
+            delete(InboxUpdate).where(
+                InboxUpdate.status.not_in([InboxStatus.PENDING, InboxStatus.PROCESSING]),
+                or_(
+                    InboxUpdate.partition_key.in_(addresses),
+                    *(payload_text.contains(a, autoescape=True) for a in addresses),
+                ),
+            ),
+        )
+        await run(
+            "email_messages",
+            delete(EmailMessageRef).where(
+                or_(
+                    EmailMessageRef.address.in_(addresses),
+                    EmailMessageRef.thread_key.in_(addresses),
+                )
+            ),
+        )
+    # the history: kept for the figures, emptied of content
+    await run(
+        "touchpoints",
+        update(Touchpoint)
+        .where(Touchpoint.contact_id == contact_id)
+        .values(text=None, payload={}, platform_message_id=None),
+    )
+    await run(
+        "cases",
+        update(Case)
+        .where(Case.contact_id == contact_id)
+        .values(description=ERASED, order_reference=None),
+    )
+    answers = (
+        (await s.execute(select(SurveyAnswer).where(SurveyAnswer.contact_id == contact_id)))
+        .scalars()
+        .all()
+    )
+    for a in answers:
+        if not _is_rating(a.answer):
+            a.answer = None
+    counts["survey_answers"] = len(answers)
+    await run(
+        "consents",
+        update(Consent)
+        .where(Consent.contact_id == contact_id)
+        .values(source=ERASED, text_shown=None),
+    )
+    for c in convs:
+        c.thread_key = f"erased:{c.id}"
+        c.flow_state = {}
+        c.assignee = None
+        if c.status != ConversationStatus.CLOSED:
+            c.status = ConversationStatus.CLOSED
+            c.closed_at = utcnow()
+    for i in identities:
+        i.external_id = f"erased:{i.id}"
+        i.display_name = None
+        i.reachable = False
+        i.unreachable_reason = "erased"
+    counts["conversations"], counts["identities"] = len(convs), len(identities)
+    erased_at = utcnow()
+    contact.name = contact.email = contact.phone = contact.timezone = contact.source = None
+    contact.attributes = {"erased": True, "erased_at": erased_at.isoformat()}
+    await s.flush()
+    queries.add_touchpoint(
+        s,
+        contact_id=contact_id,
+        conversation_id=None,
+        channel=CRM_CHANNEL,
+        direction=Direction.INTERNAL,
+        kind="gdpr_erased",
+        actor=actor,
+        payload={"counts": counts},
+    )
+    await s.flush()
+    return {"contact_id": contact_id, "erased_at": erased_at.isoformat(), "counts": counts}
+
+
+async def purge_touchpoints(
+    s: AsyncSession, retention_days: int, *, now: datetime | None = None
+) -> int:
+    """Delete touchpoints older than the retention period; returns how many."""
+    cutoff = (now or utcnow()) - timedelta(days=retention_days)
+    result = await s.execute(delete(Touchpoint).where(Touchpoint.created_at < cutoff))
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
+def text_columns() -> list[tuple[str, str]]:
+    """(table, column) of every text or JSON column: what an erasure check scans."""
+    from sqlalchemy import JSON, String
+
+    found = []
+    for table in Base.metadata.sorted_tables:
+        for col in table.columns:
+            if isinstance(col.type, String | JSON) or "JSON" in type(col.type).__name__:
+                found.append((table.name, col.name))
+    return found
+
+
+async def count_touchpoints(s: AsyncSession) -> int:
+    return int(await s.scalar(select(func.count()).select_from(Touchpoint)) or 0)
