@@ -124,7 +124,10 @@ class Runtime:
             await self.inbox.start()
             if self.settings.campaigns.scheduler:
                 self.scheduler = CampaignScheduler(
-                    self.campaigns, self.db, timezone=self.settings.company.timezone
+                    self.campaigns,
+                    self.db,
+                    timezone=self.settings.company.timezone,
+                    nightly=self.nightly,
                 )
                 await self.scheduler.start()
 
@@ -142,6 +145,18 @@ class Runtime:
         if result.status in ("queued", "agent"):
             self.events.publish({"type": "queue"})
             self.events.publish({"type": "conversation", "id": result.conversation_id})
+
+    async def nightly(self) -> dict[str, object]:
+        """The leader's nightly housekeeping: value segments, lifecycle phases, retention."""
+        from bot import gdpr, lifecycle, value
+
+        crm = self.settings.crm
+        async with self.sessions() as s, s.begin():
+            segments = await value.recompute(s, crm)
+            phases = await lifecycle.run(s, crm)
+            purged = await gdpr.purge_touchpoints(s, crm.retention_days)
+        log.info("nightly: value %s, lifecycle %s, %d touchpoints purged", segments, phases, purged)
+        return {"value": segments, "lifecycle": phases, "purged": purged}
 
     async def healthy(self) -> bool:
         try:

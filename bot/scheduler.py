@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
@@ -62,7 +62,9 @@ class CampaignScheduler:
         timezone: str = "UTC",
         retry_seconds: float = 15.0,
         clock: Callable[[], datetime] = utcnow,
+        nightly: Callable[[], Awaitable[object]] | None = None,
     ) -> None:
+        self.nightly = nightly  # housekeeping the leader runs once a night (CRM jobs)
         self.campaigns = campaigns
         self.db = db
         self.timezone = timezone
@@ -177,6 +179,15 @@ class CampaignScheduler:
                 coalesce=True,
                 max_instances=1,
                 misfire_grace_time=3600,
+            )
+        if self.nightly is not None:
+            self.scheduler.add_job(
+                self.nightly,
+                CronTrigger(hour=3, minute=17),
+                id="nightly",
+                coalesce=True,
+                max_instances=1,
+                misfire_grace_time=6 * 3600,
             )
         self.scheduler.add_job(
             self.resume,

@@ -74,3 +74,39 @@ async def test_resume_finishes_a_run_deferred_by_quiet_hours(sqlite_url: str) ->
     finally:
         await scheduler.stop()
         await rt.stop()
+
+
+async def test_the_leader_runs_the_nightly_crm_housekeeping(db_url: str) -> None:
+    from datetime import timedelta
+
+    from sqlalchemy import func, update
+
+    from storage.models import Touchpoint
+
+    rt = Runtime(make_settings(db_url), channels=[])
+    rt.channels["test"] = RecordingChannel()
+    await rt.start(dispatch=False)
+    scheduler = CampaignScheduler(rt.campaigns, rt.db, nightly=rt.nightly)
+    try:
+        await rt.engine.handle(inbound("hi", user="quiet"))
+        long_ago = datetime.now(UTC) - timedelta(days=rt.settings.crm.retention_days + 400)
+        async with rt.sessions() as s, s.begin():
+            # the customer went quiet long ago: their history is past the retention period
+            await s.execute(update(Contact).values(last_contact_at=long_ago, created_at=long_ago))
+            await s.execute(update(Touchpoint).values(created_at=long_ago))
+        assert await scheduler.try_lead()
+        await scheduler.refresh()
+        assert "nightly" in scheduler.jobs()
+        result = await rt.nightly()
+        assert result["purged"] == 2
+        async with rt.sessions() as s:
+            contact = (await s.execute(select(Contact))).scalar_one()
+            left = await s.scalar(
+                select(func.count())
+                .select_from(Touchpoint)
+                .where(Touchpoint.created_at < long_ago + timedelta(days=1))
+            )
+        assert contact.lifecycle_phase == "lost" and left == 0
+    finally:
+        await scheduler.stop()
+        await rt.stop()
