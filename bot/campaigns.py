@@ -544,6 +544,7 @@ class Campaigns:
                 extra=extra,
                 footer_key="campaign.stop_notice" if c.purpose == MARKETING else None,
                 in_transaction=within,
+                campaign=c.name,
             )
         except Skip as skip:
             if skip.reason == ALREADY:

@@ -199,11 +199,13 @@ class Engine:
         extra: dict[str, Any] | None = None,
         footer_key: str | None = None,
         in_transaction: Callable[[AsyncSession, HandleResult], Awaitable[None]] | None = None,
+        campaign: str | None = None,
     ) -> HandleResult | None:
         """Open a flow with a known customer (a survey after a case, a win-back campaign).
 
         Returns None, and says nothing, when the conversation is busy: an agent owns it,
-        it waits for one, or another flow is running. `footer_key`: a catalog line appended
+        it waits for one, or another flow is running. `campaign` marks the opening messages
+        as a campaign's (email adds List-Unsubscribe). `footer_key`: a catalog line appended
         to the last opening message (a campaign's how-to-stop notice). `in_transaction` is
         awaited after the messages are queued, in the same transaction (a campaign records
         its delivery there); what it raises rolls everything back and propagates.
@@ -243,7 +245,9 @@ class Engine:
                     text = f"{last.text}\n\n{ctx.t(footer_key)}"
                     replies[-1] = Reply(last.key, text, last.buttons, last.meta)
                 for reply in replies:
-                    result.outbox_ids.append(await self.say(s, identity, conv, reply, ctx.locale))
+                    result.outbox_ids.append(
+                        await self.say(s, identity, conv, reply, ctx.locale, campaign=campaign)
+                    )
                     result.replies.append(reply.text)
                 if in_transaction is not None:
                     await in_transaction(s, result)
@@ -346,6 +350,7 @@ class Engine:
         reply: Reply,
         locale: str,
         actor: str = "bot",
+        campaign: str | None = None,
     ) -> int:
         """Queue one reply in the outbox and record it in the history (same transaction)."""
         out = OutboundMessage(
@@ -355,6 +360,8 @@ class Engine:
             text=reply.text,
             choices=tuple(_choice(b) for b in reply.buttons),
             locale=locale,
+            campaign=campaign,
+            contact_id=conv.contact_id if campaign else None,
         )
         row = await queries.enqueue(
             s,

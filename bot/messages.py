@@ -67,14 +67,21 @@ class OutboundMessage:
     outbox_id: int | None = None
     conversation_id: int | None = None
     reply_to: str | None = None  # platform id of the message this answers, if any
+    # set on a campaign's messages: email adds List-Unsubscribe for the contact
+    campaign: str | None = None
+    contact_id: int | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        data: dict[str, Any] = {
             "text": self.text,
             "choices": [{"payload": c.payload, "label": c.label} for c in self.choices],
             "locale": self.locale,
             "reply_to": self.reply_to,
         }
+        if self.campaign is not None:
+            data["campaign"] = self.campaign
+            data["contact_id"] = self.contact_id
+        return data
 
     @classmethod
     def from_row(
@@ -97,6 +104,8 @@ class OutboundMessage:
             outbox_id=outbox_id,
             conversation_id=conversation_id,
             reply_to=body.get("reply_to"),
+            campaign=body.get("campaign"),
+            contact_id=body.get("contact_id"),
         )
 
 

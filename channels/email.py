@@ -301,6 +301,9 @@ class EmailChannel(ChannelAdapter):
         else:
             inbound = [r for r in refs if r.direction == Direction.IN]
             in_reply_to = inbound[-1].message_id if inbound else (ids[-1] if ids else None)
+        if message.campaign is not None and message.contact_id is not None:
+            # campaign mail: one-click unsubscribe (RFC 8058) besides the how-to-stop text
+            extra_headers = {**self.campaign_headers(message.contact_id), **(extra_headers or {})}
         subject = await self._subject(message, refs)
         await self.threads.record(
             ours, message.thread_key, message.recipient_id.lower(), Direction.OUT, subject
@@ -317,6 +320,8 @@ class EmailChannel(ChannelAdapter):
             in_reply_to=in_reply_to,
             references=[i for i in ids if i != ours][-20:],
             extra_headers=extra_headers,
+            # RFC 3834: a campaign's first mail answers nothing, it is auto-generated
+            auto_submitted="auto-generated" if message.campaign else "auto-replied",
         )
         await self.smtp.send(mail, message.recipient_id, self.address)
         return SendResult(platform_message_id=ours)

@@ -147,6 +147,10 @@ async def test_case_resolved_gets_csat_two_days_later_on_the_customers_channel(
         ).scalar_one()
     assert tp.payload == {"flow": "csat", "campaign": "csat", "run_id": 2, "case_reference": ref}
     assert 'Reply "stop"' not in texts  # a service message: no marketing notice
+    # the campaign's messages say whose they are (email adds List-Unsubscribe from this)
+    assert {(m.campaign, m.contact_id) for m in recorder(rt).sent if "resolved" in m.text} == {
+        ("csat", contact_id)
+    }
     # the reply continues the survey in the customer's conversation, linked to the campaign
     await rt.engine.handle(inbound("5", user="anna"))
     await rt.engine.handle(inbound("great", user="anna"))

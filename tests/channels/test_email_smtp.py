@@ -145,3 +145,19 @@ async def test_tls_and_login(sqlite_url: str, tls_cert: tuple[Path, Path], impli
             assert len(sink.messages) == 1
         finally:
             await runtime.stop()
+
+
+async def test_campaign_mail_carries_list_unsubscribe(rt: Runtime, smtp_sink: SmtpSink) -> None:
+    """A campaign's outbox row says so; the email channel adds the one-click headers."""
+    body = out("Wie zufrieden waren Sie?", campaign="csat", contact_id=42).to_json()
+    assert body["campaign"] == "csat" and body["contact_id"] == 42
+    message = OutboundMessage.from_row(
+        channel="email", recipient_id="anna@example.org", thread_key="t9", body=body
+    )
+    await ch(rt).send(message)
+    await ch(rt).send(out("Ihre Antwort", thread="t10"))  # an ordinary reply: no headers
+    (_, campaign_mail), (_, reply) = smtp_sink.messages
+    assert campaign_mail["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    assert "/unsubscribe/42." in campaign_mail["List-Unsubscribe"]
+    assert campaign_mail["Auto-Submitted"] == "auto-generated"
+    assert reply["List-Unsubscribe"] is None and reply["Auto-Submitted"] == "auto-replied"
