@@ -123,20 +123,10 @@ def db_upgrade(revision: str = "head") -> None:
 
 
 def _run(coro_fn: Callable[[AsyncSession], Awaitable[T]]) -> T:
-    """Run one read-only query function in a session against the configured database."""
-    settings = _settings()
+    """Run one query function in a transaction against the configured database."""
+    from storage.db import run_in_transaction
 
-    async def main() -> T:
-        from storage.db import create_engine, session_factory
-
-        engine = create_engine(settings.database.url)
-        try:
-            async with session_factory(engine)() as s, s.begin():
-                return await coro_fn(s)
-        finally:
-            await engine.dispose()
-
-    return asyncio.run(main())
+    return run_in_transaction(_settings().database.url, coro_fn)
 
 
 @contacts_app.command("show")

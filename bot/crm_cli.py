@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
@@ -43,20 +42,10 @@ def _fail(message: str, code: int = 1) -> typer.Exit:
 
 
 def run_in_session(settings: Settings, fn: Callable[[AsyncSession], Awaitable[T]]) -> T:
-    """Run `fn` in one transaction against the configured database: committed when it
-    returns, rolled back when it raises."""
+    """Run `fn` in one transaction against the configured database."""
+    from storage.db import run_in_transaction
 
-    async def main() -> T:
-        from storage.db import create_engine, session_factory
-
-        engine = create_engine(settings.database.url)
-        try:
-            async with session_factory(engine)() as s, s.begin():
-                return await fn(s)
-        finally:
-            await engine.dispose()
-
-    return asyncio.run(main())
+    return run_in_transaction(settings.database.url, fn)
 
 
 class _Rollback(Exception):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 from datetime import timedelta
@@ -151,22 +150,15 @@ def kb_gaps(
 ) -> None:
     """The questions customers asked most often that got no answer (contact history)."""
     from bot.kb import gaps_from, selfservice_rows
-    from storage.db import create_engine, session_factory
+    from storage.db import run_in_transaction
     from storage.models import utcnow
 
     settings = _settings(required=True)
     assert settings is not None
     since = utcnow() - timedelta(days=days)
 
-    async def load() -> list[tuple[dict[str, Any], Any]]:
-        engine = create_engine(settings.database.url)
-        try:
-            async with session_factory(engine)() as s, s.begin():
-                return await selfservice_rows(s, since)
-        finally:
-            await engine.dispose()
-
-    report = gaps_from(asyncio.run(load()), limit)
+    rows = run_in_transaction(settings.database.url, lambda s: selfservice_rows(s, since))
+    report = gaps_from(rows, limit)
     if as_json:
         print(
             json.dumps(

@@ -41,6 +41,7 @@ from bot.channel import ChannelAdapter, PermanentSendError, SendResult
 from bot.config import SlackSettings
 from bot.messages import InboundMessage, OutboundMessage
 from bot.runtime import Runtime
+from bot.webhooks import read_bounded
 from channels.slack_desk import SlackDesk
 from channels.slack_parse import (
     CHANNEL,
@@ -57,10 +58,6 @@ from storage.models import Conversation, ConversationStatus
 log = logging.getLogger(__name__)
 EVENTS_PATH = "/webhooks/slack/events"
 EVERYTHING = re.compile(".*")
-
-
-class BodyTooLarge(Exception):
-    pass
 
 
 class SlackUnavailable(RuntimeError):
@@ -218,14 +215,9 @@ class SlackChannel(ChannelAdapter):
     # ---- inbound: HTTP -----------------------------------------------------------------
 
     async def events(self, request: Request) -> Response:
-        limit = self.settings.max_body_bytes
-        length = request.headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > limit):
-            return Response(status_code=413 if length.isdigit() else 400)
-        try:
-            body = await _read_capped(request, limit)
-        except BodyTooLarge:
-            return Response(status_code=413)
+        body = await read_bounded(request, self.settings.max_body_bytes)
+        if isinstance(body, Response):
+            return body
         if not self._signed(body, request):
             return Response(status_code=401)
         try:
@@ -343,15 +335,6 @@ class SlackChannel(ChannelAdapter):
         if channel[:1] not in ("C", "D", "G"):
             raise PermanentSendError(f"not a Slack conversation: {message.thread_key[:60]!r}")
         return await self.sender.send(message, channel, thread_ts or None)
-
-
-async def _read_capped(request: Request, limit: int) -> bytes:
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise BodyTooLarge
-    return bytes(body)
 
 
 def create(runtime: Runtime) -> SlackChannel | None:

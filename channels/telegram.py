@@ -48,6 +48,7 @@ from bot.channel import ChannelAdapter, SendResult
 from bot.config import TelegramSettings
 from bot.messages import OutboundMessage
 from bot.runtime import Runtime
+from bot.webhooks import read_bounded
 from channels.telegram_parse import (
     CHANNEL,
     PRIVATE,
@@ -75,10 +76,6 @@ class _RawGetUpdates(TelegramMethod[list[dict[str, Any]]]):
     limit: int | None = None
     timeout: int | None = None
     allowed_updates: list[str] | None = None
-
-
-class BodyTooLarge(Exception):
-    pass
 
 
 class TelegramChannel(ChannelAdapter):
@@ -220,17 +217,9 @@ class TelegramChannel(ChannelAdapter):
             or not hmac.compare_digest(given.encode("latin-1"), self._secret)
         ):
             return Response(status_code=401)
-        limit = self.settings.max_body_bytes
-        length = request.headers.get("content-length")
-        if length is not None:
-            if not length.isdigit():
-                return Response(status_code=400)
-            if int(length) > limit:
-                return Response(status_code=413)
-        try:
-            body = await _read_capped(request, limit)
-        except BodyTooLarge:
-            return Response(status_code=413)
+        body = await read_bounded(request, self.settings.max_body_bytes)
+        if isinstance(body, Response):
+            return body
         try:
             update = json.loads(body)
         except RecursionError:  # nested deeper than the JSON decoder goes: keep it as text
@@ -340,15 +329,6 @@ class TelegramChannel(ChannelAdapter):
             delay,
         )
         await asyncio.sleep(delay)
-
-
-async def _read_capped(request: Request, limit: int) -> bytes:
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise BodyTooLarge
-    return bytes(body)
 
 
 def _dump(update: dict[str, Any]) -> str:

@@ -5,8 +5,9 @@ serialized across processes). PostgreSQL: a normal pool; callers lock rows."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 
 from sqlalchemy import event
 from sqlalchemy.engine import make_url
@@ -16,6 +17,8 @@ from sqlalchemy.ext.asyncio import (
     async_sessionmaker,
     create_async_engine,
 )
+
+T = TypeVar("T")
 
 
 def is_sqlite(url: str) -> bool:
@@ -84,3 +87,18 @@ def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
         gated = type("SerialSession", (SerialSession,), {"_gate": asyncio.Lock()})
         return async_sessionmaker(engine, expire_on_commit=False, class_=gated)
     return async_sessionmaker(engine, expire_on_commit=False)
+
+
+def run_in_transaction(url: str, fn: Callable[[AsyncSession], Awaitable[T]]) -> T:
+    """For command-line tools: run `fn` in one transaction on a fresh engine, committed
+    when it returns, rolled back when it raises."""
+
+    async def main() -> T:
+        engine = create_engine(url)
+        try:
+            async with session_factory(engine)() as s, s.begin():
+                return await fn(s)
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(main())
