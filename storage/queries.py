@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from storage.models import (
@@ -255,8 +255,3 @@ async def set_reachable(
         .where(Identity.id == identity_id)
         .values(reachable=reachable, unreachable_reason=reason)
     )
-
-
-async def outbox_counts(s: AsyncSession) -> dict[str, int]:
-    q = select(OutboxMessage.status, func.count()).group_by(OutboxMessage.status)
-    return {status: n for status, n in (await s.execute(q)).all()}

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from bot.channel import ChannelAdapter, SendResult
@@ -150,6 +150,29 @@ def recorder(rt: Runtime) -> RecordingChannel:
     ch = rt.channels["test"]
     assert isinstance(ch, RecordingChannel)
     return ch
+
+
+async def settled(runtime: Runtime, timeout: float = 10.0) -> None:
+    """Wait until no inbox row waits to be processed and no outbox row waits to be sent."""
+    from storage.models import InboxStatus, InboxUpdate, OutboxMessage, OutboxStatus
+
+    async def busy() -> bool:
+        async with runtime.sessions() as s:
+            inbox = await s.scalar(
+                select(InboxUpdate.id)
+                .where(InboxUpdate.status.in_([InboxStatus.PENDING, InboxStatus.PROCESSING]))
+                .limit(1)
+            )
+            outbox = await s.scalar(
+                select(OutboxMessage.id)
+                .where(OutboxMessage.status.in_([OutboxStatus.PENDING, OutboxStatus.SENDING]))
+                .limit(1)
+            )
+        return inbox is not None or outbox is not None
+
+    async with asyncio.timeout(timeout):
+        while await busy():
+            await asyncio.sleep(0.03)
 
 
 _counter = 0

@@ -14,7 +14,7 @@ from sqlalchemy import select, update
 from bot import auth
 from bot.runtime import Runtime
 from storage.models import AgentRole, Contact, Conversation, Identity, OutboxMessage, Touchpoint
-from tests.conftest import RecordingChannel, inbound, make_settings
+from tests.conftest import RecordingChannel, inbound, make_settings, settled
 from tests.server import serve
 
 COMPLAINT = ["complaint", "1", "The parcel arrived soaking wet and torn.", "skip", "4", "2", "yes"]
@@ -46,19 +46,7 @@ class Desk:
 
     async def settle(self) -> None:
         """Wait until the dispatcher has sent everything that is due."""
-        async with asyncio.timeout(10):
-            while True:
-                async with self.rt.sessions() as s:
-                    left = (
-                        await s.execute(
-                            select(OutboxMessage.id).where(
-                                OutboxMessage.status.in_(["pending", "sending"])
-                            )
-                        )
-                    ).first()
-                if left is None:
-                    return
-                await asyncio.sleep(0.02)
+        await settled(self.rt)
 
     async def sent_to(self, user: str, n: int) -> list[str]:
         async with asyncio.timeout(10):

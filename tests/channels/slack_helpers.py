@@ -3,7 +3,6 @@ a real uvicorn on 127.0.0.1 (tests/server.py), and waiting until the work is don
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
@@ -14,13 +13,10 @@ from bot.config import Settings, SlackSettings
 from bot.runtime import Runtime
 from channels.slack import EVENTS_PATH, SlackChannel
 from storage.models import (
-    InboxStatus,
-    InboxUpdate,
-    OutboxMessage,
-    OutboxStatus,
     Touchpoint,
 )
 from tests.conftest import make_settings
+from tests.conftest import settled as idle
 from tests.server import serve
 from tests.standins.slack_api import BOT_TOKEN, SIGNING_SECRET, SlackStandIn
 
@@ -76,24 +72,7 @@ def channel(runtime: Runtime) -> SlackChannel:
 
 async def settled(runtime: Runtime, timeout: float = 10) -> None:
     """Wait until every inbox row is processed and the outbox has nothing left to send."""
-
-    async def busy() -> bool:
-        async with runtime.sessions() as s:
-            inbox = await s.scalar(
-                select(InboxUpdate.id)
-                .where(InboxUpdate.status.in_([InboxStatus.PENDING, InboxStatus.PROCESSING]))
-                .limit(1)
-            )
-            outbox = await s.scalar(
-                select(OutboxMessage.id)
-                .where(OutboxMessage.status.in_([OutboxStatus.PENDING, OutboxStatus.SENDING]))
-                .limit(1)
-            )
-        return inbox is not None or outbox is not None
-
-    async with asyncio.timeout(timeout):
-        while await busy():
-            await asyncio.sleep(0.03)
+    await idle(runtime, timeout)
 
 
 async def rows(runtime: Runtime, model: Any) -> list[Any]:

@@ -20,6 +20,7 @@ from bot.runtime import Runtime
 from channels.telegram import SECRET_HEADER, WEBHOOK_PATH, TelegramChannel
 from storage.models import InboxUpdate
 from tests.conftest import make_settings
+from tests.conftest import settled as idle
 from tests.standins.telegram_api import DEFAULT_TOKEN, TelegramStandIn
 
 TOKEN = DEFAULT_TOKEN
@@ -160,24 +161,7 @@ async def inbox_rows(runtime: Runtime) -> list[InboxUpdate]:
 
 async def settled(runtime: Runtime, tg: TelegramStandIn, timeout: float = 10) -> None:
     """Wait until every inbox row is processed and the outbox has nothing left to send."""
-    from storage.models import InboxStatus, OutboxMessage, OutboxStatus
-
-    async def busy() -> bool:
-        async with runtime.sessions() as s:
-            inbox = await s.scalar(
-                select(InboxUpdate.id)
-                .where(InboxUpdate.status.in_([InboxStatus.PENDING, InboxStatus.PROCESSING]))
-                .limit(1)
-            )
-            outbox = await s.scalar(
-                select(OutboxMessage.id)
-                .where(OutboxMessage.status.in_([OutboxStatus.PENDING, OutboxStatus.SENDING]))
-                .limit(1)
-            )
-        return inbox is not None or outbox is not None
-
     async with asyncio.timeout(timeout):
         if runtime.settings.telegram.mode == "polling":  # fetched and committed first
             await tg.wait_for(lambda: not tg.pending_updates, timeout)
-        while await busy():
-            await asyncio.sleep(0.05)
+        await idle(runtime, timeout)
