@@ -11,6 +11,8 @@ from typing import Any, Self, TypeVar
 
 from sqlalchemy import event
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -34,10 +36,20 @@ def _prepare_sqlite_path(url: str) -> None:
 def create_engine(url: str, *, echo: bool = False) -> AsyncEngine:
     if is_sqlite(url):
         _prepare_sqlite_path(url)
-        engine = create_async_engine(url, echo=echo, connect_args={"timeout": 30})
+        engine = create_async_engine(
+            url, echo=echo, hide_parameters=not echo, connect_args={"timeout": 30}
+        )
         _configure_sqlite(engine)
         return engine
-    return create_async_engine(url, echo=echo, pool_size=10, max_overflow=10, pool_pre_ping=True)
+    # hide_parameters: an error's message must not carry customer text into the logs
+    return create_async_engine(
+        url,
+        echo=echo,
+        hide_parameters=not echo,
+        pool_size=10,
+        max_overflow=10,
+        pool_pre_ping=True,
+    )
 
 
 def _configure_sqlite(engine: AsyncEngine) -> None:
@@ -102,3 +114,22 @@ def run_in_transaction(url: str, fn: Callable[[AsyncSession], Awaitable[T]]) -> 
             await engine.dispose()
 
     return asyncio.run(main())
+
+
+# SQLSTATEs of a server that is away or refusing work for now: connection exceptions (08),
+# insufficient resources (53: too many connections, disk full), operator intervention
+# (57P01 admin shutdown, 57P02 crash shutdown, 57P03 starting up). asyncpg reports them
+# as a plain DBAPIError, psycopg as OperationalError.
+UNAVAILABLE_SQLSTATE = ("08", "53", "57P01", "57P02", "57P03")
+
+
+def is_unavailable(exc: BaseException) -> bool:
+    """The database or the way to it failed, not the work: worth trying again later."""
+    if isinstance(exc, DBAPIError):
+        sqlstate = getattr(exc.orig, "sqlstate", None)
+        return (
+            isinstance(exc, OperationalError | InterfaceError)
+            or exc.connection_invalidated
+            or (isinstance(sqlstate, str) and sqlstate.startswith(UNAVAILABLE_SQLSTATE))
+        )
+    return isinstance(exc, OSError | TimeoutError | PoolTimeout)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -23,11 +25,18 @@ from storage.models import (
     utcnow,
 )
 
+# what PostgreSQL refuses in text or JSON: NUL, and lone surrogates (a JSON escape such
+# as \ud800 parses in Python); both become U+FFFD
+UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
 
 def scrub(value: Any) -> Any:
-    """PostgreSQL stores no NUL character in text or JSON; keep the rest of the data."""
+    """What PostgreSQL stores: unstorable characters replaced, NaN and infinities (which
+    Python's JSON parser accepts) as null; the rest of the data kept."""
     if isinstance(value, str):
-        return value.replace("\x00", "\ufffd") if "\x00" in value else value
+        return UNSTORABLE.sub("\ufffd", value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
     if isinstance(value, dict):
         return {scrub(k): scrub(v) for k, v in value.items()}
     if isinstance(value, list | tuple):

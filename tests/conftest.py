@@ -8,6 +8,7 @@ import os
 import shutil
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -45,9 +46,11 @@ async def _pg_admin(sql: str) -> None:
         await engine.dispose()
 
 
-@pytest.fixture(scope="session")
-def pg_url() -> Iterator[str]:
-    name = f"cicbot_test_{os.getpid()}_{uuid.uuid4().hex[:6]}"
+@contextmanager
+def pg_database(prefix: str, *, migrate: bool = True) -> Iterator[str]:
+    """A PostgreSQL database of its own, dropped afterwards; skipped (or, in CI, failed)
+    when the server is unreachable."""
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
     try:
         asyncio.run(_pg_admin(f"CREATE DATABASE {name}"))
     except Exception as exc:
@@ -55,9 +58,18 @@ def pg_url() -> Iterator[str]:
             pytest.fail(f"PostgreSQL required (CICBOT_REQUIRE_POSTGRES=1) but unreachable: {exc}")
         pytest.skip(f"PostgreSQL not reachable at {PG_ADMIN_URL}: {exc}")
     url = PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
-    upgrade(url)
-    yield url
-    asyncio.run(_pg_admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+    try:
+        if migrate:
+            upgrade(url)
+        yield url
+    finally:
+        asyncio.run(_pg_admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> Iterator[str]:
+    with pg_database(f"cicbot_test_{os.getpid()}") as url:
+        yield url
 
 
 async def _truncate(url: str) -> None:

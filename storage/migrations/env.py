@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from alembic import context
+from sqlalchemy import text
 from sqlalchemy.engine import Connection
 
 from storage.db import create_engine
@@ -33,6 +34,10 @@ def _run(connection: Connection) -> None:
         compare_type=True,
     )
     with context.begin_transaction():
+        if connection.dialect.name == "postgresql":
+            # several workers starting at once: one migrates, the others wait and find the
+            # schema at head (the lock ends with the migration's transaction)
+            connection.execute(text("SELECT pg_advisory_xact_lock(7239000101)"))
         context.run_migrations()
 
 

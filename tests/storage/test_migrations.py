@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 from typing import Any
 
+import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
@@ -13,6 +16,7 @@ from sqlalchemy import inspect
 from storage.db import create_engine
 from storage.migrate import alembic_config, current_head, upgrade
 from storage.models import Base
+from tests.conftest import pg_database
 
 
 async def _diff(url: str) -> list[Any]:
@@ -46,4 +50,15 @@ async def test_downgrade_and_upgrade_round_trip(sqlite_url: str) -> None:
     await asyncio.to_thread(upgrade, sqlite_url, "head")
     tables = {"contacts", "touchpoints", "outbox", "inbox", "cases", "agent_cards"}
     assert tables <= await _tables(sqlite_url)
-    assert current_head() == "0005"
+    assert current_head() == "0007"
+
+
+@pytest.mark.postgres
+def test_workers_starting_at_once_migrate_once() -> None:
+    """Two processes upgrading an empty PostgreSQL database at the same time both succeed."""
+    with pg_database("cicbot_mig", migrate=False) as url:
+        # separate processes, as workers are (Alembic's context is one per process)
+        code = f"from storage.migrate import upgrade; upgrade({url!r})"
+        procs = [subprocess.Popen([sys.executable, "-c", code]) for _ in range(2)]
+        assert [p.wait(timeout=120) for p in procs] == [0, 0]
+        assert asyncio.run(_diff(url)) == []

@@ -1,0 +1,55 @@
+"""What counts as "the database is away" (retry later) rather than a failed piece of work."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError, IntegrityError
+
+from storage.db import create_engine, is_unavailable
+
+
+class _DriverError(Exception):
+    def __init__(self, sqlstate: str | None) -> None:
+        super().__init__(f"sqlstate {sqlstate}")
+        self.sqlstate = sqlstate
+
+
+@pytest.mark.parametrize(
+    ("sqlstate", "unavailable"),
+    [
+        ("08006", True),  # connection failure
+        ("53300", True),  # too many connections
+        ("57P01", True),  # admin shutdown (a restart)
+        ("57P03", True),  # the database system is starting up
+        ("57014", False),  # query cancelled: the work, not the server
+        ("23505", False),  # unique violation
+        ("42P01", False),  # undefined table: a bug, retrying will not help
+        (None, False),
+    ],
+)
+def test_sqlstate_decides_for_plain_driver_errors(sqlstate: str | None, unavailable: bool) -> None:
+    exc = DBAPIError("SELECT 1", None, _DriverError(sqlstate))
+    assert is_unavailable(exc) is unavailable
+
+
+def test_network_errors_and_bugs() -> None:
+    assert is_unavailable(ConnectionRefusedError())
+    assert is_unavailable(TimeoutError())
+    assert not is_unavailable(IntegrityError("INSERT", None, _DriverError("23505")))
+    assert not is_unavailable(ValueError("a bug"))
+
+
+@pytest.mark.postgres
+async def test_terminated_backend_is_unavailable(pg_url: str) -> None:
+    """What a PostgreSQL restart does to an open connection (57P01)."""
+    engine = create_engine(pg_url)
+    try:
+        async with engine.connect() as conn:
+            with pytest.raises(Exception) as caught:
+                await conn.execute(text("SELECT pg_terminate_backend(pg_backend_pid())"))
+        assert is_unavailable(caught.value), repr(caught.value)
+        async with engine.connect() as conn:  # and the pool recovers
+            assert (await conn.execute(text("SELECT 1"))).scalar() == 1
+    finally:
+        await engine.dispose()
