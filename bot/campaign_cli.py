@@ -75,7 +75,12 @@ def list_campaigns(as_json: JsonOption = False) -> None:
             or (f"{trig['after']} +{trig['days']}d" if trig.get("after") else "by hand")
         )
         table.add_row(
-            r["name"], r["purpose"], r["flow"], str(when), str(r["enabled"]), r["description"]
+            r["name"],
+            r["purpose"],
+            r["flow"] or "(the open one)",  # a reminder re-asks whatever flow is running
+            str(when),
+            str(r["enabled"]),
+            r["description"],
         )
     out.print(table)
 

@@ -11,7 +11,10 @@ from zoneinfo import ZoneInfo
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 FLOW_ALIASES = {"winback_survey": "winback", "csat_survey": "csat"}
-EVENTS = ("case_resolved", "became_lost")
+EVENTS = ("case_resolved", "became_lost", "flow_abandoned")
+MARKETING = "marketing"
+# a delivery's status: sent, skipped (with a reason), or deferred (a resumed run tries again)
+SENT, DEFERRED, SKIPPED = "sent", "deferred", "skipped"
 
 
 class _Strict(BaseModel):
@@ -19,7 +22,7 @@ class _Strict(BaseModel):
 
 
 class Audience(_Strict):
-    """A rule over contacts, compiled to SQL (bot.campaigns.audience_query). All given
+    """A rule over contacts, compiled to SQL (bot.campaign_audience.audience_query). All given
     conditions must hold; `any_of` holds when at least one of its rules does."""
 
     lifecycle_phase: list[str] | None = None
@@ -34,11 +37,12 @@ class Audience(_Strict):
 class Trigger(_Strict):
     """Exactly one of: `cron` (five fields, company time zone), `at` (once), or `after`
     (an event: the campaign is checked every `check_minutes` for contacts whose event
-    happened `days` ago; each event is followed up once)."""
+    happened `days` ago; each event is followed up once). `flow_abandoned`: a flow still
+    running in a conversation with the bot whose customer has not written for `days`."""
 
     cron: str | None = None
     at: datetime | None = None
-    after: Literal["case_resolved", "became_lost"] | None = None
+    after: Literal["case_resolved", "became_lost", "flow_abandoned"] | None = None
     days: float = Field(default=0, ge=0)
     check_minutes: int = Field(default=60, ge=1, le=24 * 60)
     lookback_days: float = Field(default=7, gt=0)  # how late a missed event is still followed up
@@ -48,8 +52,12 @@ class Trigger(_Strict):
         given = [k for k in ("cron", "at", "after") if getattr(self, k) is not None]
         if len(given) != 1:
             raise ValueError("give exactly one of cron, at, after")
-        if self.cron is not None and len(self.cron.split()) != 5:
-            raise ValueError(f"cron {self.cron!r} must have five fields: min hour day month dow")
+        if self.cron is not None:
+            if len(self.cron.split()) != 5:
+                raise ValueError(
+                    f"cron {self.cron!r} must have five fields: min hour day month dow"
+                )
+            crontab_weekdays(self.cron.split()[4])
         if self.at is not None and self.at.tzinfo is None:
             self.at = self.at.replace(tzinfo=UTC)
         return self
@@ -60,7 +68,8 @@ class CampaignSettings(_Strict):
     description: str = ""
     enabled: bool = True
     purpose: Literal["service", "marketing"] = "service"
-    flow: str
+    # the flow to start; for a flow_abandoned reminder: only reminders of this flow (None: any)
+    flow: str | None = None
     audience: Audience = Audience()
     trigger: Trigger | None = None  # None: only run by hand (CLI, API)
     # the last channel the customer used and can be reached on, then these in order
@@ -76,9 +85,11 @@ class CampaignSettings(_Strict):
 
     @field_validator("flow")
     @classmethod
-    def _flow(cls, v: str) -> str:
+    def _flow(cls, v: str | None) -> str | None:
         from flows.dialogue import FLOWS
 
+        if v is None:
+            return v
         v = FLOW_ALIASES.get(v, v)
         if v not in FLOWS:
             raise ValueError(f"unknown flow {v!r} (known: {', '.join(sorted(FLOWS))})")
@@ -91,8 +102,17 @@ class CampaignSettings(_Strict):
             quiet_span(v)
         return v
 
+    @property
+    def reminder(self) -> bool:
+        """Re-asks a running flow's question instead of starting a flow."""
+        return self.trigger is not None and self.trigger.after == "flow_abandoned"
+
     @model_validator(mode="after")
     def _basis(self) -> CampaignSettings:
+        if self.reminder and self.purpose != "service":
+            raise ValueError("a flow_abandoned reminder is a service message: purpose service")
+        if self.flow is None and not self.reminder:
+            raise ValueError("flow is required (only a flow_abandoned reminder may omit it)")
         if self.purpose == "marketing" and self.legal_basis == "service":
             raise ValueError("a marketing campaign needs legal_basis consent or existing_customer")
         if self.legal_basis == "existing_customer" and self.channels != ["email"]:
@@ -103,6 +123,46 @@ class CampaignSettings(_Strict):
 
     def definition(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
+
+
+WEEKDAYS = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")
+
+
+def crontab_weekdays(field: str) -> str:
+    """A crontab day-of-week field (0 or 7 = Sunday, names, ranges, lists, steps) as day
+    names: APScheduler 3 counts 0 as Monday, so "0 10 * * 2" would run on Wednesdays."""
+    if field == "*":
+        return field
+
+    def day(token: str) -> int:
+        token = token.strip().lower()
+        if token[:3] in WEEKDAYS and len(token) >= 3:
+            return WEEKDAYS.index(token[:3])
+        if token.isdecimal() and 0 <= int(token) <= 7:
+            return int(token) % 7
+        raise ValueError(f"day of week {token!r} must be 0-7 or sun..sat")
+
+    days: set[int] = set()
+    for part in field.split(","):
+        base, _, step_text = part.partition("/")
+        step = int(step_text) if step_text.isdecimal() and int(step_text) > 0 else None
+        if step_text and step is None:
+            raise ValueError(f"bad step in day of week {part!r}")
+        if base == "*":
+            first, last = 0, 6
+        elif "-" in base:
+            a, b = base.split("-", 1)
+            first, last = day(a), day(b)
+            if b.strip() == "7":
+                last = 7
+            if last < first:
+                raise ValueError(f"day of week range {base!r} runs backwards")
+        else:
+            first = last = day(base)
+            if step is not None:
+                last = 6
+        days.update(d % 7 for d in range(first, last + 1, step or 1))
+    return ",".join(WEEKDAYS[d] for d in sorted(days))
 
 
 def quiet_span(text: str) -> tuple[time, time]:
@@ -128,7 +188,7 @@ def in_quiet_hours(span: str | None, now: datetime, tz: str | None, default_tz: 
     return local >= start or local < end
 
 
-def builtin_campaigns() -> list[CampaignSettings]:
+def builtin_campaigns(reminder_after_hours: float = 24) -> list[CampaignSettings]:
     """The follow-ups every installation has unless config.yaml redefines or disables them."""
     return [
         CampaignSettings(
@@ -151,5 +211,16 @@ def builtin_campaigns() -> list[CampaignSettings]:
                 any_of=[Audience(inactive_days=90), Audience(lifecycle_phase=["lost"])],
             ),
             cooldown_days=90,
+        ),
+        CampaignSettings(
+            name="reminder",
+            description="re-ask the open question of a flow the customer abandoned",
+            trigger=Trigger(
+                after="flow_abandoned",
+                days=reminder_after_hours / 24,
+                check_minutes=15,
+                lookback_days=3,  # older abandoned flows are left alone (no flood at start)
+            ),
+            cooldown_days=0,  # one reminder per flow instance, however often they abandon
         ),
     ]

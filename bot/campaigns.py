@@ -20,14 +20,17 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Select, String, and_, cast, exists, false, func, literal, null, or_, select
+from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
-from sqlalchemy.orm import aliased
-from sqlalchemy.sql.elements import ColumnElement
 
+from bot import campaign_figures
+from bot.campaign_audience import audience_query
 from bot.campaign_config import (
-    Audience,
+    DEFERRED,
+    MARKETING,
+    SENT,
+    SKIPPED,
     CampaignSettings,
     builtin_campaigns,
     in_quiet_hours,
@@ -37,25 +40,17 @@ from storage.models import (
     CampaignDefinition,
     CampaignDelivery,
     CampaignRun,
-    Case,
-    CaseStatus,
     Consent,
     Contact,
-    Direction,
+    Conversation,
     Identity,
     LifecyclePhase,
-    OutboxMessage,
-    OutboxStatus,
-    SurveyAnswer,
-    Touchpoint,
     utcnow,
 )
 
 CAP_WINDOW = timedelta(days=30)
 CHUNK = 500  # contacts whose channels are looked up in one query
-MARKETING = "marketing"
-# outcomes of one delivery attempt
-SENT, DEFERRED, SKIPPED, ALREADY = "sent", "deferred", "skipped", "already"
+ALREADY = "already"  # the outcome of a delivery the database had already recorded
 RETRYABLE = ("quiet_hours", "busy")  # recorded as deferred: a resumed run tries again
 
 
@@ -70,6 +65,7 @@ class Target:
     contact_id: int
     subject: str | None = None  # e.g. the case reference a CSAT survey is about
     case_reference: str | None = None
+    conversation_id: int | None = None  # a reminder's: the conversation with the open flow
 
 
 @dataclass(frozen=True)
@@ -101,99 +97,6 @@ class RunReport:
         }
 
 
-def _rule(rule: Audience, now: datetime) -> list[ColumnElement[bool]]:
-    conds: list[ColumnElement[bool]] = []
-    if rule.lifecycle_phase is not None:
-        conds.append(Contact.lifecycle_phase.in_(rule.lifecycle_phase))
-    if rule.inactive_days is not None:
-        last = func.coalesce(Contact.last_contact_at, Contact.created_at)
-        conds.append(last < now - timedelta(days=rule.inactive_days))
-    if rule.value_segment is not None:
-        conds.append(Contact.value_segment.in_(rule.value_segment))
-    if rule.case_resolved_days_ago is not None:
-        case = aliased(Case)  # the query may join cases itself (an event trigger)
-        conds.append(
-            exists().where(
-                case.contact_id == Contact.id,
-                case.status.in_([CaseStatus.RESOLVED, CaseStatus.CLOSED]),
-                case.resolved_at <= now - timedelta(days=rule.case_resolved_days_ago),
-            )
-        )
-    if rule.reachable_on is not None:
-        identity = aliased(Identity)
-        conds.append(
-            exists().where(
-                identity.contact_id == Contact.id,
-                identity.channel.in_(rule.reachable_on),
-                identity.reachable.is_(True),
-            )
-        )
-    for key, value in (rule.attributes or {}).items():
-        item = Contact.attributes[key]
-        if isinstance(value, bool):
-            conds.append(item.as_boolean() == value)
-        elif isinstance(value, int):
-            conds.append(item.as_integer() == value)
-        else:
-            conds.append(item.as_string() == value)
-    if rule.any_of is not None:
-        alternatives = [and_(*(_rule(r, now) or [literal(True)])) for r in rule.any_of]
-        conds.append(or_(*alternatives) if alternatives else false())
-    return conds
-
-
-def audience_query(c: CampaignSettings, now: datetime) -> Select[Any, Any, Any]:
-    """(contact id, subject, case reference) of everyone the campaign targets now."""
-    conds = _rule(c.audience, now)
-    if c.purpose == MARKETING:
-        conds.append(Contact.lifecycle_phase != LifecyclePhase.TERMINATED)
-    if c.cooldown_days > 0:
-        conds.append(
-            ~exists().where(
-                CampaignDelivery.campaign == c.name,
-                CampaignDelivery.contact_id == Contact.id,
-                CampaignDelivery.status == SENT,
-                CampaignDelivery.sent_at > now - timedelta(days=c.cooldown_days),
-            )
-        )
-    trigger = c.trigger
-    if trigger is not None and trigger.after == "case_resolved":
-        since = now - timedelta(days=trigger.days + trigger.lookback_days)
-        q: Select[Any, Any, Any] = (
-            select(Contact.id, Case.reference, Case.reference)
-            .join(Case, Case.contact_id == Contact.id)
-            .where(
-                Case.status.in_([CaseStatus.RESOLVED, CaseStatus.CLOSED]),
-                Case.reference.is_not(None),
-                Case.resolved_at <= now - timedelta(days=trigger.days),
-                Case.resolved_at > since,
-            )
-        )
-        subject: Any = Case.reference
-    elif trigger is not None and trigger.after == "became_lost":
-        since = now - timedelta(days=trigger.days + trigger.lookback_days)
-        subject = Touchpoint.id
-        q = (
-            select(Contact.id, Touchpoint.id, null())
-            .join(Touchpoint, Touchpoint.contact_id == Contact.id)
-            .where(
-                Touchpoint.kind == "lifecycle_changed",
-                Touchpoint.payload["new"].as_string() == LifecyclePhase.LOST,
-                Touchpoint.created_at <= now - timedelta(days=trigger.days),
-                Touchpoint.created_at > since,
-                Contact.lifecycle_phase == LifecyclePhase.LOST,
-            )
-        )
-    else:
-        return select(Contact.id, null(), null()).where(*conds).order_by(Contact.id)
-    already = exists().where(
-        CampaignDelivery.campaign == c.name,
-        CampaignDelivery.subject == cast(subject, String),
-        CampaignDelivery.status == SENT,
-    )
-    return q.where(*conds, ~already).order_by(Contact.id, subject)
-
-
 class Campaigns:
     """The campaign service of one runtime: definitions, runs, figures."""
 
@@ -206,9 +109,11 @@ class Campaigns:
         channels: Callable[[], Sequence[str]] = lambda: (),
         timezone: str = "UTC",
         builtin: bool = True,
+        reminder_after_hours: float = 24,
         clock: Callable[[], datetime] = utcnow,
     ) -> None:
         self.builtin = builtin
+        self.reminder_after_hours = reminder_after_hours
         self.sessions = sessions
         self.engine = engine
         self.configured = list(configured)
@@ -220,7 +125,8 @@ class Campaigns:
 
     async def all(self) -> dict[str, CampaignSettings]:
         """Built-in, then config.yaml, then stored (API/CLI) ones; later ones win by name."""
-        found = {c.name: c for c in builtin_campaigns()} if self.builtin else {}
+        builtin = builtin_campaigns(self.reminder_after_hours) if self.builtin else []
+        found = {c.name: c for c in builtin}
         found.update({c.name: c for c in self.configured})
         async with self.sessions() as s:
             for row in (await s.execute(select(CampaignDefinition))).scalars():
@@ -250,11 +156,12 @@ class Campaigns:
             rows = (await s.execute(audience_query(c, now))).all()
         seen: set[int] = set()
         out = []
-        for contact_id, subject, ref in rows:
+        for contact_id, subject, ref, conversation_id in rows:
             if contact_id in seen:  # one message per contact and run; the rest next run
                 continue
             seen.add(contact_id)
-            out.append(Target(contact_id, None if subject is None else str(subject), ref))
+            subject = None if subject is None else str(subject)
+            out.append(Target(contact_id, subject, ref, conversation_id))
         return out
 
     async def preview(self, name: str, sample: int = 10) -> dict[str, Any]:
@@ -318,7 +225,7 @@ class Campaigns:
                         )
                     ).scalars()
                 )
-                routes = await self.routes(s, c, [t.contact_id for t in chunk])
+                routes = await self.routes_for(s, c, chunk)
             for i, t in enumerate(chunk, start):
                 if limit is not None and i >= limit:
                     report.seconds = time.monotonic() - started
@@ -391,8 +298,32 @@ class Campaigns:
                     break
         return found
 
-    async def _channel(self, s: AsyncSession, c: CampaignSettings, contact_id: int) -> Route | None:
-        return (await self.routes(s, c, [contact_id])).get(contact_id)
+    async def conversation_routes(
+        self, s: AsyncSession, targets: Sequence[Target]
+    ) -> dict[int, Route]:
+        """A reminder goes where the flow runs: the conversation's own identity."""
+        available = set(self.channels())
+        ids = [t.conversation_id for t in targets if t.conversation_id is not None]
+        q = (
+            select(Conversation.contact_id, Identity)
+            .join(Identity, Identity.id == Conversation.identity_id)
+            .where(Conversation.id.in_(ids), Identity.reachable.is_(True))
+        )
+        return {
+            contact_id: Route(i.id, i.channel, i.external_id)
+            for contact_id, i in (await s.execute(q)).all()
+            if i.channel in available
+        }
+
+    async def routes_for(
+        self, s: AsyncSession, c: CampaignSettings, targets: Sequence[Target]
+    ) -> dict[int, Route]:
+        if c.reminder:
+            return await self.conversation_routes(s, targets)
+        return await self.routes(s, c, [t.contact_id for t in targets])
+
+    async def _channel(self, s: AsyncSession, c: CampaignSettings, t: Target) -> Route | None:
+        return (await self.routes_for(s, c, [t])).get(t.contact_id)
 
     async def check(
         self,
@@ -454,7 +385,7 @@ class Campaigns:
 
     async def _dry(self, c: CampaignSettings, t: Target) -> str:
         async with self.sessions() as s:
-            route = await self._channel(s, c, t.contact_id)
+            route = await self._channel(s, c, t)
             contact = await s.get(Contact, t.contact_id)
             assert contact is not None
             if route is None:
@@ -483,7 +414,7 @@ class Campaigns:
                 ).scalar_one_or_none()
                 if done is not None and done != DEFERRED:
                     return ALREADY
-                route = await self._channel(s, c, t.contact_id)
+                route = await self._channel(s, c, t)
         if not isinstance(route, Route):
             return await self._record(c, run_id, t, "unreachable")
         channel, external, identity_id = route.channel, route.external_id, route.identity_id
@@ -527,7 +458,7 @@ class Campaigns:
             row.status = SENT
             row.reason = None
             row.channel = channel
-            row.flow = c.flow
+            row.flow = c.flow or await self._running_flow(s, result.conversation_id)
             row.conversation_id = result.conversation_id
             row.outbox_id = result.outbox_ids[0] if result.outbox_ids else None
             row.sent_at = now
@@ -537,15 +468,23 @@ class Campaigns:
         if t.case_reference:
             extra["case_reference"] = t.case_reference
         try:
-            started = await self.engine.start_flow(
-                channel,
-                external,
-                c.flow,
-                extra=extra,
-                footer_key="campaign.stop_notice" if c.purpose == MARKETING else None,
-                in_transaction=within,
-                campaign=c.name,
-            )
+            if c.reminder:
+                assert c.trigger is not None and t.conversation_id is not None
+                quiet_since = now - timedelta(days=c.trigger.days)
+                started = await self.engine.remind(
+                    t.conversation_id, quiet_since=quiet_since, in_transaction=within
+                )
+            else:
+                assert c.flow is not None
+                started = await self.engine.start_flow(
+                    channel,
+                    external,
+                    c.flow,
+                    extra=extra,
+                    footer_key="campaign.stop_notice" if c.purpose == MARKETING else None,
+                    in_transaction=within,
+                    campaign=c.name,
+                )
         except Skip as skip:
             if skip.reason == ALREADY:
                 return ALREADY
@@ -553,8 +492,15 @@ class Campaigns:
         except IntegrityError:
             return ALREADY  # another run or worker delivered it first
         if started is None:
-            return await self._record(c, run_id, t, "busy", channel)
+            # a reminder's customer answered, an agent took over, or the flow ended
+            reason = "not_abandoned" if c.reminder else "busy"
+            return await self._record(c, run_id, t, reason, channel)
         return SENT
+
+    async def _running_flow(self, s: AsyncSession, conversation_id: int | None) -> str | None:
+        conv = await s.get(Conversation, conversation_id) if conversation_id else None
+        flow = (conv.flow_state or {}).get("flow") if conv is not None else None
+        return str(flow) if flow else None
 
     async def _record(
         self, c: CampaignSettings, run_id: int, t: Target, reason: str, channel: str | None = None
@@ -587,102 +533,7 @@ class Campaigns:
     # ---- figures ---------------------------------------------------------------------
 
     async def status(self, name: str) -> dict[str, Any]:
-        """Figures of a campaign over all its runs."""
+        """Figures of a campaign over all its runs (bot.campaign_figures)."""
         await self.get(name)
         async with self.sessions() as s:
-            runs = (
-                (
-                    await s.execute(
-                        select(CampaignRun)
-                        .where(CampaignRun.campaign == name)
-                        .order_by(CampaignRun.id)
-                    )
-                )
-                .scalars()
-                .all()
-            )
-            by = (
-                await s.execute(
-                    select(CampaignDelivery.status, CampaignDelivery.reason, func.count())
-                    .where(CampaignDelivery.campaign == name)
-                    .group_by(CampaignDelivery.status, CampaignDelivery.reason)
-                )
-            ).all()
-            sent_rows = CampaignDelivery.campaign == name, CampaignDelivery.status == SENT
-            failed = (
-                await s.execute(
-                    select(func.count())
-                    .select_from(CampaignDelivery)
-                    .join(OutboxMessage, OutboxMessage.id == CampaignDelivery.outbox_id)
-                    .where(*sent_rows, OutboxMessage.status == OutboxStatus.FAILED)
-                )
-            ).scalar_one()
-            responded = (
-                await s.execute(
-                    select(func.count()).where(
-                        *sent_rows,
-                        exists().where(
-                            Touchpoint.conversation_id == CampaignDelivery.conversation_id,
-                            Touchpoint.direction == Direction.IN,
-                            Touchpoint.created_at >= CampaignDelivery.sent_at,
-                        ),
-                    )
-                )
-            ).scalar_one()
-            completed = (
-                await s.execute(
-                    select(func.count()).where(
-                        *sent_rows,
-                        exists().where(
-                            SurveyAnswer.conversation_id == CampaignDelivery.conversation_id,
-                            SurveyAnswer.created_at >= CampaignDelivery.sent_at,
-                        ),
-                    )
-                )
-            ).scalar_one()
-            converted = (
-                await s.execute(
-                    select(func.count()).where(
-                        *sent_rows,
-                        exists().where(
-                            Touchpoint.contact_id == CampaignDelivery.contact_id,
-                            Touchpoint.kind == "lifecycle_changed",
-                            Touchpoint.payload["new"]
-                            .as_string()
-                            .in_([LifecyclePhase.AT_RISK, LifecyclePhase.ACTIVE]),
-                            Touchpoint.created_at >= CampaignDelivery.sent_at,
-                        ),
-                    )
-                )
-            ).scalar_one()
-        skipped: dict[str, int] = {}
-        deferred: dict[str, int] = {}
-        sent = 0
-        for status, reason, n in by:
-            if status == SENT:
-                sent += n
-            elif status == DEFERRED:
-                deferred[reason or "?"] = deferred.get(reason or "?", 0) + n
-            else:
-                skipped[reason or "?"] = skipped.get(reason or "?", 0) + n
-        return {
-            "campaign": name,
-            "runs": [
-                {
-                    "id": r.id,
-                    "run_key": r.run_key,
-                    "status": r.status,
-                    "targeted": r.targeted,
-                    "started_at": r.started_at.isoformat(),
-                }
-                for r in runs
-            ],
-            "targeted": sum(r.targeted for r in runs),
-            "skipped": skipped,
-            "deferred": deferred,
-            "sent": sent,
-            "failed": failed,
-            "responded": responded,
-            "completed": completed,
-            "converted": converted,
-        }
+            return await campaign_figures.figures(s, name)

@@ -3,8 +3,13 @@
 One scheduler leads: on PostgreSQL the worker holding the session-level advisory lock
 `LOCK_ID` (pg_try_advisory_lock on a dedicated connection); when that worker dies its
 connection, and so the lock, goes, and the next worker to try takes over. SQLite has one
-process, which leads. Jobs are built from the campaign definitions whenever a worker
-becomes leader; what a run did lives in campaign_runs / campaign_deliveries, so a new
+process, which leads.
+
+The jobs live in the database (APScheduler's SQLAlchemyJobStore on `apscheduler_jobs`,
+through a sync driver): textual references to this module's functions with the campaign
+name, which find the leading scheduler through `_leader`. A new leader resumes from the
+stored jobs (a missed run fires once if within its grace time) after syncing them with
+the definitions. What a run did lives in campaign_runs / campaign_deliveries, so a new
 leader firing a run again resumes it instead of sending twice.
 """
 
@@ -16,20 +21,67 @@ from collections.abc import Awaitable, Callable
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
+from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from apscheduler.schedulers.base import STATE_PAUSED
+from apscheduler.triggers.base import BaseTrigger
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.date import DateTrigger
 from apscheduler.triggers.interval import IntervalTrigger
-from sqlalchemy import select, text
+from sqlalchemy import URL, create_engine, make_url, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from bot.campaign_config import CampaignSettings
+from bot.campaign_config import CampaignSettings, crontab_weekdays
 from bot.campaigns import Campaigns
-from storage.models import CampaignRun, utcnow
+from storage.models import CampaignRun, SchedulerJob, utcnow
 
 log = logging.getLogger(__name__)
 LOCK_ID = 0x43494342  # "CICB"
 RESUME_MINUTES = 15
+SYNC_DRIVERS = {"sqlite": "sqlite", "postgresql": "postgresql+psycopg"}
+# how late a missed run still fires (once: missed runs are coalesced)
+GRACE_SECONDS = {"campaign": 3600, "nightly": 6 * 3600, "resume": 600}
+
+_leader: CampaignScheduler | None = None  # the scheduler leading in this process
+
+
+def sync_url(url: URL | str) -> URL:
+    """The job store's sync driver for the app's async URL (aiosqlite → sqlite,
+    asyncpg → psycopg); host, credentials and database stay as they are."""
+    u = make_url(url)
+    backend = u.get_backend_name()
+    if backend not in SYNC_DRIVERS:
+        raise ValueError(f"no job store driver for {u.drivername!r}")
+    return u.set(drivername=SYNC_DRIVERS[backend])
+
+
+def _live() -> CampaignScheduler:
+    if _leader is None:
+        raise RuntimeError("no campaign scheduler leads in this process")
+    return _leader
+
+
+async def run_campaign(name: str) -> None:
+    """Job entry points: stored by reference, so they must stay module-level."""
+    await _live().fire(name)
+
+
+async def resume_runs() -> None:
+    await _live().resume()
+
+
+async def run_nightly() -> None:
+    live = _live()
+    if live.nightly is not None:
+        await live.nightly()
+
+
+def _same(a: BaseTrigger, b: BaseTrigger) -> bool:
+    """Same schedule (str omits the time zone; interval start dates do not matter)."""
+    return type(a) is type(b) and (str(a), str(getattr(a, "timezone", ""))) == (
+        str(b),
+        str(getattr(b, "timezone", "")),
+    )
 
 
 def job_trigger(
@@ -39,7 +91,15 @@ def job_trigger(
     if t is None or not c.enabled:
         return None
     if t.cron is not None:
-        return CronTrigger.from_crontab(t.cron, timezone=ZoneInfo(timezone))
+        minute, hour, day, month, dow = t.cron.split()
+        return CronTrigger(
+            minute=minute,
+            hour=hour,
+            day=day,
+            month=month,
+            day_of_week=crontab_weekdays(dow),
+            timezone=ZoneInfo(timezone),
+        )
     if t.at is not None:
         return DateTrigger(run_date=t.at)
     return IntervalTrigger(minutes=t.check_minutes)
@@ -126,6 +186,9 @@ class CampaignScheduler:
             return False
 
     async def _step_down(self) -> None:
+        global _leader
+        if _leader is self:
+            _leader = None
         if self.scheduler is not None:
             self.scheduler.shutdown(wait=False)
             self.scheduler = None
@@ -147,7 +210,11 @@ class CampaignScheduler:
             try:
                 if not self.leader and await self.try_lead():
                     log.info("scheduler: this worker leads")
-                    await self.refresh()
+                    try:
+                        await self.refresh()
+                    except Exception:
+                        await self._step_down()  # lead with synced jobs or not at all
+                        raise
                 elif self.leader and not await self._still_leading():
                     await self._step_down()
                     continue
@@ -160,42 +227,66 @@ class CampaignScheduler:
     # ---- jobs ----------------------------------------------------------------------
 
     async def refresh(self) -> None:
-        """(Re)build the jobs from the campaign definitions; only the leader has jobs."""
+        """Sync the stored jobs with the campaign definitions (only the leader has jobs).
+        A job whose schedule did not change keeps its stored next run time, so a run the
+        old leader missed still fires; stale jobs are removed."""
+        global _leader
         if not self.leader:
             return
         if self.scheduler is None:
-            self.scheduler = AsyncIOScheduler(timezone=ZoneInfo(self.timezone))
-            self.scheduler.start()
-        self.scheduler.remove_all_jobs()
+            url = sync_url(self.db.url)
+            # APScheduler 3 calls its job store synchronously in the event loop: bound how
+            # long an unreachable database can hold the loop
+            connect = (
+                {"timeout": 5} if url.get_backend_name() == "sqlite" else {"connect_timeout": 5}
+            )
+            store = SQLAlchemyJobStore(
+                engine=create_engine(url, pool_pre_ping=True, connect_args=connect),
+                tablename=SchedulerJob.__tablename__,
+            )
+            self.scheduler = AsyncIOScheduler(
+                timezone=ZoneInfo(self.timezone), jobstores={"default": store}
+            )
+            self.scheduler.start(paused=True)  # nothing fires before the jobs are synced
+        _leader = self
+        wanted: dict[str, tuple[str, BaseTrigger, list[str], int]] = {}
         for c in (await self.campaigns.all()).values():
             trig = job_trigger(c, self.timezone)
-            if trig is None:
-                continue
-            self.scheduler.add_job(
-                self.fire,
-                trig,
-                args=[c.name],
-                id=f"campaign:{c.name}",
-                coalesce=True,
-                max_instances=1,
-                misfire_grace_time=3600,
-            )
+            if trig is not None:
+                ref = "bot.scheduler:run_campaign"
+                wanted[f"campaign:{c.name}"] = (ref, trig, [c.name], GRACE_SECONDS["campaign"])
         if self.nightly is not None:
+            nightly = CronTrigger(hour=3, minute=17, timezone=ZoneInfo(self.timezone))
+            wanted["nightly"] = ("bot.scheduler:run_nightly", nightly, [], GRACE_SECONDS["nightly"])
+        every = IntervalTrigger(minutes=RESUME_MINUTES)
+        wanted["campaign-resume"] = (
+            "bot.scheduler:resume_runs",
+            every,
+            [],
+            GRACE_SECONDS["resume"],
+        )
+        stored = {j.id: j for j in self.scheduler.get_jobs()}
+        for job_id, (ref, trig, args, grace) in wanted.items():
+            old = stored.get(job_id)
+            keep: dict[str, datetime] = {}
+            if old is not None and old.next_run_time is not None and _same(old.trigger, trig):
+                keep["next_run_time"] = old.next_run_time
             self.scheduler.add_job(
-                self.nightly,
-                CronTrigger(hour=3, minute=17),
-                id="nightly",
+                ref,
+                trig,
+                args=args,
+                id=job_id,
+                name=job_id,
                 coalesce=True,
                 max_instances=1,
-                misfire_grace_time=6 * 3600,
+                misfire_grace_time=grace,
+                replace_existing=True,
+                **keep,
             )
-        self.scheduler.add_job(
-            self.resume,
-            IntervalTrigger(minutes=RESUME_MINUTES),
-            id="campaign-resume",
-            coalesce=True,
-            max_instances=1,
-        )
+        for job_id in stored.keys() - wanted.keys():
+            self.scheduler.remove_job(job_id)
+        if self.scheduler.state == STATE_PAUSED:
+            self.scheduler.resume()
 
     def jobs(self) -> list[str]:
         return sorted(j.id for j in self.scheduler.get_jobs()) if self.scheduler else []
@@ -203,7 +294,7 @@ class CampaignScheduler:
     async def fire(self, name: str, key: str | None = None) -> None:
         c = await self.campaigns.get(name)
         key = key or run_key(c, self.clock())
-        if (name, key) in self._running:
+        if (name, key) in self._running or await self._done_once(c, key):
             return
         self._running.add((name, key))
         try:
@@ -213,6 +304,19 @@ class CampaignScheduler:
             log.exception("campaign %s run %s failed", name, key)
         finally:
             self._running.discard((name, key))
+
+    async def _done_once(self, c: CampaignSettings, key: str) -> bool:
+        """A once-campaign that ran to the end is not run again (a new leader syncing a
+        date job whose time passed would otherwise add it anew)."""
+        if c.trigger is None or c.trigger.at is None:
+            return False
+        async with self.campaigns.sessions() as s:
+            status = await s.scalar(
+                select(CampaignRun.status).where(
+                    CampaignRun.campaign == c.name, CampaignRun.run_key == key
+                )
+            )
+        return status == "done"
 
     async def resume(self) -> None:
         """Runs a crash left half-done, or that deferred contacts for quiet hours."""

@@ -96,6 +96,9 @@ def test_the_command_line(sqlite_url: str, tmp_path: Path, monkeypatch: pytest.M
     runner = CliRunner()
     listed = runner.invoke(cli_app, ["campaigns", "list"])
     assert listed.exit_code == 0 and "reactivate" in listed.output and "csat" in listed.output
+    as_json = json.loads(runner.invoke(cli_app, ["campaigns", "list", "--json"]).stdout)
+    reminder = next(c for c in as_json if c["name"] == "reminder")
+    assert reminder["flow"] is None and reminder["trigger"]["after"] == "flow_abandoned"
     shown = runner.invoke(cli_app, ["campaigns", "preview", "reactivate"])
     assert shown.exit_code == 0 and "reactivate: 3 contacts" in shown.output
     dry = runner.invoke(cli_app, ["campaigns", "run", "reactivate", "--dry-run", "--json"])

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -13,8 +12,8 @@ import pytest
 from pydantic import ValidationError
 from sqlalchemy import func, select
 
+from bot.campaign_audience import audience_query
 from bot.campaign_config import Audience, CampaignSettings, Trigger, in_quiet_hours
-from bot.campaigns import audience_query
 from bot.runtime import Runtime
 from bot.scheduler import CampaignScheduler
 from storage import queries
@@ -29,34 +28,8 @@ from storage.models import (
     SurveyAnswer,
     Touchpoint,
 )
-from tests.conftest import RecordingChannel, inbound, make_settings, recorder
-
-NOON = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)  # a Friday; no quiet hours anywhere in EU/US
-
-
-class Clock:
-    def __init__(self, now: datetime = NOON) -> None:
-        self.now = now
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, **kw: float) -> None:
-        self.now += timedelta(**kw)
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
-async def rt(db_url: str, clock: Clock) -> AsyncIterator[Runtime]:
-    runtime = Runtime(make_settings(db_url), channels=[], clock=clock)
-    runtime.channels["test"] = RecordingChannel()
-    await runtime.start(dispatch=False)
-    yield runtime
-    await runtime.stop()
+from tests.bot.conftest import Clock
+from tests.conftest import RecordingChannel, inbound, recorder
 
 
 async def customer(rt: Runtime, user: str, **fields: Any) -> int:
@@ -254,6 +227,48 @@ async def test_marketing_needs_consent_and_carries_the_stop_notice(rt: Runtime) 
     status = await rt.campaigns.status("t")
     assert status["sent"] == 1
     assert status["skipped"] == {"opted_out": 1, "unreachable": 1, "no_consent": 1}
+
+
+async def test_every_message_of_a_marketing_flow_carries_the_mark_and_the_stop_notice(
+    rt: Runtime,
+) -> None:
+    """Not only the opening message: every bot reply inside the campaign's flow."""
+    for user in ("yes", "quitter"):
+        await consent(rt, await customer(rt, user), True)
+    await rt.campaigns.save(campaign(purpose="marketing", legal_basis="consent"))
+    assert (await rt.campaigns.run("t")).outcomes == Counter({"sent": 2})
+    notice = rt.catalog.text("en", "campaign.stop_notice")
+
+    async def to(user: str) -> list[Any]:
+        await rt.dispatcher.drain()
+        return [m for m in recorder(rt).sent if m.recipient_id == user]
+
+    hello = len(await to("yes")) - 1  # the answers to "hello", then the opening message
+    for answer in ("1", "4", "skip", "no"):  # reason, rating, comment, offer → the end
+        result = await rt.engine.handle(inbound(answer, user="yes"))
+        assert result.replies and result.replies[-1].endswith(notice), answer
+    flow = (await to("yes"))[hello:]
+    assert len(flow) >= 5 and all(m.campaign == "t" for m in flow)
+    assert all(m.contact_id is not None for m in flow)  # email adds List-Unsubscribe
+    await rt.engine.handle(inbound("hello again", user="yes"))  # the flow is over: no mark
+    after = (await to("yes"))[hello + len(flow) :]
+    assert after and all(m.campaign is None and notice not in m.text for m in after)
+    # "stop" inside the flow: the confirmation neither carries the mark nor asks to "stop"
+    stopped = await rt.engine.handle(inbound("stop", user="quitter"))
+    assert stopped.replies == [rt.catalog.text("en", "consent.optout_done")]
+    quitter = (await to("quitter"))[-1]
+    assert quitter.campaign is None and notice not in quitter.text
+
+
+async def test_a_service_flows_later_replies_carry_no_campaign_mark(rt: Runtime) -> None:
+    await customer(rt, "svc")
+    await rt.campaigns.save(campaign(flow="csat"))
+    assert (await rt.campaigns.run("t")).outcomes == Counter({"sent": 1})
+    result = await rt.engine.handle(inbound("5", user="svc"))
+    await rt.dispatcher.drain()
+    last = recorder(rt).sent[-1]
+    assert result.replies == [last.text] and last.campaign is None
+    assert rt.catalog.text("en", "campaign.stop_notice") not in last.text
 
 
 async def test_frequency_cap_counts_every_campaign(rt: Runtime) -> None:
