@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
 
 from bot.hours import BusinessHours
+from bot.identity_link import IdentityLinker
 from flows.actions import (
     Action,
     Escalate,
@@ -16,17 +17,19 @@ from flows.actions import (
     LogSelfService,
     OpenCase,
     RecordSurvey,
+    RequestLinkCode,
     SetConsent,
     SetLifecycle,
     SetLocale,
     ShowCaseStatus,
+    VerifyLinkCode,
 )
 from flows.catalog import Catalog
 from flows.complaint import SEGMENT_WEIGHT, SEVERITY_WEIGHT
 from flows.model import Reply
 from flows.options import FlowOptions
 from storage import queries
-from storage.models import Case, ConversationStatus, Direction, SurveyAnswer
+from storage.models import Case, ConversationStatus, SurveyAnswer
 
 if TYPE_CHECKING:
     from bot.engine import Turn
@@ -47,6 +50,7 @@ class ActionRunner:
         self.catalog = catalog
         self.timezone = timezone
         self.hours = hours
+        self.links = IdentityLinker(options.company_name, options.identity_link)
 
     async def run(self, turn: Turn, actions: Sequence[Action]) -> None:
         for action in actions:
@@ -55,18 +59,6 @@ class ActionRunner:
     def _local(self, turn: Turn, when: datetime, formats: dict[str, str]) -> str:
         tz = ZoneInfo(turn.contact.timezone or self.timezone)
         return when.astimezone(tz).strftime(formats.get(turn.ctx.locale, formats["en"]))
-
-    def _note(self, turn: Turn, kind: str, **payload: object) -> None:
-        queries.add_touchpoint(
-            turn.session,
-            contact_id=turn.contact.id,
-            conversation_id=turn.conversation.id,
-            channel=turn.conversation.channel,
-            direction=Direction.INTERNAL,
-            kind=kind,
-            actor="bot",
-            payload=dict(payload),
-        )
 
     async def _one(self, turn: Turn, action: Action) -> None:
         ctx, conv, contact = turn.ctx, turn.conversation, turn.contact
@@ -82,7 +74,7 @@ class ActionRunner:
                 conv.priority = max(conv.priority, prio + bonus)
                 conv.queued_at = ctx.now
                 conv.flow_state = {}
-                self._note(turn, "escalated", reason=reason, priority=conv.priority)
+                turn.note("escalated", reason=reason, priority=conv.priority)
                 if self.hours is not None and not self.hours.is_open(ctx.now):
                     opening = self.hours.next_open(ctx.now)
                     if opening is not None:
@@ -93,7 +85,7 @@ class ActionRunner:
                 conv.status = ConversationStatus.BOT
                 conv.priority = 0
                 conv.queued_at = None
-                self._note(turn, "left_queue")
+                turn.note("left_queue")
             case RecordSurvey(survey=survey, answers=answers, case_reference=ref):
                 case_id = None
                 if ref:
@@ -111,11 +103,10 @@ class ActionRunner:
                             created_at=ctx.now,
                         )
                     )
-                self._note(turn, "survey_completed", survey=survey, answers=dict(answers))
+                turn.note("survey_completed", survey=survey, answers=dict(answers))
             case SetLifecycle(phase=phase, reason=reason):
                 if contact.lifecycle_phase != phase:
-                    self._note(
-                        turn,
+                    turn.note(
                         "lifecycle_changed",
                         old=contact.lifecycle_phase,
                         new=phase,
@@ -135,12 +126,15 @@ class ActionRunner:
                     source=source,
                     text_shown=shown,
                 )
-                self._note(turn, "consent", purpose=purpose, granted=granted, source=source)
+                turn.note("consent", purpose=purpose, granted=granted, source=source)
             case ShowCaseStatus(reference=ref):
                 await self._case_status(turn, ref)
+            case RequestLinkCode(email=email):
+                await self.links.request(turn, email)
+            case VerifyLinkCode(code=code):
+                await self.links.verify(turn, code)
             case LogSelfService():
-                self._note(
-                    turn,
+                turn.note(
                     "selfservice",
                     question=action.question,
                     entry=action.entry_id,
@@ -168,9 +162,7 @@ class ActionRunner:
                 updated_at=ctx.now,
             ),
         )
-        self._note(
-            turn, "case_opened", reference=case.reference, severity=a.severity, category=a.category
-        )
+        turn.note("case_opened", reference=case.reference, severity=a.severity, category=a.category)
         turn.replies.append(
             Reply(
                 "complaint.opened",

@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from sqlalchemy.exc import IntegrityError
 
-from bot import analytics, gdpr, importer, lifecycle, value
+from bot import analytics, dead_letters, gdpr, importer, lifecycle, value
 from bot.api import Admin, AnyAgent, ApiError, Supervisor, runtime_of
 from bot.desk import actor
 from bot.history import MergeError, merge_contacts
@@ -160,3 +160,26 @@ async def report(
         raise ApiError(422, "invalid_request", "since must be before until")
     async with runtime_of(request).sessions() as s:
         return await analytics.report(s, since=since, until=until)
+
+
+@router.get("/dead-letters")
+async def list_dead_letters(
+    request: Request,
+    agent: Supervisor,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    source: Annotated[str | None, Query(pattern="^(engine|inbox)$")] = None,
+) -> dict[str, Any]:
+    """Messages whose flow raised (`engine`) and raw updates the inbox gave up on (`inbox`),
+    newest first."""
+    async with runtime_of(request).sessions() as s:
+        return {"items": await dead_letters.recent(s, limit=limit, source=source)}
+
+
+@router.get("/dead-letters/{letter_id}")
+async def get_dead_letter(request: Request, letter_id: int, agent: Supervisor) -> dict[str, Any]:
+    """One dead letter with its traceback and the message it kept."""
+    async with runtime_of(request).sessions() as s:
+        found = await dead_letters.one(s, letter_id)
+    if found is None:
+        raise ApiError(404, "not_found", f"dead letter {letter_id} not found")
+    return found

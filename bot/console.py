@@ -2,9 +2,10 @@
 
 The page signs in with an agent's API token (kept in the tab's sessionStorage) and works
 entirely through the REST API under `/api/v1`; live updates come from `/api/v1/events`.
-All assets are served from this package (no build step, no CDN), with a Content Security
-Policy that allows only this origin's scripts and requires Trusted Types, so a stray
-`innerHTML` with customer text would throw instead of becoming markup.
+All assets, the vendored Chart.js of the supervisor view included, are served from this
+package (no build step, no CDN), with a Content Security Policy that allows only this
+origin's scripts and requires Trusted Types, so a stray `innerHTML` with customer text
+would throw instead of becoming markup.
 """
 
 from __future__ import annotations
@@ -22,9 +23,11 @@ from storage.models import Agent
 
 STATIC = Path(__file__).parent / "static"
 PAGE = STATIC / "console.html"
-ASSETS = {
+ASSETS = {  # path under static/ → media type
     "console.js": "text/javascript; charset=utf-8",
     "console.css": "text/css; charset=utf-8",
+    # Chart.js for the supervisor view (static/vendor/README.md: version, licence)
+    "vendor/chart.umd.min.js": "text/javascript; charset=utf-8",
 }
 CSP = "; ".join(
     [
@@ -63,7 +66,7 @@ async def console_slash() -> RedirectResponse:
     return RedirectResponse("/agent", status_code=308)
 
 
-@router.get("/agent/static/{name}", include_in_schema=False)
+@router.get("/agent/static/{name:path}", include_in_schema=False)
 async def console_asset(name: str) -> FileResponse:
     media_type = ASSETS.get(name)
     if media_type is None:  # only the listed files: no path is ever built from the request

@@ -299,7 +299,29 @@ def print_report(r: dict[str, Any]) -> None:
     out.print(t)
 
 
+def dead_letters_list(
+    limit: Annotated[int, typer.Option(min=1, max=500)] = 20,
+    source: Annotated[str | None, typer.Option(help="engine or inbox")] = None,
+) -> None:
+    """Messages whose flow raised and raw updates the inbox gave up on, newest first."""
+    from bot import dead_letters
+
+    rows = run_in_session(_settings(), lambda s: dead_letters.recent(s, limit=limit, source=source))
+    table = Table("id", "when", "source", "channel", "contact", "error")
+    for r in rows:
+        table.add_row(
+            str(r["id"]),
+            r["created_at"][:19],
+            r["source"],
+            r["channel"],
+            str(r["contact_id"] or ""),
+            escape(r["error"][:120]),
+        )
+    out.print(table if rows else "no dead letters")
+
+
 def register(app: typer.Typer) -> None:
+    app.command("dead-letters")(dead_letters_list)
     app.add_typer(import_app, name="import")
     app.add_typer(gdpr_app, name="gdpr")
     app.add_typer(crm_app, name="crm")

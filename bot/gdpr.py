@@ -8,6 +8,7 @@ from typing import Any
 
 from sqlalchemy import Text, cast, delete, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.sql.elements import ColumnElement
 
 from bot.history import CRM_CHANNEL
 from storage import queries
@@ -18,9 +19,11 @@ from storage.models import (
     Contact,
     Conversation,
     ConversationStatus,
+    DeadLetter,
     Direction,
     EmailMessageRef,
     Identity,
+    IdentityLinkCode,
     InboxStatus,
     InboxUpdate,
     Order,
@@ -71,6 +74,7 @@ async def export(s: AsyncSession, contact_id: int) -> dict[str, Any]:
         "cases": await _all(s, Case, contact_id),
         "survey_answers": await _all(s, SurveyAnswer, contact_id),
         "orders": await _all(s, Order, contact_id),
+        "dead_letters": await _all(s, DeadLetter, contact_id),
     }
 
 
@@ -111,13 +115,20 @@ async def erase(s: AsyncSession, contact_id: int, *, actor: str) -> dict[str, An
 
     # messages about the contact that are not its history: the outbox (sent or not: nothing
     # more goes out), finished raw platform updates, email threading records
-    out_cond = []
+    out_cond: list[ColumnElement[bool]] = []
     if identity_ids:
         out_cond.append(OutboxMessage.identity_id.in_(identity_ids))
     if conv_ids:
         out_cond.append(OutboxMessage.conversation_id.in_(conv_ids))
     if addresses:
         out_cond.append(OutboxMessage.recipient_id.in_(addresses))
+    # a verification code mailed to an address the contact claimed (bot/identity_link.py)
+    code_ids = (
+        await s.execute(
+            select(IdentityLinkCode.id).where(IdentityLinkCode.contact_id == contact_id)
+        )
+    ).scalars()
+    out_cond.extend(OutboxMessage.thread_key == f"identity-link:{i}" for i in code_ids)
     if out_cond:
         await run("outbox", delete(OutboxMessage).where(or_(*out_cond)))
     if addresses:
@@ -141,6 +152,14 @@ async def erase(s: AsyncSession, contact_id: int, *, actor: str) -> dict[str, An
                 )
             ),
         )
+    # messages that failed (kept for a person to look at) and pending email verifications
+    await run("dead_letters", delete(DeadLetter).where(DeadLetter.contact_id == contact_id))
+    link_cond = [IdentityLinkCode.contact_id == contact_id]
+    if identity_ids:
+        link_cond.append(IdentityLinkCode.identity_id.in_(identity_ids))
+    if addresses:
+        link_cond.append(IdentityLinkCode.email.in_(addresses))
+    await run("identity_link_codes", delete(IdentityLinkCode).where(or_(*link_cond)))
     # the history: kept for the figures, emptied of content
     await run(
         "touchpoints",

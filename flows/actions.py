@@ -74,6 +74,20 @@ class LogSelfService:
     extra: dict[str, str] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class RequestLinkCode:
+    """Mail a one-time code to `email`, which the customer claims as theirs."""
+
+    email: str
+
+
+@dataclass(frozen=True)
+class VerifyLinkCode:
+    """Check a code the customer typed; on a match link the email identity."""
+
+    code: str
+
+
 Action = (
     OpenCase
     | Escalate
@@ -84,4 +98,6 @@ Action = (
     | SetConsent
     | ShowCaseStatus
     | LogSelfService
+    | RequestLinkCode
+    | VerifyLinkCode
 )

@@ -20,6 +20,7 @@ class Command(StrEnum):
     LANGUAGE = "language"
     COMPLAINT = "complaint"
     FAQ = "faq"
+    LINK = "link"  # link an email address, verified by a mailed code
 
 
 @dataclass(frozen=True)
@@ -82,6 +83,26 @@ WORDS: dict[str, Command] = {
     **dict.fromkeys(["deutsch", "german"], Command.LANGUAGE),
     **dict.fromkeys(["english", "englisch"], Command.LANGUAGE),
     **dict.fromkeys(["complaint", "beschwerde", "reklamation", "complain"], Command.COMPLAINT),
+    **dict.fromkeys(
+        [
+            "link",
+            "link email",
+            "link my email",
+            "link e-mail",
+            "link my e-mail",
+            "link email address",
+            "link my email address",
+            "link e-mail address",
+            "link my e-mail address",
+            "e-mail verknüpfen",
+            "email verknüpfen",
+            "meine e-mail verknüpfen",
+            "meine email verknüpfen",
+            "e-mail-adresse verknüpfen",
+            "e-mail adresse verknüpfen",
+        ],
+        Command.LINK,
+    ),
 }
 LANGUAGE_ARG = {
     "deutsch": "de",

@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 
-from flows import complaint, consent, csat, language, winback
+from flows import complaint, consent, csat, language, link, winback
 from flows.actions import Escalate, LeaveQueue, LogSelfService, SetLocale, ShowCaseStatus
 from flows.commands import CASE_REF_RE, Command, Parsed, parse
 from flows.model import (
@@ -27,7 +27,16 @@ from flows.model import (
 )
 
 FLOWS: dict[str, Flow] = {
-    f.name: f for f in (complaint.FLOW, winback.FLOW, csat.FLOW, consent.FLOW, language.FLOW)
+    f.name: f
+    for f in (
+        complaint.FLOW,
+        winback.FLOW,
+        csat.FLOW,
+        consent.FLOW,
+        language.FLOW,
+        link.FLOW,
+        link.CODE_FLOW,
+    )
 }
 MENU_WORDS = ("menu", "menü", "hauptmenü", "main menu")
 COMPLAINT_WORDS = ("beschwer", "reklamation", "complain", "kaputt", "defekt", "broken", "damaged")
@@ -142,6 +151,10 @@ def _command(state: Mapping[str, Any], cmd: Parsed, running: Flow | None, ctx: C
         return Decision(dict(state), reprompt(state, ctx), (ShowCaseStatus(cmd.arg),))
     if c is Command.LANGUAGE:
         return _language(state, cmd, ctx, reprompt_flow=True)
+    if c is Command.LINK:
+        if running is link.FLOW:
+            return Decision(dict(state), reprompt(state, ctx))
+        return start(link.FLOW, ctx)  # also while a code is awaited: a new one replaces it
     if c is Command.COMPLAINT:
         if running is complaint.FLOW:
             return Decision(dict(state), reprompt(state, ctx))

@@ -94,6 +94,15 @@ class KnowledgeBaseOptions(Strict):
         return self
 
 
+class IdentityLinkOptions(Strict):
+    """Verified email links (bot/identity_link.py): a code's lifetime and the limits."""
+
+    code_minutes: int = Field(default=15, ge=1, le=1440)
+    max_attempts: int = Field(default=5, ge=1, le=20)  # wrong codes before it dies
+    codes_per_identity_hour: int = Field(default=3, ge=1, le=100)  # requests per chat identity
+    codes_per_address_hour: int = Field(default=5, ge=1, le=100)  # mails per address, anyone
+
+
 class FlowOptions(Strict):
     """Everything the flows need, passed to them as one immutable object."""
 
@@ -101,5 +110,6 @@ class FlowOptions(Strict):
     complaint: ComplaintOptions
     winback: WinbackOptions
     knowledge_base: KnowledgeBaseOptions = KnowledgeBaseOptions()
+    identity_link: IdentityLinkOptions = IdentityLinkOptions()
     max_failed_answers: int = Field(default=3, ge=1, le=10)
     max_selfservice_misses: int = Field(default=2, ge=1, le=10)

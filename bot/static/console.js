@@ -121,6 +121,46 @@
       "reason.customer_request": "customer asked for a person", "reason.complaint": "complaint",
       "reason.selfservice_misses": "self-service could not answer", "reason.failed_answers": "repeated invalid answers",
       "reason.low_csat": "low satisfaction rating", "reason.winback_offer": "win-back offer accepted",
+      "view.desk": "Conversations", "view.supervisor": "Supervisor view", "view.label": "Views",
+      "sv.title": "Supervisor view",
+      "sv.period": "Period",
+      "sv.last_week": "Last 7 days", "sv.last_month": "Last 30 days", "sv.last_quarter": "Last 90 days",
+      "sv.range": "{since} – {until}",
+      "sv.loading": "Loading the figures…",
+      "sv.forbidden": "The supervisor view is for supervisors and admins only.",
+      "sv.no_charts": "The charts could not be loaded; the figures are shown as tables.",
+      "sv.no_data": "No data yet for this period.",
+      "sv.no_data_chart": "No data yet",
+      "sv.figures": "Figures",
+      "sv.kpi.deflection": "Self-service deflection", "sv.kpi.conversations": "Conversations",
+      "sv.kpi.csat": "CSAT average", "sv.kpi.sla": "SLA breach rate", "sv.kpi.recovery": "Win-back recovery rate",
+      "sv.deflection_sub": "{n} of {of} conversations answered without a person",
+      "sv.of5": "of 5",
+      "sv.breached_of": "{n} of {of} cases",
+      "sv.volume": "Customer messages per day and channel",
+      "sv.channels": "Channel mix (customer messages)",
+      "sv.first_response": "First response time: bot and agents",
+      "sv.resolution": "Resolution time",
+      "sv.by_category": "Complaints by category",
+      "sv.by_severity": "Complaints by severity",
+      "sv.sla": "SLA of complaint cases",
+      "sv.csat": "Customer satisfaction (CSAT)",
+      "sv.csat_average": "Average {avg} of 5 from {n} answers",
+      "sv.winback": "Win-back: reasons for leaving",
+      "sv.recovery": "Recovery rate {rate}: {n} of {of} accepted an offer",
+      "sv.median": "Median", "sv.p90": "90th percentile", "sv.average": "Average",
+      "sv.bot": "Bot", "sv.agents": "Agents",
+      "sv.conv_bot": "Conversations (bot only)", "sv.conv_agent": "Conversations (with an agent)", "sv.cases": "Complaint cases",
+      "sv.sla_kept": "Within SLA", "sv.sla_late": "Resolved late", "sv.sla_open": "Open and overdue",
+      "sv.sla_breached": "SLA breached", "sv.sla_rate": "Breach rate",
+      "sv.respondents": "Respondents", "sv.offers_accepted": "Offers accepted", "sv.recovery_rate": "Recovery rate",
+      "sv.reactivated": "Contacts active again",
+      "sv.col.day": "Day", "sv.col.total": "Total", "sv.col.channel": "Channel", "sv.col.in": "From customers",
+      "sv.col.out": "To customers", "sv.col.internal": "Internal", "sv.col.who": "",
+      "sv.col.count": "Count", "sv.col.mean": "Mean", "sv.col.category": "Category", "sv.col.severity": "Severity",
+      "sv.col.figure": "", "sv.col.value": "Value", "sv.col.rating": "Rating", "sv.col.answers": "Answers",
+      "winback.price": "Price", "winback.quality": "Quality", "winback.service": "Service",
+      "winback.competitor": "Better offer elsewhere", "winback.no_longer_needed": "No longer needed", "winback.other": "Something else",
       "time.now": "just now", "time.min": "{n} min", "time.h": "{h} h {m} min", "time.d": "{n} d",
     },
     de: {
@@ -227,6 +267,46 @@
       "reason.customer_request": "Kunde möchte einen Menschen", "reason.complaint": "Beschwerde",
       "reason.selfservice_misses": "Self-Service wusste keine Antwort", "reason.failed_answers": "wiederholt ungültige Antworten",
       "reason.low_csat": "schlechte Zufriedenheitsbewertung", "reason.winback_offer": "Rückgewinnungsangebot angenommen",
+      "view.desk": "Gespräche", "view.supervisor": "Teamleitung", "view.label": "Ansichten",
+      "sv.title": "Auswertung für die Teamleitung",
+      "sv.period": "Zeitraum",
+      "sv.last_week": "Letzte 7 Tage", "sv.last_month": "Letzte 30 Tage", "sv.last_quarter": "Letzte 90 Tage",
+      "sv.range": "{since} – {until}",
+      "sv.loading": "Zahlen werden geladen…",
+      "sv.forbidden": "Diese Ansicht ist nur für Teamleitung und Admins.",
+      "sv.no_charts": "Die Diagramme konnten nicht geladen werden; die Zahlen stehen in den Tabellen.",
+      "sv.no_data": "Für diesen Zeitraum gibt es noch keine Daten.",
+      "sv.no_data_chart": "Noch keine Daten",
+      "sv.figures": "Zahlen",
+      "sv.kpi.deflection": "Self-Service-Quote", "sv.kpi.conversations": "Gespräche",
+      "sv.kpi.csat": "Zufriedenheit (Ø)", "sv.kpi.sla": "SLA-Verletzungen", "sv.kpi.recovery": "Rückgewinnungsquote",
+      "sv.deflection_sub": "{n} von {of} Gesprächen ohne Mitarbeiter beantwortet",
+      "sv.of5": "von 5",
+      "sv.breached_of": "{n} von {of} Fällen",
+      "sv.volume": "Kundennachrichten pro Tag und Kanal",
+      "sv.channels": "Kanalmix (Kundennachrichten)",
+      "sv.first_response": "Erste Antwort: Bot und Agenten",
+      "sv.resolution": "Bearbeitungsdauer bis zur Lösung",
+      "sv.by_category": "Beschwerden nach Kategorie",
+      "sv.by_severity": "Beschwerden nach Schwere",
+      "sv.sla": "SLA der Beschwerdefälle",
+      "sv.csat": "Kundenzufriedenheit (CSAT)",
+      "sv.csat_average": "Durchschnitt {avg} von 5 aus {n} Antworten",
+      "sv.winback": "Rückgewinnung: Gründe für die Kündigung",
+      "sv.recovery": "Rückgewinnungsquote {rate}: {n} von {of} haben ein Angebot angenommen",
+      "sv.median": "Median", "sv.p90": "90. Perzentil", "sv.average": "Durchschnitt",
+      "sv.bot": "Bot", "sv.agents": "Agenten",
+      "sv.conv_bot": "Gespräche (nur Bot)", "sv.conv_agent": "Gespräche (mit Agent)", "sv.cases": "Beschwerdefälle",
+      "sv.sla_kept": "SLA eingehalten", "sv.sla_late": "Zu spät gelöst", "sv.sla_open": "Offen und überfällig",
+      "sv.sla_breached": "SLA verletzt", "sv.sla_rate": "Verletzungsquote",
+      "sv.respondents": "Befragte", "sv.offers_accepted": "Angebote angenommen", "sv.recovery_rate": "Rückgewinnungsquote",
+      "sv.reactivated": "Wieder aktive Kontakte",
+      "sv.col.day": "Tag", "sv.col.total": "Summe", "sv.col.channel": "Kanal", "sv.col.in": "Von Kunden",
+      "sv.col.out": "An Kunden", "sv.col.internal": "Intern", "sv.col.who": "",
+      "sv.col.count": "Anzahl", "sv.col.mean": "Mittelwert", "sv.col.category": "Kategorie", "sv.col.severity": "Schwere",
+      "sv.col.figure": "", "sv.col.value": "Wert", "sv.col.rating": "Bewertung", "sv.col.answers": "Antworten",
+      "winback.price": "Preis", "winback.quality": "Qualität", "winback.service": "Service",
+      "winback.competitor": "Besseres Angebot woanders", "winback.no_longer_needed": "Nicht mehr benötigt", "winback.other": "Sonstiges",
       "time.now": "gerade eben", "time.min": "{n} Min.", "time.h": "{h} Std. {m} Min.", "time.d": "{n} T.",
     },
   };
@@ -329,6 +409,7 @@
     busy: false,
     timers: [],
     seq: { lists: 0, conv: 0 }, // a slower, older answer never overwrites a newer one
+    view: "desk", // or "supervisor" (supervisors and admins only)
   };
 
   class ApiError extends Error {
@@ -379,6 +460,7 @@
     document.title = t("title") + " · cicbot";
     for (const node of document.querySelectorAll("[data-i18n]")) node.textContent = t(node.dataset.i18n);
     for (const node of document.querySelectorAll("[data-i18n-placeholder]")) node.placeholder = t(node.dataset.i18nPlaceholder);
+    for (const node of document.querySelectorAll("[data-i18n-label]")) node.setAttribute("aria-label", t(node.dataset.i18nLabel));
   }
 
   function showLogin(message) {
@@ -413,10 +495,14 @@
     $("me-name").textContent = me.name;
     $("me-role").textContent = t("role." + me.role);
     avatar($("me-avatar"), me.name, "agent" + me.id);
+    $("views").hidden = !isSupervisor();
     start();
   }
 
   function signOut(message) {
+    showView("desk");
+    clearSupervisor();
+    $("views").hidden = true;
     sessionStorage.removeItem(TOKEN_KEY);
     state.token = null;
     state.me = null;
@@ -1011,6 +1097,347 @@
     return card;
   }
 
+  // --- the supervisor view: charts of GET /api/v1/analytics ---------------------------
+  //
+  // Supervisors and admins only (the API answers 403 to others anyway). Chart.js is
+  // vendored (static/vendor); every chart has a caption and its figures as a table in a
+  // <details>, for screen readers and for the browser test.
+
+  const sv = { days: 30, seq: 0, charts: [], report: null, styled: false };
+  const numFmt = new Intl.NumberFormat(LANG);
+  const oneFmt = new Intl.NumberFormat(LANG, { maximumFractionDigits: 1 });
+  const pctFmt = new Intl.NumberFormat(LANG, { style: "percent", maximumFractionDigits: 1 });
+  const dayFmt = new Intl.DateTimeFormat(LANG, { day: "numeric", month: "short", timeZone: "UTC" });
+  const CHANNEL_COLOURS = { webchat: "#1f6feb", telegram: "#229ed9", slack: "#7c3aed", email: "#e36209", console: "#57606a" };
+  const SERIES = ["#1f6feb", "#8250df", "#0a7d74", "#bc4c00", "#bf3989", "#4d7c0f", "#cf222e", "#57606a"];
+  const SEVERITIES = ["low", "medium", "high", "critical"];
+  const SEVERITY_COLOURS = { low: "#4d7c0f", medium: "#d4a72c", high: "#bc4c00", critical: "#b42318" };
+  const CSAT_COLOURS = ["#b42318", "#e36209", "#d4a72c", "#57a64a", "#1a7f37"];
+
+  function seconds(x) { // a duration for people: 42 s, 3.5 min, 2 h, 1.5 d
+    if (x === null || x === undefined) return "–";
+    if (x < 60) return oneFmt.format(x) + " s";
+    if (x < 3600) return oneFmt.format(x / 60) + " min";
+    if (x < 86400) return oneFmt.format(x / 3600) + " h";
+    return oneFmt.format(x / 86400) + " d";
+  }
+  const percent = (x) => (x === null || x === undefined ? "–" : pctFmt.format(x));
+  const channelColour = (ch, i) => CHANNEL_COLOURS[ch] ?? SERIES[i % SERIES.length];
+  const cell = (text, value) => ({ text, value: value ?? null });
+  const n = (x) => cell(x === null || x === undefined ? "–" : numFmt.format(x), x);
+
+  function statsRows(entries) { // [[label, stats]] → table rows and a p50/p90 bar chart
+    const rows = entries.map(([name, st]) => [cell(name), n(st.count), cell(seconds(st.mean), st.mean), cell(seconds(st.p50), st.p50), cell(seconds(st.p90), st.p90)]);
+    const top = Math.max(0, ...entries.map(([, st]) => st.p90 ?? 0));
+    const [unit, div] = top >= 2 * 86400 ? ["d", 86400] : top >= 2 * 3600 ? ["h", 3600] : top >= 120 ? ["min", 60] : ["s", 1];
+    const scaled = (x) => (x === null ? null : x / div); // one unit per chart: round ticks
+    const chart = entries.some(([, st]) => st.count > 0) ? {
+      type: "bar",
+      data: {
+        labels: entries.map(([name]) => name),
+        datasets: [
+          { label: t("sv.median"), data: entries.map(([, st]) => scaled(st.p50)), backgroundColor: "#1f6feb" },
+          { label: t("sv.p90"), data: entries.map(([, st]) => scaled(st.p90)), backgroundColor: "#8fb8f6" },
+        ],
+      },
+      options: { scales: { y: { beginAtZero: true, title: { display: true, text: unit } } },
+                 plugins: { tooltip: { callbacks: { label: (c) => c.dataset.label + ": " + seconds(c.raw * div) } } } },
+    } : null;
+    return { chart, head: [t("sv.col.who"), t("sv.col.count"), t("sv.col.mean"), t("sv.median"), t("sv.p90")], rows };
+  }
+
+  function countsChart(labels, values, colours, horizontal) {
+    return {
+      type: "bar",
+      data: { labels, datasets: [{ label: t("sv.col.count"), data: values, backgroundColor: colours, maxBarThickness: 56 }] },
+      options: { indexAxis: horizontal ? "y" : "x", plugins: { legend: { display: false } },
+                 scales: { [horizontal ? "x" : "y"]: { beginAtZero: true, ticks: { precision: 0 } } } },
+    };
+  }
+
+  // One entry per chart: its caption and, from the report, a chart and/or a table (or
+  // neither, which shows "no data yet" in its card).
+  const CHARTS = [
+    { id: "volume", wide: true, title: "sv.volume", build(r) {
+      const channels = [...new Set(r.volume.map((v) => v.channel))].sort();
+      const byDay = new Map();
+      for (const v of r.volume) {
+        if (!byDay.has(v.day)) byDay.set(v.day, {});
+        byDay.get(v.day)[v.channel] = v.messages;
+      }
+      const days = []; // every day of the period, so gaps show as gaps
+      const end = r.period.until.slice(0, 10);
+      for (let d = new Date(r.period.since.slice(0, 10) + "T00:00:00Z"); ; d.setUTCDate(d.getUTCDate() + 1)) {
+        const iso = d.toISOString().slice(0, 10);
+        days.push(iso);
+        if (iso >= end || days.length > 3700) break;
+      }
+      const chart = r.volume.length ? {
+        type: "bar",
+        data: {
+          labels: days.map((d) => dayFmt.format(new Date(d + "T00:00:00Z"))),
+          datasets: channels.map((ch, i) => ({ label: channelName(ch), data: days.map((d) => byDay.get(d)?.[ch] ?? 0), backgroundColor: channelColour(ch, i), stack: "messages" })),
+        },
+        options: { scales: { x: { stacked: true }, y: { stacked: true, beginAtZero: true, ticks: { precision: 0 } } } },
+      } : null;
+      const rows = [...byDay.entries()].sort(([a], [b]) => a.localeCompare(b)).map(([day, counts]) => [
+        cell(dayFmt.format(new Date(day + "T00:00:00Z")), day),
+        ...channels.map((ch) => n(counts[ch] ?? 0)),
+        n(Object.values(counts).reduce((a, b) => a + b, 0)),
+      ]);
+      return { chart, head: [t("sv.col.day"), ...channels.map(channelName), t("sv.col.total")], rows, channels };
+    } },
+    { id: "channels", title: "sv.channels", build(r) {
+      const entries = Object.entries(r.channels);
+      const incoming = entries.map(([, c]) => c.in);
+      const chart = incoming.some((x) => x > 0) ? {
+        type: "doughnut",
+        data: { labels: entries.map(([ch]) => channelName(ch)), datasets: [{ data: incoming, backgroundColor: entries.map(([ch], i) => channelColour(ch, i)) }] },
+        options: { plugins: { legend: { position: "right" } } },
+      } : null;
+      const rows = entries.map(([ch, c]) => [cell(channelName(ch), ch), n(c.in), n(c.out), n(c.internal)]);
+      return { chart, head: [t("sv.col.channel"), t("sv.col.in"), t("sv.col.out"), t("sv.col.internal")], rows: entries.length ? rows : null };
+    } },
+    { id: "first_response", title: "sv.first_response", build(r) {
+      const f = r.first_response_seconds;
+      return statsRows([[t("sv.bot"), f.bot], [t("sv.agents"), f.agent]]);
+    } },
+    { id: "resolution", title: "sv.resolution", build(r) {
+      const x = r.resolution_seconds;
+      return statsRows([[t("sv.conv_bot"), x.conversations_bot], [t("sv.conv_agent"), x.conversations_agent], [t("sv.cases"), x.cases]]);
+    } },
+    { id: "complaints_category", title: "sv.by_category", build(r) {
+      const entries = Object.entries(r.complaints.by_category);
+      if (!entries.length) return {};
+      return {
+        chart: countsChart(entries.map(([c]) => label("category", c)), entries.map(([, k]) => k), entries.map((_, i) => SERIES[i % SERIES.length]), true),
+        head: [t("sv.col.category"), t("sv.col.count")],
+        rows: entries.map(([c, k]) => [cell(label("category", c), c), n(k)]),
+      };
+    } },
+    { id: "complaints_severity", title: "sv.by_severity", build(r) {
+      const rank = (s) => (SEVERITIES.includes(s) ? SEVERITIES.indexOf(s) : SEVERITIES.length);
+      const entries = Object.entries(r.complaints.by_severity).sort(([a], [b]) => rank(a) - rank(b) || a.localeCompare(b));
+      if (!entries.length) return {};
+      return {
+        chart: countsChart(entries.map(([s]) => label("severity", s)), entries.map(([, k]) => k), entries.map(([s], i) => SEVERITY_COLOURS[s] ?? SERIES[i % SERIES.length])),
+        head: [t("sv.col.severity"), t("sv.col.count")],
+        rows: entries.map(([s, k]) => [cell(label("severity", s), s), n(k)]),
+      };
+    } },
+    { id: "sla", title: "sv.sla", build(r) {
+      const s = r.sla;
+      if (!s.cases) return {};
+      const late = s.breached - s.open_breached;
+      return {
+        chart: {
+          type: "doughnut",
+          data: { labels: [t("sv.sla_kept"), t("sv.sla_late"), t("sv.sla_open")],
+                  datasets: [{ data: [s.cases - s.breached, late, s.open_breached], backgroundColor: ["#1a7f37", "#d4a72c", "#b42318"] }] },
+          options: { plugins: { legend: { position: "right" } } },
+        },
+        head: [t("sv.col.figure"), t("sv.col.value")],
+        rows: [
+          [cell(t("sv.cases")), n(s.cases)],
+          [cell(t("sv.sla_breached")), n(s.breached)],
+          [cell(t("sv.sla_open")), n(s.open_breached)],
+          [cell(t("sv.sla_rate")), cell(percent(s.breach_rate), s.breach_rate)],
+        ],
+      };
+    } },
+    { id: "csat", title: "sv.csat", build(r) {
+      const c = r.csat;
+      if (!c.responses) return {};
+      const stars = Object.keys(c.distribution);
+      return {
+        note: t("sv.csat_average", { avg: oneFmt.format(c.average), n: numFmt.format(c.responses) }),
+        chart: countsChart(stars, stars.map((k) => c.distribution[k]), stars.map((_, i) => CSAT_COLOURS[i % CSAT_COLOURS.length])),
+        head: [t("sv.col.rating"), t("sv.col.answers")],
+        rows: [...stars.map((k) => [cell(k, Number(k)), n(c.distribution[k])]), [cell(t("sv.average")), cell(oneFmt.format(c.average), c.average)]],
+      };
+    } },
+    { id: "winback", title: "sv.winback", build(r) {
+      const w = r.winback;
+      if (!w.respondents && !w.reactivated_contacts) return {};
+      const reasons = Object.entries(w.reasons);
+      return {
+        note: t("sv.recovery", { rate: percent(w.recovery_rate), n: numFmt.format(w.offers_accepted), of: numFmt.format(w.respondents) }),
+        chart: reasons.length ? countsChart(reasons.map(([k]) => label("winback", k)), reasons.map(([, v]) => v), reasons.map((_, i) => SERIES[i % SERIES.length]), true) : null,
+        head: [t("sv.col.figure"), t("sv.col.value")],
+        rows: [
+          ...reasons.map(([k, v]) => [cell(label("winback", k), k), n(v)]),
+          [cell(t("sv.respondents")), n(w.respondents)],
+          [cell(t("sv.offers_accepted")), n(w.offers_accepted)],
+          [cell(t("sv.recovery_rate")), cell(percent(w.recovery_rate), w.recovery_rate)],
+          [cell(t("sv.reactivated")), n(w.reactivated_contacts)],
+        ],
+      };
+    } },
+  ];
+
+  function isEmptyReport(r) {
+    const res = r.resolution_seconds;
+    return !r.volume.length && !Object.keys(r.channels).length && !r.self_service.conversations
+      && !r.complaints.total && !r.csat.responses && !r.winback.respondents && !r.winback.reactivated_contacts
+      && !res.conversations_bot.count && !res.conversations_agent.count && !res.cases.count;
+  }
+
+  function kpi(id, value, text, sub, headline) {
+    const box = el("div", "kpi" + (headline ? " headline" : ""));
+    box.dataset.kpi = id;
+    const v = el("div", "kpi-value", text);
+    v.dataset.value = value === null || value === undefined ? "" : String(value);
+    box.append(v, el("div", "kpi-label", t("sv.kpi." + id)));
+    if (sub) box.append(el("div", "kpi-sub", sub));
+    return box;
+  }
+
+  function dataTable(caption, head, rows) {
+    const table = el("table", "sv-table");
+    table.append(el("caption", null, caption));
+    const tr = el("tr");
+    for (const h of head) {
+      const th = el("th", null, h);
+      th.scope = "col";
+      tr.append(th);
+    }
+    table.append(el("thead"));
+    table.tHead.append(tr);
+    const body = el("tbody");
+    for (const row of rows) {
+      const line = el("tr");
+      row.forEach((c, i) => {
+        const td = el(i === 0 ? "th" : "td", null, c.text);
+        if (i === 0) td.scope = "row";
+        if (c.value !== null) td.dataset.value = String(c.value);
+        line.append(td);
+      });
+      body.append(line);
+    }
+    table.append(body);
+    return table;
+  }
+
+  function destroyCharts() {
+    for (const chart of sv.charts) chart.destroy();
+    sv.charts = [];
+  }
+  function clearSupervisor() { // on leaving the view: nothing stale (or for others) stays
+    destroyCharts();
+    sv.seq++; // an answer still on its way is dropped
+    sv.report = null;
+    for (const id of ["sv-kpis", "sv-charts", "sv-period", "sv-status"]) $(id).replaceChildren();
+    $("sv-body").hidden = true;
+    $("sv-empty").hidden = true;
+    $("supervisor").removeAttribute("aria-busy");
+  }
+
+  function renderSupervisor(r) {
+    destroyCharts();
+    const since = new Date(r.period.since);
+    const until = new Date(r.period.until);
+    $("sv-period").textContent = t("sv.range", { since: fullFmt.format(since), until: fullFmt.format(until) });
+    const empty = isEmptyReport(r);
+    $("sv-empty").hidden = !empty;
+    $("sv-body").hidden = empty;
+    if (empty) {
+      $("sv-kpis").replaceChildren();
+      $("sv-charts").replaceChildren();
+      return;
+    }
+    const ss = r.self_service;
+    $("sv-kpis").replaceChildren(
+      kpi("deflection", ss.deflection_rate, percent(ss.deflection_rate), t("sv.deflection_sub", { n: numFmt.format(ss.without_human), of: numFmt.format(ss.conversations) }), true),
+      kpi("conversations", ss.conversations, numFmt.format(ss.conversations)),
+      kpi("csat", r.csat.average, r.csat.average === null ? "–" : oneFmt.format(r.csat.average), t("sv.of5")),
+      kpi("sla", r.sla.breach_rate, percent(r.sla.breach_rate), t("sv.breached_of", { n: numFmt.format(r.sla.breached), of: numFmt.format(r.sla.cases) })),
+      kpi("recovery", r.winback.recovery_rate, percent(r.winback.recovery_rate)),
+    );
+    const pending = [];
+    const cards = CHARTS.map((spec) => {
+      const built = spec.build(r);
+      const card = el("figure", "chart-card" + (spec.wide ? " wide" : ""));
+      card.dataset.chart = spec.id;
+      const caption = el("figcaption", null, t(spec.title));
+      caption.id = "sv-cap-" + spec.id;
+      card.append(caption);
+      if (built.note) card.append(el("p", "chart-note", built.note));
+      if (!built.chart && !built.rows) {
+        card.classList.add("is-empty");
+        card.append(el("p", "empty", t("sv.no_data_chart")));
+        return card;
+      }
+      if (built.chart) {
+        const box = el("div", "chart-box");
+        const canvas = el("canvas");
+        canvas.setAttribute("role", "img");
+        canvas.setAttribute("aria-labelledby", caption.id);
+        box.append(canvas);
+        card.append(box);
+        pending.push([canvas, built.chart]);
+      } else {
+        card.append(el("p", "empty", t("sv.no_data_chart")));
+      }
+      if (built.rows) {
+        const details = el("details", "figures");
+        details.append(el("summary", null, t("sv.figures")), dataTable(t(spec.title), built.head, built.rows));
+        card.append(details);
+      }
+      return card;
+    });
+    $("sv-charts").replaceChildren(...cards);
+    if (typeof Chart === "undefined") { // the vendored script failed to load: tables only
+      $("sv-status").textContent = t("sv.no_charts");
+      return;
+    }
+    if (!sv.styled) { // once: the console's font and colours, and no motion if so asked
+      Chart.defaults.font.family = getComputedStyle(document.body).fontFamily;
+      Chart.defaults.color = "#5f6b7a";
+      if (matchMedia("(prefers-reduced-motion: reduce)").matches) Chart.defaults.animation = false;
+      sv.styled = true;
+    }
+    for (const [canvas, config] of pending) {
+      config.options = { responsive: true, maintainAspectRatio: false, ...config.options };
+      sv.charts.push(new Chart(canvas, config));
+    }
+  }
+
+  async function loadSupervisor() {
+    if (!isSupervisor()) return;
+    const seq = ++sv.seq;
+    for (const b of document.querySelectorAll("#sv-days button")) b.setAttribute("aria-pressed", String(Number(b.dataset.days) === sv.days));
+    $("supervisor").setAttribute("aria-busy", "true");
+    $("sv-status").textContent = t("sv.loading");
+    try {
+      const r = await api("GET", "/analytics?days=" + sv.days);
+      if (seq !== sv.seq || state.view !== "supervisor") return;
+      sv.report = r;
+      $("sv-status").textContent = "";
+      renderSupervisor(r);
+    } catch (e) {
+      if (seq !== sv.seq) return;
+      $("sv-status").textContent = e instanceof ApiError && e.status === 403 ? t("sv.forbidden") : t("error.generic", { message: e.message });
+    } finally {
+      if (seq === sv.seq) $("supervisor").removeAttribute("aria-busy");
+    }
+  }
+
+  function showView(view) {
+    if (view === "supervisor" && !isSupervisor()) view = "desk";
+    const changed = state.view !== view;
+    state.view = view;
+    $("app").classList.toggle("view-supervisor", view === "supervisor");
+    $("supervisor").hidden = view !== "supervisor";
+    for (const b of document.querySelectorAll(".view-tab")) b.setAttribute("aria-pressed", String(b.dataset.view === view));
+    if (view === "supervisor") {
+      history.replaceState(null, "", "#/supervisor");
+      if (changed) loadSupervisor();
+    } else {
+      if (changed) clearSupervisor();
+      history.replaceState(null, "", state.current !== null ? "#/conversations/" + state.current : location.pathname);
+    }
+  }
+
   // --- start ---------------------------------------------------------------------
 
   async function refreshAll() {
@@ -1025,6 +1452,7 @@
     const m = /^#\/conversations\/(\d+)$/.exec(location.hash);
     if (m) select(Number(m[1]));
     else showConversation(false);
+    if (location.hash === "#/supervisor") showView("supervisor");
     connectEvents();
     state.timers.push(setInterval(refreshAll, POLL_MS));
     state.timers.push(setInterval(tickTimes, 30000));
@@ -1067,7 +1495,12 @@
     window.addEventListener("hashchange", () => {
       const m = /^#\/conversations\/(\d+)$/.exec(location.hash);
       if (m && state.token && Number(m[1]) !== state.current) select(Number(m[1]));
+      if (state.token) showView(location.hash === "#/supervisor" ? "supervisor" : "desk");
     });
+    for (const b of document.querySelectorAll(".view-tab")) b.addEventListener("click", () => showView(b.dataset.view));
+    for (const b of document.querySelectorAll("#sv-days button")) {
+      b.addEventListener("click", () => { sv.days = Number(b.dataset.days); loadSupervisor(); });
+    }
 
     const saved = sessionStorage.getItem(TOKEN_KEY);
     if (saved) signIn(saved, true);

@@ -18,6 +18,8 @@ from storage.models import (
     Case,
     Consent,
     Contact,
+    DeadLetter,
+    IdentityLinkCode,
     InboxStatus,
     InboxUpdate,
     Order,
@@ -85,6 +87,27 @@ async def _customer(rt: Runtime, user: str = USER, name: str = NAME) -> int:
                 status=InboxStatus.DONE,
             )
         )
+        identity = await queries.get_identity(s, "test", user)
+        assert identity is not None
+        s.add(
+            DeadLetter(
+                source="engine",
+                channel="test",
+                reference=f"m-{user}",
+                contact_id=contact.id,
+                error=f"ValueError: {name}",
+                payload={"text": f"{name} wrote this"},
+            )
+        )
+        s.add(
+            IdentityLinkCode(
+                contact_id=contact.id,
+                identity_id=identity.id,
+                email=email,
+                code_hash="0" * 64,
+                expires_at=utcnow(),
+            )
+        )
         return contact.id
 
 
@@ -114,6 +137,7 @@ async def test_export_has_everything(runtime: Runtime) -> None:
     assert doc["cases"][0]["description"] == SECRET
     assert {a["question"] for a in doc["survey_answers"]} >= {"rating", "comment"}
     assert doc["orders"][0]["amount_cents"] == 1999
+    assert doc["dead_letters"][0]["payload"]["text"] == f"{NAME} wrote this"
     async with runtime.sessions() as s:
         with pytest.raises(gdpr.GdprError):
             await gdpr.export(s, 999_999)
@@ -228,3 +252,15 @@ async def test_merge_refuses_nonsense(runtime: Runtime) -> None:
             await merge_contacts(s, c.id, c.id, actor="x", reason="")
         with pytest.raises(MergeError):
             await merge_contacts(s, c.id, 424242, actor="x", reason="")
+
+
+async def test_erase_removes_a_verification_mail_to_a_claimed_address(runtime: Runtime) -> None:
+    claimed = "claimed.only@example.net"
+    await runtime.engine.handle(inbound("link my email", user="claimer"))
+    await runtime.engine.handle(inbound(claimed, user="claimer"))
+    assert await _scan(runtime, [claimed])  # the code's row and its mail in the outbox
+    async with runtime.sessions() as s, s.begin():
+        contact = await queries.find_contact(s, "test:claimer")
+        assert contact is not None
+        await gdpr.erase(s, contact.id, actor="agent:1")
+    assert await _scan(runtime, [claimed]) == []

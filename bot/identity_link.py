@@ -1,0 +1,258 @@
+"""Verified email links: a one-time code is mailed to the address a customer claims on
+another channel; typing it back on that channel links the email identity (docs/crm.md).
+
+Runs inside the engine's transaction (bot/actions.py). The code exists in clear only in
+the mail: the table keeps its SHA-256, the history a masked copy of the mail, and the
+outbox row's copy is masked once the mail is sent (bot/dispatcher.py), or before that when
+the code is used, dead or replaced. The mail is
+addressed by the outbox row alone (no identity, no conversation), so nothing is attached
+to the customer's contact before the code comes back, and no case reference of the
+requesting conversation ends up in its subject.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import secrets
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import func, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from bot.dispatcher import MASKED_TEXT, masked
+from bot.history import MergeError, merge_contacts
+from flows.link import CODE_LENGTH
+from flows.model import Reply
+from flows.options import IdentityLinkOptions
+from storage import queries
+from storage.models import Direction, Identity, IdentityLinkCode, OutboxMessage, OutboxStatus
+
+if TYPE_CHECKING:
+    from bot.engine import Turn
+
+log = logging.getLogger(__name__)
+EMAIL = "email"
+MASK = "•" * CODE_LENGTH
+
+
+def code_hash(identity_id: int, email: str, code: str) -> str:
+    """SHA-256 of the code, bound to who asked and for which address."""
+    return hashlib.sha256(f"{identity_id}:{email}:{code}".encode()).hexdigest()
+
+
+def mail_thread(code_id: int) -> str:
+    return f"identity-link:{code_id}"
+
+
+class IdentityLinker:
+    def __init__(self, company: str, limits: IdentityLinkOptions | None = None) -> None:
+        self.company = company
+        self.limits = limits or IdentityLinkOptions()
+
+    async def request(self, turn: Turn, email: str) -> None:
+        """Mail a new code to `email` (replacing any earlier one), unless rate-limited.
+        The reply is the same whether or not the address belongs to a customer."""
+        s, ctx, now = turn.session, turn.ctx, turn.ctx.now
+        hour = now - timedelta(hours=1)
+        by_identity = await _count(s, IdentityLinkCode.identity_id == turn.identity.id, hour)
+        by_address = await _count(s, IdentityLinkCode.email == email, hour)
+        if (
+            by_identity >= self.limits.codes_per_identity_hour
+            or by_address >= self.limits.codes_per_address_hour
+        ):
+            turn.note("link_code_refused", reason="rate_limit")
+            turn.replies.append(Reply("link.rate_limited", ctx.t("link.rate_limited")))
+            if await self._live(s, turn.identity.id, now):
+                # the last code still works: keep waiting for it
+                turn.replies.append(Reply("link.ask_code", ctx.t("link.ask_code")))
+            else:
+                turn.conversation.flow_state = {}
+            return
+        await self._retire(s, turn.identity.id, now)
+        code = f"{secrets.randbelow(10**CODE_LENGTH):0{CODE_LENGTH}d}"
+        row = IdentityLinkCode(
+            contact_id=turn.contact.id,
+            identity_id=turn.identity.id,
+            email=email,
+            code_hash=code_hash(turn.identity.id, email, code),
+            attempts=0,
+            created_at=now,
+            expires_at=now + timedelta(minutes=self.limits.code_minutes),
+        )
+        s.add(row)
+        await s.flush()
+        minutes = self.limits.code_minutes
+        params: dict[str, Any] = {"company": self.company, "minutes": minutes}
+        masked = ctx.t("link.mail", code=MASK, **params)
+        # the masked text rides along: the dispatcher swaps it in once the mail is sent,
+        # _mask when the code is of no more use before that
+        body = {
+            "text": ctx.t("link.mail", code=code, **params),
+            "locale": ctx.locale,
+            MASKED_TEXT: masked,
+        }
+        out = await queries.enqueue(
+            s,
+            channel=EMAIL,
+            recipient_id=email,
+            thread_key=mail_thread(row.id),
+            body=body,
+            conversation_id=None,
+            identity_id=None,
+        )
+        queries.add_touchpoint(
+            s,
+            contact_id=turn.contact.id,
+            conversation_id=None,
+            channel=EMAIL,
+            direction=Direction.OUT,
+            kind="message",
+            actor="bot",
+            text=masked,
+            payload={"key": "link.mail", "to": email, "link_code_id": row.id},
+            outbox_id=out.id,
+        )
+        turn.note("link_code_requested", email=email, link_code_id=row.id)
+        log.info("identity link: code row %s mailed for identity %s", row.id, turn.identity.id)
+        reply = ctx.t("link.code_sent", email=email, minutes=minutes)
+        turn.replies.append(Reply("link.code_sent", reply))
+
+    async def verify(self, turn: Turn, code: str) -> None:
+        """Check `code` against this identity's newest code; link on a match."""
+        s, ctx, now = turn.session, turn.ctx, turn.ctx.now
+        q = (
+            select(IdentityLinkCode)
+            .where(IdentityLinkCode.identity_id == turn.identity.id)
+            .order_by(IdentityLinkCode.id.desc())
+            .limit(1)
+            .with_for_update()
+        )
+        row = (await s.execute(q)).scalar_one_or_none()
+        if row is None:
+            return self._end(turn, "link.no_code")
+        if row.used_at is not None or row.expires_at <= now:
+            await self._retire(s, turn.identity.id, now)
+            return self._end(turn, "link.expired")
+        if row.attempts >= self.limits.max_attempts:
+            return self._end(turn, "link.code_dead")
+        row.attempts += 1
+        expected = code_hash(turn.identity.id, row.email, code)
+        if not hmac.compare_digest(expected, row.code_hash):
+            turn.note("link_code_failed", link_code_id=row.id, attempts=row.attempts)
+            left = self.limits.max_attempts - row.attempts
+            if left <= 0:
+                await _mask(s, row)
+                return self._end(turn, "link.code_dead")
+            turn.replies.append(Reply("link.wrong_code", ctx.t("link.wrong_code", left=left)))
+            return None
+        row.used_at = now
+        await _mask(s, row)
+        turn.conversation.flow_state = {}
+        await self._link(turn, row)
+        return None
+
+    async def _link(self, turn: Turn, row: IdentityLinkCode) -> None:
+        s, ctx, contact = turn.session, turn.ctx, turn.contact
+        email = row.email
+        found = await queries.get_identity(s, EMAIL, email)
+        merged: int | None = None
+        if found is not None and found.contact_id == contact.id:
+            reply = "link.already"
+        elif found is not None:
+            merged = found.contact_id
+            try:
+                await merge_contacts(
+                    s,
+                    contact.id,
+                    merged,
+                    actor=f"customer:{turn.identity.channel}",
+                    reason="verified email link",
+                )
+            except MergeError as exc:  # the other contact was erased meanwhile
+                turn.note("link_failed", email=email, reason=exc.code)
+                turn.replies.append(Reply("link.failed", ctx.t("link.failed")))
+                return
+            await s.refresh(found)  # merge_contacts moved it with a bulk update
+            reply = "link.linked"
+        else:
+            found = Identity(contact_id=contact.id, channel=EMAIL, external_id=email)
+            s.add(found)
+            await s.flush()
+            reply = "link.linked"
+        if not contact.email:
+            contact.email = email
+        audit = {
+            "email": email,
+            "identity_id": turn.identity.id,
+            "email_identity_id": found.id,
+            "merged_contact_id": merged,
+            "link_code_id": row.id,
+            "verified_by": "email_code",
+        }
+        # the audit on both sides of the link: the asking channel's conversation, the email
+        turn.note("identity_linked", **audit)
+        queries.add_touchpoint(
+            s,
+            contact_id=contact.id,
+            conversation_id=None,
+            channel=EMAIL,
+            direction=Direction.INTERNAL,
+            kind="identity_linked",
+            actor="bot",
+            payload={**audit, "linked_channel": turn.identity.channel},
+        )
+        turn.replies.append(Reply(reply, ctx.t(reply, email=email)))
+
+    async def _live(self, s: AsyncSession, identity_id: int, now: datetime) -> bool:
+        q = select(IdentityLinkCode.id).where(
+            IdentityLinkCode.identity_id == identity_id,
+            IdentityLinkCode.used_at.is_(None),
+            IdentityLinkCode.expires_at > now,
+            IdentityLinkCode.attempts < self.limits.max_attempts,
+        )
+        return (await s.execute(q.limit(1))).first() is not None
+
+    def _end(self, turn: Turn, key: str) -> None:
+        turn.conversation.flow_state = {}
+        turn.replies.append(Reply(key, turn.ctx.t(key)))
+
+    async def _retire(self, s: AsyncSession, identity_id: int, now: datetime) -> None:
+        """End the identity's live codes (a new one replaces them) and mask the mails of
+        every code that can no longer be used."""
+        rows = (
+            (
+                await s.execute(
+                    select(IdentityLinkCode).where(IdentityLinkCode.identity_id == identity_id)
+                )
+            )
+            .scalars()
+            .all()
+        )
+        for row in rows:
+            if row.used_at is None and row.expires_at > now:
+                row.expires_at = now
+            await _mask(s, row)
+
+
+async def _count(s: AsyncSession, cond: Any, since: datetime) -> int:
+    q = select(func.count()).select_from(IdentityLinkCode)
+    return int(await s.scalar(q.where(cond, IdentityLinkCode.created_at > since)) or 0)
+
+
+async def _mask(s: AsyncSession, code: IdentityLinkCode) -> None:
+    """Replace the code in its outbox row; a mail not sent yet is not sent any more."""
+    q = select(OutboxMessage).where(
+        OutboxMessage.channel == EMAIL,
+        OutboxMessage.recipient_id == code.email,  # the outbox's recipient index
+        OutboxMessage.thread_key == mail_thread(code.id),
+    )
+    out = (await s.execute(q)).scalar_one_or_none()
+    if out is None or MASKED_TEXT not in out.body:
+        return
+    values: dict[str, Any] = {"body": masked(out.body)}
+    if out.status == OutboxStatus.PENDING:
+        values.update(status=OutboxStatus.FAILED, last_error="superseded link code")
+    await s.execute(update(OutboxMessage).where(OutboxMessage.id == out.id).values(values))
