@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 
-from bot import api, api_crm, console
+from bot import api, api_crm, console, metrics
 from bot.campaign_api import router as campaign_router
 from bot.runtime import Runtime
 
@@ -36,6 +36,7 @@ def create_app(runtime: Runtime) -> FastAPI:
     app.include_router(campaign_router)
     app.include_router(api_crm.router)
     app.include_router(console.router)
+    app.include_router(metrics.router)
     for adapter in runtime.channels.values():
         if adapter.router is not None:
             app.include_router(adapter.router)

@@ -49,13 +49,16 @@ def _settings() -> Settings:
         raise typer.Exit(2) from None
 
 
-def _logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(),
-        format="%(message)s",
-        datefmt="[%X]",
-        handlers=[RichHandler(console=err, show_path=False)],
-    )
+def _logging(level: str, log_format: str = "text") -> None:
+    """Rich text for a terminal, or JSON lines; redacted either way (bot/logs.py)."""
+    from bot import logs
+
+    if log_format == "json":
+        handler = logs.json_handler(sys.stderr)
+    else:
+        handler = RichHandler(console=err, show_path=False)
+        handler.setFormatter(logging.Formatter("%(message)s", datefmt="[%X]"))
+    logs.install(handler, level)
 
 
 @app.command()
@@ -63,6 +66,9 @@ def serve(
     host: Annotated[str | None, typer.Option(help="Bind address (server.host).")] = None,
     port: Annotated[int | None, typer.Option(help="Port (server.port).")] = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning")] = "info",
+    log_format: Annotated[
+        str | None, typer.Option(help="text or json: one JSON object a line (server.log_format).")
+    ] = None,
 ) -> None:
     """Serve the web chat, webhooks and API (FastAPI + uvicorn)."""
     import uvicorn
@@ -71,7 +77,11 @@ def serve(
     from bot.runtime import Runtime
 
     settings = _settings()
-    _logging(log_level)
+    fmt = log_format or settings.server.log_format
+    if fmt not in ("text", "json"):
+        err.print("[red]error:[/red] --log-format must be text or json", markup=True)
+        raise typer.Exit(2)
+    _logging(log_level, fmt)
     runtime = Runtime(settings)
     h, p = host or settings.server.host, port or settings.server.port
     logging.getLogger("cicbot").info(
@@ -86,6 +96,7 @@ def serve(
         log_level=log_level,
         ws_max_size=1 << 20,
         proxy_headers=True,
+        log_config=None,  # uvicorn's loggers, access log included, go through ours (redacted)
     )
 
 

@@ -30,7 +30,12 @@ from pydantic_settings import (
 
 from bot.campaign_config import CampaignSettings
 from bot.hours import BusinessHours
-from flows.options import ComplaintOptions, KnowledgeBaseOptions, WinbackOptions
+from flows.options import (
+    ComplaintOptions,
+    IdentityLinkOptions,
+    KnowledgeBaseOptions,
+    WinbackOptions,
+)
 
 DEFAULT_CONFIG = "config.yaml"
 
@@ -52,6 +57,9 @@ class DatabaseSettings(Section):
 class ServerSettings(Section):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
+    log_format: Literal["text", "json"] = "text"  # json: one object per line (bot/logs.py)
+    # GET /metrics from elsewhere than loopback needs this bearer token
+    metrics_token: SecretStr | None = None  # CICBOT_SERVER__METRICS_TOKEN
 
 
 class CompanySettings(Section):
@@ -67,6 +75,15 @@ class DispatcherSettings(Section):
     poll_interval_seconds: float = Field(default=1.0, gt=0)
     concurrency: int = Field(default=16, ge=1, le=1000)
     lease_seconds: float = Field(default=60.0, gt=0)
+
+
+class LimitsSettings(Section):
+    """Per-identity flood control (bot/flood.py): `burst` messages at once, then
+    `messages_per_second`; faster messages wait, in order, none is dropped."""
+
+    messages_per_second: float = Field(default=2.0, gt=0)
+    burst: int = Field(default=10, ge=1, le=1000)
+    max_identities: int = Field(default=10_000, ge=1)  # senders remembered at once
 
 
 class FlowSettings(Section):
@@ -295,7 +312,9 @@ class CampaignsSection(Section):
     """Scheduled follow-ups (bot/campaigns.py, docs/campaigns.md)."""
 
     scheduler: bool = True  # `cicbot serve` runs the schedule (one leader per database)
-    builtin: bool = True  # the built-in csat and winback campaigns (redefine one by name)
+    builtin: bool = True  # the built-in csat, winback and reminder campaigns (redefine by name)
+    # the built-in reminder: a flow abandoned this long ago gets its open question re-asked
+    reminder_after_hours: float = Field(default=24, gt=0, le=24 * 30)
     definitions: list[CampaignSettings] = []
 
 
@@ -312,9 +331,11 @@ class Settings(BaseSettings):
     server: ServerSettings = ServerSettings()
     dispatcher: DispatcherSettings = DispatcherSettings()
     flows: FlowSettings = FlowSettings()
+    limits: LimitsSettings = LimitsSettings()
     complaint: ComplaintOptions
     winback: WinbackOptions
     knowledge_base: KnowledgeBaseOptions = KnowledgeBaseOptions()
+    identity_link: IdentityLinkOptions = IdentityLinkOptions()
     telegram: TelegramSettings = TelegramSettings()
     slack: SlackSettings = SlackSettings()
     email: EmailSettings = EmailSettings()

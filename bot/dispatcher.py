@@ -13,8 +13,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import timedelta
+from typing import Any
 
 from sqlalchemy import and_, exists, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -28,7 +29,15 @@ from storage import queries
 from storage.models import Conversation, Direction, OutboxMessage, OutboxStatus, utcnow
 
 log = logging.getLogger(__name__)
+# an outbox body's text to keep once the message is sent (bot/identity_link.py's code mail)
+MASKED_TEXT = "masked_text"
 UNFINISHED = (OutboxStatus.PENDING, OutboxStatus.SENDING)
+
+
+def masked(body: Mapping[str, Any]) -> dict[str, Any]:
+    """An outbox body with its masked text in place of the text (see MASKED_TEXT)."""
+    kept = {k: v for k, v in body.items() if k != MASKED_TEXT}
+    return {**kept, "text": body[MASKED_TEXT]}
 
 
 class Dispatcher(RoundWorker):
@@ -47,6 +56,8 @@ class Dispatcher(RoundWorker):
         self.channels = channels
         self.settings = settings
         self.skip_locked = skip_locked
+        # told of each attempt's result after it is committed: sent, retry, failed (metrics)
+        self.observe: Callable[[OutboxMessage, str], None] = lambda row, result: None
 
     async def round(self) -> int:
         return await self.drain_once()
@@ -66,7 +77,7 @@ class Dispatcher(RoundWorker):
             async with flushing:
                 batch = done[:]
                 del done[:]
-                await self._sent(batch)
+                await self._sent_while_leased(batch)
 
         async def one(row: OutboxMessage) -> None:
             async with sem:
@@ -142,6 +153,28 @@ class Dispatcher(RoundWorker):
             return row, result
         return None
 
+    async def _sent_while_leased(self, done: list[tuple[OutboxMessage, SendResult]]) -> None:
+        """Record sends, retrying while their lease lasts: a database outage shorter than the
+        lease does not make a delivered reply go out again (past it, another claim may)."""
+        delay = 0.2
+        while True:
+            try:
+                await self._sent(done)
+                return
+            except Exception as exc:
+                leased = min((r.leased_until for r, _ in done if r.leased_until), default=None)
+                left = (leased - utcnow()).total_seconds() if leased else 0.0
+                if self._stopping or left < delay * 2:
+                    raise
+                log.warning(
+                    "recording %d sent outbox rows failed, again in %.1fs: %s",
+                    len(done),
+                    delay,
+                    f"{type(exc).__name__}: {exc}"[:300],
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
     async def _sent(self, done: list[tuple[OutboxMessage, SendResult]]) -> None:
         if not done:
             return
@@ -161,6 +194,16 @@ class Dispatcher(RoundWorker):
                     for row, result in done
                 ],
             )
+            for row, _ in done:
+                if isinstance(row.body, dict) and MASKED_TEXT in row.body:
+                    # a secret (a one-time code) need not outlive its delivery
+                    await s.execute(
+                        update(OutboxMessage)
+                        .where(OutboxMessage.id == row.id)
+                        .values(body=masked(row.body))
+                    )
+        for row, _ in done:
+            self.observe(row, "sent")
 
     def _backoff(self, attempts: int) -> float:
         base: float = self.settings.base_backoff_seconds * 2.0 ** max(attempts - 1, 0)
@@ -185,6 +228,7 @@ class Dispatcher(RoundWorker):
                     next_attempt_at=utcnow() + timedelta(seconds=delay),
                 )
             )
+        self.observe(row, "retry")
 
     async def _fail(self, row: OutboxMessage, error: str, *, unreachable: bool) -> None:
         log.warning("outbox row %s failed permanently: %s", row.id, error)
@@ -226,3 +270,4 @@ class Dispatcher(RoundWorker):
                         "unreachable": unreachable,
                     },
                 )
+        self.observe(row, "failed")

@@ -8,6 +8,7 @@ The dispatcher is woken after the commit; nothing is sent from here.
 from __future__ import annotations
 
 import logging
+import traceback
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
@@ -20,16 +21,19 @@ from bot.actions import ActionRunner
 from bot.hours import BusinessHours
 from bot.locks import KeyedLocks
 from bot.messages import ChannelEvent, Choice, InboundMessage, OutboundMessage
-from flows import dialogue
+from flows import dialogue, reminder
+from flows.actions import Escalate, SetConsent
 from flows.catalog import Catalog, normalize_locale
 from flows.knowledge import Matcher
 from flows.model import Button, ContactFacts, Context, Reply, UserInput, clean_text
 from flows.options import FlowOptions
 from storage import queries
+from storage.db import is_unavailable
 from storage.models import (
     Contact,
     Conversation,
     ConversationStatus,
+    DeadLetter,
     Direction,
     Identity,
     utcnow,
@@ -47,6 +51,7 @@ ConversationObserver = Callable[
     [AsyncSession, Conversation, str, Mapping[str, Any]], Awaitable[None]
 ]
 
+MARKETING_KEY = "campaign"  # flow_state key: [campaign, stop-notice key] of a marketing flow
 MAX_FLOW_TEXT = 4000  # what a flow sees; the touchpoint keeps the whole text
 MAX_STORED_TEXT = 200_000
 
@@ -73,6 +78,22 @@ class Turn:
     ctx: Context
     replies: list[Reply] = field(default_factory=list)  # before the flow's replies
     after: list[Reply] = field(default_factory=list)  # after them
+    # inside a marketing campaign's flow: every reply carries its mark and the stop notice
+    campaign: str | None = None
+    stop_notice: str | None = None
+
+    def note(self, kind: str, **payload: object) -> None:
+        """An internal touchpoint in the conversation (an action the bot took)."""
+        queries.add_touchpoint(
+            self.session,
+            contact_id=self.contact.id,
+            conversation_id=self.conversation.id,
+            channel=self.conversation.channel,
+            direction=Direction.INTERNAL,
+            kind=kind,
+            actor="bot",
+            payload=dict(payload),
+        )
 
 
 class Engine:
@@ -112,30 +133,48 @@ class Engine:
     async def handle(self, msg: InboundMessage) -> HandleResult:
         """Process one inbound message exactly once; safe to call again with the same one."""
         async with self._locks.hold((msg.channel, msg.thread_key)):
-            for attempt in range(5):
-                try:
-                    async with self.sessions() as s, s.begin():
-                        result = await self._handle(s, msg)
-                    break
-                except IntegrityError:
-                    # another process created the same identity/conversation/touchpoint
-                    # first; the next attempt sees its row (and may find a duplicate)
-                    if attempt == 4:
-                        raise
-                except OperationalError as exc:
-                    if attempt == 4 or not _is_retryable(exc):
-                        raise
+            try:
+                result = await self._in_transaction(self._handle, msg)
+            except Exception as exc:
+                if is_unavailable(exc):
+                    raise  # the database is away: the caller retries the message later
+                # the message itself makes the flow fail (a poison message): retrying would
+                # fail again, so it is kept as a dead letter and a person takes over
+                result = await self._in_transaction(self._dead_letter, msg, exc)
         if (result.outbox_ids or result.observed) and self.on_commit:
             self.on_commit()
         if not result.duplicate and self.on_handled:
             self.on_handled(result)
         return result
 
-    async def _handle(self, s: AsyncSession, msg: InboundMessage) -> HandleResult:
+    async def _in_transaction(
+        self,
+        work: Callable[..., Awaitable[HandleResult]],
+        msg: InboundMessage,
+        *args: Any,
+    ) -> HandleResult:
+        for attempt in range(5):
+            try:
+                async with self.sessions() as s, s.begin():
+                    return await work(s, msg, *args)
+            except IntegrityError:
+                # another process created the same identity/conversation/touchpoint
+                # first; the next attempt sees its row (and may find a duplicate)
+                if attempt == 4:
+                    raise
+            except OperationalError as exc:
+                if attempt == 4 or not _is_retryable(exc):
+                    raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _take_in(
+        self, s: AsyncSession, msg: InboundMessage, **extra: Any
+    ) -> tuple[Identity, Contact, Conversation, str] | None:
+        """Dedupe, identity, the locked conversation, the inbound touchpoint; None if the
+        message was taken in before."""
         if await queries.inbound_exists(s, msg.channel, msg.platform_message_id):
-            return HandleResult(duplicate=True)
-        now = self.clock()
-        identity, contact = await self._identity(s, msg, now)
+            return None
+        identity, contact = await self._identity(s, msg, self.clock())
         conv = await queries.open_conversation_locked(s, msg.channel, msg.thread_key)
         if conv is None:
             conv = await queries.create_conversation(
@@ -151,10 +190,67 @@ class Engine:
             kind=msg.kind,
             actor="customer",
             text=text,
-            payload=_inbound_payload(msg),
+            payload={**_inbound_payload(msg), **extra},
             platform_message_id=msg.platform_message_id,
         )
         await s.flush()  # the dedupe index speaks here if a racing process won
+        return identity, contact, conv, text
+
+    async def _dead_letter(
+        self, s: AsyncSession, msg: InboundMessage, exc: Exception
+    ) -> HandleResult:
+        """Keep the message and its error, apologise, and hand the customer to a person.
+        The flow state is dropped so that the customer's next message starts afresh."""
+        taken = await self._take_in(s, msg, dead_letter=True)
+        if taken is None:
+            return HandleResult(duplicate=True)
+        identity, contact, conv, text = taken
+        error = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+        letter = DeadLetter(
+            source="engine",
+            channel=msg.channel,
+            reference=msg.platform_message_id,
+            contact_id=contact.id,
+            conversation_id=conv.id,
+            error=error[:4000],
+            detail="".join(traceback.format_exception(exc))[-20_000:],
+            payload=queries.scrub({"text": text, "kind": msg.kind, "payload": msg.payload}),
+            created_at=self.clock(),
+        )
+        s.add(letter)
+        await s.flush()
+        log.error(
+            "dead letter %s: %s message on %s raised %s",
+            letter.id,
+            msg.kind,
+            msg.channel,
+            type(exc).__name__,
+        )
+        ctx = self._context(contact, self.clock())
+        turn = Turn(s, contact, identity, conv, ctx)
+        result = HandleResult(contact_id=contact.id, conversation_id=conv.id)
+        before = conv.status
+        conv.flow_state = {}
+        if before in (ConversationStatus.QUEUED, ConversationStatus.AGENT):
+            await self._observe(s, conv, result, "customer_message", text=text, attachments=0)
+        else:
+            await self.actions.run(turn, [Escalate(reason="technical_error", priority=50)])
+            await self._observe(s, conv, result, "escalated")
+        key = "escalation.technical_error"
+        turn.replies.insert(0, Reply(key, ctx.t(key)))
+        turn.replies.extend(turn.after)
+        result.status = conv.status
+        for reply in turn.replies:
+            result.outbox_ids.append(await self.say(s, identity, conv, reply, ctx.locale))
+            result.replies.append(reply.text)
+        return result
+
+    async def _handle(self, s: AsyncSession, msg: InboundMessage) -> HandleResult:
+        taken = await self._take_in(s, msg)
+        if taken is None:
+            return HandleResult(duplicate=True)
+        identity, contact, conv, text = taken
+        now = self.clock()
         ctx = self._context(contact, now)
         turn = Turn(s, contact, identity, conv, ctx)
         result = HandleResult(contact_id=contact.id, conversation_id=conv.id)
@@ -165,10 +261,15 @@ class Engine:
             )
         if msg.kind == "message" or msg.kind == "button":
             payload = clean_text(msg.payload)[:200] if msg.payload is not None else None
+            if len(text) > MAX_FLOW_TEXT and before == ConversationStatus.BOT:
+                # an agent reads the whole text; the bot only the start: say so
+                note = ctx.t("limits.truncated", limit=MAX_FLOW_TEXT)
+                turn.replies.append(Reply("limits.truncated", note))
             inp = UserInput(
                 text=text[:MAX_FLOW_TEXT], payload=payload, attachments=len(msg.attachments)
             )
             decision = dialogue.decide(conv.status, conv.flow_state or {}, inp, ctx)
+            _mark_marketing(turn, conv.flow_state or {}, decision.actions)
             conv.flow_state = decision.state
             await self.actions.run(turn, decision.actions)
             turn.replies.extend(decision.replies)
@@ -178,8 +279,10 @@ class Engine:
         elif before == ConversationStatus.QUEUED and conv.status == ConversationStatus.BOT:
             await self._observe(s, conv, result, "left_queue")
         result.status = conv.status
-        for reply in turn.replies:
-            result.outbox_ids.append(await self.say(s, identity, conv, reply, turn.ctx.locale))
+        for reply in _with_notice(turn.replies, turn):
+            result.outbox_ids.append(
+                await self.say(s, identity, conv, reply, turn.ctx.locale, campaign=turn.campaign)
+            )
             result.replies.append(reply.text)
         return result
 
@@ -206,7 +309,8 @@ class Engine:
         Returns None, and says nothing, when the conversation is busy: an agent owns it,
         it waits for one, or another flow is running. `campaign` marks the opening messages
         as a campaign's (email adds List-Unsubscribe). `footer_key`: a catalog line appended
-        to the last opening message (a campaign's how-to-stop notice). `in_transaction` is
+        to the last opening message (a campaign's how-to-stop notice); with both given (a
+        marketing campaign) every later reply of the flow is marked too. `in_transaction` is
         awaited after the messages are queued, in the same transaction (a campaign records
         its delivery there); what it raises rolls everything back and propagates.
         """
@@ -228,6 +332,8 @@ class Engine:
                 ctx = self._context(contact, self.clock())
                 decision = dialogue.begin(flow, ctx, extra)
                 conv.flow_state = decision.state
+                if campaign and footer_key:  # marketing: the flow's later replies are marked too
+                    conv.flow_state = {**decision.state, MARKETING_KEY: [campaign, footer_key]}
                 queries.add_touchpoint(
                     s,
                     contact_id=contact.id,
@@ -248,6 +354,62 @@ class Engine:
                     result.outbox_ids.append(
                         await self.say(s, identity, conv, reply, ctx.locale, campaign=campaign)
                     )
+                    result.replies.append(reply.text)
+                if in_transaction is not None:
+                    await in_transaction(s, result)
+        if self.on_commit:
+            self.on_commit()
+        return result
+
+    async def remind(
+        self,
+        conversation_id: int,
+        *,
+        quiet_since: datetime,
+        in_transaction: Callable[[AsyncSession, HandleResult], Awaitable[None]] | None = None,
+    ) -> HandleResult | None:
+        """Re-ask the open question of a flow the customer abandoned (flows.reminder).
+
+        Returns None, and says nothing, unless the conversation is still the bot's, its
+        flow still runs and was not reminded yet, it is no marketing flow, and the
+        customer has not written since `quiet_since`. `in_transaction` as in start_flow.
+        """
+        async with self.sessions() as s:
+            found = await s.get(Conversation, conversation_id)
+            if found is None:
+                return None
+            channel, thread = found.channel, found.thread_key
+        async with self._locks.hold((channel, thread)):
+            async with self.sessions() as s, s.begin():
+                conv = await queries.open_conversation_locked(s, channel, thread)
+                if conv is None or conv.id != conversation_id or conv.status != "bot":
+                    return None
+                contact = await s.get(Contact, conv.contact_id)
+                identity = await s.get(Identity, conv.identity_id)
+                assert contact is not None and identity is not None
+                state = conv.flow_state or {}
+                if state.get(MARKETING_KEY) or (
+                    contact.last_contact_at is not None and contact.last_contact_at > quiet_since
+                ):
+                    return None
+                ctx = self._context(contact, self.clock())
+                decision = reminder.remind(state, ctx)
+                if decision is None:
+                    return None
+                conv.flow_state = decision.state
+                queries.add_touchpoint(
+                    s,
+                    contact_id=contact.id,
+                    conversation_id=conv.id,
+                    channel=channel,
+                    direction=Direction.INTERNAL,
+                    kind="flow_reminded",
+                    actor="system",
+                    payload={"flow": state.get("flow"), "step": state.get("step")},
+                )
+                result = HandleResult(contact_id=contact.id, conversation_id=conv.id)
+                for reply in decision.replies:
+                    result.outbox_ids.append(await self.say(s, identity, conv, reply, ctx.locale))
                     result.replies.append(reply.text)
                 if in_transaction is not None:
                     await in_transaction(s, result)
@@ -391,6 +553,24 @@ class Engine:
         return row.id
 
 
+def _mark_marketing(turn: Turn, before: Mapping[str, Any], actions: tuple[object, ...]) -> None:
+    """A reply inside a marketing flow (the flow ran when the customer wrote) carries the
+    campaign's mark and stop notice; the confirmation of an opt-out does not."""
+    mark = before.get(MARKETING_KEY)
+    opted_out = any(isinstance(a, SetConsent) and not a.granted for a in actions)
+    if isinstance(mark, list) and len(mark) == 2 and not opted_out:
+        turn.campaign, turn.stop_notice = str(mark[0]), str(mark[1])
+
+
+def _with_notice(replies: list[Reply], turn: Turn) -> list[Reply]:
+    """The stop notice under the last reply of the turn (as under the opening message)."""
+    if turn.stop_notice is None or not replies:
+        return replies
+    last = replies[-1]
+    text = f"{last.text}\n\n{turn.ctx.t(turn.stop_notice)}"
+    return [*replies[:-1], Reply(last.key, text, last.buttons, last.meta)]
+
+
 def _choice(b: Button) -> Choice:
     return Choice(b.payload, b.label)
 
@@ -405,6 +585,9 @@ def _inbound_payload(msg: InboundMessage) -> dict[str, Any]:
         data["locale_hint"] = msg.locale_hint
     if msg.raw is not None:
         data["raw"] = msg.raw
+    length = len(clean_text(msg.text)) if msg.text else 0
+    if length > MAX_FLOW_TEXT:  # the flow read only the start
+        data["truncated"] = {"length": length, "read": MAX_FLOW_TEXT}
     return data
 
 

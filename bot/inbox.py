@@ -24,9 +24,11 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import aliased
 
 from bot.engine import Engine
+from bot.flood import FloodControl, defer, row_key
 from bot.messages import ChannelEvent, InboundMessage
 from bot.worker import RoundWorker
-from storage.models import InboxStatus, InboxUpdate, utcnow
+from storage.db import is_unavailable
+from storage.models import DeadLetter, InboxStatus, InboxUpdate, utcnow
 from storage.queries import scrub
 
 log = logging.getLogger(__name__)
@@ -37,6 +39,11 @@ Deferred = Callable[[], Awaitable[object]]
 Parsed = Sequence[InboundMessage | ChannelEvent | Deferred]
 Parser = Callable[[dict[str, Any]], Parsed]
 UNFINISHED = (InboxStatus.PENDING, InboxStatus.PROCESSING)
+
+
+class Unavailable(Exception):
+    """The database cannot be reached: the update is not persisted, so the webhook must
+    not acknowledge it (503, the platform delivers it again)."""
 
 
 class ParseError(Exception):
@@ -56,8 +63,11 @@ class Inbox(RoundWorker):
         max_attempts: int = 5,
         lease_seconds: float = 60.0,
         poll_interval: float = 1.0,
+        flood: FloodControl | None = None,
     ) -> None:
         super().__init__(poll_interval)
+        self.flood = flood
+        self._not_before = 0.0  # loop time when the last deferred row is due again
         self.sessions = sessions
         self.engine = engine
         self.dialect = dialect
@@ -65,6 +75,8 @@ class Inbox(RoundWorker):
         self.max_attempts = max_attempts
         self.lease_seconds = lease_seconds
         self.parsers: dict[str, Parser] = {}
+        # told of arrivals (accepted, duplicate) and of each outcome (an InboxStatus): metrics
+        self.observe: Callable[[str, str], None] = lambda channel, event: None
 
     def register(self, channel: str, parser: Parser) -> None:
         self.parsers[channel] = parser
@@ -78,8 +90,8 @@ class Inbox(RoundWorker):
             insert(InboxUpdate)
             .values(
                 channel=channel,
-                dedupe_key=dedupe_key[:200],
-                partition_key=partition_key[:200],
+                dedupe_key=scrub(dedupe_key[:200]),
+                partition_key=scrub(partition_key[:200]),
                 payload=scrub(payload),
                 status=InboxStatus.PENDING,
                 attempts=0,
@@ -88,8 +100,14 @@ class Inbox(RoundWorker):
             .on_conflict_do_nothing(index_elements=["channel", "dedupe_key"])
             .returning(InboxUpdate.id)
         )
-        async with self.sessions() as s, s.begin():
-            new = (await s.execute(stmt)).first() is not None
+        try:
+            async with self.sessions() as s, s.begin():
+                new = (await s.execute(stmt)).first() is not None
+        except Exception as exc:
+            if not is_unavailable(exc):
+                raise
+            raise Unavailable(f"{type(exc).__name__}: {exc}"[:500]) from exc
+        self.observe(channel, "accepted" if new else "duplicate")
         if new:
             self.notify()
         return new
@@ -105,9 +123,13 @@ class Inbox(RoundWorker):
     async def drain(self, timeout: float = 30.0) -> None:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        while await self.process_once():
+        while True:
+            deferred = loop.time() < self._not_before  # rows the flood control put back
+            if not await self.process_once() and not deferred:
+                return
             if loop.time() > deadline:
                 raise TimeoutError("inbox not drained")
+            await asyncio.sleep(0.01 if deferred else 0)
 
     async def _claim(self) -> list[InboxUpdate]:
         now = utcnow()
@@ -139,9 +161,13 @@ class Inbox(RoundWorker):
         return rows
 
     async def _process(self, row: InboxUpdate) -> None:
+        if await self._flooded(row):
+            return
         try:
             items = self.parsers[row.channel](row.payload)
         except Exception as exc:
+            # garbage from outside, not our failure: a warning, no traceback
+            log.warning("inbox row %s (%s) parked: %s", row.id, row.channel, type(exc).__name__)
             await self._finish(row, InboxStatus.DEAD, _error(exc))
             return
         try:
@@ -160,6 +186,7 @@ class Inbox(RoundWorker):
         await self._finish(row, InboxStatus.DONE if items else InboxStatus.IGNORED, None)
 
     async def _finish(self, row: InboxUpdate, status: InboxStatus, error: str | None) -> None:
+        self.observe(row.channel, status)
         async with self.sessions() as s, s.begin():
             await s.execute(
                 update(InboxUpdate)
@@ -171,6 +198,30 @@ class Inbox(RoundWorker):
                     processed_at=utcnow() if status != InboxStatus.PENDING else None,
                 )
             )
+            if status == InboxStatus.DEAD:
+                # the raw update stays in its inbox row; the dead letter points at it
+                s.add(
+                    DeadLetter(
+                        source="inbox",
+                        channel=row.channel,
+                        reference=f"inbox:{row.id}",
+                        error=error or "",
+                        payload={"inbox_id": row.id, "attempts": row.attempts},
+                        created_at=utcnow(),
+                    )
+                )
+
+    async def _flooded(self, row: InboxUpdate) -> bool:
+        """True if the row's sender is over the rate: the row waits (see bot/flood.py)."""
+        key = row_key(row.channel, row.partition_key)
+        seconds = self.flood.delay(key) if self.flood is not None and key else 0.0
+        if seconds <= 0:
+            return False
+        await defer(self.sessions, row, seconds)
+        loop = asyncio.get_running_loop()
+        loop.call_later(seconds, self.notify)
+        self._not_before = max(self._not_before, loop.time() + seconds)
+        return True
 
 
 def _error(exc: BaseException) -> str:

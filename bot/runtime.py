@@ -18,10 +18,11 @@ from bot.channel import ChannelAdapter
 from bot.config import Settings
 from bot.desk import Desk
 from bot.dispatcher import Dispatcher
-from bot.engine import Engine, HandleResult
+from bot.engine import HandleResult
 from bot.events import EventBus
 from bot.inbox import Inbox
 from bot.kb import build_matcher
+from bot.metrics import MeteredEngine, Metrics
 from bot.scheduler import CampaignScheduler
 from flows.catalog import default_catalog
 from flows.options import FlowOptions
@@ -50,6 +51,7 @@ def flow_options(settings: Settings) -> FlowOptions:
         complaint=settings.complaint,
         winback=settings.winback,
         knowledge_base=settings.knowledge_base,
+        identity_link=settings.identity_link,
         max_failed_answers=settings.flows.max_failed_answers,
         max_selfservice_misses=settings.flows.max_selfservice_misses,
     )
@@ -76,7 +78,8 @@ class Runtime:
             settings.dispatcher,
             skip_locked=not is_sqlite(settings.database.url),
         )
-        self.engine = Engine(
+        self.metrics = Metrics()
+        self.engine = MeteredEngine(
             self.sessions,
             options,
             self.catalog,
@@ -87,6 +90,8 @@ class Runtime:
             clock=clock,
             hours=settings.business_hours,
         )
+        self.engine.metrics = self.metrics
+        self.dispatcher.observe = self.metrics.sent
         self.events = EventBus()
         self.engine.on_handled = self._published
         self.desk = Desk(self.engine, self.events)
@@ -97,6 +102,7 @@ class Runtime:
             lease_seconds=settings.dispatcher.lease_seconds,
             poll_interval=settings.dispatcher.poll_interval_seconds,
         )
+        self.inbox.observe = self.metrics.inbox
         self.campaigns = Campaigns(
             self.sessions,
             self.engine,
@@ -104,6 +110,7 @@ class Runtime:
             channels=lambda: list(self.channels),
             timezone=settings.company.timezone,
             builtin=settings.campaigns.builtin,
+            reminder_after_hours=settings.campaigns.reminder_after_hours,
             clock=clock,
         )
         self.scheduler: CampaignScheduler | None = None

@@ -40,6 +40,7 @@ from sqlalchemy import select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from bot import flood
 from bot.channel import ChannelAdapter, SendResult
 from bot.config import EmailSettings
 from bot.inbox import Parsed
@@ -163,6 +164,7 @@ class EmailChannel(ChannelAdapter):
         if settings.imap.host:
             self.poller = ImapPoller(settings.imap, imap_pw, runtime.sessions, self.accept)
         runtime.inbox.register(CHANNEL, self.parse)
+        flood.attach(runtime)  # the inbox slows a flooding sender down
         self._secret = (
             settings.unsubscribe_secret.get_secret_value().encode()
             if settings.unsubscribe_secret

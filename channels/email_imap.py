@@ -62,21 +62,29 @@ class ImapPoller:
         self.uidvalidity: int | None = None
         self.rounds = 0  # completed fetch rounds (tests)
         self.wake = asyncio.Event()
+        self._lost = asyncio.Event()  # the connection went away (reset, server restarted)
 
     # ---- connection --------------------------------------------------------------------
 
     async def connect(self) -> None:
         s = self.settings
         assert s.host is not None
+        self._lost = lost = asyncio.Event()
         if s.ssl:
             client: aioimaplib.IMAP4 = aioimaplib.IMAP4_SSL(
                 host=s.host,
                 port=self.port,
                 timeout=s.timeout_seconds,
                 ssl_context=ssl.create_default_context(cafile=s.ca_file),
+                conn_lost_cb=lambda _: lost.set(),
             )
         else:
-            client = aioimaplib.IMAP4(host=s.host, port=self.port, timeout=s.timeout_seconds)
+            client = aioimaplib.IMAP4(
+                host=s.host,
+                port=self.port,
+                timeout=s.timeout_seconds,
+                conn_lost_cb=lambda _: lost.set(),
+            )
         await client.wait_hello_from_server()
         _ok(await client.login(s.username or "", self._password or ""), "LOGIN")
         self.client = client
@@ -94,7 +102,7 @@ class ImapPoller:
 
     async def close(self) -> None:
         client, self.client = self.client, None
-        if client is not None:
+        if client is not None and not self._lost.is_set():
             try:
                 await asyncio.wait_for(client.logout(), 5)
             except Exception:  # noqa: S110 (going away anyway)
@@ -221,18 +229,25 @@ class ImapPoller:
             try:
                 waiter = asyncio.ensure_future(self.wake.wait())
                 push = asyncio.ensure_future(self.client.wait_server_push())
+                # a dropped connection says nothing to IDLE: without this it waits 25 min
+                lost = asyncio.ensure_future(self._lost.wait())
                 await asyncio.wait(
-                    {waiter, push},
+                    {waiter, push, lost},
                     timeout=self.settings.idle_timeout_seconds,
                     return_when=asyncio.FIRST_COMPLETED,
                 )
-                waiter.cancel()
-                push.cancel()
+                for task in (waiter, push, lost):
+                    task.cancel()
                 self.wake.clear()
             finally:
-                if self.client.has_pending_idle():
-                    self.client.idle_done()
-                await asyncio.wait_for(idle, self.settings.timeout_seconds)
+                if self._lost.is_set():
+                    idle.cancel()
+                else:
+                    if self.client.has_pending_idle():
+                        self.client.idle_done()
+                    await asyncio.wait_for(idle, self.settings.timeout_seconds)
+            if self._lost.is_set():
+                raise ConnectionError("the IMAP server closed the connection")
             return
         try:
             await asyncio.wait_for(self.wake.wait(), self.settings.poll_interval_seconds)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, is_dataclass, replace
 from email import policy
 from email.headerregistry import Address
 from email.message import EmailMessage, Message
@@ -92,6 +92,29 @@ def parse_headers(raw: bytes) -> Message:
 
 
 def parse_mail(raw: bytes, *, max_attachment_bytes: int = 10 << 20) -> ParsedMail:
+    mail = _parse_mail(raw, max_attachment_bytes)
+    # 8-bit bytes in headers come out as surrogate escapes, which no database stores
+    return _valid_unicode(mail)  # type: ignore[no-any-return]
+
+
+SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _valid_unicode(value: Any) -> Any:
+    if isinstance(value, str):
+        return SURROGATE.sub("\ufffd", value)
+    if isinstance(value, tuple):
+        return tuple(_valid_unicode(v) for v in value)
+    if isinstance(value, dict):
+        return {_valid_unicode(k): _valid_unicode(v) for k, v in value.items()}
+    if is_dataclass(value) and not isinstance(value, type):
+        return replace(
+            value, **{f.name: _valid_unicode(getattr(value, f.name)) for f in fields(value)}
+        )
+    return value
+
+
+def _parse_mail(raw: bytes, max_attachment_bytes: int) -> ParsedMail:
     msg = BytesParser(policy=policy.default).parsebytes(raw)
     assert isinstance(msg, EmailMessage)
     name, address = _sender(msg)

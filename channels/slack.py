@@ -11,7 +11,8 @@ Mode (when `CICBOT_SLACK__APP_TOKEN` is set), every payload goes the same way:
 * bolt runs with `process_before_response`: the listener persists the raw payload in the
   inbox (deduped on `event_id`, so a retry, even an `http_timeout` retry racing the first
   attempt, is stored once) and only then is the request acknowledged. A failure to persist
-  answers 500 (or leaves the Socket Mode envelope unacknowledged), so Slack delivers again;
+  answers 503 with Retry-After when the database is away, 500 otherwise (or leaves the
+  Socket Mode envelope unacknowledged), so Slack delivers again;
 * the inbox worker parses the rows later (channels/slack_parse.py) and hands customer input
   to the engine, agent actions to the desk. Bolt's own middleware drops our bot's events;
   the parser drops every other bot's too.
@@ -33,12 +34,20 @@ import aiohttp
 from fastapi import APIRouter, Request, Response
 from slack_bolt.async_app import AsyncAck, AsyncApp, AsyncBoltRequest
 from slack_bolt.authorization import AuthorizeResult
+from slack_bolt.request.internals import (
+    build_normalized_headers,
+    extract_content_type,
+    parse_body,
+)
+from slack_bolt.response import BoltResponse
 from slack_sdk.signature import SignatureVerifier
 from slack_sdk.web.async_client import AsyncWebClient
 from sqlalchemy import select
 
+from bot import flood
 from bot.channel import ChannelAdapter, PermanentSendError, SendResult
 from bot.config import SlackSettings
+from bot.inbox import Unavailable
 from bot.messages import InboundMessage, OutboundMessage
 from bot.runtime import Runtime
 from bot.webhooks import read_bounded
@@ -48,6 +57,7 @@ from channels.slack_parse import (
     CustomerInput,
     PayloadParser,
     dedupe_key,
+    malformed,
     partition_key,
     worth_keeping,
 )
@@ -90,6 +100,7 @@ class SlackChannel(ChannelAdapter):
             bot_user=lambda: self.me.get("user_id") if self.me else None,
         )
         runtime.inbox.register(CHANNEL, self.parser)
+        flood.attach(runtime)  # the inbox slows a flooding sender down
         secret = settings.signing_secret.get_secret_value() if settings.signing_secret else ""
         self.verifier = SignatureVerifier(secret) if secret else None
         self.bolt_client = self._client(None)
@@ -131,6 +142,17 @@ class SlackChannel(ChannelAdapter):
         )
         app.event(EVERYTHING)(persist_then_ack)
         app.action(EVERYTHING)(persist_then_ack)
+
+        async def unavailable(error: Exception) -> BoltResponse | None:
+            # the database (or auth.test, needed to authorize) is away: 503 and a hint,
+            # Slack retries; other errors stay 500
+            if isinstance(error, Unavailable | SlackUnavailable):
+                log.warning("slack: update not persisted, %s", error)
+                return BoltResponse(status=503, body="", headers={"Retry-After": "5"})
+            log.exception("slack: update not persisted", exc_info=error)
+            return None
+
+        app.error(unavailable)
         return app
 
     def _client(self, token: str | None) -> AsyncWebClient:
@@ -224,8 +246,17 @@ class SlackChannel(ChannelAdapter):
             text = body.decode("utf-8")
         except UnicodeDecodeError:
             return Response(status_code=400)
+        headers = dict(request.headers)
+        try:  # parsed as bolt will parse it, to check the shape bolt relies on first
+            content_type = extract_content_type(build_normalized_headers(headers))
+            why = malformed(parse_body(text, content_type))
+        except (ValueError, RecursionError):  # not JSON, or nested too deeply
+            why = "not JSON"
+        if why is not None:  # bolt would raise on it (a 500, and Slack's retries)
+            log.warning("slack: malformed payload refused: %s", why)
+            return Response(status_code=400)
         bolt_request = AsyncBoltRequest(
-            body=text, query=dict(request.query_params), headers=dict(request.headers)
+            body=text, query=dict(request.query_params), headers=headers
         )
         answer = await self.app.async_dispatch(bolt_request)
         return Response(

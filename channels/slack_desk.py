@@ -259,7 +259,7 @@ class SlackDesk:
                     email=profile.email if profile else None,
                     slack_user_id=user,
                 )
-            log.info("slack user %s is now agent %s (%s)", user, agent.id, name)
+            log.info("slack user %s is now agent %s", user, agent.id)  # no name: personal data
             return agent
         except IntegrityError:  # created at the same moment by another press
             async with self.sessions() as s:

@@ -84,6 +84,40 @@ def thread_key(channel: str, thread_ts: str | None, ts: str | None) -> str:
     return f"{channel}:{thread_ts or ts}"
 
 
+# The types Slack sends for the fields that bolt's middleware and our routing read without
+# checking (bolt calls .get on "event", indexes "authorizations", matches "type" by regex).
+_ID = (str, type(None))
+SHAPES: dict[str, tuple[type, ...]] = {
+    **dict.fromkeys(
+        "type subtype event_id team_id user_id channel_id enterprise_id thread_ts ts "
+        "action_id action_ts message_ts api_app_id bot_id user_team channel_type".split(),
+        _ID,
+    ),
+    **dict.fromkeys(
+        "event container message previous_message view item assistant_thread function_data".split(),
+        (dict,),
+    ),
+    **dict.fromkeys("team user channel enterprise".split(), (dict, str, type(None))),
+    "authorizations": (list,),
+    "actions": (list,),
+    "is_ext_shared_channel": (bool,),
+}
+
+
+def malformed(body: Any, depth: int = 0) -> str | None:
+    """Why a payload is not shaped like Slack's (answered 400 before bolt sees it), or None."""
+    if not isinstance(body, dict):
+        return "not an object"
+    for key, types in SHAPES.items():
+        if key in body and not isinstance(body[key], types):
+            return f"{key} is a {type(body[key]).__name__}"
+    if depth >= 3:
+        return None
+    nested = [v for k, v in body.items() if k in SHAPES and isinstance(v, dict)]
+    nested += [i for k in ("authorizations", "actions") for i in body.get(k) or []]
+    return next((why for n in nested if (why := malformed(n, depth + 1))), None)
+
+
 def dedupe_key(body: dict[str, Any]) -> str | None:
     if body.get("type") == "event_callback" and isinstance(body.get("event_id"), str):
         return f"event:{body['event_id']}"

@@ -44,8 +44,10 @@ from aiogram.exceptions import (
 from aiogram.methods.base import TelegramMethod
 from fastapi import APIRouter, Request, Response
 
+from bot import flood
 from bot.channel import ChannelAdapter, SendResult
 from bot.config import TelegramSettings
+from bot.inbox import Unavailable
 from bot.messages import OutboundMessage
 from bot.runtime import Runtime
 from bot.webhooks import read_bounded
@@ -96,6 +98,7 @@ class TelegramChannel(ChannelAdapter):
         self.sender = Sender(self.bot, settings, self.redact)
         self.parser = UpdateParser(settings.max_depth)
         runtime.inbox.register(CHANNEL, self.parser)
+        flood.attach(runtime)  # the inbox slows a flooding sender down
         secret = settings.webhook_secret.get_secret_value() if settings.webhook_secret else ""
         self._secret = secret.encode()
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -236,9 +239,13 @@ class TelegramChannel(ChannelAdapter):
     async def _persisted(self, accepting: Awaitable[Any]) -> Response:
         try:
             await accepting
+        except Unavailable as exc:  # expected while the database is away: no traceback
+            log.warning("telegram webhook: update not persisted, %s", exc)
+            return Response(status_code=503, headers={"Retry-After": "5"})
         except Exception:
             log.exception("telegram webhook: could not persist the update")
-            return Response(status_code=503)  # not persisted: Telegram delivers it again
+            # not persisted: Telegram delivers it again
+            return Response(status_code=503, headers={"Retry-After": "5"})
         return Response(status_code=200)
 
     async def _keep_rejected(self, update_id: int, raw: bytes | str) -> bool:

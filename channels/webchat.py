@@ -24,6 +24,7 @@ from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 from fastapi.responses import HTMLResponse
 from sqlalchemy import select
 
+from bot import flood
 from bot.channel import ChannelAdapter, SendResult
 from bot.messages import InboundMessage, OutboundMessage
 from bot.runtime import Runtime
@@ -44,6 +45,7 @@ class WebChatChannel(ChannelAdapter):
 
     def __init__(self, runtime: Runtime) -> None:
         super().__init__(runtime)
+        self.flood = flood.attach(runtime)
         # each socket has a lock: live frames wait until its history has been sent
         self.sockets: dict[str, dict[WebSocket, asyncio.Lock]] = {}
         self._router = APIRouter()
@@ -128,6 +130,7 @@ class WebChatChannel(ChannelAdapter):
         if isinstance(msg, str):
             await ws.send_json({"type": "error", "error": msg})
             return
+        await self.flood.wait((CHANNEL, visitor))  # a flooding visitor waits, nobody else
         result = await self.runtime.engine.handle(msg)
         await ws.send_json(
             {"type": "ack", "id": msg.platform_message_id, "duplicate": result.duplicate}

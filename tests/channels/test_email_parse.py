@@ -170,3 +170,16 @@ def test_language_guessed_without_content_language(name: str, lang: str) -> None
 def test_content_language_wins() -> None:
     raw = b"From: x@example.com\r\nContent-Language: de-DE\r\nSubject: s\r\n\r\nhello the\r\n"
     assert parse_mail(raw).language == "de"
+
+
+def test_eight_bit_header_bytes_become_valid_text() -> None:
+    """Found by tests/reliability/test_fuzz.py: raw 8-bit bytes in headers came out as
+    surrogate escapes, which PostgreSQL refused when the mail was looked up and stored."""
+    raw = (
+        b'From: "bobb\x9c\xe4" <bob@example.com>\r\nSubject: Gr\xfc\xdfe\r\n'
+        b"Message-ID: <a\xff@x>\r\nContent-Type: text/plain\r\n\r\nHallo\r\n"
+    )
+    mail = parse_mail(raw)
+    for text in (mail.from_name or "", mail.subject, mail.message_id, mail.reply):
+        text.encode("utf-8")  # raises on a surrogate
+    assert mail.from_name == "bobb\ufffd\ufffd" and mail.from_address == "bob@example.com"

@@ -220,6 +220,22 @@ async def test_unacknowledged_when_the_update_cannot_be_stored(
         assert (await slack.send_event(slack.envelope(event))).status == 500  # Slack retries
 
 
+async def test_503_while_slack_will_not_say_who_the_bot_is(
+    sqlite_url: str, slack: SlackStandIn
+) -> None:
+    """Authorizing needs auth.test; while Slack fails it the event is not taken (503, Slack
+    retries), and once auth.test answers the retry is."""
+    slack.fail_next("auth.test", "internal_error", status=500, times=50)
+    async with serving(slack_settings(sqlite_url, slack), slack) as rt:
+        envelope = slack.envelope(slack.user_message(JAMES, JAMES_DM, "hello"))
+        assert (await slack.send_event(envelope)).status == 503
+        assert await rows(rt, InboxUpdate) == []
+        slack.clear_faults()
+        assert (await slack.send_event(envelope)).status == 200
+        await settled(rt)
+        assert len(slack.bot_messages(JAMES_DM)) == 1
+
+
 async def test_bots_never_count_as_customers(sqlite_url: str, slack: SlackStandIn) -> None:
     async with serving(slack_settings(sqlite_url, slack), slack) as rt:
         # our own reply, as Slack reports it back (message.im): bolt drops it
@@ -465,3 +481,23 @@ def test_secrets_only_from_the_environment(tmp_path: Path, monkeypatch: pytest.M
     assert settings.slack.agent_channel == "C0AGENTS01"
     assert settings.slack.bot_token is not None
     assert "xoxb-1-2-secret" not in repr(settings.slack)
+
+
+async def test_malformed_payloads_are_refused_not_crashed(db_url: str, slack: SlackStandIn) -> None:
+    """Found by tests/reliability/test_fuzz.py: signed payloads whose fields have the wrong
+    type made bolt's middleware raise (500, and Slack's retries); now a clean 400."""
+    async with serving(slack_settings(db_url, slack), slack) as rt:
+        mention = load_fixture("app_mention")
+        for field, value in (("authorizations", "1"), ("event", None), ("type", {})):
+            body = json.dumps({**mention, field: value}).encode()
+            assert (await slack.post(body)).status == 400, field
+        nested = {**mention, "event": {**mention["event"], "channel": ["C1"]}}
+        assert (await slack.post(json.dumps(nested).encode())).status == 400
+        assert (await slack.post(b"[" * 5000 + b"]" * 5000)).status == 400
+        assert await rows(rt, InboxUpdate) == []
+        # a lone surrogate escape (valid JSON, refused by PostgreSQL) is stored as U+FFFD
+        envelope = slack.envelope(slack.user_message(JAMES, JAMES_DM, "hi \ud800 there"))
+        assert (await slack.post(json.dumps(envelope).encode())).status == 200
+        await settled(rt)
+        (row,) = await rows(rt, InboxUpdate)
+        assert row.payload["event"]["text"] == "hi \ufffd there"

@@ -638,3 +638,27 @@ async def test_token_never_logged(
     assert "getUpdates failed" in caplog.text and "deleteWebhook failed" in caplog.text
     assert secret_part not in caplog.text
     assert "Telegram channel started in polling mode" in caplog.text
+
+
+async def test_webhook_stores_what_json_allows_but_postgres_does_not(
+    db_url: str, tg: TelegramStandIn
+) -> None:
+    """Found by tests/reliability/test_fuzz.py: a lone surrogate escape or a NaN is valid
+    for Python's JSON parser but PostgreSQL refused the row, so the webhook answered 503
+    for ever; now they are stored (as U+FFFD and null) and the update is processed."""
+    async with (
+        serving(tg_settings(db_url, tg, mode="webhook")) as (base, rt),
+        httpx.AsyncClient() as client,
+    ):
+        update = load_fixture("text")
+        update["message"]["text"] = "hello \ud800"
+        update["\udc00"] = None
+        assert (await post(client, base, json.dumps(update))).status_code == 200
+        nan = b'{"update_id": 9001, "message": {"message_id": NaN, "x": -Infinity}}'
+        assert (await post(client, base, nan)).status_code == 200
+        await settled(rt, tg)
+        rows = {r.dedupe_key.split(":")[1]: r for r in await inbox_rows(rt)}
+        assert rows[str(update["update_id"])].status == InboxStatus.DONE
+        assert rows[str(update["update_id"])].payload["message"]["text"] == "hello \ufffd"
+        assert rows["9001"].status == InboxStatus.DEAD  # parked: not an update aiogram reads
+        assert rows["9001"].payload["message"] == {"message_id": None, "x": None}

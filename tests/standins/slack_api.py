@@ -219,6 +219,9 @@ class SlackStandIn:
         fault = _Fault(method, channel, error, status or 200, retry_after, after)
         self._faults.extend(replace(fault) for _ in range(times))
 
+    def clear_faults(self) -> None:
+        self._faults.clear()
+
     def stall(self, method: str, seconds: float, times: int = 1) -> None:
         self._stalls.extend([(method, seconds)] * times)
 

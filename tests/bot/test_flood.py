@@ -1,0 +1,269 @@
+"""Per-identity flood control: a flooding customer is slowed, nobody else is, and nothing is
+lost, reordered or doubled."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+from datetime import datetime
+from typing import Any
+
+import httpx
+import pytest
+import websockets
+from sqlalchemy import select
+from websockets.asyncio.client import ClientConnection
+
+from bot.config import LimitsSettings
+from bot.flood import FloodControl, row_key
+from bot.messages import ChannelEvent, InboundMessage
+from bot.runtime import Runtime
+from storage.models import (
+    Direction,
+    InboxStatus,
+    InboxUpdate,
+    OutboxMessage,
+    Touchpoint,
+)
+from tests.channels.telegram_helpers import channel, post, serving, settled, tg_settings
+from tests.conftest import make_settings, recorder
+from tests.conftest import settled as idle
+from tests.server import serve
+from tests.standins.telegram_api import TelegramStandIn
+
+RATE, BURST = 5.0, 5  # well below what the worker does unpaced (~15/s)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_burst_then_rate() -> None:
+    clock = Clock()
+    flood = FloodControl(rate=2.0, burst=3, clock=clock)
+    assert [flood.delay("a") for _ in range(3)] == [0.0, 0.0, 0.0]
+    assert flood.delay("a") == pytest.approx(0.5)
+    assert flood.delay("a") == pytest.approx(0.5)  # asking again takes nothing
+    assert flood.delay("b") == 0.0  # another sender is not affected
+    clock.now += 0.5
+    assert flood.delay("a") == 0.0
+    assert flood.delay("a") == pytest.approx(0.5)
+    clock.now += 60  # idle: the bucket refills up to the burst, not beyond
+    assert [flood.delay("a") for _ in range(4)][-1] == pytest.approx(0.5)
+
+
+def test_keys_are_bounded() -> None:
+    clock = Clock()
+    flood = FloodControl(rate=1.0, burst=1, max_keys=3, clock=clock)
+    for key in "abcde":
+        flood.delay(key)
+    assert len(flood) == 3
+    assert flood.delay("a") == 0.0  # forgotten: starts full again
+    assert flood.delay("e") == pytest.approx(1.0)  # remembered: still empty
+
+
+def test_settings_and_row_keys() -> None:
+    limits = LimitsSettings()
+    assert limits.messages_per_second > 0 and limits.burst >= 1
+    with pytest.raises(ValueError):
+        FloodControl(rate=0, burst=1)
+    assert row_key("telegram", "-") is None  # no sender: never one identity
+    assert row_key("telegram", "42") == ("telegram", "42")
+
+
+async def test_wait_sleeps_only_the_flooder() -> None:
+    flood = FloodControl(rate=50.0, burst=2)
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    for _ in range(12):
+        await flood.wait("flooder")
+    flooder = loop.time() - start
+    start = loop.time()
+    await flood.wait("other")
+    assert loop.time() - start < 0.01
+    assert flooder >= 10 / 50 * 0.9
+
+
+# ---- through the real inbox ---------------------------------------------------------------
+
+
+def parse(payload: dict[str, Any]) -> list[InboundMessage | ChannelEvent]:
+    return [
+        InboundMessage(
+            channel="test",
+            sender_id=payload["user"],
+            platform_message_id=payload["id"],
+            thread_key=payload["user"],
+            text=payload["text"],
+            locale_hint="en",
+        )
+    ]
+
+
+async def accept(rt: Runtime, user: str, n: int) -> bool:
+    payload = {"id": f"{user}-{n}", "user": user, "text": f"{user}: where is my parcel {n}?"}
+    return await rt.inbox.accept("test", payload["id"], user, payload)
+
+
+async def outbox_ids(rt: Runtime, user: str) -> list[int]:
+    async with rt.sessions() as s:
+        q = select(OutboxMessage.id).where(OutboxMessage.recipient_id == user)
+        return sorted((await s.execute(q)).scalars())
+
+
+async def inbound_texts(rt: Runtime, channel: str = "test") -> list[str]:
+    async with rt.sessions() as s:
+        q = (
+            select(Touchpoint.text)
+            .where(Touchpoint.direction == Direction.IN, Touchpoint.channel == channel)
+            .order_by(Touchpoint.id)
+        )
+        return [t or "" for t in (await s.execute(q)).scalars()]
+
+
+@pytest.fixture
+async def worker(runtime: Runtime) -> AsyncIterator[Runtime]:
+    runtime.inbox.register("test", parse)
+    runtime.inbox.flood = FloodControl(RATE, BURST)
+    await runtime.dispatcher.start()
+    yield runtime  # the test starts the inbox worker
+    await runtime.inbox.stop()
+    await runtime.dispatcher.stop()
+
+
+async def handled(rt: Runtime, user: str) -> list[InboxUpdate]:
+    async with rt.sessions() as s:
+        q = select(InboxUpdate).where(
+            InboxUpdate.partition_key == user, InboxUpdate.status == InboxStatus.DONE
+        )
+        return sorted((await s.execute(q)).scalars(), key=at)
+
+
+def at(row: InboxUpdate) -> datetime:
+    assert row.processed_at is not None
+    return row.processed_at
+
+
+async def test_flooder_is_slowed_others_are_not(worker: Runtime) -> None:
+    rt = worker
+    for n in range(50):  # 50 messages at once
+        assert await accept(rt, "flooder", n)
+    assert await accept(rt, "other", 0)  # sent just after them
+    await rt.inbox.start()
+    async with asyncio.timeout(10):  # the flooder's burst is through; now it waits
+        while len(await handled(rt, "flooder")) <= BURST:
+            await asyncio.sleep(0.01)
+    # mid-flood, a third customer writes: the waiting flooder must not hold up the worker
+    sent = time.monotonic()
+    assert await accept(rt, "late", 0)
+    async with asyncio.timeout(5):
+        while not await handled(rt, "late"):
+            await asyncio.sleep(0.005)
+    waited = time.monotonic() - sent
+    # the flooder's remaining 40-odd messages need 8 s; the late one must not wait for them
+    assert waited < 1.5, f"a customer waited {waited:.2f}s behind the flooder"
+    assert await outbox_ids(rt, "other") and await outbox_ids(rt, "late")  # replies queued
+    await idle(rt, timeout=30)
+    (other,) = await handled(rt, "other")
+    (late,) = await handled(rt, "late")
+    flooder = await handled(rt, "flooder")
+    assert at(other) < at(flooder[9])
+    assert at(late) < at(flooder[-1])
+    # all 50 handled, in order, once; the deferrals were not counted as attempts
+    texts = [t for t in await inbound_texts(rt) if t.startswith("flooder")]
+    assert texts == [f"flooder: where is my parcel {n}?" for n in range(50)]
+    async with rt.sessions() as s:
+        rows = list((await s.execute(select(InboxUpdate).order_by(InboxUpdate.id))).scalars())
+    assert [r.status for r in rows] == [InboxStatus.DONE] * 52
+    assert {r.attempts for r in rows} == {1}
+    done = [at(r) for r in rows if r.partition_key == "flooder"]
+    assert done == sorted(done)  # in order
+    span = (done[-1] - done[0]).total_seconds()
+    assert span >= (50 - BURST) / RATE * 0.9, f"50 handled in {span:.2f}s: not slowed"
+    # a redelivery of any of them is refused, and nothing was replied twice
+    assert not await accept(rt, "flooder", 7)
+    await rt.dispatcher.drain()
+    assert len(recorder(rt).sent) == len({m.outbox_id for m in recorder(rt).sent})
+
+
+async def test_drain_waits_for_deferred_rows(runtime: Runtime) -> None:
+    runtime.inbox.register("test", parse)
+    runtime.inbox.flood = FloodControl(RATE, 2)
+    for n in range(8):
+        await accept(runtime, "u", n)
+    await runtime.inbox.drain()
+    texts = await inbound_texts(runtime)
+    assert texts == [f"u: where is my parcel {n}?" for n in range(8)]
+
+
+# ---- a Telegram customer flooding the webhook ---------------------------------------------
+
+
+@pytest.fixture
+async def tg() -> AsyncIterator[TelegramStandIn]:
+    async with TelegramStandIn() as standin:
+        yield standin
+
+
+async def test_telegram_flood_through_the_webhook(db_url: str, tg: TelegramStandIn) -> None:
+    flooder, other = 700000001, 700000002
+    settings = tg_settings(db_url, tg, mode="webhook", chat_rate_per_second=200, chat_burst=30)
+    limits = LimitsSettings(messages_per_second=25, burst=BURST)
+    settings = settings.model_copy(update={"limits": limits})
+    async with serving(settings) as (base, rt), httpx.AsyncClient() as client:
+        assert channel(rt) is not None
+        updates = [tg.push_text(flooder, f"flood {n}", language_code="en") for n in range(50)]
+        for u in updates:  # as Telegram does: one chat's updates one after the other
+            assert (await post(client, base, u)).status_code == 200
+        update = tg.push_text(other, "hello", language_code="en")
+        sent = time.monotonic()
+        assert (await post(client, base, update)).status_code == 200
+        await tg.wait_for(lambda: tg.sent_messages(other), timeout=5)
+        assert time.monotonic() - sent < 1.5
+        assert len(await handled(rt, str(flooder))) < 50  # answered before the flood was
+        await settled(rt, tg, timeout=30)
+        texts = [t for t in await inbound_texts(rt, "telegram") if t.startswith("flood")]
+        assert texts == [f"flood {n}" for n in range(50)]
+
+
+# ---- the web chat: the limiter sleeps in the flooding visitor's own socket task ----------
+
+
+async def test_webchat_flooder_waits_alone(db_url: str) -> None:
+    settings = make_settings(db_url, limits=LimitsSettings(messages_per_second=5, burst=2))
+    async with serve(settings) as (base, _):
+        url = base.replace("http://", "ws://") + "/ws/chat?lang=en&visitor="
+        async with (
+            websockets.connect(url + "flooder01") as a,
+            websockets.connect(url + "other001") as b,
+        ):
+            await a.recv(), await b.recv()  # the history frames
+            loop = asyncio.get_running_loop()
+            start = loop.time()
+            for n in range(12):
+                await a.send(json.dumps({"type": "message", "id": f"flood{n:04d}", "text": "hi"}))
+            await b.send(json.dumps({"type": "message", "id": "other0001", "text": "hello"}))
+            assert (await acks(b, 1))[0][0] == "other0001"
+            other = loop.time() - start
+            flooder = await acks(a, 12)
+        assert [mid for mid, _ in flooder] == [f"flood{n:04d}" for n in range(12)]
+        early = sum(at - start < 0.6 for _, at in flooder)
+        assert early <= 2 + 3 + 1, f"{early} acks in 0.6 s: the flooder was not slowed"
+        assert other < flooder[-1][1] - start  # the other visitor did not wait for the flood
+
+
+async def acks(ws: ClientConnection, n: int) -> list[tuple[str, float]]:
+    """The next `n` acks (id, loop time received); reply frames are skipped."""
+    got: list[tuple[str, float]] = []
+    async with asyncio.timeout(15):
+        while len(got) < n:
+            frame = json.loads(await ws.recv())
+            if frame["type"] == "ack":
+                got.append((frame["id"], asyncio.get_running_loop().time()))
+    return got
