@@ -132,4 +132,18 @@ def is_unavailable(exc: BaseException) -> bool:
             or exc.connection_invalidated
             or (isinstance(sqlstate, str) and sqlstate.startswith(UNAVAILABLE_SQLSTATE))
         )
-    return isinstance(exc, OSError | TimeoutError | PoolTimeout)
+    return isinstance(exc, OSError | TimeoutError | PoolTimeout) or _closed_asyncpg(exc)
+
+
+def _closed_asyncpg(exc: BaseException) -> bool:
+    """asyncpg's own "connection is closed", raised unwrapped when the connection drops
+    while SQLAlchemy sets a new one up (its JSON codec); SQLAlchemy's is_disconnect
+    tests the same words."""
+    try:
+        from asyncpg.exceptions import ConnectionDoesNotExistError
+        from asyncpg.exceptions import InterfaceError as AsyncpgInterfaceError
+    except ImportError:  # pragma: no cover - asyncpg is a dependency
+        return False
+    return isinstance(exc, ConnectionDoesNotExistError) or (
+        isinstance(exc, AsyncpgInterfaceError) and "connection is closed" in str(exc)
+    )

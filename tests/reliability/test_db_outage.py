@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import time
 import uuid
+from collections import Counter
 from pathlib import Path
 
 import httpx
@@ -23,6 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bot.channel import SendResult
 from bot.config import CampaignsSection, DispatcherSettings, SlackSettings, TelegramSettings
+from bot.inbox import Unavailable
 from bot.runtime import Runtime
 from channels.email import EmailChannel
 from storage.models import InboxUpdate, OutboxMessage
@@ -138,6 +141,50 @@ async def test_database_outage_under_load(
         assert outcome.not_sent == 0, outcome
         assert outcome.missing == {}, outcome
         assert outcome.doubled == {}, outcome
+
+
+@pytest.mark.postgres
+async def test_a_flapping_database_only_ever_means_unavailable(fresh_pg: str) -> None:
+    """Connections cut at every stage (connecting, setting up, mid-statement): persisting
+    an update either works or raises Unavailable (the webhooks' 503), nothing else.
+    Regression: a cut while SQLAlchemy set a new connection up escaped as asyncpg's own
+    InterfaceError, and the Slack webhook answered 500."""
+    target = make_url(fresh_pg)
+    proxy = await TcpProxy(target.host or "127.0.0.1", target.port or 5432).start()
+    via_proxy = target.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
+    runtime = Runtime(make_settings(via_proxy), channels=[])
+    outcomes: Counter[str] = Counter()
+    others: list[BaseException] = []
+    stop = asyncio.Event()
+
+    async def writer(n: int) -> None:
+        i = 0
+        while not stop.is_set():
+            i += 1
+            try:
+                await runtime.inbox.accept("slack", f"flap-{n}-{i}", f"U{n}", {"i": i})
+                outcomes["stored"] += 1
+            except Unavailable:
+                outcomes["unavailable"] += 1
+            except Exception as exc:
+                others.append(exc)
+            await asyncio.sleep(random.uniform(0, 0.01))
+
+    writers = [asyncio.create_task(writer(n)) for n in range(20)]
+    try:
+        for _ in range(25):
+            await asyncio.sleep(random.uniform(0.05, 0.4))
+            await proxy.cut()
+            await asyncio.sleep(random.uniform(0.05, 0.5))
+            await proxy.restore()
+        await asyncio.sleep(0.5)
+    finally:
+        stop.set()
+        await asyncio.gather(*writers)
+        await runtime.db.dispose()
+        await proxy.stop()
+    assert others == [], others[:3]
+    assert outcomes["stored"] > 0 and outcomes["unavailable"] > 0, outcomes
 
 
 async def test_sent_record_retried_while_leased(sqlite_url: str) -> None:

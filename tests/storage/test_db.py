@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+import asyncpg
 import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError, IntegrityError
@@ -40,6 +43,15 @@ def test_network_errors_and_bugs() -> None:
     assert not is_unavailable(ValueError("a bug"))
 
 
+def test_asyncpg_errors_that_escape_unwrapped() -> None:
+    """Regression: a connection dropped while SQLAlchemy set it up (its JSON codec) raised
+    asyncpg's bare InterfaceError; the Slack webhook answered 500 instead of 503."""
+    assert is_unavailable(asyncpg.exceptions.InterfaceError("connection is closed"))
+    assert is_unavailable(asyncpg.exceptions.ConnectionDoesNotExistError("closed mid-way"))
+    assert not is_unavailable(asyncpg.exceptions.DataError("invalid input for query argument"))
+    assert not is_unavailable(asyncpg.exceptions.InterfaceError("another operation in progress"))
+
+
 @pytest.mark.postgres
 async def test_terminated_backend_is_unavailable(pg_url: str) -> None:
     """What a PostgreSQL restart does to an open connection (57P01)."""
@@ -51,5 +63,28 @@ async def test_terminated_backend_is_unavailable(pg_url: str) -> None:
         assert is_unavailable(caught.value), repr(caught.value)
         async with engine.connect() as conn:  # and the pool recovers
             assert (await conn.execute(text("SELECT 1"))).scalar() == 1
+    finally:
+        await engine.dispose()
+
+
+@pytest.mark.postgres
+async def test_connection_lost_while_being_set_up(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The connection drops after PostgreSQL accepted it, before SQLAlchemy has set it up
+    (deterministic version of what tests/reliability's flapping database meets)."""
+    engine = create_engine(pg_url)
+    setup = engine.dialect.setup_asyncpg_json_codec  # type: ignore[attr-defined]
+
+    async def dropped_first(conn: Any) -> None:
+        await conn._connection.close()  # as a reset by the network would leave it
+        await setup(conn)
+
+    monkeypatch.setattr(engine.dialect, "setup_asyncpg_json_codec", dropped_first)
+    try:
+        with pytest.raises(Exception) as caught:
+            async with engine.connect():
+                pass
+        assert is_unavailable(caught.value), repr(caught.value)
     finally:
         await engine.dispose()
