@@ -1,6 +1,7 @@
 """Campaign benchmark: N recipients through the Telegram stand-in, on 127.0.0.1 only.
 
     .venv/bin/python bench/campaign.py [--recipients 10000] [--limit 300] [--db URL]
+                                       [--concurrency 4]
 
 Seeds N contacts with a reachable Telegram identity (bulk insert, SQLite in a temporary
 directory unless --db names another database), defines a one-message campaign (the
@@ -74,7 +75,9 @@ async def seed(rt: Runtime, n: int) -> None:
             )
 
 
-async def bench(n: int, limit: int, db: str | None, timeout: float) -> dict[str, Any]:
+async def bench(
+    n: int, limit: int, db: str | None, timeout: float, concurrency: int
+) -> dict[str, Any]:
     tmp = tempfile.TemporaryDirectory(prefix="cicbot-bench-")
     url = db or f"sqlite+aiosqlite:///{tmp.name}/bench.db"
     await upgrade_async(url)
@@ -90,7 +93,12 @@ async def bench(n: int, limit: int, db: str | None, timeout: float) -> dict[str,
             "api_base": standin.base_url,
             "rate_per_second": limit,
         }
-        base["campaigns"] = {"scheduler": False, "builtin": False, "definitions": []}
+        base["campaigns"] = {
+            "scheduler": False,
+            "builtin": False,
+            "definitions": [],
+            "concurrency": concurrency,
+        }
         from bot.config import Settings
 
         settings = Settings(**base)
@@ -126,6 +134,7 @@ async def bench(n: int, limit: int, db: str | None, timeout: float) -> dict[str,
         return {
             "recipients": n,
             "limit_per_second": limit,
+            "concurrency": concurrency,
             "delivered": len(per_chat),
             "wall_seconds": round(wall, 2),
             "queue_seconds": round(queued, 2),
@@ -144,9 +153,14 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=300, help="messages/s, bot-wide")
     parser.add_argument("--db", default=None, help="database URL (default: temporary SQLite)")
     parser.add_argument("--timeout", type=float, default=600.0)
+    parser.add_argument(
+        "--concurrency", type=int, default=4, help="deliveries in flight (campaigns.concurrency)"
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    result = asyncio.run(bench(args.recipients, args.limit, args.db, args.timeout))
+    result = asyncio.run(
+        bench(args.recipients, args.limit, args.db, args.timeout, args.concurrency)
+    )
     print(json.dumps(result, indent=2))
 
 

@@ -315,6 +315,8 @@ class CampaignsSection(Section):
     builtin: bool = True  # the built-in csat, winback and reminder campaigns (redefine by name)
     # the built-in reminder: a flow abandoned this long ago gets its open question re-asked
     reminder_after_hours: float = Field(default=24, gt=0, le=24 * 30)
+    # deliveries of a run in flight at once (each its own transaction on its own contact)
+    concurrency: int = Field(default=4, ge=1, le=64)
     definitions: list[CampaignSettings] = []
 
 

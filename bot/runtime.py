@@ -111,6 +111,7 @@ class Runtime:
             timezone=settings.company.timezone,
             builtin=settings.campaigns.builtin,
             reminder_after_hours=settings.campaigns.reminder_after_hours,
+            concurrency=settings.campaigns.concurrency,
             clock=clock,
         )
         self.scheduler: CampaignScheduler | None = None
