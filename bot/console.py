@@ -1,4 +1,4 @@
-"""The agents' web console at `/agent`: one static page and its script and style sheet.
+"""The agents' web console at `/agent`: one static page, its scripts and its style sheet.
 
 The page signs in with an agent's API token (kept in the tab's sessionStorage) and works
 entirely through the REST API under `/api/v1`; live updates come from `/api/v1/events`.
@@ -24,6 +24,10 @@ from storage.models import Agent
 STATIC = Path(__file__).parent / "static"
 PAGE = STATIC / "console.html"
 ASSETS = {  # path under static/ → media type
+    # the page loads the scripts in this order (console.html, all `defer`): Chart.js, the
+    # texts, the supervisor view, then the desk that uses the two before it
+    "console-texts.js": "text/javascript; charset=utf-8",
+    "console-supervisor.js": "text/javascript; charset=utf-8",
     "console.js": "text/javascript; charset=utf-8",
     "console.css": "text/css; charset=utf-8",
     # Chart.js for the supervisor view (static/vendor/README.md: version, licence)

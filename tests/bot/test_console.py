@@ -18,6 +18,10 @@ from tests.server import serve
 
 SOURCES = [PAGE, *(STATIC / name for name in ASSETS)]
 SCRIPT = STATIC / "console.js"
+TEXTS = STATIC / "console-texts.js"
+SUPERVISOR = STATIC / "console-supervisor.js"
+# the page's scripts in the order they must load: each uses the ones before it
+SCRIPTS = ["vendor/chart.umd.min.js", "console-texts.js", "console-supervisor.js", "console.js"]
 
 
 @pytest.fixture
@@ -48,7 +52,9 @@ async def test_page_is_served_uncached_with_a_strict_policy(
     assert "script-src 'self'" in csp and "require-trusted-types-for 'script'" in csp
     assert "unsafe-inline" not in csp and "unsafe-eval" not in csp
     assert r.headers["x-frame-options"] == "DENY"
-    assert '<script src="/agent/static/console.js"' in r.text
+    tags = re.findall(r'<script src="/agent/static/([^"]+)"([^>]*)></script>', r.text)
+    assert [name for name, _ in tags] == SCRIPTS
+    assert all(attrs.strip() == "defer" for _, attrs in tags), tags
     assert '<link rel="stylesheet" href="/agent/static/console.css">' in r.text
     slash = await client.get("/agent/", follow_redirects=False)
     assert slash.status_code == 308 and slash.headers["location"] == "/agent"
@@ -64,10 +70,14 @@ async def test_assets_load_and_nothing_else_does(
         assert r.status_code == 200, ref
         assert r.content == (STATIC / ref.removeprefix("/agent/static/")).read_bytes()
         assert r.headers["x-content-type-options"] == "nosniff"
-    js = await client.get("/agent/static/console.js")
-    assert js.headers["content-type"].startswith("text/javascript")
-    css = await client.get("/agent/static/console.css")
-    assert css.headers["content-type"].startswith("text/css")
+    assert {*re.findall(r'(?:src|href)="/agent/static/([^"]+)"', page)} == set(ASSETS)
+    for name, media_type in ASSETS.items():
+        r = await client.get(f"/agent/static/{name}")
+        assert r.status_code == 200, name
+        assert r.headers["content-type"] == media_type, name
+        assert r.headers["x-content-type-options"] == "nosniff", name
+    assert ASSETS["console.css"].startswith("text/css")
+    assert all(ASSETS[name].startswith("text/javascript") for name in SCRIPTS)
     for bad in ["console.html", "nope.js", "..%2Fconsole.py", "..%2F..%2Fpyproject.toml"]:
         r = await client.get(f"/agent/static/{bad}")
         assert r.status_code == 404, bad
@@ -112,8 +122,30 @@ def test_source_never_turns_data_into_markup(path: Path) -> None:
         assert "http://" not in source and "https://" not in source, "no external resources"
 
 
+def test_every_script_is_an_asset_and_checked() -> None:
+    """A script added to static/ is served (ASSETS) and so in SOURCES, the sink check."""
+    scripts = {p.relative_to(STATIC).as_posix() for p in STATIC.rglob("*.js")}
+    assert scripts == set(SCRIPTS) and scripts <= set(ASSETS)
+    assert {SCRIPT, TEXTS, SUPERVISOR} <= set(SOURCES)
+
+
+def test_scripts_share_only_their_two_globals() -> None:
+    """The texts and the supervisor view each publish one global, and console.js holds
+    no texts of its own."""
+    texts, supervisor, desk = (p.read_text("utf-8") for p in (TEXTS, SUPERVISOR, SCRIPT))
+
+    def published(source: str) -> list[str]:
+        return re.findall(r"^\s*window\.(\w+)\s*=", source, re.M)
+
+    assert published(texts) == ["CICBOT_TEXTS"] and "Object.freeze(TEXTS)" in texts
+    assert published(supervisor) == ["cicbotSupervisor"]
+    assert published(desk) == []
+    assert "window.CICBOT_TEXTS" in desk and "window.cicbotSupervisor(" in desk
+    assert '"login.title":' not in desk and '"sv.title":' not in supervisor
+
+
 def catalog(lang: str) -> set[str]:
-    source = SCRIPT.read_text("utf-8")
+    source = TEXTS.read_text("utf-8")
     block = re.search(rf"\n    {lang}: \{{\n(.*?)\n    \}},\n", source, re.S)
     assert block, lang
     return set(re.findall(r'"([a-z_]+\.[a-z_.]+|[a-z_]+)":', block.group(1)))
@@ -123,5 +155,7 @@ def test_texts_exist_in_german_and_english() -> None:
     en, de = catalog("en"), catalog("de")
     assert en == de, {"only en": en - de, "only de": de - en}
     used = set(re.findall(r'data-i18n(?:-placeholder)?="([^"]+)"', PAGE.read_text("utf-8")))
-    used |= set(re.findall(r'\bt\("([a-z_]+(?:\.[a-z_]+)*)"', SCRIPT.read_text("utf-8")))
+    for script in (SCRIPT, SUPERVISOR):
+        used |= set(re.findall(r'\bt\("([a-z_]+(?:\.[a-z_]+)*)"', script.read_text("utf-8")))
+    used |= set(re.findall(r'\btitle: "([a-z_]+\.[a-z_.]+)"', SUPERVISOR.read_text("utf-8")))
     assert used <= en, used - en
