@@ -84,6 +84,8 @@ class LimitsSettings(Section):
     messages_per_second: float = Field(default=2.0, gt=0)
     burst: int = Field(default=10, ge=1, le=1000)
     max_identities: int = Field(default=10_000, ge=1)  # senders remembered at once
+    # PostgreSQL: one limit for all workers (table flood_marks), not one per process
+    shared: bool = True
 
 
 class FlowSettings(Section):

@@ -17,21 +17,26 @@ No "please slow down" note is sent: nothing is lost or refused, replies just com
 steady pace, and a note would be one more reply queued behind the flood, read as an
 answer to whichever message it follows (and noise to a script).
 
-The buckets live in one process: with several workers a flooder may get that many times
-the rate. Keys are bounded (least recently used forgotten first; a forgotten key starts
-with a full bucket again, as an idle one would have).
+On SQLite (one process) the buckets live in memory; keys are bounded (least recently
+used forgotten first; a forgotten key starts with a full bucket again, as an idle one
+would have). On PostgreSQL, where several workers share the inbox, the inbox asks
+`SharedFloodControl` instead: the same limit for all workers, kept in `flood_marks` as
+GCRA (one "theoretical arrival time" per sender, equivalent to the token bucket) and
+updated in one statement on the database's clock (`limits.shared`). The web chat's
+socket belongs to one process, so it keeps the in-memory buckets.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from datetime import timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
-from sqlalchemy import update
+from sqlalchemy import text, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from storage.models import InboxStatus, InboxUpdate, utcnow
@@ -79,19 +84,88 @@ class FloodControl:
             await asyncio.sleep(seconds)
             seconds = self.delay(key)
 
+    async def admit(self, key: tuple[str, str]) -> float:
+        return self.delay(key)
+
     def __len__(self) -> int:
         return len(self._buckets)
 
 
+class Admission(Protocol):
+    async def admit(self, key: tuple[str, str]) -> float:
+        """0 if a message of `key` may be handled now (and counts it); otherwise the
+        seconds until it may, counting nothing."""
+        ...
+
+
+# GCRA in one statement: a sender's mark (tat) moves on by one interval per message let
+# through; a message is let through while the mark is at most `tolerance` ahead of now.
+# A new sender is inserted; a sender over the rate is not updated (the UPDATE's WHERE),
+# and the wait is read from the row as it was (a data-modifying CTE's snapshot).
+_ADMIT = text(
+    """
+    WITH clock AS (SELECT extract(epoch FROM clock_timestamp())::float8 AS now),
+    taken AS (
+        INSERT INTO flood_marks (key, tat)
+        SELECT :key, clock.now + :interval FROM clock
+        ON CONFLICT (key) DO UPDATE
+            SET tat = greatest(flood_marks.tat, excluded.tat - :interval) + :interval
+            WHERE greatest(flood_marks.tat, excluded.tat - :interval)
+                  - (excluded.tat - :interval) <= :tolerance
+        RETURNING 0.0::float8 AS wait
+    )
+    SELECT wait FROM taken
+    UNION ALL
+    SELECT greatest(m.tat - clock.now - :tolerance, 0.001)
+    FROM flood_marks m, clock
+    WHERE m.key = :key AND NOT EXISTS (SELECT 1 FROM taken)
+    """
+)
+_FORGET = text("DELETE FROM flood_marks WHERE tat < extract(epoch FROM clock_timestamp()) - 3600")
+FORGET_EVERY = 600.0  # seconds between purges of the senders idle for an hour
+
+
+class SharedFloodControl:
+    """The flood limit of all workers on one PostgreSQL database (see the module's text)."""
+
+    def __init__(self, sessions: async_sessionmaker[AsyncSession], rate: float, burst: int) -> None:
+        if rate <= 0 or burst < 1:
+            raise ValueError("rate must be > 0 and burst >= 1")
+        self.sessions = sessions
+        self.interval = 1.0 / rate
+        self.tolerance = (burst - 1) * self.interval
+        self._purge_at = time.monotonic()  # the first admission purges
+
+    async def admit(self, key: tuple[str, str]) -> float:
+        digest = hashlib.sha256("\x1f".join(key).encode()).hexdigest()
+        params = {"key": digest, "interval": self.interval, "tolerance": self.tolerance}
+        purge, now = False, time.monotonic()
+        if now >= self._purge_at:
+            purge, self._purge_at = True, now + FORGET_EVERY
+        async with self.sessions() as s, s.begin():
+            wait = float((await s.execute(_ADMIT, params)).scalar_one())
+            if purge:
+                await s.execute(_FORGET)
+        return wait
+
+
 def attach(runtime: Runtime) -> FloodControl:
-    """The runtime's flood control, made from `settings.limits` on first use and given to its
-    inbox; every channel that takes customer input asks for it when it is created."""
-    if runtime.inbox.flood is None:
+    """The runtime's flood control, made from `settings.limits` on first use; the inbox gets
+    the shared one on PostgreSQL (`limits.shared`), the in-memory one otherwise. Every
+    channel that takes customer input asks for it when it is created; the in-memory one is
+    returned (for a channel's own in-process waits)."""
+    if runtime.flood is None:
         limits = runtime.settings.limits
-        runtime.inbox.flood = FloodControl(
+        runtime.flood = FloodControl(
             limits.messages_per_second, limits.burst, max_keys=limits.max_identities
         )
-    return runtime.inbox.flood
+        shared = limits.shared and runtime.db.dialect.name == "postgresql"
+        runtime.inbox.flood = (
+            SharedFloodControl(runtime.sessions, limits.messages_per_second, limits.burst)
+            if shared
+            else runtime.flood
+        )
+    return runtime.flood
 
 
 def row_key(channel: str, partition_key: str) -> tuple[str, str] | None:

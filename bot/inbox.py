@@ -24,7 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import aliased
 
 from bot.engine import Engine
-from bot.flood import FloodControl, defer, row_key
+from bot.flood import Admission, defer, row_key
 from bot.messages import ChannelEvent, InboundMessage
 from bot.worker import RoundWorker
 from storage.db import is_unavailable
@@ -63,7 +63,7 @@ class Inbox(RoundWorker):
         max_attempts: int = 5,
         lease_seconds: float = 60.0,
         poll_interval: float = 1.0,
-        flood: FloodControl | None = None,
+        flood: Admission | None = None,
     ) -> None:
         super().__init__(poll_interval)
         self.flood = flood
@@ -214,7 +214,7 @@ class Inbox(RoundWorker):
     async def _flooded(self, row: InboxUpdate) -> bool:
         """True if the row's sender is over the rate: the row waits (see bot/flood.py)."""
         key = row_key(row.channel, row.partition_key)
-        seconds = self.flood.delay(key) if self.flood is not None and key else 0.0
+        seconds = await self.flood.admit(key) if self.flood is not None and key else 0.0
         if seconds <= 0:
             return False
         await defer(self.sessions, row, seconds)

@@ -20,6 +20,7 @@ from bot.desk import Desk
 from bot.dispatcher import Dispatcher
 from bot.engine import HandleResult
 from bot.events import EventBus
+from bot.flood import FloodControl
 from bot.inbox import Inbox
 from bot.kb import build_matcher
 from bot.metrics import MeteredEngine, Metrics
@@ -103,6 +104,7 @@ class Runtime:
             poll_interval=settings.dispatcher.poll_interval_seconds,
         )
         self.inbox.observe = self.metrics.inbox
+        self.flood: FloodControl | None = None  # made by bot.flood.attach when a channel asks
         self.campaigns = Campaigns(
             self.sessions,
             self.engine,

@@ -501,3 +501,14 @@ class SchedulerJob(Base):
     id: Mapped[str] = mapped_column(String(191), primary_key=True)
     next_run_time: Mapped[float | None] = mapped_column(Float(25), index=True)
     job_state: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class FloodMark(Base):
+    """Flood control shared by the workers on one PostgreSQL (bot/flood.py): per sender,
+    the time (epoch seconds, the database's clock) from which its next message is on time.
+    The key is a SHA-256 of channel and partition, not the chat id; rows idle an hour go."""
+
+    __tablename__ = "flood_marks"
+
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    tat: Mapped[float] = mapped_column(Float(53), index=True)

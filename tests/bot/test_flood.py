@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+import uuid
 from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Any
@@ -13,13 +14,15 @@ from typing import Any
 import httpx
 import pytest
 import websockets
-from sqlalchemy import select
+from sqlalchemy import select, text
 from websockets.asyncio.client import ClientConnection
 
+from bot import flood
 from bot.config import LimitsSettings
-from bot.flood import FloodControl, row_key
+from bot.flood import Admission, FloodControl, SharedFloodControl, row_key
 from bot.messages import ChannelEvent, InboundMessage
 from bot.runtime import Runtime
+from storage.db import create_engine, session_factory
 from storage.models import (
     Direction,
     InboxStatus,
@@ -127,10 +130,17 @@ async def inbound_texts(rt: Runtime, channel: str = "test") -> list[str]:
         return [t or "" for t in (await s.execute(q)).scalars()]
 
 
+def limiter(runtime: Runtime, rate: float, burst: int) -> Admission:
+    """What flood.attach gives the inbox: shared on PostgreSQL, in memory on SQLite."""
+    if runtime.db.dialect.name == "postgresql":
+        return SharedFloodControl(runtime.sessions, rate, burst)
+    return FloodControl(rate, burst)
+
+
 @pytest.fixture
 async def worker(runtime: Runtime) -> AsyncIterator[Runtime]:
     runtime.inbox.register("test", parse)
-    runtime.inbox.flood = FloodControl(RATE, BURST)
+    runtime.inbox.flood = limiter(runtime, RATE, BURST)
     await runtime.dispatcher.start()
     yield runtime  # the test starts the inbox worker
     await runtime.inbox.stop()
@@ -194,12 +204,83 @@ async def test_flooder_is_slowed_others_are_not(worker: Runtime) -> None:
 
 async def test_drain_waits_for_deferred_rows(runtime: Runtime) -> None:
     runtime.inbox.register("test", parse)
-    runtime.inbox.flood = FloodControl(RATE, 2)
+    runtime.inbox.flood = limiter(runtime, RATE, 2)
     for n in range(8):
         await accept(runtime, "u", n)
     await runtime.inbox.drain()
     texts = await inbound_texts(runtime)
     assert texts == [f"u: where is my parcel {n}?" for n in range(8)]
+
+
+# ---- several workers on PostgreSQL: one limit ------------------------------------------
+
+
+@pytest.mark.postgres
+async def test_the_shared_limit_counts_every_worker(pg_url: str) -> None:
+    """Two workers (two engines, as two processes have) share one sender's limit; a
+    refused ask takes nothing; other senders are not affected."""
+    engines = [create_engine(pg_url), create_engine(pg_url)]
+    a, b = (SharedFloodControl(session_factory(e), rate=4.0, burst=3) for e in engines)
+    sender = ("telegram", f"chat-{uuid.uuid4().hex}")
+    try:
+        assert [await a.admit(sender), await b.admit(sender), await a.admit(sender)] == [0, 0, 0]
+        first = await b.admit(sender)  # the fourth message, on either worker: too early
+        assert 0 < first <= 0.25
+        again = await a.admit(sender)
+        assert 0 < again <= first  # asking again took nothing
+        assert await b.admit(("telegram", f"chat-{uuid.uuid4().hex}")) == 0
+        await asyncio.sleep(again)
+        assert await a.admit(sender) == 0  # its turn has come
+        assert 0 < await b.admit(sender) <= 0.25  # and the next is a turn later
+    finally:
+        for e in engines:
+            await e.dispose()
+
+
+@pytest.mark.postgres
+async def test_shared_marks_hold_no_chat_ids(pg_url: str) -> None:
+    limiter = SharedFloodControl(session_factory(db := create_engine(pg_url)), 2.0, 2)
+    chat = f"chat-{uuid.uuid4().hex}"
+    try:
+        await limiter.admit(("telegram", chat))
+        async with db.connect() as conn:
+            keys = (await conn.execute(text("SELECT key FROM flood_marks"))).scalars().all()
+        assert keys and not any(chat in k for k in keys)
+    finally:
+        await db.dispose()
+
+
+@pytest.mark.postgres
+async def test_senders_idle_an_hour_are_forgotten(pg_url: str) -> None:
+    db = create_engine(pg_url)
+    try:
+        async with db.begin() as conn:
+            await conn.execute(
+                text(
+                    "INSERT INTO flood_marks (key, tat) VALUES ('idle', "
+                    "extract(epoch FROM now()) - 3700), ('recent', extract(epoch FROM now()))"
+                )
+            )
+        await SharedFloodControl(session_factory(db), 2.0, 2).admit(("slack", "U1"))
+        async with db.connect() as conn:
+            keys = set((await conn.execute(text("SELECT key FROM flood_marks"))).scalars())
+        assert "idle" not in keys and "recent" in keys
+    finally:
+        await db.dispose()
+
+
+async def test_attach_shares_on_postgresql_only(db_url: str) -> None:
+    for shared in (True, False):
+        settings = make_settings(db_url, limits=LimitsSettings(shared=shared))
+        rt = Runtime(settings, channels=[])
+        try:
+            own = flood.attach(rt)
+            assert isinstance(own, FloodControl) and flood.attach(rt) is own
+            on_pg = rt.db.dialect.name == "postgresql"
+            expected = SharedFloodControl if shared and on_pg else FloodControl
+            assert type(rt.inbox.flood) is expected
+        finally:
+            await rt.db.dispose()
 
 
 # ---- a Telegram customer flooding the webhook ---------------------------------------------
