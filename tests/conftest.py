@@ -22,6 +22,8 @@ from bot.messages import InboundMessage, OutboundMessage
 from bot.runtime import Runtime
 from storage.migrate import upgrade
 from storage.models import Base
+from tests.standins.slack_api import SlackStandIn
+from tests.standins.telegram_api import TelegramStandIn
 
 ROOT = Path(__file__).resolve().parent.parent
 PG_ADMIN_URL = os.environ.get("CICBOT_TEST_PG", "postgresql+asyncpg://postgres@127.0.0.1:5432/test")
@@ -212,3 +214,18 @@ def inbound(
         kind="button" if payload else "message",
         **kw,
     )
+
+
+# ---- the platform stand-ins (a module may define its own, e.g. with a cast of users) ----
+
+
+@pytest.fixture
+async def tg() -> AsyncIterator[TelegramStandIn]:
+    async with TelegramStandIn() as standin:
+        yield standin
+
+
+@pytest.fixture
+async def slack() -> AsyncIterator[SlackStandIn]:
+    async with SlackStandIn() as standin:
+        yield standin

@@ -286,12 +286,6 @@ async def test_attach_shares_on_postgresql_only(db_url: str) -> None:
 # ---- a Telegram customer flooding the webhook ---------------------------------------------
 
 
-@pytest.fixture
-async def tg() -> AsyncIterator[TelegramStandIn]:
-    async with TelegramStandIn() as standin:
-        yield standin
-
-
 async def test_telegram_flood_through_the_webhook(db_url: str, tg: TelegramStandIn) -> None:
     flooder, other = 700000001, 700000002
     settings = tg_settings(db_url, tg, mode="webhook", chat_rate_per_second=200, chat_burst=30)

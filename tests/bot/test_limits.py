@@ -35,18 +35,6 @@ __all__ = ["smtp_sink_fixture"]  # the fixture, used by name
 LIMIT = 1000
 
 
-@pytest.fixture
-async def tg() -> AsyncIterator[TelegramStandIn]:
-    async with TelegramStandIn() as standin:
-        yield standin
-
-
-@pytest.fixture
-async def slack() -> AsyncIterator[SlackStandIn]:
-    async with SlackStandIn() as standin:
-        yield standin
-
-
 def request(headers: dict[str, str], chunks: list[bytes]) -> tuple[Request, list[int]]:
     """A request whose body arrives in `chunks`; the list counts the chunks read."""
     read: list[int] = []

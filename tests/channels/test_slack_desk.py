@@ -54,12 +54,6 @@ async def slack() -> AsyncIterator[SlackStandIn]:
         yield standin
 
 
-@pytest.fixture
-async def tg() -> AsyncIterator[TelegramStandIn]:
-    async with TelegramStandIn() as standin:
-        yield standin
-
-
 def with_telegram(db_url: str, slack: SlackStandIn, tg: TelegramStandIn) -> Any:
     telegram = TelegramSettings(
         token=DEFAULT_TOKEN,

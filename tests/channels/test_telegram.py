@@ -57,12 +57,6 @@ JAMES, ANNA = 391047582, 528194736  # the fixtures' customers
 GROUP = -4581236790
 
 
-@pytest.fixture
-async def tg() -> AsyncIterator[TelegramStandIn]:
-    async with TelegramStandIn() as standin:
-        yield standin
-
-
 async def identity(rt: Runtime, user: int) -> Identity:
     async with rt.sessions() as s:
         q = select(Identity).where(

@@ -14,8 +14,6 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tests.conftest import pg_database
 from tests.reliability.harness import database
-from tests.standins.slack_api import SlackStandIn
-from tests.standins.telegram_api import TelegramStandIn
 
 
 @pytest.fixture
@@ -29,18 +27,6 @@ async def db(fresh_pg: str) -> AsyncIterator[AsyncEngine]:
     engine = database(fresh_pg)
     yield engine
     await engine.dispose()
-
-
-@pytest.fixture
-async def tg() -> AsyncIterator[TelegramStandIn]:
-    async with TelegramStandIn() as stand_in:
-        yield stand_in
-
-
-@pytest.fixture
-async def slack() -> AsyncIterator[SlackStandIn]:
-    async with SlackStandIn() as stand_in:
-        yield stand_in
 
 
 @pytest.fixture

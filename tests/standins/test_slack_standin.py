@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -25,12 +24,6 @@ from tests.standins.slack_api import (
     load_fixture,
     sign,
 )
-
-
-@pytest.fixture
-async def slack() -> AsyncIterator[SlackStandIn]:
-    async with SlackStandIn() as standin:
-        yield standin
 
 
 def client(slack: SlackStandIn, token: str = BOT_TOKEN) -> AsyncWebClient:

@@ -42,12 +42,6 @@ MENU = InlineKeyboardMarkup(
 
 
 @pytest.fixture
-async def tg() -> AsyncIterator[TelegramStandIn]:
-    async with TelegramStandIn() as standin:
-        yield standin
-
-
-@pytest.fixture
 async def bot(tg: TelegramStandIn) -> AsyncIterator[Bot]:
     bot = tg.make_bot()
     yield bot
