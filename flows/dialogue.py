@@ -48,10 +48,10 @@ STRONG_MATCH = 0.8
 
 def menu(ctx: Context, key: str = "menu.greeting") -> Reply:
     name = f" {ctx.contact.name}" if ctx.contact.name else ""
-    buttons = tuple(
-        Button(f"c:{cmd}", ctx.t(f"menu.{cmd}"))
-        for cmd in ("faq", "complaint", "status", "human", "language")
-    )
+    offered: tuple[str, ...] = ("faq", "complaint", "status", "human", "language")
+    if ctx.options.email_linking:
+        offered += ("link",)  # last: the numbers of the others stay
+    buttons = tuple(Button(f"c:{cmd}", ctx.t(f"menu.{cmd}")) for cmd in offered)
     return Reply(key, ctx.t(key, name=name, company=ctx.options.company_name), buttons)
 
 
@@ -152,6 +152,8 @@ def _command(state: Mapping[str, Any], cmd: Parsed, running: Flow | None, ctx: C
     if c is Command.LANGUAGE:
         return _language(state, cmd, ctx, reprompt_flow=True)
     if c is Command.LINK:
+        if not ctx.options.email_linking:  # no mail could carry the code
+            return Decision(dict(state), (Reply("link.unavailable", ctx.t("link.unavailable")),))
         if running is link.FLOW:
             return Decision(dict(state), reprompt(state, ctx))
         return start(link.FLOW, ctx)  # also while a code is awaited: a new one replaces it

@@ -111,5 +111,7 @@ class FlowOptions(Strict):
     winback: WinbackOptions
     knowledge_base: KnowledgeBaseOptions = KnowledgeBaseOptions()
     identity_link: IdentityLinkOptions = IdentityLinkOptions()
+    # codes can be mailed (the email channel is configured): offer linking in the menu
+    email_linking: bool = True
     max_failed_answers: int = Field(default=3, ge=1, le=10)
     max_selfservice_misses: int = Field(default=2, ge=1, le=10)

@@ -17,7 +17,7 @@ from sqlalchemy import func, select, update
 
 from bot.identity_link import MASK, code_hash
 from bot.messages import InboundMessage
-from bot.runtime import Runtime
+from bot.runtime import Runtime, flow_options
 from flows.link import code_state
 from storage import queries
 from storage.models import (
@@ -80,10 +80,14 @@ class World:
             return identity.contact_id if identity else None
 
 
+# an email channel as configured (not started here: a recording channel stands in)
+MAIL = {"address": "service@example.com", "smtp": {"host": "127.0.0.1"}}
+
+
 @pytest.fixture
 async def world(db_url: str) -> AsyncIterator[World]:
     clock = [datetime.now(UTC)]
-    rt = Runtime(make_settings(db_url), channels=[], clock=lambda: clock[0])
+    rt = Runtime(make_settings(db_url, email=MAIL), channels=[], clock=lambda: clock[0])
     chat, mail = RecordingChannel(), RecordingChannel()
     mail.name = "email"
     rt.channels["test"] = chat
@@ -391,6 +395,11 @@ async def test_the_sent_mail_keeps_no_code_in_the_outbox(world: World) -> None:
         )
     assert bodies and all(code not in str(b) for b in bodies)
     assert all("masked_text" not in b and "••••••" in b["text"] for b in bodies)
+
+
+def test_linking_is_offered_only_with_an_email_channel(sqlite_url: str) -> None:
+    assert flow_options(make_settings(sqlite_url, email=MAIL)).email_linking
+    assert not flow_options(make_settings(sqlite_url)).email_linking  # config.yaml: no mail
 
 
 async def test_the_limits_come_from_the_configuration(db_url: str) -> None:

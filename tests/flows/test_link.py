@@ -8,8 +8,16 @@ import pytest
 from flows import link
 from flows.actions import RequestLinkCode, VerifyLinkCode
 from flows.commands import Command, Parsed, parse
+from flows.dialogue import decide
+from flows.model import UserInput
 from tests.flows.conftest import CtxFactory
-from tests.flows.support import Chat, keys, kinds, only
+from tests.flows.support import Chat, keys, kinds, only, payloads
+
+
+@pytest.fixture
+def ctx(ctx: CtxFactory) -> CtxFactory:
+    """As configured with an email channel: codes can be mailed."""
+    return lambda *args, **kw: ctx(*args, **{"email_linking": True, **kw})
 
 
 @pytest.mark.parametrize(
@@ -30,6 +38,17 @@ def test_link_words_in_both_languages(text: str) -> None:
 
 def test_link_button_payload() -> None:
     assert parse("", "c:link") == Parsed(Command.LINK)
+
+
+def test_the_menu_offers_linking_last_only_when_mail_can_carry_the_code(ctx: CtxFactory) -> None:
+    menu = decide("bot", {}, UserInput("menu"), ctx())
+    assert payloads(menu)[-1] == "c:link" and len(payloads(menu)) == 6
+    without = ctx(email_linking=False)
+    assert "c:link" not in payloads(decide("bot", {}, UserInput("menu"), without))
+    for inp in (UserInput("link my email"), UserInput(payload="c:link")):
+        refused = decide("bot", {"flow": "complaint", "step": "x"}, inp, without)
+        assert keys(refused) == ["link.unavailable"] and not refused.actions
+        assert refused.state == {"flow": "complaint", "step": "x"}  # nothing else changes
 
 
 @pytest.mark.parametrize("locale", ["de", "en"])
