@@ -28,7 +28,14 @@ from flows.link import CODE_LENGTH
 from flows.model import Reply
 from flows.options import IdentityLinkOptions
 from storage import queries
-from storage.models import Direction, Identity, IdentityLinkCode, OutboxMessage, OutboxStatus
+from storage.models import (
+    Contact,
+    Direction,
+    Identity,
+    IdentityLinkCode,
+    OutboxMessage,
+    OutboxStatus,
+)
 
 if TYPE_CHECKING:
     from bot.engine import Turn
@@ -154,15 +161,38 @@ class IdentityLinker:
         await self._link(turn, row)
         return None
 
+    async def _profile_match(self, turn: Turn, email: str) -> int | None:
+        """The one other contact whose profile has this address (an imported customer
+        record); with several, none: a person decides (a note in the history says so)."""
+        ids = (
+            (
+                await turn.session.execute(
+                    select(Contact.id)
+                    .where(func.lower(Contact.email) == email, Contact.id != turn.contact.id)
+                    .order_by(Contact.id)
+                    .limit(5)
+                )
+            )
+            .scalars()
+            .all()
+        )
+        if len(ids) > 1:
+            turn.note("link_ambiguous", email=email, contact_ids=list(ids))
+            return None
+        return ids[0] if ids else None
+
     async def _link(self, turn: Turn, row: IdentityLinkCode) -> None:
         s, ctx, contact = turn.session, turn.ctx, turn.contact
         email = row.email
         found = await queries.get_identity(s, EMAIL, email)
         merged: int | None = None
-        if found is not None and found.contact_id == contact.id:
-            reply = "link.already"
-        elif found is not None:
-            merged = found.contact_id
+        if found is None:
+            # no mail from this address yet: an imported contact may hold it in its profile
+            merged = await self._profile_match(turn, email)
+        else:
+            merged = found.contact_id if found.contact_id != contact.id else None
+        reply = "link.already" if found is not None and merged is None else "link.linked"
+        if merged is not None:
             try:
                 await merge_contacts(
                     s,
@@ -175,13 +205,12 @@ class IdentityLinker:
                 turn.note("link_failed", email=email, reason=exc.code)
                 turn.replies.append(Reply("link.failed", ctx.t("link.failed")))
                 return
-            await s.refresh(found)  # merge_contacts moved it with a bulk update
-            reply = "link.linked"
-        else:
+            if found is not None:
+                await s.refresh(found)  # merge_contacts moved it with a bulk update
+        if found is None:
             found = Identity(contact_id=contact.id, channel=EMAIL, external_id=email)
             s.add(found)
             await s.flush()
-            reply = "link.linked"
         if not contact.email:
             contact.email = email
         audit = {

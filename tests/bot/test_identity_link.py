@@ -27,6 +27,7 @@ from storage.models import (
     Conversation,
     Direction,
     IdentityLinkCode,
+    Order,
     OutboxMessage,
     OutboxStatus,
     Touchpoint,
@@ -409,3 +410,67 @@ async def test_the_limits_come_from_the_configuration(db_url: str) -> None:
     assert rt.engine.actions.links.limits.max_attempts == 1
     assert rt.engine.actions.links.limits.codes_per_identity_hour == 3  # the default
     await rt.db.dispose()
+
+
+# ---- an imported customer record holds the address only in its profile -------------------
+
+
+async def imported(w: World, external_id: str, email: str) -> int:
+    """A contact as `cicbot import contacts` makes it (a crm identity), with one order."""
+    async with w.rt.sessions() as s, s.begin():
+        identity = await queries.create_contact_with_identity(
+            s, "crm", external_id, name="Anna Import", locale="de", source="import"
+        )
+        contact = await s.get(Contact, identity.contact_id)
+        assert contact is not None
+        contact.email = email
+        s.add(
+            Order(
+                external_id=f"order-{external_id}",
+                contact_id=contact.id,
+                amount_cents=12_900,
+                ordered_at=w.clock[0] - timedelta(days=30),
+            )
+        )
+        return contact.id
+
+
+async def test_the_imported_record_with_that_address_is_merged(world: World) -> None:
+    w = world
+    record = await imported(w, "K-1001", "Anna@Example.com")
+    assert await w.keys("hello") == ["menu.greeting"]
+    chat_contact = await w.contact_of("test", "tg-anna")
+    assert await w.request(ANNA) == ["link.code_sent"]
+    assert await w.contact_of("crm", "K-1001") == record  # a claim links nothing
+    assert await w.keys(w.code()) == ["link.linked"]
+    assert await w.contact_of("email", ANNA) == chat_contact
+    assert await w.contact_of("crm", "K-1001") == chat_contact  # the record is this customer
+    async with w.rt.sessions() as s:
+        assert await s.get(Contact, record) is None
+        order = (await s.execute(select(Order))).scalar_one()
+        assert order.contact_id == chat_contact
+        audits = [
+            p
+            for p in (
+                await s.execute(
+                    select(Touchpoint.payload).where(Touchpoint.kind == "identity_linked")
+                )
+            ).scalars()
+        ]
+    assert {a["merged_contact_id"] for a in audits} == {record}
+
+
+async def test_two_records_with_that_address_are_left_to_a_person(world: World) -> None:
+    w = world
+    first, second = await imported(w, "K-1", ANNA), await imported(w, "K-2", ANNA)
+    await w.say("hello")
+    chat_contact = await w.contact_of("test", "tg-anna")
+    await w.request(ANNA)
+    assert await w.keys(w.code()) == ["link.linked"]  # the address is linked, nothing merged
+    assert await w.contact_of("email", ANNA) == chat_contact
+    assert {await w.contact_of("crm", "K-1"), await w.contact_of("crm", "K-2")} == {first, second}
+    async with w.rt.sessions() as s:
+        notes = (
+            await s.execute(select(Touchpoint.payload).where(Touchpoint.kind == "link_ambiguous"))
+        ).scalars()
+        assert [n["contact_ids"] for n in notes] == [[first, second]]
