@@ -130,9 +130,10 @@ def _bot(state: Mapping[str, Any], inp: UserInput, cmd: Parsed | None, ctx: Cont
 def _command(state: Mapping[str, Any], cmd: Parsed, running: Flow | None, ctx: Context) -> Decision:
     c = cmd.command
     if c is Command.HELP:
-        return Decision(
-            dict(state), (Reply("help.text", ctx.t("help.text")), *reprompt(state, ctx))
-        )
+        text = ctx.t("help.text")
+        if ctx.options.email_linking:  # offered only where a code can be mailed
+            text += "\n" + ctx.t("help.link")
+        return Decision(dict(state), (Reply("help.text", text), *reprompt(state, ctx)))
     if c is Command.MENU:
         return Decision({}, (menu(ctx),))
     if c is Command.CANCEL:

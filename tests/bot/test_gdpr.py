@@ -4,6 +4,7 @@ PostgreSQL; merging contacts keeps every touchpoint, case and consent."""
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any
 
@@ -27,7 +28,7 @@ from storage.models import (
     Touchpoint,
     utcnow,
 )
-from tests.conftest import inbound
+from tests.conftest import RecordingChannel, inbound, make_settings
 
 USER = "tg-777123"
 NAME = "Zephyrine Quxworth"
@@ -254,11 +255,25 @@ async def test_merge_refuses_nonsense(runtime: Runtime) -> None:
             await merge_contacts(s, c.id, 424242, actor="x", reason="")
 
 
-async def test_erase_removes_a_verification_mail_to_a_claimed_address(runtime: Runtime) -> None:
-    claimed = "claimed.only@example.net"
+@pytest.fixture
+async def mailing(db_url: str) -> AsyncIterator[Runtime]:
+    """A runtime configured with an email channel (so codes can be mailed); not started."""
+    mail = {"address": "service@example.com", "smtp": {"host": "127.0.0.1"}}
+    rt = Runtime(make_settings(db_url, email=mail), channels=[])
+    rt.channels["test"] = RecordingChannel()
+    await rt.start(dispatch=False)
+    yield rt
+    await rt.stop()
+
+
+async def test_erase_removes_a_verification_mail_to_a_claimed_address(mailing: Runtime) -> None:
+    runtime, claimed = mailing, "claimed.only@example.net"
     await runtime.engine.handle(inbound("link my email", user="claimer"))
     await runtime.engine.handle(inbound(claimed, user="claimer"))
-    assert await _scan(runtime, [claimed])  # the code's row and its mail in the outbox
+    found = await _scan(runtime, [claimed])
+    assert {"identity_link_codes.email: " + claimed, "outbox.recipient_id: " + claimed} <= set(
+        found
+    ), found  # the code's row and its mail in the outbox
     async with runtime.sessions() as s, s.begin():
         contact = await queries.find_contact(s, "test:claimer")
         assert contact is not None

@@ -45,6 +45,8 @@ def test_the_menu_offers_linking_last_only_when_mail_can_carry_the_code(ctx: Ctx
     assert payloads(menu)[-1] == "c:link" and len(payloads(menu)) == 6
     without = ctx(email_linking=False)
     assert "c:link" not in payloads(decide("bot", {}, UserInput("menu"), without))
+    assert "link my email" in decide("bot", {}, UserInput("help"), ctx()).replies[0].text
+    assert "link my email" not in decide("bot", {}, UserInput("help"), without).replies[0].text
     for inp in (UserInput("link my email"), UserInput(payload="c:link")):
         refused = decide("bot", {"flow": "complaint", "step": "x"}, inp, without)
         assert keys(refused) == ["link.unavailable"] and not refused.actions
