@@ -191,8 +191,8 @@ class EmailSmtpSettings(Section):
 
 
 class EmailSettings(Section):
-    """The email channel (channels/email.py, docs/email.md); on when address and both
-    hosts are set."""
+    """The email channel (channels/email.py, docs/email.md); on when `address` and the
+    SMTP host are set (IMAP, for reading, is optional)."""
 
     address: str | None = None  # the mailbox customers write to (the From of our mail)
     display_name: str | None = None  # default: company.name
@@ -209,6 +209,11 @@ class EmailSettings(Section):
         if value and not re.fullmatch(r"[^@\s<>]+@[^@\s<>]+\.[^@\s<>]+", value):
             raise ValueError("is not an email address such as service@example.com")
         return value or None
+
+    @property
+    def enabled(self) -> bool:
+        """Mail can be sent: the channel starts, and codes (identity links) can go out."""
+        return bool(self.address and self.smtp.host)
 
 
 SLACK_CHANNEL_ID = re.compile(r"^[CG][A-Z0-9]{2,30}$")

@@ -143,10 +143,12 @@ class SharedFloodControl:
         if now >= self._purge_at:
             purge, self._purge_at = True, now + FORGET_EVERY
         async with self.sessions() as s, s.begin():
-            wait = float((await s.execute(_ADMIT, params)).scalar_one())
+            wait = (await s.execute(_ADMIT, params)).scalar_one_or_none()
             if purge:
                 await s.execute(_FORGET)
-        return wait
+        # no row: another worker inserted this sender's mark after our statement began and
+        # the mark was full (its snapshot cannot see it): ask again a turn later
+        return self.interval if wait is None else float(wait)
 
 
 def attach(runtime: Runtime) -> FloodControl:

@@ -53,7 +53,7 @@ def flow_options(settings: Settings) -> FlowOptions:
         winback=settings.winback,
         knowledge_base=settings.knowledge_base,
         identity_link=settings.identity_link,
-        email_linking=bool(settings.email.address and settings.email.smtp.host),
+        email_linking=settings.email.enabled,
         max_failed_answers=settings.flows.max_failed_answers,
         max_selfservice_misses=settings.flows.max_selfservice_misses,
     )

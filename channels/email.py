@@ -434,6 +434,6 @@ def _page(title: str, body: str) -> str:
 
 def create(runtime: Runtime) -> EmailChannel | None:
     settings = runtime.settings.email
-    if not settings.address or not settings.smtp.host:
+    if not settings.enabled:
         return None
     return EmailChannel(runtime, settings)

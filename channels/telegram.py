@@ -239,12 +239,11 @@ class TelegramChannel(ChannelAdapter):
     async def _persisted(self, accepting: Awaitable[Any]) -> Response:
         try:
             await accepting
-        except Unavailable as exc:  # expected while the database is away: no traceback
-            log.warning("telegram webhook: update not persisted, %s", exc)
-            return Response(status_code=503, headers={"Retry-After": "5"})
-        except Exception:
-            log.exception("telegram webhook: could not persist the update")
-            # not persisted: Telegram delivers it again
+        except Exception as exc:  # not persisted: Telegram delivers it again
+            if isinstance(exc, Unavailable):  # expected while the database is away
+                log.warning("telegram webhook: update not persisted, %s", exc)
+            else:
+                log.exception("telegram webhook: could not persist the update")
             return Response(status_code=503, headers={"Retry-After": "5"})
         return Response(status_code=200)
 

@@ -139,11 +139,9 @@ def _closed_asyncpg(exc: BaseException) -> bool:
     """asyncpg's own "connection is closed", raised unwrapped when the connection drops
     while SQLAlchemy sets a new one up (its JSON codec); SQLAlchemy's is_disconnect
     tests the same words."""
-    try:
-        from asyncpg.exceptions import ConnectionDoesNotExistError
-        from asyncpg.exceptions import InterfaceError as AsyncpgInterfaceError
-    except ImportError:  # pragma: no cover - asyncpg is a dependency
-        return False
+    from asyncpg.exceptions import ConnectionDoesNotExistError
+    from asyncpg.exceptions import InterfaceError as AsyncpgInterfaceError
+
     return isinstance(exc, ConnectionDoesNotExistError) or (
         isinstance(exc, AsyncpgInterfaceError) and "connection is closed" in str(exc)
     )
