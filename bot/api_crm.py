@@ -1,6 +1,6 @@
-"""The CRM part of the REST API, `/api/v1` (docs/crm.md): merge contacts (agents, audited),
-imports and recomputations (supervisors), analytics (supervisors), GDPR export, erasure
-and retention (admins). Errors are the API's JSON errors."""
+"""The CRM part of the REST API, `/api/v1` (docs/crm.md): merge contacts (supervisors,
+audited), imports and recomputations (supervisors), analytics (supervisors), GDPR export,
+erasure and retention (admins). Errors are the API's JSON errors."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from pydantic import BaseModel, Field
 from sqlalchemy.exc import IntegrityError
 
 from bot import analytics, dead_letters, gdpr, importer, lifecycle, value
-from bot.api import Admin, AnyAgent, ApiError, Supervisor, runtime_of
+from bot.api import Admin, ApiError, Supervisor, runtime_of
 from bot.desk import actor
 from bot.history import MergeError, merge_contacts
 from storage.models import utcnow
@@ -32,9 +32,12 @@ class Retention(BaseModel):
 
 
 @router.post("/contacts/{contact_id}/merge")
-async def merge(request: Request, contact_id: int, body: Merge, agent: AnyAgent) -> dict[str, Any]:
+async def merge(
+    request: Request, contact_id: int, body: Merge, agent: Supervisor
+) -> dict[str, Any]:
     """Merge contact `other_id` into this one: identities, history, cases, consents and
-    orders move over; an audit touchpoint records who merged and why."""
+    orders move over; an audit touchpoint records who merged and why. Supervisors only:
+    a wrong merge shows one person's history to another."""
     try:
         async with runtime_of(request).sessions() as s, s.begin():
             return await merge_contacts(

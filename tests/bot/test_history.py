@@ -57,6 +57,12 @@ async def test_merge_over_the_api_keeps_history_and_audits(api: Api) -> None:
     async with api.rt.sessions() as s:
         total = await s.scalar(select(func.count()).select_from(Touchpoint))
     async with api.client("agent") as c:
+        # a plain agent may not merge: joining two people's histories is a supervisor's call
+        r = await c.post(f"/contacts/{a}/merge", json={"other_id": b, "reason": "looks alike"})
+        assert r.status_code == 403 and "supervisor" in r.json()["error"]["message"]
+    async with api.rt.sessions() as s:
+        assert await s.get(Contact, b) is not None  # nothing merged
+    async with api.client("sup") as c:
         r = await c.post(
             f"/contacts/{a}/merge", json={"other_id": b, "reason": "same person, checked ID"}
         )
