@@ -284,3 +284,26 @@ async def _sleep() -> None:
     import asyncio
 
     await asyncio.sleep(0.1)
+
+
+HOSTILE = "Eve <!channel> <https://evil.example|click here> & <@U07ERIKA01>"
+
+
+async def test_the_cards_plain_text_escapes_the_customers_name(
+    db_url: str, slack: SlackStandIn
+) -> None:
+    """The card's `text` (notifications, screen readers, clients without blocks) carries the
+    name escaped like the blocks: no @channel, no link, no mention."""
+    slack.add_user("U07EVE0001", HOSTILE)
+    async with serving(slack_settings(db_url, slack), slack) as rt:
+        await slack.say("U07EVE0001", "D07EVE0001", "human")
+        [card] = await slack.wait_for(lambda: cards(slack))
+        await settled(rt)
+    escaped = (
+        "Eve &lt;!channel&gt; &lt;https://evil.example|click here&gt; &amp; &lt;@U07ERIKA01&gt;"
+    )
+    assert card["text"].startswith(escaped), card["text"]
+    for raw in ("<!channel>", "<https://", "<@U07ERIKA01>"):
+        assert raw not in card["text"]
+        assert raw not in block_text(card).replace(card["blocks"][0]["text"]["text"], "")
+    assert card["blocks"][0]["text"]["type"] == "plain_text"  # the header: never markup
