@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Text, cast, delete, func, or_, select, update
+from sqlalchemy import String, Text, cast, delete, func, literal, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -173,6 +173,13 @@ async def erase(s: AsyncSession, contact_id: int, *, actor: str) -> dict[str, An
         .where(Case.contact_id == contact_id)
         .values(description=ERASED, order_reference=None),
     )
+    # the shop's order number finds the person in the shop again; amount and time stay
+    await run(
+        "orders",
+        update(Order)
+        .where(Order.contact_id == contact_id)
+        .values(external_id=literal("erased:") + cast(Order.id, String)),
+    )
     answers = (
         (await s.execute(select(SurveyAnswer).where(SurveyAnswer.contact_id == contact_id)))
         .scalars()
@@ -230,7 +237,7 @@ async def purge_touchpoints(
 
 def text_columns() -> list[tuple[str, str]]:
     """(table, column) of every text or JSON column: what an erasure check scans."""
-    from sqlalchemy import JSON, String
+    from sqlalchemy import JSON
 
     found = []
     for table in Base.metadata.sorted_tables:

@@ -279,3 +279,25 @@ async def test_erase_removes_a_verification_mail_to_a_claimed_address(mailing: R
         assert contact is not None
         await gdpr.erase(s, contact.id, actor="agent:1")
     assert await _scan(runtime, [claimed]) == []
+
+
+async def test_erase_pseudonymises_the_shops_order_number(runtime: Runtime) -> None:
+    """The shop's order number finds the person in the shop again: erased with them; the
+    amount and time stay for the figures."""
+    cid = await _customer(runtime)
+    async with runtime.sessions() as s, s.begin():
+        s.add(
+            Order(
+                external_id="WEB-2026-48151623",
+                contact_id=cid,
+                amount_cents=4999,
+                ordered_at=utcnow(),
+            )
+        )
+    async with runtime.sessions() as s, s.begin():
+        await gdpr.erase(s, cid, actor="agent:1")
+    assert await _scan(runtime, ["48151623"]) == []
+    async with runtime.sessions() as s:
+        orders = (await s.execute(select(Order).where(Order.contact_id == cid))).scalars().all()
+    assert sorted(o.amount_cents for o in orders) == [1999, 4999]
+    assert all(o.external_id == f"erased:{o.id}" for o in orders)
