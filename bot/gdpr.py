@@ -11,8 +11,11 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql.elements import ColumnElement
 
 from bot.history import CRM_CHANNEL
+from bot.messages import ERASE_CARDS, desk_key
 from storage import queries
 from storage.models import (
+    AgentCard,
+    AgentCardMessage,
     Base,
     Case,
     Consent,
@@ -23,11 +26,13 @@ from storage.models import (
     Direction,
     EmailMessageRef,
     Identity,
+    IdentityLinkAddress,
     IdentityLinkCode,
     InboxStatus,
     InboxUpdate,
     Order,
     OutboxMessage,
+    OutboxStatus,
     SurveyAnswer,
     Touchpoint,
     utcnow,
@@ -75,7 +80,106 @@ async def export(s: AsyncSession, contact_id: int) -> dict[str, Any]:
         "survey_answers": await _all(s, SurveyAnswer, contact_id),
         "orders": await _all(s, Order, contact_id),
         "dead_letters": await _all(s, DeadLetter, contact_id),
+        "agent_channel_messages": await _agent_messages(s, contact_id),
+        "link_addresses": await _link_addresses(s, contact_id),
     }
+
+
+async def _agent_messages(s: AsyncSession, contact_id: int) -> list[dict[str, Any]]:
+    """The messages agent-facing channels hold about the contact (the Slack desk's cards
+    and the customer's messages mirrored into their threads): where, and since when."""
+    cards = (
+        await s.execute(
+            select(AgentCard)
+            .join(Conversation, Conversation.id == AgentCard.conversation_id)
+            .where(Conversation.contact_id == contact_id)
+            .order_by(AgentCard.id)
+        )
+    ).scalars()
+    found: list[dict[str, Any]] = []
+    for card in cards:
+        where = {"channel": card.channel, "container": card.container}
+        found.append(
+            {
+                **where,
+                "kind": "card",
+                "message_ref": card.message_ref,
+                "conversation_id": card.conversation_id,
+                "created_at": card.created_at.isoformat(),
+            }
+        )
+        replies = await s.execute(
+            select(AgentCardMessage)
+            .where(AgentCardMessage.card_id == card.id)
+            .order_by(AgentCardMessage.id)
+        )
+        found.extend(
+            {
+                **where,
+                "kind": "thread",
+                "message_ref": m.message_ref,
+                "conversation_id": card.conversation_id,
+                "created_at": m.created_at.isoformat(),
+            }
+            for m in replies.scalars()
+        )
+    return found
+
+
+async def _addresses(s: AsyncSession, contact_id: int) -> set[str]:
+    """The contact's email addresses, lower case: its profile's and its email identities'."""
+    contact = await s.get(Contact, contact_id)
+    q = select(Identity.external_id).where(
+        Identity.contact_id == contact_id, Identity.channel == "email"
+    )
+    found = {a.lower() for a in (await s.execute(q)).scalars()}
+    if contact is not None and contact.email:
+        found.add(contact.email.lower())
+    return found
+
+
+async def _link_addresses(s: AsyncSession, contact_id: int) -> list[dict[str, Any]]:
+    addresses = await _addresses(s, contact_id)
+    if not addresses:
+        return []
+    q = select(IdentityLinkAddress).where(IdentityLinkAddress.email.in_(addresses))
+    return [_row(r) for r in (await s.execute(q.order_by(IdentityLinkAddress.id))).scalars()]
+
+
+async def erase_agent_messages(s: AsyncSession, conv_ids: list[int]) -> int:
+    """Ask the agent-facing channels (the Slack desk) to take these conversations out of
+    their cards, through the outbox like every side effect (channels/slack_desk.py). Not
+    queued twice while one waits. Returns how many (conversation, place) were asked."""
+    if not conv_ids:
+        return 0
+    places = (
+        await s.execute(
+            select(AgentCard.conversation_id, AgentCard.channel, AgentCard.container)
+            .where(AgentCard.conversation_id.in_(conv_ids))
+            .distinct()
+        )
+    ).all()
+    for conv_id, channel, container in places:
+        key = desk_key(conv_id, ERASE_CARDS)
+        waiting = await s.scalar(
+            select(OutboxMessage.id).where(
+                OutboxMessage.channel == channel,
+                OutboxMessage.recipient_id == container,
+                OutboxMessage.thread_key == key,
+                OutboxMessage.status == OutboxStatus.PENDING,
+            )
+        )
+        if waiting is None:
+            await queries.enqueue(
+                s,
+                channel=channel,
+                recipient_id=container,
+                thread_key=key,
+                body={"text": "", "choices": [], "locale": "en", "reply_to": None},
+                conversation_id=conv_id,
+                identity_id=None,  # a failure marks no customer unreachable
+            )
+    return len(places)
 
 
 def _is_rating(answer: str | None) -> bool:
@@ -208,6 +312,9 @@ async def erase(s: AsyncSession, contact_id: int, *, actor: str) -> dict[str, An
         i.reachable = False
         i.unreachable_reason = "erased"
     counts["conversations"], counts["identities"] = len(convs), len(identities)
+    # the cards in the agent channel and the messages mirrored there (after the outbox
+    # rows above are gone: these are new)
+    counts["agent_cards"] = await erase_agent_messages(s, conv_ids)
     erased_at = utcnow()
     contact.name = contact.email = contact.phone = contact.timezone = contact.source = None
     contact.attributes = {"erased": True, "erased_at": erased_at.isoformat()}

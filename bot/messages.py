@@ -124,3 +124,13 @@ class ChannelEvent:
     sender_name: str | None = None
     locale_hint: str | None = None
     payload: dict[str, Any] = field(default_factory=dict)
+
+
+# Outbox rows for an agent-facing channel (channels/slack_desk.py) have the thread key
+# desk:{conversation id}:{kind}; ERASE_CARDS asks it to take the customer out of the
+# conversation's cards and their threads (bot/gdpr.py: erasure and retention).
+ERASE_CARDS = "erase"
+
+
+def desk_key(conversation_id: int, kind: str) -> str:
+    return f"desk:{conversation_id}:{kind}"
