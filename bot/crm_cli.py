@@ -24,6 +24,10 @@ T = TypeVar("T")
 import_app = typer.Typer(help="Import contacts and orders from CSV files.", no_args_is_help=True)
 gdpr_app = typer.Typer(help="Privacy: export, erase, retention.", no_args_is_help=True)
 crm_app = typer.Typer(help="Customer value, lifecycle, merging contacts.", no_args_is_help=True)
+link_app = typer.Typer(
+    help="Verified email links: addresses locked after too many wrong codes.",
+    no_args_is_help=True,
+)
 out = Console()
 err = Console(stderr=True)
 
@@ -231,6 +235,32 @@ def crm_merge(
     out.print(json.dumps(result), markup=False)
 
 
+@link_app.command("locks")
+def link_locks() -> None:
+    """Addresses locked for linking after too many wrong one-time codes."""
+    from bot.identity_link import locked_addresses
+
+    rows = run_in_session(_settings(), locked_addresses)
+    table = Table("id", "address", "wrong codes", "locked since")
+    for r in rows:
+        since = r.locked_at.isoformat()[:19] if r.locked_at else ""
+        table.add_row(str(r.id), escape(r.email), str(r.failures), since)
+    out.print(table if rows else "no locked addresses")
+
+
+@link_app.command("unlock")
+def link_unlock(
+    address: Annotated[str, typer.Argument(help="The locked email address.")],
+    actor: Annotated[str, typer.Option(help="Who checked it (logged).")] = "cli",
+) -> None:
+    """Unlock an address once a person has checked it is the customer's."""
+    from bot.identity_link import unlock
+
+    if not run_in_session(_settings(), lambda s: unlock(s, address, actor=actor)):
+        raise _fail(f"{address} is not locked")
+    out.print(f"{escape(address)} unlocked", highlight=False)
+
+
 def report(
     days: Annotated[int, typer.Option(help="The last N days.")] = 30,
     as_json: Annotated[bool, typer.Option("--json", help="JSON instead of tables.")] = False,
@@ -325,4 +355,5 @@ def register(app: typer.Typer) -> None:
     app.add_typer(import_app, name="import")
     app.add_typer(gdpr_app, name="gdpr")
     app.add_typer(crm_app, name="crm")
+    app.add_typer(link_app, name="link")
     app.command("report")(report)

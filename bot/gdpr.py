@@ -227,12 +227,15 @@ async def erase(s: AsyncSession, contact_id: int, *, actor: str) -> dict[str, An
     if addresses:
         out_cond.append(OutboxMessage.recipient_id.in_(addresses))
     # a verification code mailed to an address the contact claimed (bot/identity_link.py)
-    code_ids = (
+    codes = (
         await s.execute(
-            select(IdentityLinkCode.id).where(IdentityLinkCode.contact_id == contact_id)
+            select(IdentityLinkCode.id, IdentityLinkCode.email).where(
+                IdentityLinkCode.contact_id == contact_id
+            )
         )
-    ).scalars()
-    out_cond.extend(OutboxMessage.thread_key == f"identity-link:{i}" for i in code_ids)
+    ).all()
+    out_cond.extend(OutboxMessage.thread_key == f"identity-link:{i}" for i, _ in codes)
+    claimed = {a.lower() for a in addresses} | {e.lower() for _, e in codes}
     if out_cond:
         await run("outbox", delete(OutboxMessage).where(or_(*out_cond)))
     if addresses:
@@ -264,6 +267,11 @@ async def erase(s: AsyncSession, contact_id: int, *, actor: str) -> dict[str, An
     if addresses:
         link_cond.append(IdentityLinkCode.email.in_(addresses))
     await run("identity_link_codes", delete(IdentityLinkCode).where(or_(*link_cond)))
+    if claimed:  # the count of wrong codes (and a lock) for its own and claimed addresses
+        await run(
+            "identity_link_addresses",
+            delete(IdentityLinkAddress).where(IdentityLinkAddress.email.in_(claimed)),
+        )
     # the history: kept for the figures, emptied of content
     await run(
         "touchpoints",

@@ -20,6 +20,7 @@ from storage.models import (
     Consent,
     Contact,
     DeadLetter,
+    IdentityLinkAddress,
     IdentityLinkCode,
     InboxStatus,
     InboxUpdate,
@@ -109,6 +110,9 @@ async def _customer(rt: Runtime, user: str = USER, name: str = NAME) -> int:
                 expires_at=utcnow(),
             )
         )
+        guard = select(IdentityLinkAddress.id).where(IdentityLinkAddress.email == email)
+        if await s.scalar(guard) is None:  # (two customers may share a first name)
+            s.add(IdentityLinkAddress(email=email, failures=2))  # wrong codes typed for it
         return contact.id
 
 
@@ -139,6 +143,7 @@ async def test_export_has_everything(runtime: Runtime) -> None:
     assert {a["question"] for a in doc["survey_answers"]} >= {"rating", "comment"}
     assert doc["orders"][0]["amount_cents"] == 1999
     assert doc["dead_letters"][0]["payload"]["text"] == f"{NAME} wrote this"
+    assert [(a["email"], a["failures"]) for a in doc["link_addresses"]] == [(EMAIL, 2)]
     async with runtime.sessions() as s:
         with pytest.raises(gdpr.GdprError):
             await gdpr.export(s, 999_999)

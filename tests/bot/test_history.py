@@ -138,3 +138,24 @@ async def test_gdpr_over_the_api_is_admin_only(api: Api) -> None:
     async with api.rt.sessions() as s:
         contact = await s.get(Contact, cid)
         assert contact is not None and contact.attributes["erased"] is True
+
+
+async def test_locked_link_addresses_over_the_api(api: Api) -> None:
+    from storage.models import IdentityLinkAddress, utcnow
+
+    async with api.rt.sessions() as s, s.begin():
+        row = IdentityLinkAddress(email="anna@example.com", failures=100, locked_at=utcnow())
+        s.add(IdentityLinkAddress(email="ben@example.com", failures=3))  # not locked
+        s.add(row)
+    async with api.client("agent") as c:
+        assert (await c.get("/link-locks")).status_code == 403
+        assert (await c.delete(f"/link-locks/{row.id}")).status_code == 403
+    async with api.client("sup") as c:
+        listed = (await c.get("/link-locks")).json()["items"]
+        assert [(i["id"], i["email"], i["failures"]) for i in listed] == [
+            (row.id, "anna@example.com", 100)
+        ]
+        assert (await c.delete(f"/link-locks/{row.id}")).status_code == 200
+        assert (await c.get("/link-locks")).json()["items"] == []
+        r = await c.delete(f"/link-locks/{row.id}")
+        assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
