@@ -13,7 +13,16 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from sqlalchemy.exc import IntegrityError
 
-from bot import analytics, dead_letters, gdpr, identity_link, importer, lifecycle, value
+from bot import (
+    analytics,
+    dead_letters,
+    gdpr,
+    identity_link,
+    importer,
+    lifecycle,
+    retention,
+    value,
+)
 from bot.api import Admin, ApiError, Supervisor, runtime_of
 from bot.desk import actor
 from bot.history import MergeError, merge_contacts
@@ -100,11 +109,13 @@ async def erase(request: Request, contact_id: int, agent: Admin) -> dict[str, An
 
 
 @router.post("/gdpr/retention")
-async def retention(request: Request, body: Retention, agent: Admin) -> dict[str, Any]:
+async def retention_purge(request: Request, body: Retention, agent: Admin) -> dict[str, Any]:
+    """The retention period over every table with personal data (docs/security.md); how
+    many rows each step touched."""
     rt = runtime_of(request)
     days = body.days or rt.settings.crm.retention_days
     async with rt.sessions() as s, s.begin():
-        purged = await gdpr.purge_touchpoints(s, days)
+        purged = await retention.purge(s, days)
     return {"retention_days": days, "purged": purged}
 
 

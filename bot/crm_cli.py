@@ -182,14 +182,16 @@ def gdpr_erase(
 def gdpr_retention(
     days: Annotated[int | None, typer.Option(help="Default: crm.retention_days.")] = None,
 ) -> None:
-    """Purge touchpoints older than the retention period."""
-    from bot import gdpr
+    """Apply the retention period to every table with personal data (docs/security.md)."""
+    from bot import retention
 
     settings = _settings()
-    n = run_in_session(
-        settings, lambda s: gdpr.purge_touchpoints(s, days or settings.crm.retention_days)
+    counts = run_in_session(
+        settings, lambda s: retention.purge(s, days or settings.crm.retention_days)
     )
-    out.print(f"{n} touchpoints purged", highlight=False)
+    out.print(f"retention {days or settings.crm.retention_days} days, rows touched:")
+    for step, n in counts.items():
+        out.print(f"  {step}: {n}", highlight=False)
 
 
 @crm_app.command("value")

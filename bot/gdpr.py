@@ -1,9 +1,10 @@
-"""Privacy rights (GDPR art. 15, 17) and retention: export everything about a contact,
-erase a contact's personal data while keeping the aggregates, purge old touchpoints."""
+"""Privacy rights (GDPR art. 15, 17): export everything about a contact, erase a
+contact's personal data while keeping the aggregates (also used by the retention period,
+bot/retention.py)."""
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import String, Text, cast, delete, func, literal, or_, select, update
@@ -11,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql.elements import ColumnElement
 
 from bot.history import CRM_CHANNEL
-from bot.messages import ERASE_CARDS, desk_key
+from bot.messages import desk_key, erase_kind
 from storage import queries
 from storage.models import (
     AgentCard,
@@ -146,43 +147,50 @@ async def _link_addresses(s: AsyncSession, contact_id: int) -> list[dict[str, An
     return [_row(r) for r in (await s.execute(q.order_by(IdentityLinkAddress.id))).scalars()]
 
 
-async def erase_agent_messages(s: AsyncSession, conv_ids: list[int]) -> int:
+async def erase_agent_messages(
+    s: AsyncSession, conv_ids: list[int], *, card_ids: list[int] | None = None
+) -> int:
     """Ask the agent-facing channels (the Slack desk) to take these conversations out of
-    their cards, through the outbox like every side effect (channels/slack_desk.py). Not
-    queued twice while one waits. Returns how many (conversation, place) were asked."""
-    if not conv_ids:
+    their cards (or only these cards), through the outbox like every side effect
+    (channels/slack_desk.py). Not queued again while one that covers it waits. Returns
+    how many rows were queued."""
+    if card_ids is not None:
+        cond = AgentCard.id.in_(card_ids)
+    elif conv_ids:
+        cond = AgentCard.conversation_id.in_(conv_ids)
+    else:
         return 0
-    places = (
-        await s.execute(
-            select(AgentCard.conversation_id, AgentCard.channel, AgentCard.container)
-            .where(AgentCard.conversation_id.in_(conv_ids))
-            .distinct()
-        )
-    ).all()
-    for conv_id, channel, container in places:
-        key = desk_key(conv_id, ERASE_CARDS)
+    cards = (await s.execute(select(AgentCard).where(cond).order_by(AgentCard.id))).scalars()
+    asked: set[tuple[str, str, str]] = set()
+    for card in cards:
+        key = desk_key(card.conversation_id, erase_kind(card.id if card_ids else None))
+        whole = desk_key(card.conversation_id, erase_kind(None))  # covers each card
+        place = (card.channel, card.container, key)
+        if place in asked:
+            continue
         waiting = await s.scalar(
             select(OutboxMessage.id).where(
-                OutboxMessage.channel == channel,
-                OutboxMessage.recipient_id == container,
-                OutboxMessage.thread_key == key,
+                OutboxMessage.channel == card.channel,
+                OutboxMessage.recipient_id == card.container,
+                OutboxMessage.thread_key.in_([key, whole]),
                 OutboxMessage.status == OutboxStatus.PENDING,
             )
         )
         if waiting is None:
+            asked.add(place)
             await queries.enqueue(
                 s,
-                channel=channel,
-                recipient_id=container,
+                channel=card.channel,
+                recipient_id=card.container,
                 thread_key=key,
                 body={"text": "", "choices": [], "locale": "en", "reply_to": None},
-                conversation_id=conv_id,
+                conversation_id=card.conversation_id,
                 identity_id=None,  # a failure marks no customer unreachable
             )
-    return len(places)
+    return len(asked)
 
 
-def _is_rating(answer: str | None) -> bool:
+def is_rating(answer: str | None) -> bool:
     return answer is not None and answer.strip().isdigit() and len(answer.strip()) <= 2
 
 
@@ -298,7 +306,7 @@ async def erase(s: AsyncSession, contact_id: int, *, actor: str) -> dict[str, An
         .all()
     )
     for a in answers:
-        if not _is_rating(a.answer):
+        if not is_rating(a.answer):
             a.answer = None
     counts["survey_answers"] = len(answers)
     await run(
@@ -339,15 +347,6 @@ async def erase(s: AsyncSession, contact_id: int, *, actor: str) -> dict[str, An
     )
     await s.flush()
     return {"contact_id": contact_id, "erased_at": erased_at.isoformat(), "counts": counts}
-
-
-async def purge_touchpoints(
-    s: AsyncSession, retention_days: int, *, now: datetime | None = None
-) -> int:
-    """Delete touchpoints older than the retention period; returns how many."""
-    cutoff = (now or utcnow()) - timedelta(days=retention_days)
-    result = await s.execute(delete(Touchpoint).where(Touchpoint.created_at < cutoff))
-    return int(getattr(result, "rowcount", 0) or 0)
 
 
 def text_columns() -> list[tuple[str, str]]:

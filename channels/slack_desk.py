@@ -8,7 +8,8 @@ order per agent channel, so a card is posted before its thread is used. The card
 comes back from chat.postMessage and is kept in `agent_cards`; updates re-render the card
 from the database (chat.update), mirrors go into its thread.
 
-Erasure and retention (bot/gdpr.py) queue a row `desk:{id}:erase`: the messages mirrored
+Erasure (bot/gdpr.py) queues a row `desk:{id}:erase`, the retention period (bot/retention.py)
+`desk:{id}:erase-{card id}` for a card quiet since: the messages mirrored
 into the card's thread (kept in `agent_card_messages`) are deleted and the card is replaced
 by a notice without personal data, one Slack call at a time, each done call recorded, so
 a retry goes on where it stopped.
@@ -35,7 +36,7 @@ from bot.auth import create_agent
 from bot.channel import PermanentSendError, SendResult
 from bot.config import SlackSettings
 from bot.desk import Conflict, DeskError, Forbidden
-from bot.messages import ERASE_CARDS, OutboundMessage, desk_key
+from bot.messages import OutboundMessage, desk_key, parse_erase_kind
 from bot.runtime import Runtime
 from channels.slack_card import customer_name, render_card
 from channels.slack_parse import CHANNEL
@@ -133,9 +134,10 @@ class SlackDesk:
         if parsed is None:
             raise PermanentSendError(f"not a desk row: {message.thread_key[:60]!r}")
         conv_id, kind = parsed
+        erasing, card_id = parse_erase_kind(kind)
         try:
-            if kind == ERASE_CARDS:
-                await self.erase(conv_id, message.recipient_id)
+            if erasing:
+                await self.erase(conv_id, message.recipient_id, card_id)
                 return SendResult()
             if kind == CARD:
                 ts = (await self.post_card(conv_id)).message_ref
@@ -185,16 +187,18 @@ class SlackDesk:
         if attributes and attributes.get("erased"):
             await self.erase(conv_id, self.channel)
 
-    async def erase(self, conv_id: int, container: str) -> None:
-        """Delete the bot's messages in the conversation's card threads and replace each
-        card by a notice without personal data; forget them. Each done call is recorded
-        at once, so a retry after an error goes on with the rest."""
+    async def erase(self, conv_id: int, container: str, card_id: int | None = None) -> None:
+        """Delete the bot's messages in the conversation's card threads (or one card's)
+        and replace each card by a notice without personal data; forget them. Each done
+        call is recorded at once, so a retry after an error goes on with the rest."""
         async with self.sessions() as s:
             q = select(AgentCard).where(
                 AgentCard.conversation_id == conv_id,
                 AgentCard.channel == CHANNEL,
                 AgentCard.container == container,
             )
+            if card_id is not None:
+                q = q.where(AgentCard.id == card_id)
             cards = list((await s.execute(q.order_by(AgentCard.id))).scalars())
         for card in cards:
             async with self.sessions() as s:

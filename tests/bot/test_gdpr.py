@@ -1,11 +1,10 @@
-"""GDPR export, erasure (no personal value left anywhere) and retention, on SQLite and
-PostgreSQL; merging contacts keeps every touchpoint, case and consent."""
+"""GDPR export and erasure (no personal value left anywhere), on SQLite and PostgreSQL;
+merging contacts keeps every touchpoint, case and consent. Retention: test_retention.py."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
-from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -184,18 +183,6 @@ async def test_erase_leaves_no_personal_value_anywhere(runtime: Runtime) -> None
         assert again is not None and again.id != cid
     async with runtime.sessions() as s, s.begin():
         await gdpr.erase(s, cid, actor="agent:1")  # idempotent
-
-
-async def test_retention_purges_old_touchpoints(runtime: Runtime) -> None:
-    await runtime.engine.handle(inbound("hello"))
-    async with runtime.sessions() as s, s.begin():
-        rows = (await s.execute(select(Touchpoint).order_by(Touchpoint.id))).scalars().all()
-        n = len(rows)
-        rows[0].created_at = utcnow() - timedelta(days=400)
-    async with runtime.sessions() as s, s.begin():
-        assert await gdpr.purge_touchpoints(s, 365) == 1
-    async with runtime.sessions() as s:
-        assert await gdpr.count_touchpoints(s) == n - 1
 
 
 async def _counts(rt: Runtime, cid: int) -> dict[str, int]:

@@ -134,7 +134,8 @@ async def test_gdpr_over_the_api_is_admin_only(api: Api) -> None:
         assert "u-gdpr" not in str(doc)
         assert (await c.get("/contacts/99999/export")).status_code == 404
         r = await c.post("/gdpr/retention", json={"days": 1})
-        assert r.status_code == 200 and r.json() == {"retention_days": 1, "purged": 0}
+        assert r.status_code == 200 and r.json()["retention_days"] == 1
+        assert r.json()["purged"]["touchpoints"] == 0
     async with api.rt.sessions() as s:
         contact = await s.get(Contact, cid)
         assert contact is not None and contact.attributes["erased"] is True
