@@ -260,3 +260,13 @@ async def test_work_in_progress_and_locks_stay(world: Runtime) -> None:
     async with rt.sessions() as s, s.begin():
         counts = await retention.purge(s, DAYS)
     assert (counts["inbox"], counts["outbox"], counts["identity_link_addresses"]) == (0, 0, 0)
+
+
+def test_the_threat_model_names_every_table() -> None:
+    """docs/security.md says what erasure and retention do to each table: a new table
+    must be placed there too."""
+    from tests.conftest import ROOT
+
+    text = (ROOT / "docs" / "security.md").read_text(encoding="utf-8")
+    missing = [t.name for t in Base.metadata.sorted_tables if f"`{t.name}`" not in text]
+    assert missing == []
