@@ -1,7 +1,8 @@
 """The agent REST API, `/api/v1`: bearer tokens, roles, pagination, JSON errors.
 
-Roles: agent (work conversations, read contacts, update cases), supervisor (also act
-on colleagues' conversations, see the agents), admin (also create and revoke agents).
+Roles: agent (work their own conversations, read contacts, update cases), supervisor
+(also act on colleagues' conversations, merge contacts, unlock link addresses, see the
+agents), admin (also create and revoke agents, GDPR). docs/security.md has the model.
 """
 
 from __future__ import annotations
