@@ -1,7 +1,8 @@
 """The agent REST API, `/api/v1`: bearer tokens, roles, pagination, JSON errors.
 
-Roles: agent (work conversations, read contacts, update cases), supervisor (also act
-on colleagues' conversations, see the agents), admin (also create and revoke agents).
+Roles: agent (work their own conversations, read contacts, update cases), supervisor
+(also act on colleagues' conversations, merge contacts, unlock link addresses, see the
+agents), admin (also create and revoke agents, GDPR). docs/security.md has the model.
 """
 
 from __future__ import annotations
@@ -35,6 +36,12 @@ from storage.models import (
 )
 
 RANK = {AgentRole.AGENT: 0, AgentRole.SUPERVISOR: 1, AgentRole.ADMIN: 2}
+
+# A token revoked by the CLI or on another worker is noticed by the stream's own check, at
+# most this late; revoked through this worker's API, the stream ends at once (the bus).
+RECHECK_SECONDS = 5.0
+HEARTBEAT_SECONDS = 15.0
+REVOKED = "agent_revoked"  # a bus event for the streams, never sent to a client
 
 
 class ApiError(DeskError):
@@ -438,27 +445,47 @@ async def add_agent(request: Request, body: NewAgent, agent: Admin) -> dict[str,
 
 @router.delete("/agents/{agent_id}")
 async def revoke_agent(request: Request, agent_id: int, agent: Admin) -> dict[str, Any]:
-    async with runtime_of(request).sessions() as s, s.begin():
+    rt = runtime_of(request)
+    async with rt.sessions() as s, s.begin():
         if not await auth.revoke(s, agent_id):
             raise NotFound(f"agent {agent_id} not found")
+    rt.events.publish({"type": REVOKED, "id": agent_id})  # its open streams end now
     return {"ok": True}
 
 
 @router.get("/events")
 async def events(request: Request, agent: AnyAgent) -> StreamingResponse:
-    """Server-sent events: `queue` and `conversation` changes, and a heartbeat."""
-    bus = runtime_of(request).events
+    """Server-sent events: `queue` and `conversation` changes, and a heartbeat. The stream
+    ends when the agent is revoked."""
+    rt = runtime_of(request)
+
+    async def active() -> bool:
+        async with rt.sessions() as s:
+            return bool(await s.scalar(select(Agent.active).where(Agent.id == agent.id)))
 
     async def stream() -> AsyncIterator[str]:
-        async with bus.subscribe() as q:
+        clock = asyncio.get_running_loop().time
+        async with rt.events.subscribe() as q:
             yield "event: hello\ndata: {}\n\n"
+            checked = beat = clock()
             while not await request.is_disconnected():
                 try:
-                    event = await asyncio.wait_for(q.get(), 15)
+                    event = await asyncio.wait_for(q.get(), RECHECK_SECONDS)
                 except TimeoutError:
-                    yield ": heartbeat\n\n"
+                    event = None
+                if event is not None and event["type"] == REVOKED:
+                    if event["id"] == agent.id:
+                        return
                     continue
-                yield f"event: {event['type']}\ndata: {json.dumps(event)}\n\n"
+                if event is None or clock() - checked >= 1.0:  # at most one query a second
+                    if not await active():
+                        return
+                    checked = clock()
+                if event is not None:
+                    yield f"event: {event['type']}\ndata: {json.dumps(event)}\n\n"
+                elif clock() - beat >= HEARTBEAT_SECONDS:
+                    beat = clock()
+                    yield ": heartbeat\n\n"
 
     return StreamingResponse(
         stream(),

@@ -296,7 +296,7 @@ def _given(secret: SecretStr | None) -> str:
 class CrmSettings(Section):
     """Contact history, customer value, lifecycle and privacy (docs/crm.md)."""
 
-    retention_days: int = Field(default=1095, ge=1)  # touchpoints older than this are purged
+    retention_days: int = Field(default=1095, ge=1)  # bot/retention.py, docs/security.md
     at_risk_after_days: int = Field(default=90, ge=1)  # active → at_risk without order/contact
     lost_after_days: int = Field(default=180, ge=1)  # → lost without order or contact
     value_window_days: int = Field(default=730, ge=1)  # orders counted for RFM and CLV

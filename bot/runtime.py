@@ -159,14 +159,14 @@ class Runtime:
 
     async def nightly(self) -> dict[str, object]:
         """The leader's nightly housekeeping: value segments, lifecycle phases, retention."""
-        from bot import gdpr, lifecycle, value
+        from bot import lifecycle, retention, value
 
         crm = self.settings.crm
         async with self.sessions() as s, s.begin():
             segments = await value.recompute(s, crm)
             phases = await lifecycle.run(s, crm)
-            purged = await gdpr.purge_touchpoints(s, crm.retention_days)
-        log.info("nightly: value %s, lifecycle %s, %d touchpoints purged", segments, phases, purged)
+            purged = await retention.purge(s, crm.retention_days)
+        log.info("nightly: value %s, lifecycle %s, retention %s", segments, phases, purged)
         return {"value": segments, "lifecycle": phases, "purged": purged}
 
     async def healthy(self) -> bool:
