@@ -1,7 +1,7 @@
 """agent card messages (erasure reaches Slack threads), identity link addresses (the
 per-address cap on wrong codes and the lock)
 
-Revision ID: 0012
+Revision ID: 0009
 Revises: 0008
 Create Date: 2026-11-24 10:00:00
 """
@@ -13,7 +13,7 @@ from alembic import op
 
 import storage.models
 
-revision: str = "0012"
+revision: str = "0009"
 down_revision: str | None = "0008"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
