@@ -24,6 +24,7 @@ from tests.channels.email_helpers import (  # noqa: F401
     email_settings,
     mail,
     smtp_sink_fixture,
+    tls_cert_fixture,
 )
 
 QUOTE = "\n\nOn Mon, Nov 16, 2026 at 10:00 AM Beispiel Service <service@shop.test> wrote:\n> {}\n"
