@@ -209,7 +209,7 @@ class EmailSettings(Section):
     # believed: a sender counts as verified only with dmarc=pass from one of them
     trusted_authserv_ids: list[str] = []
     max_header_bytes: int = Field(default=256 << 10, ge=4096)  # the header block parsed
-    max_header_line_bytes: int = Field(default=32 << 10, ge=1024)  # one header, unfolded
+    max_header_line_bytes: int = Field(default=16 << 10, ge=1024)  # one header with its folds
 
     @field_validator("address")
     @classmethod

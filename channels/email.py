@@ -43,18 +43,11 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from bot import flood
 from bot.channel import ChannelAdapter, SendResult
 from bot.config import EmailSettings
-from bot.inbox import Parsed
+from bot.inbox import Parsed, ParseError
 from bot.messages import Attachment, ChannelEvent, InboundMessage, OutboundMessage
 from bot.runtime import Runtime
 from channels.email_imap import ImapPoller
-from channels.email_parse import (
-    ParsedMail,
-    addresses,
-    header_message_id,
-    parse_headers,
-    parse_mail,
-    summary,
-)
+from channels.email_parse import Limits, ParsedMail, mail_key, parse_mail, summary
 from channels.email_smtp import SmtpSender, compose
 from storage import queries
 from storage.models import Case, Contact, Conversation, Direction, EmailMessageRef, utcnow
@@ -159,6 +152,11 @@ class EmailChannel(ChannelAdapter):
         smtp_pw = settings.smtp.password.get_secret_value() if settings.smtp.password else None
         imap_pw = settings.imap.password.get_secret_value() if settings.imap.password else None
         self.smtp = SmtpSender(settings.smtp, smtp_pw)
+        self.limits = Limits(
+            header_bytes=settings.max_header_bytes,
+            header_line_bytes=settings.max_header_line_bytes,
+            attachment_bytes=settings.max_attachment_bytes,
+        )
         self.threads = Threads(runtime)
         self.poller: ImapPoller | None = None
         if settings.imap.host:
@@ -200,23 +198,23 @@ class EmailChannel(ChannelAdapter):
     # ---- inbound -----------------------------------------------------------------------
 
     async def accept(self, raw: bytes) -> bool:
-        """Persist one fetched mail in the inbox; False if it was there already."""
-        headers = parse_headers(raw)
-        message_id = header_message_id(headers)
-        senders = addresses(str(headers.get("From", "") or ""))
+        """Persist one fetched mail in the inbox; False if it was there already. Takes any
+        bytes: nothing is parsed here that could fail, so no mail can stop the mailbox."""
+        message_id, sender = mail_key(raw, self.limits)
         payload: dict[str, Any] = {"mailbox": self.poller.mailbox if self.poller else None}
         if len(raw) > self.settings.max_message_bytes:
             head = raw.split(b"\r\n\r\n", 1)[0].split(b"\n\n", 1)[0]
             payload.update(raw=base64.b64encode(head + b"\r\n\r\n").decode(), truncated=len(raw))
         else:
             payload["raw"] = base64.b64encode(raw).decode()
-        return await self.runtime.inbox.accept(
-            CHANNEL, message_id, senders[0] if senders else "-", payload
-        )
+        return await self.runtime.inbox.accept(CHANNEL, message_id, sender, payload)
 
-    def parse(self, payload: dict[str, Any]) -> Parsed:
+    async def parse(self, payload: dict[str, Any]) -> Parsed:
+        """What the inbox worker calls. A mail that cannot be read raises: the inbox parks
+        it (its raw bytes stay in the inbox row) as a dead letter with the error."""
         raw = base64.b64decode(payload["raw"])
-        mail = parse_mail(raw, max_attachment_bytes=self.settings.max_attachment_bytes)
+        # off the event loop: even bounded, a big mail takes a while to parse
+        mail = await asyncio.to_thread(parse_mail, raw, limits=self.limits)
         if mail.bounce is not None:
             b = mail.bounce
             return [
@@ -234,7 +232,9 @@ class EmailChannel(ChannelAdapter):
         if mail.auto is not None:
             log.info("email: %s not answered (%s)", mail.message_id, mail.auto)
             return []
-        if not mail.from_address or mail.from_address == self.address:
+        if "@" not in mail.from_address:
+            raise ParseError("the mail has no sender address that could be answered")
+        if mail.from_address == self.address:
             return []  # our own mail (a copy, a loop)
         m = MAILTO_UNSUBSCRIBE.match(mail.subject)
         if m and self._contact_of(m.group(1)) is not None:

@@ -7,7 +7,10 @@
   (`auto`) or which addresses bounced (`bounce`).
 * Every charset the `email` package knows (UTF-8, ISO-8859-1, Windows-1252, ...) and the
   transfer encodings quoted-printable and base64; an unknown or lying charset falls
-  back to UTF-8 with replacement, then Latin-1, never an exception.
+  back to UTF-8 with replacement, then Latin-1.
+* Bounded: each header and the header block are cut (`Limits`) before parsing. A mail the
+  parser still cannot read raises; the channel parks it as a dead letter. `mail_key`, the
+  inbox's key, never raises.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from email import policy
 from email.headerregistry import Address
 from email.message import EmailMessage, Message
 from email.parser import BytesParser
-from email.utils import getaddresses, parseaddr
+from email.utils import parseaddr
 from html.parser import HTMLParser
 from typing import Any
 
@@ -78,21 +81,67 @@ def message_ids(value: str | None) -> tuple[str, ...]:
 
 def header_message_id(msg: Message) -> str:
     """The Message-ID, or a stable hash of the identifying headers where it is missing."""
-    found = message_ids(str(msg.get("Message-ID", "") or ""))
+    found = message_ids(_header(msg, "Message-ID"))
     if found:
         return found[0]
     basis = "\n".join(
-        f"{k}:{msg.get(k, '')}" for k in ("From", "To", "Date", "Subject", "Received")
+        f"{k}:{_raw_header(msg, k)}" for k in ("From", "To", "Date", "Subject", "Received")
     )
     return "<sha256-" + hashlib.sha256(basis.encode("utf-8", "replace")).hexdigest() + "@cicbot>"
 
 
-def parse_headers(raw: bytes) -> Message:
-    return BytesParser(policy=policy.default).parsebytes(raw, headersonly=True)
+@dataclass(frozen=True)
+class Limits:
+    """Sizes cut before the `email` package sees a mail: its header parser is quadratic on
+    some input (a 480 kB Subject of encoded words took 21 s)."""
+
+    header_bytes: int = 256 << 10  # the whole header block; headers past it are dropped
+    header_line_bytes: int = 16 << 10  # one header with its folded lines
+    attachment_bytes: int = 10 << 20  # larger attachments are flagged over_cap
 
 
-def parse_mail(raw: bytes, *, max_attachment_bytes: int = 10 << 20) -> ParsedMail:
-    mail = _parse_mail(raw, max_attachment_bytes)
+HEADER_END = re.compile(rb"\r?\n\r?\n")
+
+
+def bounded(raw: bytes, limits: Limits = Limits()) -> bytes:
+    """`raw` with each header cut to `header_line_bytes` and the header block to
+    `header_bytes`; the body untouched."""
+    end = HEADER_END.search(raw)
+    head, body = (raw[: end.start()], raw[end.start() :]) if end else (raw, b"")
+    if len(head) <= limits.header_line_bytes and len(head) <= limits.header_bytes:
+        return raw  # nothing can be over a limit
+    kept: list[bytes] = []
+    total = 0
+    for header in re.split(rb"\r?\n(?![ \t])", head):  # a header and its folded lines
+        header = header[: limits.header_line_bytes]
+        total += len(header) + 2
+        if total > limits.header_bytes:
+            break
+        kept.append(header)
+    return b"\r\n".join(kept) + (body or b"\r\n\r\n")
+
+
+def parse_headers(raw: bytes, limits: Limits = Limits()) -> Message:
+    """The headers as raw strings (compat32 parses no structure, so it never raises):
+    for the inbox's keys, before anything else may fail."""
+    return BytesParser(policy=policy.compat32).parsebytes(bounded(raw, limits), headersonly=True)
+
+
+def mail_key(raw: bytes, limits: Limits = Limits()) -> tuple[str, str]:
+    """(dedupe key, sender) of a fetched mail for the inbox, for any bytes at all: the
+    Message-ID (or a hash of the identifying headers) and the From address or "-"."""
+    try:
+        headers = parse_headers(raw, limits)
+        key = header_message_id(headers)
+        sender = parseaddr(str(headers.get("From", "") or ""))[1].lower()
+    except Exception:  # never: compat32 takes anything; the raw bytes still identify it
+        return "<sha256-" + hashlib.sha256(raw).hexdigest() + "@cicbot>", "-"
+    return key, (sender if "@" in sender else "-")
+
+
+def parse_mail(raw: bytes, *, limits: Limits = Limits()) -> ParsedMail:
+    """Raises on a mail it cannot read; the channel parks that one as a dead letter."""
+    mail = _parse_mail(bounded(raw, limits), limits.attachment_bytes)
     # 8-bit bytes in headers come out as surrogate escapes, which no database stores
     return _valid_unicode(mail)  # type: ignore[no-any-return]
 
@@ -152,13 +201,17 @@ def _parse_mail(raw: bytes, max_attachment_bytes: int) -> ParsedMail:
 def _header(msg: Message, name: str) -> str:
     try:
         value = msg.get(name)
-    except Exception:  # a header the policy cannot parse: fall back to its raw text
-        value = None
-        for k, v in msg.raw_items():
-            if k.lower() == name.lower():
-                value = v
-                break
+    except Exception:  # a header the policy cannot parse ("Message-ID: <"): its raw text
+        return " ".join(_raw_header(msg, name).split())
     return " ".join(str(value).split()) if value is not None else ""
+
+
+def _raw_header(msg: Message, name: str) -> str:
+    """A header's text as it came (unfolded, not decoded): the same under every policy."""
+    for k, v in msg.raw_items():
+        if k.lower() == name.lower():
+            return str(v).replace("\r", "").replace("\n", "")
+    return ""
 
 
 def _sender(msg: Message) -> tuple[str | None, str]:
@@ -235,8 +288,8 @@ def _decoded(part: Message) -> str:
         content = part.get_content()  # type: ignore[attr-defined]
         if isinstance(content, str):
             return content
-    except (LookupError, UnicodeError, AssertionError, KeyError):
-        pass
+    except (LookupError, UnicodeError, AssertionError, KeyError, ValueError):
+        pass  # an unknown charset, or one with a NUL in its name
     payload = part.get_payload(decode=True)
     if not isinstance(payload, bytes):
         return ""
@@ -244,7 +297,7 @@ def _decoded(part: Message) -> str:
     for cs in (charset, "utf-8"):
         try:
             return payload.decode(cs)
-        except (LookupError, UnicodeDecodeError):
+        except (LookupError, UnicodeDecodeError, ValueError):
             continue
     return payload.decode("latin-1")
 
@@ -477,10 +530,6 @@ def _original_message_id(part: Message) -> str | None:
 def _rfc822_header(text: str, name: str) -> str:
     m = re.search(rf"^{re.escape(name)}:\s*(.+)$", text, re.I | re.M)
     return m.group(1) if m else ""
-
-
-def addresses(value: str) -> list[str]:
-    return [a.lower() for _, a in getaddresses([value]) if a]
 
 
 def summary(mail: ParsedMail) -> dict[str, Any]:

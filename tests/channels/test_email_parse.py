@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from channels.email_parse import html_to_text, parse_mail, strip_reply
+from channels.email_parse import Limits, html_to_text, parse_mail, strip_reply
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "email"
 
@@ -72,7 +72,7 @@ def test_threading_headers() -> None:
 
 
 def test_attachments_recorded_with_cap() -> None:
-    m = load("attachments.eml", max_attachment_bytes=1500)
+    m = load("attachments.eml", limits=Limits(attachment_bytes=1500))
     assert m.reply == "See the invoice attached."
     pdf, jpg = m.attachments
     assert (pdf.name, pdf.mime_type, pdf.over_cap) == ("invoice.pdf", "application/pdf", True)
