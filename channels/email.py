@@ -103,6 +103,15 @@ class Threads:
         basis = f"{sender}\0{mail.message_id}".encode()
         return "m:" + hashlib.sha256(basis).hexdigest()[:40]
 
+    async def sent(self, message_id: str) -> EmailMessageRef | None:
+        """Our own outgoing mail with this Message-ID, if we sent one."""
+        async with self.sessions() as s:
+            q = select(EmailMessageRef).where(
+                EmailMessageRef.message_id == message_id[:500],
+                EmailMessageRef.direction == Direction.OUT,
+            )
+            return (await s.execute(q)).scalar_one_or_none()
+
     async def of_thread(self, thread_key: str) -> list[EmailMessageRef]:
         async with self.sessions() as s:
             q = (
@@ -216,21 +225,17 @@ class EmailChannel(ChannelAdapter):
         # off the event loop: even bounded, a big mail takes a while to parse
         mail = await asyncio.to_thread(parse_mail, raw, limits=self.limits)
         if mail.bounce is not None:
-            b = mail.bounce
-            return [
-                ChannelEvent(
-                    channel=CHANNEL,
-                    sender_id=rcpt,
-                    kind="bounce",
-                    platform_event_id=f"{mail.message_id}:{rcpt}"[:200],
-                    reachable=False if b.permanent else None,
-                    reason=f"{b.status} {b.diagnostic}".strip()[:500],
-                    payload={"original_message_id": b.original_message_id},
-                )
-                for rcpt in b.recipients
-            ]
+            if mail.bounce.original_message_id is None:
+                log.info("email: a bounce quoting no message of ours is ignored")
+                return []
+
+            async def bounced() -> None:
+                await self._bounce(mail)
+
+            return [bounced]
         if mail.auto is not None:
-            log.info("email: %s not answered (%s)", mail.message_id, mail.auto)
+            # the fact, not the header's value: whoever sent the mail chose that
+            log.info("email: an automatic mail is not answered (%s)", mail.auto)
             return []
         if "@" not in mail.from_address:
             raise ParseError("the mail has no sender address that could be answered")
@@ -285,6 +290,29 @@ class EmailChannel(ChannelAdapter):
                 contact_updates={"email": mail.from_address},
             )
         )
+
+    async def _bounce(self, mail: ParsedMail) -> None:
+        """A bounce counts only for a recipient of a message we sent: its Message-ID in our
+        records, sent to that address. Anyone can mail a DSN naming anyone."""
+        b = mail.bounce
+        assert b is not None and b.original_message_id is not None
+        ours = await self.threads.sent(b.original_message_id)
+        recipients = [r for r in b.recipients if ours is not None and r == ours.address]
+        if not recipients:
+            log.info("email: a bounce of no message we sent to its recipient is ignored")
+            return
+        for rcpt in recipients:
+            await self.runtime.engine.record_event(
+                ChannelEvent(
+                    channel=CHANNEL,
+                    sender_id=rcpt,
+                    kind="bounce",
+                    platform_event_id=f"{mail.message_id}:{rcpt}"[:200],
+                    reachable=False if b.permanent else None,
+                    reason=f"{b.status} {b.diagnostic}".strip()[:500],
+                    payload={"original_message_id": b.original_message_id},
+                )
+            )
 
     # ---- outbound ----------------------------------------------------------------------
 

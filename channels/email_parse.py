@@ -257,9 +257,10 @@ AUTO_LOCALPARTS = ("mailer-daemon", "postmaster", "noreply", "no-reply", "do-not
 def auto_reason(msg: Message, sender: str = "") -> str | None:
     """Why an answer would be wrong (RFC 3834 §2 and the headers mail systems really use);
     None for a person's mail."""
+    # only names and values from these lists: the reason is logged, the sender chose the rest
     auto = _header(msg, "Auto-Submitted").lower()
     if auto and auto.split(";")[0].strip() != "no":
-        return f"Auto-Submitted: {auto}"
+        return "Auto-Submitted"
     for name in ("X-Autoreply", "X-Autorespond", "X-Autoresponder"):
         if name in msg:
             return name
@@ -272,7 +273,7 @@ def auto_reason(msg: Message, sender: str = "") -> str | None:
         return "List-Id"
     local = sender.split("@", 1)[0].lower()
     if local in AUTO_LOCALPARTS or local.startswith("mailer-daemon"):
-        return f"sender {local}"
+        return "sender address"
     if _header(msg, "Return-Path").strip() == "<>":
         return "null Return-Path"
     if msg.get_content_type() == "multipart/report":
