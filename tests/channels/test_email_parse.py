@@ -95,7 +95,7 @@ def test_dsn_bounce_is_parsed_as_permanent() -> None:
 
 
 def test_out_of_office_is_automatic() -> None:
-    assert load("out_of_office.eml").auto == "Auto-Submitted: auto-replied"
+    assert load("out_of_office.eml").auto == "Auto-Submitted"  # the fact, not the value
 
 
 @pytest.mark.parametrize(
