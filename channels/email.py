@@ -161,6 +161,7 @@ class EmailChannel(ChannelAdapter):
         smtp_pw = settings.smtp.password.get_secret_value() if settings.smtp.password else None
         imap_pw = settings.imap.password.get_secret_value() if settings.imap.password else None
         self.smtp = SmtpSender(settings.smtp, smtp_pw)
+        self.trusted = frozenset(i.lower() for i in settings.trusted_authserv_ids)
         self.limits = Limits(
             header_bytes=settings.max_header_bytes,
             header_line_bytes=settings.max_header_line_bytes,
@@ -223,7 +224,9 @@ class EmailChannel(ChannelAdapter):
         it (its raw bytes stay in the inbox row) as a dead letter with the error."""
         raw = base64.b64decode(payload["raw"])
         # off the event loop: even bounded, a big mail takes a while to parse
-        mail = await asyncio.to_thread(parse_mail, raw, limits=self.limits)
+        mail = await asyncio.to_thread(
+            parse_mail, raw, limits=self.limits, trusted_authserv_ids=self.trusted
+        )
         if mail.bounce is not None:
             if mail.bounce.original_message_id is None:
                 log.info("email: a bounce quoting no message of ours is ignored")
@@ -264,6 +267,8 @@ class EmailChannel(ChannelAdapter):
         raw = summary(mail)
         if truncated:
             raw["truncated"] = True
+        # linking starts only from a chat, and an unverified sender gets nothing that
+        # reveals or changes account data (flows/trust.py): the flows decide on this flag
         text = mail.reply
         if not text and not mail.attachments:
             text = mail.subject if not mail.in_reply_to else ""
@@ -288,6 +293,7 @@ class EmailChannel(ChannelAdapter):
                 locale_hint=mail.language,
                 raw=raw,
                 contact_updates={"email": mail.from_address},
+                verified=mail.verified,
             )
         )
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Collection
 from dataclasses import dataclass, field, fields, is_dataclass, replace
 from email import policy
 from email.headerregistry import Address
@@ -27,6 +28,8 @@ from html.parser import HTMLParser
 from typing import Any
 
 import nh3
+
+from channels.email_auth import sender_verified
 
 MSGID_RE = re.compile(r"<[^<>\s]+>")
 CASE_REF_RE = re.compile(r"\[(C-\d{4}-\d{6})\]")
@@ -68,6 +71,7 @@ class ParsedMail:
     bounce: Bounce | None = None
     language: str | None = None
     headers: dict[str, str] = field(default_factory=dict)
+    verified: bool = False  # the receiving server vouches for the From: (email_auth.py)
 
     @property
     def case_reference(self) -> str | None:
@@ -139,9 +143,12 @@ def mail_key(raw: bytes, limits: Limits = Limits()) -> tuple[str, str]:
     return key, (sender if "@" in sender else "-")
 
 
-def parse_mail(raw: bytes, *, limits: Limits = Limits()) -> ParsedMail:
-    """Raises on a mail it cannot read; the channel parks that one as a dead letter."""
-    mail = _parse_mail(bounded(raw, limits), limits.attachment_bytes)
+def parse_mail(
+    raw: bytes, *, limits: Limits = Limits(), trusted_authserv_ids: Collection[str] = ()
+) -> ParsedMail:
+    """Raises on a mail it cannot read; the channel parks that one as a dead letter.
+    `verified`: see channels/email_auth.py."""
+    mail = _parse_mail(bounded(raw, limits), limits.attachment_bytes, trusted_authserv_ids)
     # 8-bit bytes in headers come out as surrogate escapes, which no database stores
     return _valid_unicode(mail)  # type: ignore[no-any-return]
 
@@ -163,7 +170,7 @@ def _valid_unicode(value: Any) -> Any:
     return value
 
 
-def _parse_mail(raw: bytes, max_attachment_bytes: int) -> ParsedMail:
+def _parse_mail(raw: bytes, max_attachment_bytes: int, trusted: Collection[str]) -> ParsedMail:
     msg = BytesParser(policy=policy.default).parsebytes(raw)
     assert isinstance(msg, EmailMessage)
     name, address = _sender(msg)
@@ -192,6 +199,7 @@ def _parse_mail(raw: bytes, max_attachment_bytes: int) -> ParsedMail:
         bounce=bounce,
         language=_language(msg) or _guess_language(subject, text),
         headers={k: _header(msg, k) for k in ("Date", "To", "Auto-Submitted") if k in msg},
+        verified=sender_verified(msg, {t.lower() for t in trusted}),
     )
 
 

@@ -54,13 +54,16 @@ def reply_to(last: EmailMessage, text: str, n: str, sender: str = BOB) -> bytes:
 class Mailbox:
     """Drives a runtime round by round (fetch, process, send), restartable."""
 
-    def __init__(self, url: str, sink: SmtpSink, server: Dovecot, folder: str) -> None:
+    def __init__(
+        self, url: str, sink: SmtpSink, server: Dovecot, folder: str, **email: object
+    ) -> None:
         self.url, self.sink, self.server, self.folder = url, sink, server, folder
+        self.email = email  # EmailSettings overrides
         self.rt = self._runtime()
 
     def _runtime(self) -> Runtime:
         return Runtime(
-            email_settings(self.url, self.sink, self.server, folder=self.folder),
+            email_settings(self.url, self.sink, self.server, folder=self.folder, **self.email),
             channels=["email"],
         )
 
