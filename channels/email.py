@@ -269,9 +269,11 @@ class EmailChannel(ChannelAdapter):
             raw["truncated"] = True
         # linking starts only from a chat, and an unverified sender gets nothing that
         # reveals or changes account data (flows/trust.py): the flows decide on this flag
-        text = mail.reply
-        if not text and not mail.attachments:
-            text = mail.subject if not mail.in_reply_to else ""
+        # nothing new found (a reply written inside the quote, a client we do not know):
+        # the whole text, so that it reaches a person rather than "you sent nothing"
+        text = mail.reply or mail.text.strip()
+        if not text and not mail.attachments and not mail.in_reply_to:
+            text = mail.subject  # a mail that is all subject
         await self.runtime.engine.handle(
             InboundMessage(
                 channel=CHANNEL,

@@ -24,12 +24,12 @@ from email.headerregistry import Address
 from email.message import EmailMessage, Message
 from email.parser import BytesParser
 from email.utils import parseaddr
-from html.parser import HTMLParser
 from typing import Any
 
 import nh3
 
 from channels.email_auth import sender_verified
+from channels.email_reply import html_reply, html_to_text, strip_reply
 
 MSGID_RE = re.compile(r"<[^<>\s]+>")
 CASE_REF_RE = re.compile(r"\[(C-\d{4}-\d{6})\]")
@@ -177,12 +177,11 @@ def _parse_mail(raw: bytes, max_attachment_bytes: int, trusted: Collection[str])
     subject = _header(msg, "Subject")
     plain, html = _bodies(msg)
     text = plain if plain.strip() else (html_to_text(html) if html else "")
+    # the reply is looked for in what is kept of the text anyway
     if plain.strip():
-        reply = strip_reply(plain)
-    elif html:
-        reply = strip_reply(html_to_text(html, cut_quotes=True))
+        reply = strip_reply(plain[:MAX_TEXT])
     else:
-        reply = ""
+        reply = html_reply(html[: MAX_TEXT * 4]) if html else ""
     bounce = parse_bounce(msg)
     return ParsedMail(
         message_id=header_message_id(msg),
@@ -354,132 +353,6 @@ def _attachments(msg: EmailMessage, cap: int) -> list[AttachmentInfo]:
             )
         )
     return found
-
-
-# ---- HTML → text ---------------------------------------------------------------------
-
-BLOCK = {
-    "p", "div", "br", "tr", "li", "h1", "h2", "h3", "h4", "h5", "h6", "table",
-    "ul", "ol", "pre", "hr", "section", "article", "header", "footer",
-}  # fmt: skip
-SKIP = {"script", "style", "head", "title", "template"}
-CUT_MARK = "\x00cut\x00"
-# where a mail client puts the quoted history
-QUOTE_MARKERS = ("gmail_quote", "divrplyfwdmsg", "moz-cite-prefix", "appendonsend", "yahoo_quoted")
-
-
-class _TextExtractor(HTMLParser):
-    def __init__(self, cut_quotes: bool) -> None:
-        super().__init__(convert_charrefs=True)
-        self.cut_quotes = cut_quotes
-        self.out: list[str] = []
-        self.skip = 0
-        self.quote = 0
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        if tag in SKIP:
-            self.skip += 1
-            return
-        marks = " ".join(f"{v}" for k, v in attrs if k in ("class", "id") and v).lower()
-        if self.cut_quotes and (
-            any(m in marks for m in QUOTE_MARKERS) or (tag == "blockquote" and "cite" in str(attrs))
-        ):
-            self.out.append(CUT_MARK)
-        if tag == "blockquote":
-            self.quote += 1
-        if tag in BLOCK:
-            self.out.append("\n")
-        if tag == "li":
-            self.out.append("- ")
-
-    def handle_startendtag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        if tag in ("br", "hr"):
-            self.out.append("\n")
-
-    def handle_endtag(self, tag: str) -> None:
-        if tag in SKIP:
-            self.skip = max(0, self.skip - 1)
-            return
-        if tag == "blockquote":
-            self.quote = max(0, self.quote - 1)
-        if tag in BLOCK:
-            self.out.append("\n")
-
-    def handle_data(self, data: str) -> None:
-        if self.skip:
-            return
-        text = re.sub(r"\s+", " ", data)
-        if self.quote and self.cut_quotes:
-            self.out.append(CUT_MARK)
-            return
-        self.out.append(text)
-
-
-def html_to_text(html: str, *, cut_quotes: bool = False) -> str:
-    parser = _TextExtractor(cut_quotes)
-    try:
-        parser.feed(html)
-        parser.close()
-    except Exception:  # noqa: S110 (malformed HTML: what was read so far)
-        pass
-    text = "".join(parser.out)
-    if cut_quotes and CUT_MARK in text:
-        text = text.split(CUT_MARK, 1)[0]
-    lines = [line.strip() for line in text.replace("\xa0", " ").split("\n")]
-    return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip()
-
-
-# ---- quoted history and signatures ---------------------------------------------------
-
-# a line that introduces the quoted original (the attribution line)
-ATTRIBUTION = [
-    re.compile(r"^On\b.{0,300}\bwrote:\s*$", re.I | re.S),  # Gmail, Apple Mail, Thunderbird
-    re.compile(r"^Am\b.{0,300}\bschrieb\b.{0,300}:\s*$", re.I | re.S),  # German clients
-    re.compile(r"^Le\b.{0,300}\ba écrit\s*:\s*$", re.I | re.S),
-    re.compile(
-        r"^-{2,}\s*(Original Message|Ursprüngliche Nachricht|Originalnachricht)\s*-{2,}", re.I
-    ),
-    re.compile(r"^-{2,}\s*(Forwarded message|Weitergeleitete Nachricht)\s*-{2,}", re.I),
-    re.compile(r"^_{20,}\s*$"),  # Outlook's rule above the header block
-]
-HEADER_BLOCK = re.compile(r"^\*?(From|Von|De)\s*:\*?\s", re.I)
-HEADER_NEXT = re.compile(r"^\*?(Sent|Gesendet|Date|Datum|To|An|Subject|Betreff|Envoyé)\s*:", re.I)
-SIGNATURE = [
-    re.compile(r"^--\s*$"),
-    re.compile(r"^(Sent from|Gesendet von|Von meinem|Sent with|Envoyé de)\b.{0,60}$", re.I),
-    re.compile(r"^Get Outlook for\b", re.I),
-    re.compile(r"^Outlook für\b.{0,30}(herunterladen|beziehen)", re.I),
-]
-
-
-def strip_reply(text: str) -> str:
-    """The new part of a reply: up to the attribution line or header block of the quoted
-    original, without `>` lines and without the signature."""
-    lines = text.replace("\r\n", "\n").split("\n")
-    end = len(lines)
-    for i, line in enumerate(lines):
-        s = line.strip()
-        nxt = lines[i + 1].strip() if i + 1 < len(lines) else ""
-        two = f"{s} {nxt}"  # Gmail wraps a long attribution line
-        if any(p.match(s) for p in ATTRIBUTION) or (
-            s
-            and not s.startswith(">")
-            and any(p.match(two) for p in ATTRIBUTION[:3])
-            and nxt.endswith(":")
-        ):
-            end = i
-            break
-        if HEADER_BLOCK.match(s) and any(
-            HEADER_NEXT.match(x.strip()) for x in lines[i + 1 : i + 4]
-        ):
-            end = i
-            break
-    kept = [line for line in lines[:end] if not line.lstrip().startswith(">")]
-    for i, line in enumerate(kept):
-        if any(p.match(line.strip()) for p in SIGNATURE):
-            kept = kept[:i]
-            break
-    return "\n".join(line.rstrip() for line in kept).strip()
 
 
 # ---- delivery status notifications ---------------------------------------------------

@@ -353,3 +353,29 @@ async def test_mailto_unsubscribe(box: Mailbox) -> None:
         assert not await queries.consent_granted(s, contact_id, "marketing")
         consent = (await s.execute(select(Consent))).scalar_one()
         assert consent.granted is False and consent.channel == "email"
+
+
+async def test_a_reply_with_nothing_new_keeps_the_whole_text(box: Mailbox) -> None:
+    """A reply whose new words cannot be told from the quote used to reach the flows as ""
+    and the customer heard "I didn't receive any text". Now the whole text goes on: in the
+    history for the agent, and to the flows."""
+    question = (await box.round(mail("Hallo", sender=BOB, message_id="<n0@example.com>")))[-1]
+    body = "On Mon, Nov 16, 2026 at 10:00 AM Beispiel Service <service@shop.test> wrote:\n"
+    body += "> Ich habe eine Frage zu meiner Rechnung 4711\n"
+    raw = mail(
+        body,
+        sender=BOB,
+        subject="Re: " + str(question["Subject"]),
+        message_id="<n1@example.com>",
+        in_reply_to=str(question["Message-ID"]),
+    )
+    sent = await box.round(raw)
+    assert sent and all(
+        "didn't receive any text" not in m.get_body(("plain",)).get_content() for m in sent
+    )  # type: ignore[union-attr]
+    assert all("keinen Text erhalten" not in m.get_body(("plain",)).get_content() for m in sent)  # type: ignore[union-attr]
+    async with box.rt.sessions() as s:
+        text = await s.scalar(
+            select(Touchpoint.text).where(Touchpoint.platform_message_id == "<n1@example.com>")
+        )
+    assert text is not None and "Rechnung 4711" in text

@@ -140,7 +140,7 @@ def test_broken_charset_does_not_crash() -> None:
 
 
 def test_strip_reply_and_html_helpers() -> None:
-    assert strip_reply("ok\n> quoted\nmore") == "ok\nmore"
+    assert strip_reply("ok\n> quoted\nmore") == "ok\n\nmore"  # inline: two blocks of theirs
     assert html_to_text("<p>a<br>b</p><style>x</style>") == "a\nb"
 
 

@@ -225,7 +225,7 @@ def mutate(raw: bytes, rnd: random.Random) -> bytes:
             lines.insert(i, lines[i]) if rnd.random() < 0.5 else lines.pop(i)
             raw = b"\r\n".join(lines)
         elif op == "fold":
-            raw = b"Subject: " + b"\r\n =?utf-8?b?w6Q=?=" * rnd.randint(1, 3000) + b"\r\n" + raw
+            raw = b"Subject: " + b"\r\n =?utf-8?b?w6Q=?=" * rnd.randint(1, 800) + b"\r\n" + raw
         else:
             at = rnd.randrange(max(1, len(raw)))
             raw = raw[:at] + b"\x00" + raw[at:]
