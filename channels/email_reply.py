@@ -117,6 +117,7 @@ SEPARATOR = re.compile(
     re.I,
 )
 OUTLOOK_RULE = re.compile(r"^_{20,}$")
+RULE = re.compile(r"^\s*(?:[-_=*]{10,}\s*)?$")  # a drawn line, or nothing
 FORWARD = re.compile(
     r"^(?:[-=_*\s]*(?:forwarded message|weitergeleitete nachricht|message transféré|"
     r"mensaje reenviado|messaggio inoltrato|doorgestuurd bericht|przekazana wiadomość|"
@@ -244,6 +245,8 @@ def strip_reply(text: str) -> str:
             forwarded = "\n".join(x.rstrip() for x in lines[i:]).strip()
             break  # sent for us to read: kept whole, after the customer's own words
         if SEPARATOR.match(s) or OUTLOOK_RULE.match(s) or _header_block(lines, i):
+            while blocks[-1] and RULE.match(blocks[-1][-1]):
+                blocks[-1].pop()  # Outlook's "-----" above the header block
             break
         blocks[-1].append(line)
         i += 1
