@@ -1,4 +1,4 @@
-"""What a sender may do on their word alone (docs/security.md, docs/email.md).
+"""What a sender may do on their word alone (docs/email.md, "Who sent it").
 
 A customer is who their channel says: Telegram, Slack and the web chat authenticate their
 users; an email's From: is worth something only where the receiving server vouches for it
