@@ -12,6 +12,7 @@ error (the library's models reject the update) or repeated failures park it as
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import traceback
 from collections.abc import Awaitable, Callable, Sequence
@@ -37,7 +38,8 @@ log = logging.getLogger(__name__)
 # Its failure is retried like the engine's (and parked as dead after max_attempts).
 Deferred = Callable[[], Awaitable[object]]
 Parsed = Sequence[InboundMessage | ChannelEvent | Deferred]
-Parser = Callable[[dict[str, Any]], Parsed]
+# a parser may be a coroutine (email parses in a thread); what either raises parks the row
+Parser = Callable[[dict[str, Any]], Parsed | Awaitable[Parsed]]
 UNFINISHED = (InboxStatus.PENDING, InboxStatus.PROCESSING)
 
 
@@ -164,7 +166,8 @@ class Inbox(RoundWorker):
         if await self._flooded(row):
             return
         try:
-            items = self.parsers[row.channel](row.payload)
+            parsed = self.parsers[row.channel](row.payload)
+            items = await parsed if inspect.isawaitable(parsed) else parsed
         except Exception as exc:
             # garbage from outside, not our failure: a warning, no traceback
             log.warning("inbox row %s (%s) parked: %s", row.id, row.channel, type(exc).__name__)

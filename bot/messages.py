@@ -41,6 +41,9 @@ class InboundMessage:
     received_at: datetime | None = None
     # facts an adapter learnt about the sender (phone shared, deep-link source, ...)
     contact_updates: dict[str, Any] = field(default_factory=dict)
+    # the channel vouches for who sent it (flows/trust.py): platforms authenticate their
+    # users; email sets it from the receiving server's DMARC result
+    verified: bool = True
 
 
 @dataclass(frozen=True)
