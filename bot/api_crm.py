@@ -13,12 +13,12 @@ from pydantic import BaseModel, Field
 from sqlalchemy.exc import IntegrityError
 
 from bot import analytics, dead_letters, gdpr, importer, lifecycle, value
-from bot.api import Admin, AnyAgent, ApiError, Supervisor, runtime_of
+from bot.api import Admin, AnyAgent, ApiError, BearerRoute, Supervisor, runtime_of
 from bot.desk import actor
 from bot.history import MergeError, merge_contacts
 from storage.models import utcnow
 
-router = APIRouter(prefix="/api/v1", tags=["crm"])
+router = APIRouter(prefix="/api/v1", tags=["crm"], route_class=BearerRoute)
 MAX_IMPORT_BYTES = 64 << 20
 
 
@@ -113,14 +113,14 @@ async def _import(request: Request, kind: str) -> Any:
     return result
 
 
-@router.post("/import/contacts")
+@router.post("/import/contacts", max_body_size=MAX_IMPORT_BYTES)
 async def import_contacts(request: Request, agent: Supervisor) -> Any:
     """The body is the CSV file (see `cicbot import contacts`). All rows or none: a bad row
     answers 422 with every bad row's line and reason."""
     return await _import(request, "contacts")
 
 
-@router.post("/import/orders")
+@router.post("/import/orders", max_body_size=MAX_IMPORT_BYTES)
 async def import_orders(request: Request, agent: Supervisor) -> Any:
     """The body is the CSV file (see `cicbot import orders`); value and lifecycle are
     recomputed afterwards, in the same transaction."""
