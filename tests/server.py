@@ -40,6 +40,7 @@ async def serve(settings: Settings | Runtime, **config: Any) -> AsyncIterator[tu
         "log_level": "warning",
         "ws_max_size": 1 << 20,
         "timeout_graceful_shutdown": 3,  # an open event stream must not hold shutdown
+        "proxy_headers": False,  # as `cicbot serve`: the app trusts server.trusted_proxies
     }
     options.update(config)
     server = uvicorn.Server(
