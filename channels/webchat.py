@@ -138,10 +138,9 @@ class WebChatChannel(ChannelAdapter):
         response = HTMLResponse(PAGE.read_text("utf-8"), headers=self.headers)
         secure = request.url.scheme == "https"
         name = webchat_session.cookie_name(secure)
-        token = request.cookies.get(name)
+        token = request.cookies.get(name) or ""
         if self.sessions.visitor(token) is None:
             _, token = self.sessions.issue()
-        assert token is not None
         response.set_cookie(  # renewed on every visit: a year after the last one
             name,
             token,
