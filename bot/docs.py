@@ -11,7 +11,7 @@ from fastapi import APIRouter
 from fastapi.responses import FileResponse, HTMLResponse, Response
 
 SWAGGER = Path(swagger_ui.__file__).parent / "static"
-OWN = Path(__file__).parent / "static" / "docs"
+OWN = Path(__file__).parent / "docs_static"
 ASSETS = {  # the only files served under /docs/static/
     "swagger-ui-bundle.js": (SWAGGER, "text/javascript; charset=utf-8"),
     "swagger-ui.css": (SWAGGER, "text/css; charset=utf-8"),

@@ -33,7 +33,7 @@ const NO_SESSION = 4401, BAD_ORIGIN = 4403, TOO_MANY = 4429, SERVER_BUSY = 1013;
 function bubble(direction, text, pendingId) {
   const div = document.createElement("div");
   div.className = "msg " + (direction === "in" ? "in" : "out");
-  div.textContent = text;  // never innerHTML: customer and bot text stay text
+  div.textContent = text;  // never as markup: customer and bot text stay text
   if (pendingId) { div.classList.add("pending"); div.dataset.id = pendingId; }
   log.appendChild(div);
   return div;

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -16,6 +18,7 @@ import websockets
 
 from bot import auth, history
 from bot.runtime import Runtime
+from channels import webchat
 from channels.webchat_session import COOKIE, SECURE_COOKIE
 from storage import queries
 from storage.models import AgentRole
@@ -243,3 +246,22 @@ async def test_after_a_merge_a_visitor_sees_only_their_own_chat(
         await chat.ws.close()
         assert own in texts and other not in texts, texts
         assert texts.count("hallo") == 1
+
+
+# --- the page's sources ------------------------------------------------------------------
+
+STATIC = Path(webchat.__file__).parent / "webchat_static"
+SINKS = ["innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval(", "Function("]
+
+
+@pytest.mark.parametrize("name", ["index.html", "chat.js", "chat.css"])
+def test_the_page_turns_no_text_into_markup(name: str) -> None:
+    """Customer and bot text go in with textContent (Trusted Types would throw otherwise);
+    no inline script or style, nothing from another host."""
+    assert name in webchat.ASSETS or name == "index.html"
+    source = (STATIC / name).read_text("utf-8")
+    assert not [s for s in SINKS if s in source]
+    assert "http://" not in source and "https://" not in source
+    if name == "index.html":
+        assert not re.search(r"<script(?![^>]*\bsrc=)", source), "inline script"
+        assert not re.search(r"<style|\sstyle=|\son[a-z]+=", source), "inline style or handler"
