@@ -81,7 +81,8 @@ class ServerSettings(Section):
         return value
 
 
-ORIGIN = re.compile(r"^https?://[^/\s?#]+$")
+# scheme://host[:port] only: the values also go into the page's CSP (frame-ancestors)
+ORIGIN = re.compile(r"^https?://(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+)(:\d{1,5})?$")
 
 
 class WebChatSettings(Section):

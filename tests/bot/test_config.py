@@ -320,6 +320,7 @@ def test_webchat_secret_only_from_the_environment(
     [
         ("webchat.allowed_origins", ["https://shop.example.com/chat"]),
         ("webchat.allowed_origins", ["shop.example.com"]),
+        ("webchat.allowed_origins", ["https://shop.example.com; script-src *"]),
         ("server.trusted_proxies", ["proxy.example.com"]),
     ],
 )
