@@ -14,7 +14,9 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.routing import APIRoute
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
 from sqlalchemy import String, cast, func, or_, select
 from starlette.exceptions import HTTPException
@@ -55,7 +57,8 @@ def runtime_of(request: Request) -> Runtime:
     return rt
 
 
-async def current_agent(request: Request) -> Agent:
+async def authenticate(request: Request) -> Agent:
+    """The agent whose bearer token the request carries, or ApiError 401."""
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token:
@@ -66,6 +69,35 @@ async def current_agent(request: Request) -> Agent:
             raise ApiError(401, "unauthorized", "unknown or revoked token")
         agent.last_seen_at = utcnow()
     return agent
+
+
+class BearerRoute(APIRoute):
+    """A route that checks the bearer token before FastAPI reads the body (it reads it
+    before any dependency runs): an unauthenticated client cannot make the server read,
+    or even receive past its buffers, a large body."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def authenticated(request: Request) -> Response:
+            request.state.agent = await authenticate(request)
+            return await handler(request)
+
+        return authenticated
+
+
+# the OpenAPI schema's security scheme, so /docs has an "Authorize" button for the token
+BEARER = HTTPBearer(
+    auto_error=False, bearerFormat="cic_…", description="An agent's API token (cicbot agents add)"
+)
+
+
+async def current_agent(
+    request: Request,
+    _: Annotated[HTTPAuthorizationCredentials | None, Depends(BEARER)],
+) -> Agent:
+    agent: Agent | None = getattr(request.state, "agent", None)  # BearerRoute's
+    return agent if agent is not None else await authenticate(request)
 
 
 def role(minimum: AgentRole) -> Callable[[Agent], Coroutine[Any, Any, Agent]]:
@@ -193,7 +225,7 @@ class NewAgent(BaseModel):
     slack_user_id: str | None = Field(default=None, max_length=64)
 
 
-router = APIRouter(prefix="/api/v1", tags=["agent desk"])
+router = APIRouter(prefix="/api/v1", tags=["agent desk"], route_class=BearerRoute)
 
 
 @router.get("/me")

@@ -23,12 +23,12 @@ from bot import (
     retention,
     value,
 )
-from bot.api import Admin, ApiError, Supervisor, runtime_of
+from bot.api import Admin, ApiError, BearerRoute, Supervisor, runtime_of
 from bot.desk import actor
 from bot.history import MergeError, merge_contacts
 from storage.models import utcnow
 
-router = APIRouter(prefix="/api/v1", tags=["crm"])
+router = APIRouter(prefix="/api/v1", tags=["crm"], route_class=BearerRoute)
 MAX_IMPORT_BYTES = 64 << 20
 
 
@@ -155,14 +155,14 @@ async def _import(request: Request, kind: str) -> Any:
     return result
 
 
-@router.post("/import/contacts")
+@router.post("/import/contacts", max_body_size=MAX_IMPORT_BYTES)
 async def import_contacts(request: Request, agent: Supervisor) -> Any:
     """The body is the CSV file (see `cicbot import contacts`). All rows or none: a bad row
     answers 422 with every bad row's line and reason."""
     return await _import(request, "contacts")
 
 
-@router.post("/import/orders")
+@router.post("/import/orders", max_body_size=MAX_IMPORT_BYTES)
 async def import_orders(request: Request, agent: Supervisor) -> Any:
     """The body is the CSV file (see `cicbot import orders`); value and lifecycle are
     recomputed afterwards, in the same transaction."""

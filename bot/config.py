@@ -6,6 +6,7 @@ Secret fields may only come from the environment; one found in the YAML stops st
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from pathlib import Path
@@ -27,6 +28,8 @@ from pydantic_settings import (
     SettingsConfigDict,
     YamlConfigSettingsSource,
 )
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 from bot.campaign_config import CampaignSettings
 from bot.hours import BusinessHours
@@ -60,6 +63,60 @@ class ServerSettings(Section):
     log_format: Literal["text", "json"] = "text"  # json: one object per line (bot/logs.py)
     # GET /metrics from elsewhere than loopback needs this bearer token
     metrics_token: SecretStr | None = None  # CICBOT_SERVER__METRICS_TOKEN
+    # a larger request body is refused (413) before it is read; CSV imports and webhooks
+    # have their own limits (64 MiB, telegram/slack.max_body_bytes)
+    max_body_bytes: int = Field(default=1 << 20, ge=1024)
+    # peers whose X-Forwarded-For / X-Forwarded-Proto are believed (addresses or networks);
+    # every other peer is the client itself
+    trusted_proxies: list[str] = Field(default_factory=lambda: ["127.0.0.1", "::1"])
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        for item in value:
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError:
+                raise ValueError(f"{item!r} is not an IP address or network") from None
+        return value
+
+
+# scheme://host[:port] only: the values also go into the page's CSP (frame-ancestors)
+ORIGIN = re.compile(r"^https?://(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+)(:\d{1,5})?$")
+
+
+class WebChatSettings(Section):
+    """The built-in web chat (channels/webchat.py, docs/webchat.md)."""
+
+    # signs the visitors' session cookies; without it a key is generated once and kept
+    # in key_file (one machine); set it when several machines serve the chat
+    secret: SecretStr | None = None  # CICBOT_WEBCHAT__SECRET, at least 32 characters
+    key_file: str = "data/webchat.key"
+    # origins besides the page's own whose pages may open the chat socket and frame the page
+    allowed_origins: list[str] = Field(default_factory=list)
+    max_sockets: int = Field(default=1000, ge=1)  # open chat sockets of this process
+    max_sockets_per_address: int = Field(default=20, ge=1)  # ... from one client address
+    # new conversations: a burst of this many, then refilling evenly over the period
+    conversations_per_minute: int = Field(default=60, ge=1)  # all visitors together
+    conversations_per_address_hour: int = Field(default=10, ge=1)  # from one client address
+    messages_per_address_second: float = Field(default=5.0, gt=0)  # faster ones wait
+
+    @field_validator("secret")
+    @classmethod
+    def _secret_length(cls, value: SecretStr | None) -> SecretStr | None:
+        if _given(value) and len(_given(value)) < 32:
+            raise ValueError("must be at least 32 characters (e.g. `openssl rand -hex 32`)")
+        return value
+
+    @field_validator("allowed_origins")
+    @classmethod
+    def _origins(cls, value: list[str]) -> list[str]:
+        bad = [v for v in value if not ORIGIN.match(v)]
+        if bad:
+            raise ValueError(
+                f"must be origins such as https://shop.example.com (no path), not {bad[0]!r}"
+            )
+        return [v.lower() for v in value]
 
 
 class CompanySettings(Section):
@@ -375,6 +432,7 @@ class Settings(BaseSettings):
     telegram: TelegramSettings = TelegramSettings()
     slack: SlackSettings = SlackSettings()
     email: EmailSettings = EmailSettings()
+    webchat: WebChatSettings = WebChatSettings()
     business_hours: BusinessHours = BusinessHours()
     crm: CrmSettings = CrmSettings()
     campaigns: CampaignsSection = Field(default_factory=lambda: CampaignsSection())
@@ -417,6 +475,17 @@ def _lookup(data: Any, dotted: str) -> Any:
     return data
 
 
+def _url_password(url: Any) -> bool:
+    """True when a database URL carries a password (user:password@ or ?password=)."""
+    if not isinstance(url, str):
+        return False
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        return False  # validated, with its own message, when the database is opened
+    return bool(parsed.password) or "password" in {k.lower() for k in parsed.query}
+
+
 def _format_errors(err: ValidationError) -> str:
     lines = []
     for e in err.errors():
@@ -439,11 +508,19 @@ def load_settings(path: str | Path | None = None) -> Settings:
     if not isinstance(raw, dict):
         raise ConfigError(f"{config_path}: the top level must be a mapping")
     found = [p for p in _secret_paths(Settings) if _lookup(raw, p) not in (None, "")]
+    if _url_password(_lookup(raw, "database.url")):
+        found.append("database.url")  # the URL itself is no secret, its password is
     if found:
         envs = ", ".join("CICBOT_" + p.upper().replace(".", "__") for p in found)
+        hint = (
+            " (the whole URL with its password, or the URL without it here and the"
+            " password in PGPASSWORD)"
+            if "database.url" in found
+            else ""
+        )
         raise ConfigError(
             f"secrets must not be in {config_path}: {', '.join(found)}; "
-            f"set them in the environment instead ({envs})"
+            f"set them in the environment instead ({envs}){hint}"
         )
     try:
         settings = Settings()

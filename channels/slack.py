@@ -108,6 +108,7 @@ class SlackChannel(ChannelAdapter):
         self.socket: Any = None  # AsyncSocketModeHandler when Socket Mode is on
         self._session: aiohttp.ClientSession | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
+        self.max_body_bytes = settings.max_body_bytes  # the webhook checks it exactly
         self._router: APIRouter | None = None
         if self.verifier is not None:
             self._router = APIRouter()

@@ -102,6 +102,7 @@ class TelegramChannel(ChannelAdapter):
         secret = settings.webhook_secret.get_secret_value() if settings.webhook_secret else ""
         self._secret = secret.encode()
         self._tasks: set[asyncio.Task[Any]] = set()
+        self.max_body_bytes = settings.max_body_bytes  # the webhook checks it exactly
         self._router: APIRouter | None = None
         if settings.mode == "webhook":
             self._router = APIRouter()
