@@ -23,6 +23,7 @@ from bot.events import EventBus
 from bot.flood import FloodControl
 from bot.inbox import Inbox
 from bot.kb import build_matcher
+from bot.leases import Leases
 from bot.metrics import MeteredEngine, Metrics
 from bot.scheduler import CampaignScheduler
 from flows.catalog import default_catalog
@@ -74,10 +75,17 @@ class Runtime:
         self.catalog = default_catalog()
         options = flow_options(settings)
         self.channels: dict[str, ChannelAdapter] = {}
+        self.leases = Leases(
+            self.sessions,
+            self.db,
+            lease_seconds=settings.dispatcher.lease_seconds,
+            heartbeat_seconds=settings.dispatcher.heartbeat_seconds,
+        )
         self.dispatcher = Dispatcher(
             self.sessions,
             self.channels,
             settings.dispatcher,
+            self.leases,
             skip_locked=not is_sqlite(settings.database.url),
         )
         self.metrics = Metrics()
@@ -100,8 +108,10 @@ class Runtime:
         self.inbox = Inbox(
             self.sessions,
             self.engine,
+            self.leases,
             dialect=self.db.dialect.name,
-            lease_seconds=settings.dispatcher.lease_seconds,
+            max_attempts=settings.dispatcher.inbox_max_attempts,
+            max_crashes=settings.dispatcher.inbox_max_crashes,
             poll_interval=settings.dispatcher.poll_interval_seconds,
         )
         self.inbox.observe = self.metrics.inbox
@@ -131,6 +141,8 @@ class Runtime:
             await adapter.start()
             log.info("channel %s started", adapter.name)
         if dispatch:
+            # before the workers claim: rows a dead process held are due at once
+            await self.leases.start()
             await self.dispatcher.start()
             await self.inbox.start()
             if self.settings.campaigns.scheduler:
@@ -148,6 +160,7 @@ class Runtime:
             self.scheduler = None
         await self.inbox.stop()
         await self.dispatcher.stop()
+        await self.leases.stop()
         for adapter in self.channels.values():
             await adapter.stop()
         await self.db.dispose()
