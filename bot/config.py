@@ -123,6 +123,13 @@ class TelegramSettings(Section):
     chat_burst: int = Field(default=3, ge=1, le=30)
     max_body_bytes: int = Field(default=1 << 20, ge=4096)  # a webhook body; larger → 413
     max_depth: int = Field(default=32, ge=8, le=200)  # JSON nesting of an update
+    # bounds checked before aiogram's models see an update (channels/telegram_raw.py)
+    max_nodes: int = Field(default=5000, ge=100)  # objects and arrays in one update
+    # a rich_message's formatting, weighed by nesting (about 0.2 s of validation)
+    max_rich_text_cost: int = Field(default=5000, ge=100)
+    # validation runs in worker processes (bot/sandbox.py); one over budget is parked
+    parse_budget_seconds: float = Field(default=2.0, gt=0, le=60)
+    parse_workers: int = Field(default=2, ge=1, le=32)
 
     @field_validator("api_base")
     @classmethod

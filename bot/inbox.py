@@ -187,8 +187,12 @@ class Inbox(RoundWorker):
                 # its holder died while working on it (a deferred row has no holder)
                 orphan = r.status == InboxStatus.PROCESSING and r.leased_by is not None
                 if orphan and r.attempts >= self.max_crashes:
-                    self._park(s, r, f"the process stopped while handling this update; "
-                               f"parked after {r.attempts} attempts")
+                    self._park(
+                        s,
+                        r,
+                        f"the process stopped while handling this update; "
+                        f"parked after {r.attempts} attempts",
+                    )
                     continue
                 r.status = InboxStatus.PROCESSING
                 r.leased_until = self.leases.until()
@@ -200,11 +204,9 @@ class Inbox(RoundWorker):
     async def _process(self, row: InboxUpdate) -> None:
         if await self._flooded(row):
             return
-        note = None
         try:
-            result = self.parsers[row.channel](row.payload)
-            if inspect.isawaitable(result):
-                result = await result
+            parsed = self.parsers[row.channel](row.payload)
+            result = await parsed if inspect.isawaitable(parsed) else parsed
         except Exception as exc:
             # garbage from outside, not our failure: a warning, no traceback
             log.warning("inbox row %s (%s) parked: %s", row.id, row.channel, type(exc).__name__)
@@ -212,11 +214,13 @@ class Inbox(RoundWorker):
             if await self._handle(row, salvaged):
                 await self._finish(row, InboxStatus.DEAD, _error(exc))
             return
-        if isinstance(result, Tolerated):
-            log.warning("inbox row %s (%s): %s", row.id, row.channel, result.note)
-            result, note = result.items, result.note
-        if await self._handle(row, result):
-            await self._finish(row, InboxStatus.DONE if result else InboxStatus.IGNORED, note)
+        items, note = (
+            (result.items, result.note) if isinstance(result, Tolerated) else (result, None)
+        )
+        if note is not None:
+            log.warning("inbox row %s (%s): %s", row.id, row.channel, note[:300])
+        if await self._handle(row, items):
+            await self._finish(row, InboxStatus.DONE if items else InboxStatus.IGNORED, note)
 
     async def _handle(self, row: InboxUpdate, items: Parsed) -> bool:
         """Hand the items on; False if that failed (the row is then retried or parked)."""

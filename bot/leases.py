@@ -62,6 +62,7 @@ class Leases:
         self.renewed_until: datetime | None = None  # the last renewal's lease end
         self._conn: AsyncConnection | None = None  # PostgreSQL: holds our advisory lock
         self._task: asyncio.Task[None] | None = None
+        self._begun = False  # locked and reclaimed once
 
     def until(self) -> datetime:
         """The end of a lease taken now."""
@@ -76,14 +77,20 @@ class Leases:
         finally:
             self.working -= 1
 
-    async def start(self) -> int:
-        """Take our lock, make the rows of processes gone due, start the heartbeat; the
-        number of rows made due."""
+    async def start(self) -> None:
+        """Take our lock, make the rows of processes gone due, start the heartbeat. With
+        the database away, the heartbeat does the first two once it is back."""
+        try:
+            await self._begin()
+        except Exception as exc:
+            log.warning("leases: database not reachable at start (%s)", type(exc).__name__)
+        self._task = asyncio.create_task(self._beat(), name="lease-heartbeat")
+
+    async def _begin(self) -> None:
         if self.postgres:
             await self._lock()
-        taken = await self.reclaim()
-        self._task = asyncio.create_task(self._beat(), name="lease-heartbeat")
-        return taken
+        await self.reclaim()
+        self._begun = True
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -174,6 +181,8 @@ class Leases:
         while True:
             await asyncio.sleep(self.heartbeat)
             try:
+                if not self._begun:
+                    await self._begin()
                 if self.working:
                     await self.renew()
                 if self.postgres:
