@@ -258,6 +258,17 @@ class SlackSettings(Section):
     max_body_bytes: int = Field(default=1 << 20, ge=4096)  # an HTTP request; larger → 413
     user_cache_seconds: float = Field(default=86400.0, ge=0)  # users.info answers are kept
     card_messages: int = Field(default=5, ge=0, le=20)  # the last messages shown on a card
+    # open a conversation in the person's DM with the app: the slash command, and the
+    # callback id of the message shortcut "Send to support" (both in the app's manifest)
+    support_command: str = "/support"
+    support_shortcut: str = "send_to_support"
+
+    @field_validator("support_command")
+    @classmethod
+    def _command_shape(cls, value: str) -> str:
+        if not re.fullmatch(r"/[a-z0-9_-]{1,31}", value):
+            raise ValueError("must be a slash command such as /support (lower case, at most 32)")
+        return value
 
     @field_validator("api_base")
     @classmethod
