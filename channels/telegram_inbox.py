@@ -40,8 +40,11 @@ class UpdateParser:
         why = over_bounds(payload, self.bounds)
         if why is not None:
             raise ParseError(why, salvaged(payload))
-        if not self.sandbox.ready:
+        if not self.sandbox.ready:  # the first seconds after a start: no waiting for it
             self.sandbox.start()
+            read = read_raw(payload)
+            if read is not None:
+                return read
             error = NOT_READY
         else:
             try:

@@ -41,16 +41,27 @@ Parsed = list[InboundMessage | ChannelEvent]
 RICH_KEY = "rich_message"
 RICH_TEXT_FIELDS = frozenset({"text", "credit", "summary"})  # RichText-valued in blocks
 RICH_FANOUT = 20  # measured: each nested level of RichText costs about twenty times more
-# the fields of a Message that are not its content (what follows them names the content)
-ENVELOPE = frozenset(
-    "message_id message_thread_id direct_messages_topic from sender_chat sender_boost_count "
-    "sender_business_bot sender_tag date business_connection_id chat forward_origin "
-    "is_topic_message is_automatic_forward reply_to_message external_reply quote "
-    "reply_to_story reply_to_checklist_task_id via_bot edit_date has_protected_content "
-    "is_from_offline is_paid_post media_group_id author_signature paid_star_count entities "
-    "caption_entities link_preview_options effect_id show_caption_above_media "
-    "has_media_spoiler reply_markup suggested_post_info is_topic guest_query_id "
-    "rich_message text caption".split()
+# the order in which aiogram 3.31 names a message's content type (Message.content_type):
+# the first of these present and truthy; "unknown" when none is
+CONTENT_ORDER = tuple(
+    """text audio animation document game live_photo photo sticker video video_note voice
+    checklist contact venue location new_chat_members left_chat_member chat_owner_left
+    chat_owner_changed invoice successful_payment users_shared connected_website
+    migrate_from_chat_id migrate_to_chat_id pinned_message new_chat_title new_chat_photo
+    delete_chat_photo group_chat_created supergroup_chat_created channel_chat_created
+    paid_media passport_data proximity_alert_triggered poll dice
+    message_auto_delete_timer_changed forum_topic_created forum_topic_edited
+    forum_topic_closed forum_topic_reopened general_forum_topic_hidden
+    general_forum_topic_unhidden giveaway_created giveaway giveaway_completed
+    giveaway_winners video_chat_scheduled video_chat_started video_chat_ended
+    video_chat_participants_invited web_app_data user_shared chat_shared story
+    write_access_allowed chat_background_set boost_added checklist_tasks_done
+    checklist_tasks_added direct_message_price_changed refunded_payment gift unique_gift
+    gift_upgrade_sent paid_message_price_changed suggested_post_approved
+    suggested_post_approval_failed suggested_post_declined suggested_post_paid
+    suggested_post_refunded managed_bot_created poll_option_added poll_option_deleted
+    rich_message community_chat_added community_chat_removed community_chat_joined
+    is_topic_message""".split()
 )
 
 
@@ -205,8 +216,8 @@ def _message(msg: dict[str, Any], raw: dict[str, Any], *, edited: bool) -> Parse
     user_id, user = sender
     mid = f"{chat_id}:{message_id}"
     text = _str(msg.get("text")) or _str(msg.get("caption")) or ""
-    attachments = _attachments(msg, user_id)
-    content = next((k for k in msg if k not in ENVELOPE), "text" if text else "unknown")
+    content = next((k for k in CONTENT_ORDER if msg.get(k)), "unknown")
+    attachments = _attachments(msg, user_id, content)
     if not text and not attachments and content not in USER_CONTENT:
         return [
             ChannelEvent(
@@ -259,7 +270,7 @@ def _file(kind: str, item: Any, **extra: Any) -> Attachment:
     )
 
 
-def _attachments(msg: dict[str, Any], user_id: int) -> tuple[Attachment, ...]:
+def _attachments(msg: dict[str, Any], user_id: int, content: str) -> tuple[Attachment, ...]:
     found: list[Attachment] = []
     photos = msg.get("photo")
     if isinstance(photos, list) and photos:
@@ -303,10 +314,8 @@ def _attachments(msg: dict[str, Any], user_id: int) -> tuple[Attachment, ...]:
                 },
             )
         )
-    if not found:
-        content = next((k for k in msg if k in USER_CONTENT and k != "text"), None)
-        if content is not None:
-            found.append(Attachment(content))  # a poll, dice, game, story, ...
+    if not found and content in USER_CONTENT and content != "text":
+        found.append(Attachment(content))  # a poll, dice, game, story, ...
     return tuple(found)
 
 
