@@ -45,6 +45,7 @@ log = logging.getLogger(__name__)
 Deferred = Callable[[], Awaitable[object]]
 Parsed = Sequence[InboundMessage | ChannelEvent | Deferred]
 UNFINISHED = (InboxStatus.PENDING, InboxStatus.PROCESSING)
+STOP_SECONDS = 10.0  # at stop, rows being handled get this long to finish
 
 
 @dataclass(frozen=True)
@@ -102,6 +103,7 @@ class Inbox(RoundWorker):
         self.max_crashes = max_crashes  # attempts in all once a holder died with the row
         self.leases = leases
         self.parsers: dict[str, Parser] = {}
+        self._running: set[asyncio.Task[None]] = set()  # rows the running worker handles
         # told of arrivals (accepted, duplicate) and of each outcome (an InboxStatus): metrics
         self.observe: Callable[[str, str], None] = lambda channel, event: None
 
@@ -140,11 +142,39 @@ class Inbox(RoundWorker):
         return new
 
     async def round(self) -> int:
-        return await self.process_once()
+        """The running worker: claim rows for the free slots and start them, without
+        waiting for the batch, so a slow row (a validation using its whole time budget)
+        holds up only its own partition. A finished row notifies the next round."""
+        free = self.concurrency - len(self._running)
+        rows = await self._claim(free) if free > 0 else []
+        for row in rows:
+            task = asyncio.create_task(self._process_held(row), name=f"inbox-row-{row.id}")
+            self._running.add(task)
+            task.add_done_callback(self._done)
+        return len(rows)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._running.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("inbox row task failed", exc_info=task.exception())
+        self.notify()
+
+    async def _process_held(self, row: InboxUpdate) -> None:
+        with self.leases.held():
+            await self._process(row)
+
+    async def stop(self) -> None:
+        await super().stop()
+        if self._running:  # let rows being handled finish (a validation is bounded)
+            _, pending = await asyncio.wait(list(self._running), timeout=STOP_SECONDS)
+            for task in pending:  # their leases run out; the next start takes them again
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
 
     async def process_once(self) -> int:
+        """One batch, claimed and finished (tests, `drain`)."""
         with self.leases.held():
-            rows = await self._claim()
+            rows = await self._claim(self.concurrency)
             await asyncio.gather(*(self._process(r) for r in rows))
         return len(rows)
 
@@ -159,7 +189,7 @@ class Inbox(RoundWorker):
                 raise TimeoutError("inbox not drained")
             await asyncio.sleep(0.01 if deferred else 0)
 
-    async def _claim(self) -> list[InboxUpdate]:
+    async def _claim(self, limit: int) -> list[InboxUpdate]:
         now = utcnow()
         earlier = aliased(InboxUpdate)
         head = ~exists().where(
@@ -176,7 +206,7 @@ class Inbox(RoundWorker):
             select(InboxUpdate)
             .where(due, head, InboxUpdate.channel.in_(list(self.parsers)))
             .order_by(InboxUpdate.id)
-            .limit(self.concurrency)
+            .limit(limit)
         )
         if self.dialect == "postgresql":
             q = q.with_for_update(skip_locked=True)

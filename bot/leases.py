@@ -98,10 +98,17 @@ class Leases:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
-        if self._conn is not None:
+        await self._release()
+
+    async def _release(self) -> None:
+        """Let go of our lock connection; closed for real (a pooled connection would keep
+        the session lock, and we would look alive)."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
             with contextlib.suppress(Exception):
-                await self._conn.close()
-            self._conn = None
+                await conn.invalidate()
+            with contextlib.suppress(Exception):
+                await conn.close()
 
     async def reclaim(self) -> int:
         now = utcnow()
@@ -148,10 +155,7 @@ class Leases:
         return gone
 
     async def _lock(self) -> None:
-        if self._conn is not None:
-            with contextlib.suppress(Exception):
-                await self._conn.close()
-        self._conn = None
+        await self._release()
         conn = await self.db.connect()
         try:
             await conn.execute(
