@@ -35,7 +35,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, TypeVar
 
-from pebble import ProcessPool
+from pebble import ProcessExpired, ProcessPool
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -44,6 +44,10 @@ PR_SET_PDEATHSIG = 1
 
 class OverBudget(Exception):
     """The call ran longer than its budget; its worker was killed."""
+
+
+class WorkerDied(Exception):
+    """The worker process died running the call (a crash the input caused, or a kill)."""
 
 
 class SandboxBroken(Exception):
@@ -81,7 +85,12 @@ class Sandbox:
         self.killed = 0  # calls over budget (their workers were killed)
 
     def start(self) -> None:
-        """Start the forkserver and the workers now (in the background, no loop needed)."""
+        """Start the forkserver and the workers now (in the background, no loop needed);
+        again if the last start failed."""
+        started = self._started
+        if started is not None and started.done() and not self.ready:
+            log.warning("sandbox: the workers did not start (%r); trying again", started)
+            self._started = None
         if self._started is None or self._pool is None:
             self._started = self._get().schedule(_ready)
 
@@ -114,6 +123,8 @@ class Sandbox:
         except FutureTimeout:
             self.killed += 1
             raise OverBudget(f"took longer than {budget:g}s") from None
+        except ProcessExpired as exc:
+            raise WorkerDied(f"the validating process died ({exc.exitcode})") from None
         except (BrokenProcessPool, RuntimeError) as exc:  # RuntimeError: pool not running
             await self.close()
             raise SandboxBroken(f"{type(exc).__name__}: {exc}") from exc

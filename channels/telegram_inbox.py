@@ -18,7 +18,7 @@ import logging
 from typing import Any
 
 from bot.inbox import ParseError, Tolerated
-from bot.sandbox import OverBudget, Sandbox, SandboxBroken
+from bot.sandbox import OverBudget, Sandbox, SandboxBroken, WorkerDied
 from channels.telegram_parse import REJECTED_KEY, SHALLOW_KEY, validated
 from channels.telegram_raw import Bounds, Parsed, over_bounds, read_raw
 
@@ -51,6 +51,8 @@ class UpdateParser:
                 items, found = await self.sandbox.run(validated, payload, budget=self.budget)
             except OverBudget as exc:
                 raise ParseError(f"validating the update {exc}", salvaged(payload)) from None
+            except WorkerDied as exc:  # the update crashed the validator: never again
+                raise ParseError(str(exc), salvaged(payload)) from None
             except SandboxBroken as exc:
                 log.warning("telegram: validating workers broken (%s); reading raw JSON", exc)
                 error = str(exc)
