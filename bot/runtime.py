@@ -129,6 +129,7 @@ class Runtime:
             clock=clock,
         )
         self.scheduler: CampaignScheduler | None = None
+        self._frozen = False  # start() moved the heap out of the collector's reach
         for name, factory in channel_factories(channels, exclude).items():
             adapter = factory(self)
             if adapter is not None:
@@ -158,6 +159,7 @@ class Runtime:
             # for good: out of the collector's reach, a full collection scans only what was
             # allocated since, and its pause (all threads, the event loop too) stays short
             gc.freeze()
+            self._frozen = True
 
     async def stop(self) -> None:
         if self.scheduler is not None:
@@ -166,6 +168,9 @@ class Runtime:
         await self.inbox.stop()
         await self.dispatcher.stop()
         await self.leases.stop()
+        if self._frozen:  # a process that starts runtimes again (tests) frees the old ones
+            gc.unfreeze()
+            self._frozen = False
         for adapter in self.channels.values():
             await adapter.stop()
         await self.db.dispose()
