@@ -11,13 +11,14 @@ the known slow shapes away; the budget is the guarantee for the unknown ones.
 
 The pool is pebble's ProcessPool (a timeout per task: the worker is terminated, then
 killed, and a new one started). Workers are forked from a forkserver that imported
-`preload` (and the program's main module, which multiprocessing would otherwise import
-again in every worker) once, so a replacement is ready in milliseconds, and they die with
-the server: the forkserver exits when its parent does, and each worker asks the kernel for
-SIGKILL when its parent goes (Linux). Starting the forkserver takes as long as importing
-the program; `start` begins it early and `ready` says when it is up, so a caller can do
-without it meanwhile. Calls that raise inside the worker come back as exceptions; a
-function should return its errors as values where they may not pickle (pydantic's).
+`preload` once, so a replacement is ready in milliseconds, and they die with the server:
+the forkserver exits when its parent does, and each worker asks the kernel for SIGKILL
+when its parent goes (Linux). multiprocessing also runs the program's main script again in
+each worker: the `cicbot` script imports only bot/entry.py for that reason. Starting the
+forkserver takes as long as importing `preload`; `start` begins it early and `ready` says
+when it is up, so a caller can do without it meanwhile. Calls that raise inside the worker
+come back as exceptions; a function should return its errors as values where they may not
+pickle (pydantic's).
 """
 
 from __future__ import annotations
@@ -72,7 +73,7 @@ def _context(preload: Sequence[str]) -> Any:
         return multiprocessing.get_context("spawn")
     ctx = multiprocessing.get_context("forkserver")
     # effective until the forkserver starts (once per process); the first caller's wins
-    ctx.set_forkserver_preload(["__main__", __name__, *preload])
+    ctx.set_forkserver_preload([__name__, *preload])
     return ctx
 
 
