@@ -103,12 +103,12 @@ async def test_postgres_knows_a_live_holder_by_its_lock(pg_url: str) -> None:
 
 async def test_the_heartbeat_keeps_a_slow_row_from_a_second_worker(db_url: str) -> None:
     settings = make_settings(db_url)
-    settings.dispatcher.lease_seconds, settings.dispatcher.heartbeat_seconds = 0.9, 0.2
+    settings.dispatcher.lease_seconds, settings.dispatcher.heartbeat_seconds = 1.5, 0.3
     rt = Runtime(settings, channels=[])
     other = Inbox(
         rt.sessions,
         rt.engine,
-        Leases(rt.sessions, rt.db, lease_seconds=0.9, heartbeat_seconds=0.2),
+        Leases(rt.sessions, rt.db, lease_seconds=1.5, heartbeat_seconds=0.3),
         dialect=rt.db.dialect.name,
     )
     calls = 0
@@ -116,7 +116,7 @@ async def test_the_heartbeat_keeps_a_slow_row_from_a_second_worker(db_url: str) 
     async def slow(payload: dict[str, Any]) -> list[InboundMessage]:
         nonlocal calls
         calls += 1
-        await asyncio.sleep(2.0)  # longer than the lease: only the heartbeat keeps it
+        await asyncio.sleep(3.0)  # longer than the lease: only the heartbeat keeps it
         return message(payload)
 
     rt.inbox.register("test", slow)
@@ -125,7 +125,7 @@ async def test_the_heartbeat_keeps_a_slow_row_from_a_second_worker(db_url: str) 
     try:
         await rt.inbox.accept("test", "slow", "u1", {"id": 1, "user": "u1"})
         working = asyncio.create_task(rt.inbox.process_once())
-        for _ in range(8):  # 1.6 s: past the lease of the claim, renewed meanwhile
+        for _ in range(12):  # 2.4 s: past the lease of the claim, renewed meanwhile
             await asyncio.sleep(0.2)
             assert await other.process_once() == 0
         assert await working == 1
