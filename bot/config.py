@@ -131,7 +131,20 @@ class DispatcherSettings(Section):
     max_backoff_seconds: float = Field(default=300.0, gt=0)
     poll_interval_seconds: float = Field(default=1.0, gt=0)
     concurrency: int = Field(default=16, ge=1, le=1000)
-    lease_seconds: float = Field(default=60.0, gt=0)
+    # an outbox or inbox row's lease (bot/leases.py): a live worker renews it every
+    # heartbeat, a dead worker's runs out after lease_seconds
+    lease_seconds: float = Field(default=10.0, gt=0)
+    heartbeat_seconds: float = Field(default=2.0, gt=0)
+    # inbox: attempts for a row whose processing raised, and in all once a process died
+    # while handling it (an update that kills the process is parked, not retried forever)
+    inbox_max_attempts: int = Field(default=5, ge=1, le=100)
+    inbox_max_crashes: int = Field(default=3, ge=1, le=100)
+
+    @model_validator(mode="after")
+    def _heartbeat_within_lease(self) -> DispatcherSettings:
+        if self.heartbeat_seconds * 3 > self.lease_seconds:
+            raise ValueError("heartbeat_seconds must be at most a third of lease_seconds")
+        return self
 
 
 class LimitsSettings(Section):
@@ -167,6 +180,13 @@ class TelegramSettings(Section):
     chat_burst: int = Field(default=3, ge=1, le=30)
     max_body_bytes: int = Field(default=1 << 20, ge=4096)  # a webhook body; larger → 413
     max_depth: int = Field(default=32, ge=8, le=200)  # JSON nesting of an update
+    # bounds checked before aiogram's models see an update (channels/telegram_raw.py)
+    max_nodes: int = Field(default=5000, ge=100)  # objects and arrays in one update
+    # a rich_message's formatting, weighed by nesting (about 0.2 s of validation)
+    max_rich_text_cost: int = Field(default=5000, ge=100)
+    # validation runs in worker processes (bot/sandbox.py); one over budget is parked
+    parse_budget_seconds: float = Field(default=2.0, gt=0, le=60)
+    parse_workers: int = Field(default=2, ge=1, le=32)
 
     @field_validator("api_base")
     @classmethod
@@ -322,6 +342,17 @@ class SlackSettings(Section):
     max_body_bytes: int = Field(default=1 << 20, ge=4096)  # an HTTP request; larger → 413
     user_cache_seconds: float = Field(default=86400.0, ge=0)  # users.info answers are kept
     card_messages: int = Field(default=5, ge=0, le=20)  # the last messages shown on a card
+    # open a conversation in the person's DM with the app: the slash command, and the
+    # callback id of the message shortcut "Send to support" (both in the app's manifest)
+    support_command: str = "/support"
+    support_shortcut: str = "send_to_support"
+
+    @field_validator("support_command")
+    @classmethod
+    def _command_shape(cls, value: str) -> str:
+        if not re.fullmatch(r"/[a-z0-9_-]{1,31}", value):
+            raise ValueError("must be a slash command such as /support (lower case, at most 32)")
+        return value
 
     @field_validator("api_base")
     @classmethod

@@ -479,7 +479,49 @@ class SlackStandIn:
         body = urlencode({"payload": json.dumps(payload)}).encode()
         return await self.post(body, content_type="application/x-www-form-urlencoded", **kw)
 
+    async def send_command(self, fields: dict[str, Any], **kw: Any) -> Delivery:
+        """A slash command: form fields POSTed (or pushed as `slash_commands`)."""
+        if self._sockets:
+            ack = await self.push_socket("slash_commands", fields)
+            return Delivery(200, json.dumps(ack))
+        body = urlencode(fields).encode()
+        return await self.post(body, content_type="application/x-www-form-urlencoded", **kw)
+
     # ---- builders --------------------------------------------------------------------------
+
+    def slash_command(
+        self, user: str, channel: str, text: str, command: str = "/support"
+    ) -> dict[str, Any]:
+        """The form fields Slack sends when `user` types `command text` in `channel`."""
+        fields = load_fixture("slash_command")
+        fields.update(
+            {
+                "user_id": user,
+                "user_name": user.lower(),
+                "channel_id": channel,
+                "command": command,
+                "text": text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;"),
+                "trigger_id": f"{next(self._events)}.{uuid.uuid4().hex}",
+            }
+        )
+        return fields
+
+    def message_shortcut(
+        self,
+        user: str,
+        channel: str,
+        message: dict[str, Any],
+        callback_id: str = "send_to_support",
+    ) -> dict[str, Any]:
+        """The payload of a message shortcut `user` picked on `message` in `channel`."""
+        payload = load_fixture("message_action")
+        payload["user"] = {"id": user, "username": user.lower(), "name": user.lower()}
+        payload["channel"] = {"id": channel, "name": "c"}
+        payload["callback_id"] = callback_id
+        payload["message"] = copy.deepcopy(message)
+        payload["message_ts"] = message["ts"]
+        payload["trigger_id"] = f"{next(self._events)}.{uuid.uuid4().hex}"
+        return payload
 
     def envelope(self, event: dict[str, Any], template: str = "message_im") -> dict[str, Any]:
         envelope = load_fixture(template)

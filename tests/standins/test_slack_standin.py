@@ -148,7 +148,19 @@ def test_fixtures_are_what_slack_sends() -> None:
     assert "message_im" in names and "block_actions" in names
     for name in names:
         payload = load_fixture(name)
-        assert payload["type"] in ("event_callback", "url_verification", "block_actions")
+        if name == "slash_command":  # form fields, no type
+            assert payload["command"].startswith("/") and payload["trigger_id"]
+            continue
+        assert payload["type"] in (
+            "event_callback",
+            "url_verification",
+            "block_actions",
+            "message_action",
+            "app_rate_limited",
+            "interactive_message",
+            "workflow_step_edit",
+            "view_submission",
+        )
         if payload["type"] == "event_callback":
             assert payload["event_id"].startswith("Ev") and payload["event"]["ts"]
 
