@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT))
 
 from sqlalchemy import insert, select  # noqa: E402
 
-from bot.campaign_config import CampaignSettings  # noqa: E402
+from bot.campaigns.definitions import CampaignSettings  # noqa: E402
 from bot.config import load_settings  # noqa: E402
 from bot.runtime import Runtime  # noqa: E402
 from storage.migrate import upgrade_async  # noqa: E402

@@ -27,8 +27,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from channels.email_parse import html_to_text  # noqa: E402
-from tests.channels.reply_table import CASES, body, cicbot, same  # noqa: E402
+from channels.email.parse import html_to_text  # noqa: E402
+from tests.channels.email.reply_table import CASES, body, cicbot, same  # noqa: E402
 
 Extractor = Callable[[str, str], str]
 LANGUAGES = ["en", "de", "fr", "es", "it", "nl", "pl"]  # mail-parser-reply has no ru

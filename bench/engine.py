@@ -19,8 +19,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bot.channel import ChannelAdapter, SendResult
+from bot.channel.messages import InboundMessage, OutboundMessage
 from bot.config import DatabaseSettings, load_settings
-from bot.messages import InboundMessage, OutboundMessage
 from bot.runtime import Runtime
 from storage.migrate import upgrade
 

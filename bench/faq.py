@@ -47,7 +47,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bot.kb import load_encoder  # noqa: E402
+from bot.knowledge.base import load_encoder  # noqa: E402
 from flows.knowledge import Encoder, Matcher  # noqa: E402
 from flows.knowledge_eval import evaluate  # noqa: E402
 from flows.options import KnowledgeEntry, LocalizedText  # noqa: E402

@@ -9,10 +9,10 @@ dropped afterwards) is migrated, then filled with bulk INSERT … SELECT (a recu
 SQLite, generate_series on PostgreSQL): `--contacts` contacts with one identity and one
 conversation each, `--touchpoints` touchpoints over a year spread across them and four
 channels, `--target` of them belonging to contact 1, cases for 5 % of the contacts.
-Measured: the timeline API's query (bot.history.timeline_page: the count and the newest
+Measured: the timeline API's query (bot.crm.history.timeline_page: the count and the newest
 50, newest first) for contact 1 — unfiltered, filtered by channel, filtered by kind, and
 the 10th page — p50 / p99 over `--runs` runs each; and the time of one analytics report
-(bot.analytics.report) over the whole year. Bounded: about a minute for 1M on SQLite.
+(bot.crm.analytics.report) over the whole year. Bounded: about a minute for 1M on SQLite.
 """
 
 from __future__ import annotations
@@ -32,8 +32,8 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from bot import analytics
-from bot.history import timeline_page
+from bot.crm import analytics
+from bot.crm.history import timeline_page
 from storage.db import create_engine, session_factory
 from storage.migrate import upgrade_async
 from storage.models import utcnow

@@ -31,8 +31,8 @@ from pydantic_settings import (
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
-from bot.campaign_config import CampaignSettings
-from bot.hours import BusinessHours
+from bot.campaigns.definitions import CampaignSettings
+from flows.hours import BusinessHours
 from flows.options import (
     ComplaintOptions,
     IdentityLinkOptions,
@@ -60,7 +60,7 @@ class DatabaseSettings(Section):
 class ServerSettings(Section):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
-    log_format: Literal["text", "json"] = "text"  # json: one object per line (bot/logs.py)
+    log_format: Literal["text", "json"] = "text"  # json: one object per line (bot/ops/logs.py)
     # GET /metrics from elsewhere than loopback needs this bearer token
     metrics_token: SecretStr | None = None  # CICBOT_SERVER__METRICS_TOKEN
     # a larger request body is refused (413) before it is read; CSV imports and webhooks
@@ -86,7 +86,7 @@ ORIGIN = re.compile(r"^https?://(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+)(:\d{1,5})?$"
 
 
 class WebChatSettings(Section):
-    """The built-in web chat (channels/webchat.py, docs/webchat.md)."""
+    """The built-in web chat (channels/webchat/adapter.py, docs/webchat.md)."""
 
     # signs the visitors' session cookies; without it a key is generated once and kept
     # in key_file (one machine); set it when several machines serve the chat
@@ -131,7 +131,7 @@ class DispatcherSettings(Section):
     max_backoff_seconds: float = Field(default=300.0, gt=0)
     poll_interval_seconds: float = Field(default=1.0, gt=0)
     concurrency: int = Field(default=16, ge=1, le=1000)
-    # an outbox or inbox row's lease (bot/leases.py): a live worker renews it every
+    # an outbox or inbox row's lease (bot/delivery/leases.py): a live worker renews it every
     # heartbeat, a dead worker's runs out after lease_seconds
     lease_seconds: float = Field(default=10.0, gt=0)
     heartbeat_seconds: float = Field(default=2.0, gt=0)
@@ -148,7 +148,7 @@ class DispatcherSettings(Section):
 
 
 class LimitsSettings(Section):
-    """Per-identity flood control (bot/flood.py): `burst` messages at once, then
+    """Per-identity flood control (bot/delivery/flood.py): `burst` messages at once, then
     `messages_per_second`; faster messages wait, in order, none is dropped."""
 
     messages_per_second: float = Field(default=2.0, gt=0)
@@ -164,7 +164,7 @@ class FlowSettings(Section):
 
 
 class TelegramSettings(Section):
-    """The Telegram channel (channels/telegram.py, docs/telegram.md); on when a token is set."""
+    """The Telegram channel (channels/telegram/, docs/telegram.md); on when a token is set."""
 
     token: SecretStr | None = None  # CICBOT_TELEGRAM__TOKEN, from @BotFather
     webhook_secret: SecretStr | None = None  # CICBOT_TELEGRAM__WEBHOOK_SECRET
@@ -180,11 +180,11 @@ class TelegramSettings(Section):
     chat_burst: int = Field(default=3, ge=1, le=30)
     max_body_bytes: int = Field(default=1 << 20, ge=4096)  # a webhook body; larger → 413
     max_depth: int = Field(default=32, ge=8, le=200)  # JSON nesting of an update
-    # bounds checked before aiogram's models see an update (channels/telegram_raw.py)
+    # bounds checked before aiogram's models see an update (channels/telegram/raw.py)
     max_nodes: int = Field(default=5000, ge=100)  # objects and arrays in one update
     # a rich_message's formatting, weighed by nesting (about 0.2 s of validation)
     max_rich_text_cost: int = Field(default=5000, ge=100)
-    # validation runs in worker processes (bot/sandbox.py); one over budget is parked
+    # validation runs in worker processes (bot/channel/sandbox.py); one over budget is parked
     parse_budget_seconds: float = Field(default=2.0, gt=0, le=60)
     parse_workers: int = Field(default=2, ge=1, le=32)
 
@@ -271,7 +271,7 @@ class EmailSmtpSettings(Section):
 
 
 class EmailSettings(Section):
-    """The email channel (channels/email.py, docs/email.md); on when `address` and the
+    """The email channel (channels/email/adapter.py, docs/email.md); on when `address` and the
     SMTP host are set (IMAP, for reading, is optional)."""
 
     address: str | None = None  # the mailbox customers write to (the From of our mail)
@@ -324,7 +324,7 @@ SLACK_CHANNEL_ID = re.compile(r"^[CG][A-Z0-9]{2,30}$")
 
 
 class SlackSettings(Section):
-    """The Slack channel (channels/slack.py, docs/slack.md); on when a bot token is set.
+    """The Slack channel (channels/slack/adapter.py, docs/slack.md); on when a bot token is set.
 
     Customers write in DMs with the app or in `customer_channels`; escalations from every
     channel are posted as cards to `agent_channel`, where agents claim and answer them.
@@ -411,7 +411,7 @@ def _given(secret: SecretStr | None) -> str:
 class CrmSettings(Section):
     """Contact history, customer value, lifecycle and privacy (docs/crm.md)."""
 
-    retention_days: int = Field(default=1095, ge=1)  # bot/retention.py, docs/security.md
+    retention_days: int = Field(default=1095, ge=1)  # bot/crm/retention.py, docs/security.md
     at_risk_after_days: int = Field(default=90, ge=1)  # active → at_risk without order/contact
     lost_after_days: int = Field(default=180, ge=1)  # → lost without order or contact
     value_window_days: int = Field(default=730, ge=1)  # orders counted for RFM and CLV
@@ -431,7 +431,7 @@ class CrmSettings(Section):
 
 
 class CampaignsSection(Section):
-    """Scheduled follow-ups (bot/campaigns.py, docs/campaigns.md)."""
+    """Scheduled follow-ups (bot/campaigns/runs.py, docs/campaigns.md)."""
 
     scheduler: bool = True  # `cicbot serve` runs the schedule (one leader per database)
     builtin: bool = True  # the built-in csat, winback and reminder campaigns (redefine by name)
@@ -562,7 +562,7 @@ def load_settings(path: str | Path | None = None) -> Settings:
 
 def _with_knowledge_base(settings: Settings, config_path: Path) -> Settings:
     """The entries of the files `knowledge_base.files` names, validated with file and line."""
-    from bot.kb import KBError, with_files
+    from bot.knowledge.base import KBError, with_files
 
     try:
         kb = with_files(settings.knowledge_base, config_path.resolve().parent)

@@ -14,19 +14,19 @@ from importlib.metadata import entry_points
 
 from sqlalchemy import text
 
-from bot.campaigns import Campaigns
+from bot.campaigns.runs import Campaigns
+from bot.campaigns.scheduler import CampaignScheduler
 from bot.channel import ChannelAdapter
 from bot.config import Settings
-from bot.desk import Desk
-from bot.dispatcher import Dispatcher
-from bot.engine import HandleResult
-from bot.events import EventBus
-from bot.flood import FloodControl
-from bot.inbox import Inbox
-from bot.kb import build_matcher
-from bot.leases import Leases
-from bot.metrics import MeteredEngine, Metrics
-from bot.scheduler import CampaignScheduler
+from bot.conversation.engine import HandleResult
+from bot.delivery.dispatcher import Dispatcher
+from bot.delivery.flood import FloodControl
+from bot.delivery.inbox import Inbox
+from bot.delivery.leases import Leases
+from bot.desk.events import EventBus
+from bot.desk.service import Desk
+from bot.knowledge.base import build_matcher
+from bot.ops.metrics import MeteredEngine, Metrics
 from flows.catalog import default_catalog
 from flows.options import FlowOptions
 from storage.db import create_engine, is_sqlite, session_factory
@@ -116,7 +116,8 @@ class Runtime:
             poll_interval=settings.dispatcher.poll_interval_seconds,
         )
         self.inbox.observe = self.metrics.inbox
-        self.flood: FloodControl | None = None  # made by bot.flood.attach when a channel asks
+        # made by bot.delivery.flood.attach when a channel asks
+        self.flood: FloodControl | None = None
         self.campaigns = Campaigns(
             self.sessions,
             self.engine,
@@ -182,7 +183,7 @@ class Runtime:
 
     async def nightly(self) -> dict[str, object]:
         """The leader's nightly housekeeping: value segments, lifecycle phases, retention."""
-        from bot import lifecycle, retention, value
+        from bot.crm import lifecycle, retention, value
 
         crm = self.settings.crm
         async with self.sessions() as s, s.begin():

@@ -1,0 +1,1 @@
+"""Channel adapters, one folder each, found through the `cicbot.channels` entry points."""

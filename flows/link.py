@@ -1,7 +1,7 @@
 """Linking an email address to the customer's contact, verified by a mailed one-time code.
 
 Two flows: `link` asks for the address, `link_code` waits for the code. Whether a code
-went out, matched or died is known only after I/O (bot/identity_link.py), which replies
+went out, matched or died is known only after I/O (bot/conversation/linking.py), which replies
 and ends `link_code`; the flows only parse and ask for the actions.
 """
 

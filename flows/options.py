@@ -95,7 +95,7 @@ class KnowledgeBaseOptions(Strict):
 
 
 class IdentityLinkOptions(Strict):
-    """Verified email links (bot/identity_link.py): a code's lifetime and the limits."""
+    """Verified email links (bot/conversation/linking.py): a code's lifetime and the limits."""
 
     code_minutes: int = Field(default=15, ge=1, le=1440)
     max_attempts: int = Field(default=5, ge=1, le=20)  # wrong codes before it dies

@@ -2,7 +2,7 @@
 
 A customer is who their channel says: Telegram, Slack and the web chat authenticate their
 users; an email's From: is worth something only where the receiving server vouches for it
-(DMARC pass, channels/email_auth.py): `Context.verified`. An unverified sender gets nothing
+(DMARC pass, channels/email/auth.py): `Context.verified`. An unverified sender gets nothing
 that reveals or changes account data: no case details, no verified links, no opt-in to
 marketing (opting out always works: "stop" must never fail). And linking is never started
 from the email channel at all: an address cannot vouch for another address, and a code

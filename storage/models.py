@@ -279,7 +279,7 @@ class OutboxMessage(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     next_attempt_at: Mapped[datetime] = mapped_column(default=utcnow)
     leased_until: Mapped[datetime | None] = mapped_column()
-    leased_by: Mapped[str | None] = mapped_column(String(32))  # boot id (bot/leases.py)
+    leased_by: Mapped[str | None] = mapped_column(String(32))  # boot id (bot/delivery/leases.py)
     last_error: Mapped[str | None] = mapped_column(String(1000))
     platform_message_id: Mapped[str | None] = mapped_column(String(200))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
@@ -304,7 +304,7 @@ class InboxUpdate(Base):
     status: Mapped[str] = mapped_column(String(16), default=InboxStatus.PENDING)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     leased_until: Mapped[datetime | None] = mapped_column()
-    leased_by: Mapped[str | None] = mapped_column(String(32))  # boot id (bot/leases.py)
+    leased_by: Mapped[str | None] = mapped_column(String(32))  # boot id (bot/delivery/leases.py)
     error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     processed_at: Mapped[datetime | None] = mapped_column()
@@ -350,7 +350,7 @@ class AgentCard(Base):
 
 class AgentCardMessage(Base):
     """A message the bot posted in a card's thread (a customer message mirrored there):
-    kept so that erasure and retention can delete it in the agent channel (bot/gdpr.py)."""
+    kept so that erasure and retention can delete it in the agent channel (bot/crm/gdpr.py)."""
 
     __tablename__ = "agent_card_messages"
 
@@ -362,7 +362,7 @@ class AgentCardMessage(Base):
 
 class EmailMailbox(Base):
     """IMAP progress of one mailbox folder: the highest UID taken into the inbox, valid only
-    while the folder's UIDVALIDITY stays the same (channels/email_imap.py)."""
+    while the folder's UIDVALIDITY stays the same (channels/email/imap.py)."""
 
     __tablename__ = "email_mailboxes"
 
@@ -374,7 +374,7 @@ class EmailMailbox(Base):
 
 class EmailMessageRef(Base):
     """Message-IDs of the mails in an email thread, ours and the customer's: a reply's
-    In-Reply-To / References find the thread (channels/email.py)."""
+    In-Reply-To / References find the thread (channels/email/adapter.py)."""
 
     __tablename__ = "email_messages"
     __table_args__ = (Index("ix_email_messages_thread", "thread_key", "id"),)
@@ -389,7 +389,7 @@ class EmailMessageRef(Base):
 
 
 class Order(Base):
-    """A customer's order, imported from the shop (bot/importer.py): the data behind the
+    """A customer's order, imported from the shop (bot/crm/importer.py): the data behind the
     customer value (RFM, lifetime value, segment) and the lifecycle. Amounts in cents."""
 
     __tablename__ = "orders"
@@ -407,7 +407,7 @@ class Order(Base):
 
 class CampaignDefinition(Base):
     """A campaign defined through the API or CLI (config.yaml's own live in the file; a
-    stored one with the same name overrides it). `definition` is bot.campaign_config's
+    stored one with the same name overrides it). `definition` is bot.campaigns.definitions's
     CampaignSettings as JSON."""
 
     __tablename__ = "campaigns"
@@ -508,7 +508,7 @@ class IdentityLinkCode(Base):
 
 
 class IdentityLinkAddress(Base):
-    """An address customers asked to link (bot/identity_link.py): the wrong codes entered
+    """An address customers asked to link (bot/conversation/linking.py): the wrong codes entered
     for it in a row, by any chat identity. At `identity_link.max_failures_per_address` it
     is locked for linking until a person unlocks it; a verified link resets the count."""
 
@@ -533,7 +533,7 @@ class SchedulerJob(Base):
 
 
 class FloodMark(Base):
-    """Flood control shared by the workers on one PostgreSQL (bot/flood.py): per sender,
+    """Flood control shared by the workers on one PostgreSQL (bot/delivery/flood.py): per sender,
     the time (epoch seconds, the database's clock) from which its next message is on time.
     The key is a SHA-256 of channel and partition, not the chat id; rows idle an hour go."""
 

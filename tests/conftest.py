@@ -18,8 +18,8 @@ from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from bot.channel import ChannelAdapter, SendResult
+from bot.channel.messages import InboundMessage, OutboundMessage
 from bot.config import DatabaseSettings, DispatcherSettings, Settings, load_settings
-from bot.messages import InboundMessage, OutboundMessage
 from bot.runtime import Runtime
 from storage.migrate import upgrade
 from storage.models import Base

@@ -12,9 +12,9 @@ from typing import Any
 import uvicorn
 from starlette.types import ASGIApp
 
-from bot.app import create_app
 from bot.config import Settings
 from bot.runtime import Runtime
+from bot.web.app import create_app
 
 STARTUP_TIMEOUT = 15.0
 STOP_TIMEOUT = 10.0

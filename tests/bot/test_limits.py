@@ -14,25 +14,25 @@ from sqlalchemy import select
 from starlette.requests import Request
 from starlette.responses import Response
 
+from bot.channel.webhooks import read_bounded
 from bot.config import SlackSettings, TelegramSettings
-from bot.engine import MAX_FLOW_TEXT
+from bot.conversation.engine import MAX_FLOW_TEXT
 from bot.runtime import Runtime
-from bot.webhooks import read_bounded
-from channels.email import EmailChannel
-from channels.slack import EVENTS_PATH
-from channels.telegram import SECRET_HEADER, WEBHOOK_PATH
+from channels.email.adapter import EmailChannel
+from channels.slack.adapter import EVENTS_PATH
+from channels.telegram.adapter import SECRET_HEADER, WEBHOOK_PATH
 from flows.catalog import default_catalog
 from storage.models import Direction, Touchpoint
-from tests.channels.email_helpers import (
+from tests.channels.email.helpers import (
     SmtpSink,
     email_settings,
     mail,
     smtp_sink_fixture,
     tls_cert_fixture,
 )
-from tests.channels.slack_helpers import serving as slack_serving
-from tests.channels.slack_helpers import slack_settings
-from tests.channels.telegram_helpers import SECRET, serving, tg_settings
+from tests.channels.slack.helpers import serving as slack_serving
+from tests.channels.slack.helpers import slack_settings
+from tests.channels.telegram.helpers import SECRET, serving, tg_settings
 from tests.conftest import inbound, recorder
 from tests.standins.slack_api import SlackStandIn
 from tests.standins.telegram_api import TelegramStandIn

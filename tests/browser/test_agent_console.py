@@ -18,9 +18,9 @@ from typing import Any
 import pytest
 from sqlalchemy import delete, select
 
-from bot import auth
+from bot.desk import auth
 from bot.runtime import Runtime
-from channels.webchat_session import COOKIE
+from channels.webchat.session import COOKIE
 from storage import queries
 from storage.models import (
     Agent,
@@ -33,7 +33,7 @@ from storage.models import (
     Identity,
     utcnow,
 )
-from tests.channels.webchat_helpers import new_session
+from tests.channels.webchat.helpers import new_session
 from tests.conftest import make_settings
 from tests.server import serve
 

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from sqlalchemy import delete
 
-from bot import auth
+from bot.desk import auth
 from storage.models import Agent, AgentRole
 from tests.browser.test_agent_console import watch_errors
 from tests.conftest import make_settings

@@ -19,7 +19,7 @@ import httpx
 import pytest
 from sqlalchemy import delete
 
-from bot import auth
+from bot.desk import auth
 from bot.runtime import Runtime
 from storage import queries
 from storage.models import (

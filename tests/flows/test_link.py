@@ -1,5 +1,5 @@
 """The email-link dialogue, pure: the words that start it, the address and the code it
-accepts, and the actions it asks for (the I/O is tests/bot/test_identity_link.py)."""
+accepts, and the actions it asks for (the I/O is tests/bot/conversation/test_linking.py)."""
 
 from __future__ import annotations
 
@@ -137,7 +137,7 @@ def test_status_while_waiting_shows_only_this_identitys_cases(ctx: CtxFactory) -
     chat.send("link email")
     chat.send("anna@example.com")
     d = chat.send("status")
-    # the action shows the asking identity's own contact's cases (bot/actions.py)
+    # the action shows the asking identity's own contact's cases (bot/conversation/actions.py)
     assert kinds(d) == ["ShowCaseStatus"]
     assert chat.flow == link.CODE_NAME
 

@@ -96,7 +96,7 @@ class ServerProcess:
         self._log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
             [
-                *(sys.executable, "-c", "from bot.cli import main; main()"),
+                *(sys.executable, "-c", "from bot.cli.app import main; main()"),
                 *("serve", "--host", "127.0.0.1", "--port", str(self.port)),
             ],
             cwd=ROOT,

@@ -25,11 +25,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bot.channel import SendResult
 from bot.config import CampaignsSection, DispatcherSettings, SlackSettings, TelegramSettings
-from bot.inbox import Unavailable
+from bot.delivery.inbox import Unavailable
 from bot.runtime import Runtime
-from channels.email import EmailChannel
+from channels.email.adapter import EmailChannel
 from storage.models import InboxUpdate, OutboxMessage
-from tests.channels.email_helpers import (  # noqa: F401 (fixtures)
+from tests.channels.email.helpers import (  # noqa: F401 (fixtures)
     Dovecot,
     SmtpSink,
     dovecot_fixture,

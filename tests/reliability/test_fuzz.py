@@ -7,7 +7,7 @@ payloads (signed, so they pass authentication) and emails.
   deliberate ERROR record is a dead letter (a flow raising on a message) — allowed here but
   counted, as each one is a bug to look at;
 * the email parser returns, or raises (the channel parks that mail as a dead letter),
-  quickly for any bytes; tests/channels/test_email_poison.py follows such mails through.
+  quickly for any bytes; tests/channels/email/test_poison.py follows such mails through.
 
 Deterministic (derandomize) so that CI sees the same examples every run. The examples run
 in a worker thread; each one is handed to the test's event loop, where the application
@@ -34,13 +34,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import func, select
 
-from bot.app import create_app
 from bot.config import EmailSettings, EmailSmtpSettings, SlackSettings, TelegramSettings
 from bot.runtime import Runtime
-from channels.email import EmailChannel
-from channels.email_parse import parse_mail
-from channels.slack import EVENTS_PATH
-from channels.telegram import SECRET_HEADER, WEBHOOK_PATH
+from bot.web.app import create_app
+from channels.email.adapter import EmailChannel
+from channels.email.parse import parse_mail
+from channels.slack.adapter import EVENTS_PATH
+from channels.telegram.adapter import SECRET_HEADER, WEBHOOK_PATH
 from storage.models import InboxStatus, InboxUpdate
 from tests.conftest import ROOT, make_settings
 from tests.standins.slack_api import BOT_TOKEN, SIGNING_SECRET, SlackStandIn, sign

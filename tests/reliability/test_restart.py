@@ -27,7 +27,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from tests.channels.test_telegram_bounded import EVE, bomb
+from tests.channels.telegram.test_bounded import EVE, bomb
 from tests.reliability.harness import (
     SLACK_PATH,
     TG_PATH,

@@ -19,8 +19,8 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
-from bot import auth
-from bot.scheduler import LOCK_ID
+from bot.campaigns.scheduler import LOCK_ID
+from bot.desk import auth
 from storage.models import AgentRole
 from tests.reliability.harness import Load, ServerProcess, Update, check, server_env, settle
 from tests.standins.slack_api import SlackStandIn

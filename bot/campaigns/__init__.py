@@ -1,0 +1,1 @@
+"""Scheduled follow-ups: definitions, SQL audiences, runs and their figures, the schedule."""

@@ -1,0 +1,169 @@
+"""`cicbot campaigns ...`: list, preview, run and follow campaigns (docs/campaigns.md).
+
+`run` queues the messages in the outbox of the configured database; the dispatcher of
+`cicbot serve` sends them at the channels' rate limits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from bot.campaigns.runs import Campaigns
+from bot.config import ConfigError, load_settings
+
+campaigns_app = typer.Typer(help="Campaigns: list, preview, run, status.", no_args_is_help=True)
+out = Console()
+err = Console(stderr=True)
+T = TypeVar("T")
+
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON.")]
+
+
+def _with_campaigns(fn: Callable[[Campaigns], Awaitable[T]]) -> T:
+    from bot.runtime import Runtime
+
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        err.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False)
+        raise typer.Exit(2) from None
+
+    async def main() -> T:
+        runtime = Runtime(settings)  # the configured channels, for the channel policy
+        try:
+            return await fn(runtime.campaigns)
+        finally:
+            await runtime.db.dispose()
+
+    try:
+        return asyncio.run(main())
+    except LookupError as exc:
+        err.print(f"[red]error:[/red] {escape(str(exc.args[0]))}", highlight=False)
+        raise typer.Exit(1) from None
+
+
+def _print_json(data: Any) -> None:
+    out.print_json(json.dumps(data, default=str))
+
+
+@campaigns_app.command("list")
+def list_campaigns(as_json: JsonOption = False) -> None:
+    """Every campaign: built in, from config.yaml, and defined through the API."""
+
+    async def load(c: Campaigns) -> list[dict[str, Any]]:
+        return [x.definition() for x in (await c.all()).values()]
+
+    rows = _with_campaigns(load)
+    if as_json:
+        _print_json(rows)
+        return
+    table = Table("name", "purpose", "flow", "trigger", "enabled", "description")
+    for r in rows:
+        trig = r["trigger"] or {}
+        when = (
+            trig.get("cron")
+            or trig.get("at")
+            or (f"{trig['after']} +{trig['days']}d" if trig.get("after") else "by hand")
+        )
+        table.add_row(
+            r["name"],
+            r["purpose"],
+            r["flow"] or "(the open one)",  # a reminder re-asks whatever flow is running
+            str(when),
+            str(r["enabled"]),
+            r["description"],
+        )
+    out.print(table)
+
+
+@campaigns_app.command()
+def preview(
+    name: str,
+    sample: Annotated[int, typer.Option(help="How many contacts to show.")] = 10,
+    as_json: JsonOption = False,
+) -> None:
+    """The audience size now and a sample of it."""
+
+    async def go(c: Campaigns) -> dict[str, Any]:
+        return await c.preview(name, sample)
+
+    data = _with_campaigns(go)
+    if as_json:
+        _print_json(data)
+        return
+    out.print(f"{name}: {data['audience']} contacts")
+    for row in data["sample"]:
+        out.print(f"  {row['id']}  {escape(str(row['name'] or ''))}  {row['lifecycle_phase']}")
+
+
+@campaigns_app.command()
+def run(
+    name: str,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Check everyone; send nothing.")
+    ] = False,
+    key: Annotated[
+        str | None, typer.Option(help="Resume the run with this key (see `status`).")
+    ] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Run a campaign now (or resume a run with --key), with a progress bar."""
+
+    async def go(c: Campaigns) -> dict[str, Any]:
+        with Progress(
+            TextColumn(f"{escape(name)}{' (dry run)' if dry_run else ''}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=err,
+            transient=True,
+        ) as bar:
+            task = bar.add_task(name, total=None)
+
+            def step(done: int, total: int) -> None:
+                bar.update(task, completed=done, total=total)
+
+            report = await c.run(name, run_key=key, dry_run=dry_run, progress=step)
+        return report.as_dict()
+
+    data = _with_campaigns(go)
+    if as_json:
+        _print_json(data)
+        return
+    out.print(
+        f"{name}: {data['targeted']} targeted{' (dry run)' if dry_run else ''}, "
+        f"run {data['run_key']}"
+    )
+    for outcome, n in data["outcomes"].items():
+        out.print(f"  {outcome}: {n}")
+
+
+@campaigns_app.command()
+def status(name: str, as_json: JsonOption = False) -> None:
+    """Figures: targeted, skipped by reason, sent, failed, responded, completed, converted."""
+
+    async def go(c: Campaigns) -> dict[str, Any]:
+        return await c.status(name)
+
+    data = _with_campaigns(go)
+    if as_json:
+        _print_json(data)
+        return
+    table = Table("figure", "count")
+    for key in ("targeted", "sent", "failed", "responded", "completed", "converted"):
+        table.add_row(key, str(data[key]))
+    for reason, n in sorted(data["skipped"].items()):
+        table.add_row(f"skipped: {reason}", str(n))
+    for reason, n in sorted(data["deferred"].items()):
+        table.add_row(f"deferred: {reason}", str(n))
+    out.print(table)
+    out.print(f"runs: {len(data['runs'])}")

@@ -1,0 +1,1 @@
+"""The engine: one inbound message, one transaction (turn, decision, actions, identity linking)."""

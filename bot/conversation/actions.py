@@ -1,0 +1,212 @@
+"""Carries out the actions flows ask for, inside the engine's transaction."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import replace
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
+from zoneinfo import ZoneInfo
+
+from bot.conversation.linking import IdentityLinker
+from flows.actions import (
+    Action,
+    Escalate,
+    LeaveQueue,
+    LogSelfService,
+    OpenCase,
+    RecordSurvey,
+    RequestLinkCode,
+    SetConsent,
+    SetLifecycle,
+    SetLocale,
+    ShowCaseStatus,
+    VerifyLinkCode,
+)
+from flows.catalog import Catalog
+from flows.complaint import SEGMENT_WEIGHT, SEVERITY_WEIGHT
+from flows.hours import BusinessHours
+from flows.model import Reply
+from flows.options import FlowOptions
+from storage import queries
+from storage.models import Case, ConversationStatus, SurveyAnswer
+
+if TYPE_CHECKING:
+    from bot.conversation.engine import Turn
+
+DATE_FORMATS = {"de": "%d.%m.%Y, %H:%M Uhr", "en": "%d %b %Y, %H:%M"}
+DAY_FORMATS = {"de": "%d.%m.%Y", "en": "%d %b %Y"}
+
+
+class ActionRunner:
+    def __init__(
+        self,
+        options: FlowOptions,
+        catalog: Catalog,
+        timezone: str,
+        hours: BusinessHours | None = None,
+    ) -> None:
+        self.options = options
+        self.catalog = catalog
+        self.timezone = timezone
+        self.hours = hours
+        self.links = IdentityLinker(options.company_name, options.identity_link)
+
+    async def run(self, turn: Turn, actions: Sequence[Action]) -> None:
+        for action in actions:
+            await self._one(turn, action)
+
+    def _local(self, turn: Turn, when: datetime, formats: dict[str, str]) -> str:
+        tz = ZoneInfo(turn.contact.timezone or self.timezone)
+        return when.astimezone(tz).strftime(formats.get(turn.ctx.locale, formats["en"]))
+
+    async def _one(self, turn: Turn, action: Action) -> None:
+        ctx, conv, contact = turn.ctx, turn.conversation, turn.contact
+        match action:
+            case OpenCase():
+                await self._open_case(turn, action)
+            case Escalate(reason=reason, priority=prio):
+                if conv.status in (ConversationStatus.QUEUED, ConversationStatus.AGENT):
+                    return
+                conv.status = ConversationStatus.QUEUED
+                # queue order: the reason's weight plus the customer's value
+                bonus = SEGMENT_WEIGHT.get(contact.value_segment or "", 0) * 5
+                conv.priority = max(conv.priority, prio + bonus)
+                conv.queued_at = ctx.now
+                conv.flow_state = {}
+                turn.note("escalated", reason=reason, priority=conv.priority)
+                if self.hours is not None and not self.hours.is_open(ctx.now):
+                    opening = self.hours.next_open(ctx.now)
+                    if opening is not None:
+                        when = self._local(turn, opening, DATE_FORMATS)
+                        text = ctx.t("escalation.outside_hours", next_open=when)
+                        turn.after.append(Reply("escalation.outside_hours", text))
+            case LeaveQueue():
+                conv.status = ConversationStatus.BOT
+                conv.priority = 0
+                conv.queued_at = None
+                turn.note("left_queue")
+            case RecordSurvey(survey=survey, answers=answers, case_reference=ref):
+                case_id = None
+                if ref:
+                    found = await queries.cases_of_contact(turn.session, contact.id, reference=ref)
+                    case_id = found[0].id if found else None
+                for question, answer in answers.items():
+                    turn.session.add(
+                        SurveyAnswer(
+                            contact_id=contact.id,
+                            conversation_id=conv.id,
+                            case_id=case_id,
+                            survey=survey,
+                            question=question,
+                            answer=answer,
+                            created_at=ctx.now,
+                        )
+                    )
+                turn.note("survey_completed", survey=survey, answers=dict(answers))
+            case SetLifecycle(phase=phase, reason=reason):
+                if contact.lifecycle_phase != phase:
+                    turn.note(
+                        "lifecycle_changed",
+                        old=contact.lifecycle_phase,
+                        new=phase,
+                        reason=reason,
+                    )
+                    contact.lifecycle_phase = phase
+            case SetLocale(locale=locale):
+                contact.locale = locale
+                turn.ctx = replace(ctx, locale=locale)
+            case SetConsent(purpose=purpose, granted=granted, source=source, text_shown=shown):
+                await queries.add_consent(
+                    turn.session,
+                    contact_id=contact.id,
+                    purpose=purpose,
+                    channel=conv.channel,
+                    granted=granted,
+                    source=source,
+                    text_shown=shown,
+                )
+                turn.note("consent", purpose=purpose, granted=granted, source=source)
+            case ShowCaseStatus(reference=ref):
+                await self._case_status(turn, ref)
+            case RequestLinkCode(email=email):
+                await self.links.request(turn, email)
+            case VerifyLinkCode(code=code):
+                await self.links.verify(turn, code)
+            case LogSelfService():
+                turn.note(
+                    "selfservice",
+                    question=action.question,
+                    entry=action.entry_id,
+                    confidence=round(action.confidence, 3),
+                    answered=action.answered,
+                )
+
+    async def _open_case(self, turn: Turn, a: OpenCase) -> None:
+        ctx = turn.ctx
+        hours = self.options.complaint.sla_hours[a.severity]  # type: ignore[index]
+        due = ctx.now + timedelta(hours=hours)
+        case = await queries.create_case(
+            turn.session,
+            Case(
+                contact_id=turn.contact.id,
+                conversation_id=turn.conversation.id,
+                category=a.category,
+                description=a.description,
+                order_reference=a.order_reference,
+                severity=a.severity,
+                desired_resolution=a.desired_resolution,
+                priority=a.priority,
+                sla_due_at=due,
+                created_at=ctx.now,
+                updated_at=ctx.now,
+            ),
+        )
+        turn.note("case_opened", reference=case.reference, severity=a.severity, category=a.category)
+        turn.replies.append(
+            Reply(
+                "complaint.opened",
+                ctx.t(
+                    "complaint.opened",
+                    reference=case.reference,
+                    due=self._local(turn, due, DATE_FORMATS),
+                ),
+                meta={"case": case.reference},
+            )
+        )
+        if a.escalate:
+            turn.replies.append(Reply("escalation.priority", ctx.t("escalation.priority")))
+            await self._one(turn, Escalate("complaint", 10 + SEVERITY_WEIGHT[a.severity] * 10))
+
+    async def _case_status(self, turn: Turn, ref: str | None) -> None:
+        ctx = turn.ctx
+        # only this contact's own cases: a quoted reference reveals nothing about others'
+        cases = await queries.cases_of_contact(
+            turn.session, turn.contact.id, reference=ref, open_only=ref is None
+        )
+        if not cases:
+            key = "status.not_found" if ref else "status.none"
+            turn.replies.append(Reply(key, ctx.t(key, reference=ref)))
+            return
+        for case in cases[-5:]:
+            category = next(
+                (
+                    c.label.get(ctx.locale)
+                    for c in self.options.complaint.categories
+                    if c.id == case.category
+                ),
+                case.category,
+            )
+            turn.replies.append(
+                Reply(
+                    "status.case",
+                    ctx.t(
+                        "status.case",
+                        reference=case.reference,
+                        category=category,
+                        created=self._local(turn, case.created_at, DAY_FORMATS),
+                        status=ctx.t(f"status.{case.status}"),
+                    ),
+                    meta={"case": case.reference},
+                )
+            )

@@ -1,0 +1,605 @@
+"""The conversation engine: one inbound message, one database transaction.
+
+dedupe → identity → conversation (locked) → inbound touchpoint → decide (pure,
+flows.dialogue) → actions → replies as touchpoints and outbox rows → commit.
+The dispatcher is woken after the commit; nothing is sent from here.
+"""
+
+from __future__ import annotations
+
+import logging
+import traceback
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from bot.channel.messages import ChannelEvent, Choice, InboundMessage, OutboundMessage
+from bot.conversation.actions import ActionRunner
+from bot.conversation.locks import KeyedLocks
+from flows import dialogue, reminder
+from flows.actions import Escalate, SetConsent
+from flows.catalog import Catalog, normalize_locale
+from flows.hours import BusinessHours
+from flows.knowledge import Matcher
+from flows.model import Button, ContactFacts, Context, Reply, UserInput, clean_text
+from flows.options import FlowOptions
+from storage import queries
+from storage.db import is_unavailable
+from storage.models import (
+    Contact,
+    Conversation,
+    ConversationStatus,
+    DeadLetter,
+    Direction,
+    Identity,
+    utcnow,
+)
+
+log = logging.getLogger(__name__)
+
+# Called inside the transaction that changes a conversation, with its session, so that what
+# an observer writes (an outbox row for an agent channel's card, say) commits or rolls back
+# with the change. Kinds: "escalated" (it entered the queue), "left_queue", and
+# "customer_message" (the customer wrote while the conversation was queued or an agent's;
+# detail: text, attachments) from the engine; "claimed", "resolved", "handed_back" and
+# "transferred" (detail: agent_id, agent_name) from the desk.
+ConversationObserver = Callable[
+    [AsyncSession, Conversation, str, Mapping[str, Any]], Awaitable[None]
+]
+
+MARKETING_KEY = "campaign"  # flow_state key: [campaign, stop-notice key] of a marketing flow
+MAX_FLOW_TEXT = 4000  # what a flow sees; the touchpoint keeps the whole text
+MAX_STORED_TEXT = 200_000
+
+
+@dataclass
+class HandleResult:
+    duplicate: bool = False
+    contact_id: int | None = None
+    conversation_id: int | None = None
+    status: str | None = None  # the conversation's status afterwards
+    outbox_ids: list[int] = field(default_factory=list)
+    replies: list[str] = field(default_factory=list)
+    observed: list[str] = field(default_factory=list)  # kinds the observers were told of
+
+
+@dataclass
+class Turn:
+    """What one transaction works on; handed to the action runner."""
+
+    session: AsyncSession
+    contact: Contact
+    identity: Identity
+    conversation: Conversation
+    ctx: Context
+    replies: list[Reply] = field(default_factory=list)  # before the flow's replies
+    after: list[Reply] = field(default_factory=list)  # after them
+    # inside a marketing campaign's flow: every reply carries its mark and the stop notice
+    campaign: str | None = None
+    stop_notice: str | None = None
+
+    def note(self, kind: str, **payload: object) -> None:
+        """An internal touchpoint in the conversation (an action the bot took)."""
+        queries.add_touchpoint(
+            self.session,
+            contact_id=self.contact.id,
+            conversation_id=self.conversation.id,
+            channel=self.conversation.channel,
+            direction=Direction.INTERNAL,
+            kind=kind,
+            actor="bot",
+            payload=dict(payload),
+        )
+
+
+class Engine:
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        options: FlowOptions,
+        catalog: Catalog,
+        *,
+        default_locale: str = "en",
+        timezone: str = "UTC",
+        matcher: Matcher | None = None,
+        on_commit: Callable[[], None] | None = None,
+        clock: Callable[[], datetime] = utcnow,
+        hours: BusinessHours | None = None,
+    ) -> None:
+        self.sessions = sessions
+        self.options = options
+        self.catalog = catalog
+        self.default_locale = default_locale
+        self.matcher = matcher
+        self.on_commit = on_commit
+        self.on_handled: Callable[[HandleResult], None] | None = None  # live views
+        self.clock = clock
+        self.actions = ActionRunner(options, catalog, timezone, hours)
+        self.observers: list[ConversationObserver] = []
+        self._locks = KeyedLocks()
+
+    async def notify_observers(
+        self, s: AsyncSession, conv: Conversation, kind: str, **detail: Any
+    ) -> bool:
+        """Tell the observers (inside the caller's transaction); True if there were any."""
+        for observer in self.observers:
+            await observer(s, conv, kind, detail)
+        return bool(self.observers)
+
+    async def handle(self, msg: InboundMessage) -> HandleResult:
+        """Process one inbound message exactly once; safe to call again with the same one."""
+        async with self._locks.hold((msg.channel, msg.thread_key)):
+            try:
+                result = await self._in_transaction(self._handle, msg)
+            except Exception as exc:
+                if is_unavailable(exc):
+                    raise  # the database is away: the caller retries the message later
+                # the message itself makes the flow fail (a poison message): retrying would
+                # fail again, so it is kept as a dead letter and a person takes over
+                result = await self._in_transaction(self._dead_letter, msg, exc)
+        if (result.outbox_ids or result.observed) and self.on_commit:
+            self.on_commit()
+        if not result.duplicate and self.on_handled:
+            self.on_handled(result)
+        return result
+
+    async def _in_transaction(
+        self,
+        work: Callable[..., Awaitable[HandleResult]],
+        msg: InboundMessage,
+        *args: Any,
+    ) -> HandleResult:
+        for attempt in range(5):
+            try:
+                async with self.sessions() as s, s.begin():
+                    return await work(s, msg, *args)
+            except IntegrityError:
+                # another process created the same identity/conversation/touchpoint
+                # first; the next attempt sees its row (and may find a duplicate)
+                if attempt == 4:
+                    raise
+            except OperationalError as exc:
+                if attempt == 4 or not _is_retryable(exc):
+                    raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _take_in(
+        self, s: AsyncSession, msg: InboundMessage, **extra: Any
+    ) -> tuple[Identity, Contact, Conversation, str] | None:
+        """Dedupe, identity, the locked conversation, the inbound touchpoint; None if the
+        message was taken in before."""
+        if await queries.inbound_exists(s, msg.channel, msg.platform_message_id):
+            return None
+        identity, contact = await self._identity(s, msg, self.clock())
+        conv = await queries.open_conversation_locked(s, msg.channel, msg.thread_key)
+        if conv is None:
+            conv = await queries.create_conversation(
+                s, contact.id, identity.id, msg.channel, msg.thread_key
+            )
+        text = clean_text(msg.text)[:MAX_STORED_TEXT] if msg.text else ""
+        queries.add_touchpoint(
+            s,
+            contact_id=contact.id,
+            conversation_id=conv.id,
+            channel=msg.channel,
+            direction=Direction.IN,
+            kind=msg.kind,
+            actor="customer",
+            text=text,
+            payload={**_inbound_payload(msg), **extra},
+            platform_message_id=msg.platform_message_id,
+        )
+        await s.flush()  # the dedupe index speaks here if a racing process won
+        return identity, contact, conv, text
+
+    async def _dead_letter(
+        self, s: AsyncSession, msg: InboundMessage, exc: Exception
+    ) -> HandleResult:
+        """Keep the message and its error, apologise, and hand the customer to a person.
+        The flow state is dropped so that the customer's next message starts afresh."""
+        taken = await self._take_in(s, msg, dead_letter=True)
+        if taken is None:
+            return HandleResult(duplicate=True)
+        identity, contact, conv, text = taken
+        error = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+        letter = DeadLetter(
+            source="engine",
+            channel=msg.channel,
+            reference=msg.platform_message_id,
+            contact_id=contact.id,
+            conversation_id=conv.id,
+            error=error[:4000],
+            detail="".join(traceback.format_exception(exc))[-20_000:],
+            payload=queries.scrub({"text": text, "kind": msg.kind, "payload": msg.payload}),
+            created_at=self.clock(),
+        )
+        s.add(letter)
+        await s.flush()
+        log.error(
+            "dead letter %s: %s message on %s raised %s",
+            letter.id,
+            msg.kind,
+            msg.channel,
+            type(exc).__name__,
+        )
+        ctx = self._context(contact, self.clock())
+        turn = Turn(s, contact, identity, conv, ctx)
+        result = HandleResult(contact_id=contact.id, conversation_id=conv.id)
+        before = conv.status
+        conv.flow_state = {}
+        if before in (ConversationStatus.QUEUED, ConversationStatus.AGENT):
+            await self._observe(s, conv, result, "customer_message", text=text, attachments=0)
+        else:
+            await self.actions.run(turn, [Escalate(reason="technical_error", priority=50)])
+            await self._observe(s, conv, result, "escalated")
+        key = "escalation.technical_error"
+        turn.replies.insert(0, Reply(key, ctx.t(key)))
+        turn.replies.extend(turn.after)
+        result.status = conv.status
+        for reply in turn.replies:
+            result.outbox_ids.append(await self.say(s, identity, conv, reply, ctx.locale))
+            result.replies.append(reply.text)
+        return result
+
+    async def _handle(self, s: AsyncSession, msg: InboundMessage) -> HandleResult:
+        taken = await self._take_in(s, msg)
+        if taken is None:
+            return HandleResult(duplicate=True)
+        identity, contact, conv, text = taken
+        now = self.clock()
+        ctx = self._context(contact, now, msg)
+        turn = Turn(s, contact, identity, conv, ctx)
+        result = HandleResult(contact_id=contact.id, conversation_id=conv.id)
+        before = conv.status
+        if before in (ConversationStatus.QUEUED, ConversationStatus.AGENT):
+            await self._observe(
+                s, conv, result, "customer_message", text=text, attachments=len(msg.attachments)
+            )
+        if msg.kind == "message" or msg.kind == "button":
+            payload = clean_text(msg.payload)[:200] if msg.payload is not None else None
+            if len(text) > MAX_FLOW_TEXT and before == ConversationStatus.BOT:
+                # an agent reads the whole text; the bot only the start: say so
+                note = ctx.t("limits.truncated", limit=MAX_FLOW_TEXT)
+                turn.replies.append(Reply("limits.truncated", note))
+            inp = UserInput(
+                text=text[:MAX_FLOW_TEXT], payload=payload, attachments=len(msg.attachments)
+            )
+            decision = dialogue.decide(conv.status, conv.flow_state or {}, inp, ctx)
+            _mark_marketing(turn, conv.flow_state or {}, decision.actions)
+            conv.flow_state = decision.state
+            await self.actions.run(turn, decision.actions)
+            turn.replies.extend(decision.replies)
+            turn.replies.extend(turn.after)
+        if conv.status != before and conv.status == ConversationStatus.QUEUED:
+            await self._observe(s, conv, result, "escalated")
+        elif before == ConversationStatus.QUEUED and conv.status == ConversationStatus.BOT:
+            await self._observe(s, conv, result, "left_queue")
+        result.status = conv.status
+        for reply in _with_notice(turn.replies, turn):
+            result.outbox_ids.append(
+                await self.say(s, identity, conv, reply, turn.ctx.locale, campaign=turn.campaign)
+            )
+            result.replies.append(reply.text)
+        return result
+
+    async def _observe(
+        self, s: AsyncSession, conv: Conversation, result: HandleResult, kind: str, **detail: Any
+    ) -> None:
+        if await self.notify_observers(s, conv, kind, **detail):
+            result.observed.append(kind)
+
+    async def start_flow(
+        self,
+        channel: str,
+        external_id: str,
+        flow: str,
+        *,
+        thread_key: str | None = None,
+        extra: dict[str, Any] | None = None,
+        footer_key: str | None = None,
+        in_transaction: Callable[[AsyncSession, HandleResult], Awaitable[None]] | None = None,
+        campaign: str | None = None,
+    ) -> HandleResult | None:
+        """Open a flow with a known customer (a survey after a case, a win-back campaign).
+
+        Returns None, and says nothing, when the conversation is busy: an agent owns it,
+        it waits for one, or another flow is running. `campaign` marks the opening messages
+        as a campaign's (email adds List-Unsubscribe). `footer_key`: a catalog line appended
+        to the last opening message (a campaign's how-to-stop notice); with both given (a
+        marketing campaign) every later reply of the flow is marked too. `in_transaction` is
+        awaited after the messages are queued, in the same transaction (a campaign records
+        its delivery there); what it raises rolls everything back and propagates.
+        """
+        thread = thread_key or external_id
+        async with self._locks.hold((channel, thread)):
+            async with self.sessions() as s, s.begin():
+                identity = await queries.get_identity(s, channel, external_id)
+                if identity is None:
+                    raise LookupError(f"no identity {channel}:{external_id}")
+                contact = await s.get(Contact, identity.contact_id)
+                assert contact is not None
+                conv = await queries.open_conversation_locked(s, channel, thread)
+                if conv is None:
+                    conv = await queries.create_conversation(
+                        s, contact.id, identity.id, channel, thread
+                    )
+                elif conv.status != "bot" or (conv.flow_state or {}).get("flow"):
+                    return None
+                ctx = self._context(contact, self.clock())
+                decision = dialogue.begin(flow, ctx, extra)
+                conv.flow_state = decision.state
+                if campaign and footer_key:  # marketing: the flow's later replies are marked too
+                    conv.flow_state = {**decision.state, MARKETING_KEY: [campaign, footer_key]}
+                queries.add_touchpoint(
+                    s,
+                    contact_id=contact.id,
+                    conversation_id=conv.id,
+                    channel=channel,
+                    direction=Direction.INTERNAL,
+                    kind="flow_started",
+                    actor="system",
+                    payload={"flow": flow, **(extra or {})},
+                )
+                result = HandleResult(contact_id=contact.id, conversation_id=conv.id)
+                replies = list(decision.replies)
+                if footer_key and replies:
+                    last = replies[-1]
+                    text = f"{last.text}\n\n{ctx.t(footer_key)}"
+                    replies[-1] = Reply(last.key, text, last.buttons, last.meta)
+                for reply in replies:
+                    result.outbox_ids.append(
+                        await self.say(s, identity, conv, reply, ctx.locale, campaign=campaign)
+                    )
+                    result.replies.append(reply.text)
+                if in_transaction is not None:
+                    await in_transaction(s, result)
+        if self.on_commit:
+            self.on_commit()
+        return result
+
+    async def remind(
+        self,
+        conversation_id: int,
+        *,
+        quiet_since: datetime,
+        in_transaction: Callable[[AsyncSession, HandleResult], Awaitable[None]] | None = None,
+    ) -> HandleResult | None:
+        """Re-ask the open question of a flow the customer abandoned (flows.reminder).
+
+        Returns None, and says nothing, unless the conversation is still the bot's, its
+        flow still runs and was not reminded yet, it is no marketing flow, and the
+        customer has not written since `quiet_since`. `in_transaction` as in start_flow.
+        """
+        async with self.sessions() as s:
+            found = await s.get(Conversation, conversation_id)
+            if found is None:
+                return None
+            channel, thread = found.channel, found.thread_key
+        async with self._locks.hold((channel, thread)):
+            async with self.sessions() as s, s.begin():
+                conv = await queries.open_conversation_locked(s, channel, thread)
+                if conv is None or conv.id != conversation_id or conv.status != "bot":
+                    return None
+                contact = await s.get(Contact, conv.contact_id)
+                identity = await s.get(Identity, conv.identity_id)
+                assert contact is not None and identity is not None
+                state = conv.flow_state or {}
+                if state.get(MARKETING_KEY) or (
+                    contact.last_contact_at is not None and contact.last_contact_at > quiet_since
+                ):
+                    return None
+                ctx = self._context(contact, self.clock())
+                decision = reminder.remind(state, ctx)
+                if decision is None:
+                    return None
+                conv.flow_state = decision.state
+                queries.add_touchpoint(
+                    s,
+                    contact_id=contact.id,
+                    conversation_id=conv.id,
+                    channel=channel,
+                    direction=Direction.INTERNAL,
+                    kind="flow_reminded",
+                    actor="system",
+                    payload={"flow": state.get("flow"), "step": state.get("step")},
+                )
+                result = HandleResult(contact_id=contact.id, conversation_id=conv.id)
+                for reply in decision.replies:
+                    result.outbox_ids.append(await self.say(s, identity, conv, reply, ctx.locale))
+                    result.replies.append(reply.text)
+                if in_transaction is not None:
+                    await in_transaction(s, result)
+        if self.on_commit:
+            self.on_commit()
+        return result
+
+    async def record_event(self, event: ChannelEvent) -> bool:
+        """Record a non-message event in the history; False if it was already recorded."""
+        async with self._locks.hold((event.channel, "identity", event.sender_id)):
+            for attempt in range(5):
+                try:
+                    async with self.sessions() as s, s.begin():
+                        return await self._record_event(s, event)
+                except IntegrityError:
+                    if attempt == 4:
+                        raise
+        return False  # pragma: no cover
+
+    async def _record_event(self, s: AsyncSession, event: ChannelEvent) -> bool:
+        if event.platform_event_id and await queries.inbound_exists(
+            s, event.channel, event.platform_event_id
+        ):
+            return False
+        identity = await queries.get_identity(s, event.channel, event.sender_id)
+        if identity is None:
+            identity = await queries.create_contact_with_identity(
+                s,
+                event.channel,
+                event.sender_id,
+                name=event.sender_name,
+                locale=normalize_locale(event.locale_hint, self.default_locale),
+            )
+        if event.reachable is not None:
+            identity.reachable = event.reachable
+            identity.unreachable_reason = None if event.reachable else event.reason
+        queries.add_touchpoint(
+            s,
+            contact_id=identity.contact_id,
+            conversation_id=None,
+            channel=event.channel,
+            direction=Direction.IN,
+            kind=event.kind,
+            actor="platform",
+            payload={**event.payload, "reachable": event.reachable, "reason": event.reason},
+            platform_message_id=event.platform_event_id,
+        )
+        await s.flush()
+        return True
+
+    async def _identity(
+        self, s: AsyncSession, msg: InboundMessage, now: datetime
+    ) -> tuple[Identity, Contact]:
+        identity = await queries.get_identity(s, msg.channel, msg.sender_id)
+        created = identity is None
+        if identity is None:
+            locale = normalize_locale(msg.locale_hint, self.default_locale)
+            identity = await queries.create_contact_with_identity(
+                s,
+                msg.channel,
+                msg.sender_id,
+                name=msg.sender_name,
+                locale=locale,
+                source=msg.contact_updates.get("source"),
+            )
+        contact = await s.get(Contact, identity.contact_id)
+        assert contact is not None
+        identity.last_seen_at = now
+        identity.reachable = True  # they just wrote to us
+        identity.unreachable_reason = None
+        if msg.sender_name and not identity.display_name:
+            identity.display_name = queries.scrub(msg.sender_name)
+        contact.last_contact_at = now
+        if not (msg.verified or created):
+            return identity, contact  # an unvouched sender's word changes no profile
+        for key in ("phone", "email"):
+            if msg.contact_updates.get(key):
+                setattr(contact, key, msg.contact_updates[key])
+        if msg.contact_updates.get("source") and not contact.source:
+            contact.source = msg.contact_updates["source"]
+        return identity, contact
+
+    def _context(
+        self, contact: Contact, now: datetime, msg: InboundMessage | None = None
+    ) -> Context:
+        facts = ContactFacts(
+            name=contact.name,
+            value_segment=contact.value_segment,
+            lifecycle_phase=contact.lifecycle_phase,
+        )
+        return Context(
+            locale=contact.locale or self.default_locale,
+            options=self.options,
+            catalog=self.catalog,
+            contact=facts,
+            now=now,
+            matcher=self.matcher,
+            channel=msg.channel if msg is not None else "",
+            verified=msg.verified if msg is not None else True,
+        )
+
+    async def say(
+        self,
+        s: AsyncSession,
+        identity: Identity,
+        conv: Conversation,
+        reply: Reply,
+        locale: str,
+        actor: str = "bot",
+        campaign: str | None = None,
+    ) -> int:
+        """Queue one reply in the outbox and record it in the history (same transaction)."""
+        out = OutboundMessage(
+            channel=conv.channel,
+            recipient_id=identity.external_id,
+            thread_key=conv.thread_key,
+            text=reply.text,
+            choices=tuple(_choice(b) for b in reply.buttons),
+            locale=locale,
+            campaign=campaign,
+            contact_id=conv.contact_id if campaign else None,
+        )
+        row = await queries.enqueue(
+            s,
+            channel=conv.channel,
+            recipient_id=identity.external_id,
+            thread_key=conv.thread_key,
+            body=out.to_json(),
+            conversation_id=conv.id,
+            identity_id=identity.id,
+        )
+        queries.add_touchpoint(
+            s,
+            contact_id=conv.contact_id,
+            conversation_id=conv.id,
+            channel=conv.channel,
+            direction=Direction.OUT,
+            kind="message",
+            actor=actor,
+            text=reply.text,
+            payload={
+                "key": reply.key,
+                "buttons": [asdict(b) for b in reply.buttons],
+                **dict(reply.meta),
+            },
+            outbox_id=row.id,
+        )
+        return row.id
+
+
+def _mark_marketing(turn: Turn, before: Mapping[str, Any], actions: tuple[object, ...]) -> None:
+    """A reply inside a marketing flow (the flow ran when the customer wrote) carries the
+    campaign's mark and stop notice; the confirmation of an opt-out does not."""
+    mark = before.get(MARKETING_KEY)
+    opted_out = any(isinstance(a, SetConsent) and not a.granted for a in actions)
+    if isinstance(mark, list) and len(mark) == 2 and not opted_out:
+        turn.campaign, turn.stop_notice = str(mark[0]), str(mark[1])
+
+
+def _with_notice(replies: list[Reply], turn: Turn) -> list[Reply]:
+    """The stop notice under the last reply of the turn (as under the opening message)."""
+    if turn.stop_notice is None or not replies:
+        return replies
+    last = replies[-1]
+    text = f"{last.text}\n\n{turn.ctx.t(turn.stop_notice)}"
+    return [*replies[:-1], Reply(last.key, text, last.buttons, last.meta)]
+
+
+def _choice(b: Button) -> Choice:
+    return Choice(b.payload, b.label)
+
+
+def _inbound_payload(msg: InboundMessage) -> dict[str, Any]:
+    data: dict[str, Any] = {}
+    if msg.payload is not None:
+        data["button"] = msg.payload
+    if msg.attachments:
+        data["attachments"] = [asdict(a) for a in msg.attachments]
+    if msg.locale_hint:
+        data["locale_hint"] = msg.locale_hint
+    if msg.raw is not None:
+        data["raw"] = msg.raw
+    if not msg.verified:  # agents see that the channel could not vouch for the sender
+        data["sender_verified"] = False
+    length = len(clean_text(msg.text)) if msg.text else 0
+    if length > MAX_FLOW_TEXT:  # the flow read only the start
+        data["truncated"] = {"length": length, "read": MAX_FLOW_TEXT}
+    return data
+
+
+def _is_retryable(exc: OperationalError) -> bool:
+    text = str(exc.orig).lower() if exc.orig else str(exc).lower()
+    return "locked" in text or "deadlock" in text or "serializ" in text

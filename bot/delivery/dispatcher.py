@@ -1,0 +1,291 @@
+"""Drains the outbox through the channel adapters.
+
+A row is claimed with a lease (status `sending`, `leased_until`), sent, then marked
+sent / retried / failed in its own transaction. Per recipient only the oldest
+unfinished row is eligible, so replies arrive in order and a message waiting on
+a 429 holds back the ones behind it. PostgreSQL claims with FOR UPDATE SKIP LOCKED
+so several workers share the work; a lease that expires (the process died while
+sending; bot/delivery/leases.py renews a live worker's) makes the row eligible again, the
+documented at-least-once window.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Callable, Mapping
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import and_, exists, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.orm import aliased
+
+from bot.channel import Channel, PermanentSendError, SendResult, TransientSendError
+from bot.channel.messages import OutboundMessage
+from bot.config import DispatcherSettings
+from bot.delivery.leases import Leases
+from bot.delivery.worker import RoundWorker
+from storage import queries
+from storage.models import Conversation, Direction, OutboxMessage, OutboxStatus, utcnow
+
+log = logging.getLogger(__name__)
+# an outbox body's text to keep once the message is sent (bot/conversation/linking.py's code mail)
+MASKED_TEXT = "masked_text"
+UNFINISHED = (OutboxStatus.PENDING, OutboxStatus.SENDING)
+
+
+def masked(body: Mapping[str, Any]) -> dict[str, Any]:
+    """An outbox body with its masked text in place of the text (see MASKED_TEXT)."""
+    kept = {k: v for k, v in body.items() if k != MASKED_TEXT}
+    return {**kept, "text": body[MASKED_TEXT]}
+
+
+class Dispatcher(RoundWorker):
+    name = "outbox-dispatcher"
+
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        channels: Mapping[str, Channel],
+        settings: DispatcherSettings,
+        leases: Leases,
+        *,
+        skip_locked: bool = False,
+    ) -> None:
+        super().__init__(settings.poll_interval_seconds)
+        self.leases = leases
+        self.sessions = sessions
+        self.channels = channels
+        self.settings = settings
+        self.skip_locked = skip_locked
+        # told of each attempt's result after it is committed: sent, retry, failed (metrics)
+        self.observe: Callable[[OutboxMessage, str], None] = lambda row, result: None
+
+    async def round(self) -> int:
+        return await self.drain_once()
+
+    async def drain_once(self) -> int:
+        """Claim one batch and send it; returns how many rows were attempted."""
+        with self.leases.held():
+            return await self._drain_once()
+
+    async def _drain_once(self) -> int:
+        rows = await self._claim()
+        if not rows:
+            return 0
+        sem = asyncio.Semaphore(self.settings.concurrency)
+        done: list[tuple[OutboxMessage, SendResult]] = []
+        flushing = asyncio.Lock()
+
+        async def flush() -> None:
+            # sends finishing while a flush writes are recorded together by the next one:
+            # few transactions, and no reply waits for a slower one of its batch
+            async with flushing:
+                batch = done[:]
+                del done[:]
+                await self._sent_while_leased(batch)
+
+        async def one(row: OutboxMessage) -> None:
+            async with sem:
+                sent = await self._deliver(row)
+            if sent is not None:
+                done.append(sent)
+                await flush()
+
+        await asyncio.gather(*(one(r) for r in rows))
+        return len(rows)
+
+    async def drain(self, timeout: float = 30.0) -> None:
+        """Send until nothing is due (tests, `cicbot chat`)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while await self.drain_once():
+            if loop.time() > deadline:
+                raise TimeoutError("outbox not drained")
+
+    async def _claim(self) -> list[OutboxMessage]:
+        now = utcnow()
+        earlier = aliased(OutboxMessage)
+        head_of_queue = ~exists().where(
+            earlier.channel == OutboxMessage.channel,
+            earlier.recipient_id == OutboxMessage.recipient_id,
+            earlier.status.in_(UNFINISHED),
+            earlier.id < OutboxMessage.id,
+        )
+        due = or_(
+            and_(
+                OutboxMessage.status == OutboxStatus.PENDING, OutboxMessage.next_attempt_at <= now
+            ),
+            and_(OutboxMessage.status == OutboxStatus.SENDING, OutboxMessage.leased_until < now),
+        )
+        q = (
+            select(OutboxMessage)
+            .where(due, head_of_queue, OutboxMessage.channel.in_(list(self.channels)))
+            .order_by(OutboxMessage.id)
+            .limit(self.settings.concurrency * 4)
+        )
+        if self.skip_locked:
+            q = q.with_for_update(skip_locked=True)
+        lease = self.leases.until()
+        async with self.sessions() as s, s.begin():
+            rows = list((await s.execute(q)).scalars().all())
+            for row in rows:
+                row.status = OutboxStatus.SENDING
+                row.leased_until = lease
+                row.leased_by = self.leases.boot_id
+                row.attempts += 1
+        return rows
+
+    async def _deliver(self, row: OutboxMessage) -> tuple[OutboxMessage, SendResult] | None:
+        """Send one row; the result if it went out, None if it was retried or failed."""
+        channel = self.channels[row.channel]
+        message = OutboundMessage.from_row(
+            channel=row.channel,
+            recipient_id=row.recipient_id,
+            thread_key=row.thread_key,
+            body=row.body,
+            outbox_id=row.id,
+            conversation_id=row.conversation_id,
+        )
+        try:
+            result = await channel.send(message)
+        except TransientSendError as exc:
+            await self._retry(row, str(exc), exc.retry_after)
+        except PermanentSendError as exc:
+            await self._fail(row, str(exc), unreachable=True)
+        except Exception as exc:  # an adapter bug is treated as transient, and logged
+            log.exception("channel %s raised while sending outbox row %s", row.channel, row.id)
+            await self._retry(row, f"{type(exc).__name__}: {exc}", None)
+        else:
+            return row, result
+        return None
+
+    async def _sent_while_leased(self, done: list[tuple[OutboxMessage, SendResult]]) -> None:
+        """Record sends, retrying while their lease lasts: a database outage shorter than the
+        lease does not make a delivered reply go out again (past it, another claim may)."""
+        delay = 0.2
+        while True:
+            try:
+                await self._sent(done)
+                return
+            except Exception as exc:
+                leased = min((r.leased_until for r, _ in done if r.leased_until), default=None)
+                if leased and self.leases.renewed_until:
+                    leased = max(leased, self.leases.renewed_until)  # the heartbeat renewed it
+                left = (leased - utcnow()).total_seconds() if leased else 0.0
+                if self._stopping or left < delay * 2:
+                    raise
+                log.warning(
+                    "recording %d sent outbox rows failed, again in %.1fs: %s",
+                    len(done),
+                    delay,
+                    f"{type(exc).__name__}: {exc}"[:300],
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    async def _sent(self, done: list[tuple[OutboxMessage, SendResult]]) -> None:
+        if not done:
+            return
+        now = utcnow()
+        async with self.sessions() as s, s.begin():
+            await s.execute(
+                update(OutboxMessage),
+                [
+                    {
+                        "id": row.id,
+                        "status": OutboxStatus.SENT,
+                        "sent_at": now,
+                        "leased_until": None,
+                        "leased_by": None,
+                        "last_error": None,
+                        "platform_message_id": result.platform_message_id,
+                    }
+                    for row, result in done
+                ],
+            )
+            for row, _ in done:
+                if isinstance(row.body, dict) and MASKED_TEXT in row.body:
+                    # a secret (a one-time code) need not outlive its delivery
+                    await s.execute(
+                        update(OutboxMessage)
+                        .where(OutboxMessage.id == row.id)
+                        .values(body=masked(row.body))
+                    )
+        for row, _ in done:
+            self.observe(row, "sent")
+
+    def _backoff(self, attempts: int) -> float:
+        base: float = self.settings.base_backoff_seconds * 2.0 ** max(attempts - 1, 0)
+        return min(base, self.settings.max_backoff_seconds) * random.uniform(0.8, 1.2)
+
+    async def _retry(self, row: OutboxMessage, error: str, retry_after: float | None) -> None:
+        if row.attempts >= self.settings.max_attempts:
+            await self._fail(
+                row, f"gave up after {row.attempts} attempts: {error}", unreachable=False
+            )
+            return
+        delay = retry_after if retry_after is not None else self._backoff(row.attempts)
+        log.warning("outbox row %s: transient error, retry in %.1fs: %s", row.id, delay, error)
+        async with self.sessions() as s, s.begin():
+            await s.execute(
+                update(OutboxMessage)
+                .where(OutboxMessage.id == row.id)
+                .values(
+                    status=OutboxStatus.PENDING,
+                    leased_until=None,
+                    leased_by=None,
+                    last_error=error[:1000],
+                    next_attempt_at=utcnow() + timedelta(seconds=delay),
+                )
+            )
+        self.observe(row, "retry")
+
+    async def _fail(self, row: OutboxMessage, error: str, *, unreachable: bool) -> None:
+        log.warning("outbox row %s failed permanently: %s", row.id, error)
+        async with self.sessions() as s, s.begin():
+            failed = [row.id]
+            if unreachable:
+                # whatever else waits for this recipient would fail the same way
+                rest = await s.execute(
+                    update(OutboxMessage)
+                    .where(
+                        OutboxMessage.channel == row.channel,
+                        OutboxMessage.recipient_id == row.recipient_id,
+                        OutboxMessage.status == OutboxStatus.PENDING,
+                    )
+                    .values(status=OutboxStatus.FAILED, last_error="recipient unreachable")
+                    .returning(OutboxMessage.id)
+                )
+                failed += list(rest.scalars())
+                if row.identity_id:
+                    await queries.set_reachable(s, row.identity_id, False, error[:500])
+            await s.execute(
+                update(OutboxMessage)
+                .where(OutboxMessage.id == row.id)
+                .values(
+                    status=OutboxStatus.FAILED,
+                    leased_until=None,
+                    leased_by=None,
+                    last_error=error[:1000],
+                )
+            )
+            conv = await s.get(Conversation, row.conversation_id) if row.conversation_id else None
+            if conv is not None:
+                queries.add_touchpoint(
+                    s,
+                    contact_id=conv.contact_id,
+                    conversation_id=conv.id,
+                    channel=row.channel,
+                    direction=Direction.INTERNAL,
+                    kind="delivery_failed",
+                    actor="system",
+                    payload={
+                        "outbox_ids": failed,
+                        "error": error[:500],
+                        "unreachable": unreachable,
+                    },
+                )
+        self.observe(row, "failed")

@@ -1,0 +1,323 @@
+"""Raw platform updates: persisted first, acknowledged, processed afterwards.
+
+A webhook handler calls `accept` (one INSERT, deduped on the platform's update id)
+and answers 200; the worker parses each row with its channel's parser and hands the
+result to the engine. Per partition (a chat, a thread) only the oldest unfinished
+row is eligible, so a customer's updates are processed in order; partitions run
+concurrently. A parser error (the update is over its bounds or its time budget, or the
+library's models reject it) or repeated failures park the row as `dead` with the error,
+never dropped; what the parser could still read (a customer's text) is handled all the same.
+
+Leases (bot/delivery/leases.py): a claimed row carries this process's boot id and a short lease
+the heartbeat renews. A row whose holder died (the lease ran out, or the holder is known to
+be gone at start) is taken again, at most `max_crashes` times in all: an update that kills
+the process is parked as dead instead of killing every process that takes it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import traceback
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import and_, exists, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.orm import aliased
+
+from bot.channel.messages import ChannelEvent, InboundMessage
+from bot.conversation.engine import Engine
+from bot.delivery.flood import Admission, defer, row_key
+from bot.delivery.leases import Leases
+from bot.delivery.worker import RoundWorker
+from storage.db import is_unavailable
+from storage.models import DeadLetter, InboxStatus, InboxUpdate, utcnow
+from storage.queries import scrub
+
+log = logging.getLogger(__name__)
+# Work a parser hands back instead of a message, run in the worker in order with the rest:
+# an agent's action in Slack, or a platform look-up before a message is handed to the engine.
+# Its failure is retried like the engine's (and parked as dead after max_attempts).
+Deferred = Callable[[], Awaitable[object]]
+Parsed = Sequence[InboundMessage | ChannelEvent | Deferred]
+UNFINISHED = (InboxStatus.PENDING, InboxStatus.PROCESSING)
+STOP_SECONDS = 10.0  # at stop, rows being handled get this long to finish
+
+
+@dataclass(frozen=True)
+class Tolerated:
+    """Items a parser read past its library (whose models rejected a valid update): handled
+    as usual, the row done with `note` kept in its error column for an operator."""
+
+    items: Parsed
+    note: str
+
+
+Result = Parsed | Tolerated
+Parser = Callable[[dict[str, Any]], Result | Awaitable[Result]]
+
+
+class Unavailable(Exception):
+    """The database cannot be reached: the update is not persisted, so the webhook must
+    not acknowledge it (503, the platform delivers it again)."""
+
+
+class ParseError(Exception):
+    """The update cannot be understood; it is kept as dead, not retried. `salvaged` is
+    what could still be read from it (the customer's text from the raw JSON): handled all
+    the same, so the customer is answered."""
+
+    def __init__(self, reason: str, salvaged: Parsed = ()) -> None:
+        super().__init__(reason)
+        self.salvaged = salvaged
+
+
+class Inbox(RoundWorker):
+    name = "inbox-worker"
+
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        engine: Engine,
+        leases: Leases,
+        *,
+        dialect: str,
+        concurrency: int = 32,
+        max_attempts: int = 5,
+        max_crashes: int = 3,
+        poll_interval: float = 1.0,
+        flood: Admission | None = None,
+    ) -> None:
+        super().__init__(poll_interval)
+        self.flood = flood
+        self._not_before = 0.0  # loop time when the last deferred row is due again
+        self.sessions = sessions
+        self.engine = engine
+        self.dialect = dialect
+        self.concurrency = concurrency
+        self.max_attempts = max_attempts
+        self.max_crashes = max_crashes  # attempts in all once a holder died with the row
+        self.leases = leases
+        self.parsers: dict[str, Parser] = {}
+        self._running: set[asyncio.Task[None]] = set()  # rows the running worker handles
+        # told of arrivals (accepted, duplicate) and of each outcome (an InboxStatus): metrics
+        self.observe: Callable[[str, str], None] = lambda channel, event: None
+
+    def register(self, channel: str, parser: Parser) -> None:
+        self.parsers[channel] = parser
+
+    async def accept(
+        self, channel: str, dedupe_key: str, partition_key: str, payload: dict[str, Any]
+    ) -> bool:
+        """Persist one raw update; False if it was already there (a redelivery)."""
+        insert = postgresql.insert if self.dialect == "postgresql" else sqlite.insert
+        stmt = (
+            insert(InboxUpdate)
+            .values(
+                channel=channel,
+                dedupe_key=scrub(dedupe_key[:200]),
+                partition_key=scrub(partition_key[:200]),
+                payload=scrub(payload),
+                status=InboxStatus.PENDING,
+                attempts=0,
+                created_at=utcnow(),
+            )
+            .on_conflict_do_nothing(index_elements=["channel", "dedupe_key"])
+            .returning(InboxUpdate.id)
+        )
+        try:
+            async with self.sessions() as s, s.begin():
+                new = (await s.execute(stmt)).first() is not None
+        except Exception as exc:
+            if not is_unavailable(exc):
+                raise
+            raise Unavailable(f"{type(exc).__name__}: {exc}"[:500]) from exc
+        self.observe(channel, "accepted" if new else "duplicate")
+        if new:
+            self.notify()
+        return new
+
+    async def round(self) -> int:
+        """The running worker: claim rows for the free slots and start them, without
+        waiting for the batch, so a slow row (a validation using its whole time budget)
+        holds up only its own partition. A finished row notifies the next round."""
+        free = self.concurrency - len(self._running)
+        rows = await self._claim(free) if free > 0 else []
+        for row in rows:
+            task = asyncio.create_task(self._process_held(row), name=f"inbox-row-{row.id}")
+            self._running.add(task)
+            task.add_done_callback(self._done)
+        return len(rows)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._running.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("inbox row task failed", exc_info=task.exception())
+        self.notify()
+
+    async def _process_held(self, row: InboxUpdate) -> None:
+        with self.leases.held():
+            await self._process(row)
+
+    async def stop(self) -> None:
+        await super().stop()
+        if self._running:  # let rows being handled finish (a validation is bounded)
+            _, pending = await asyncio.wait(list(self._running), timeout=STOP_SECONDS)
+            for task in pending:  # their leases run out; the next start takes them again
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+
+    async def process_once(self) -> int:
+        """One batch, claimed and finished (tests, `drain`)."""
+        with self.leases.held():
+            rows = await self._claim(self.concurrency)
+            await asyncio.gather(*(self._process(r) for r in rows))
+        return len(rows)
+
+    async def drain(self, timeout: float = 30.0) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            deferred = loop.time() < self._not_before  # rows the flood control put back
+            if not await self.process_once() and not deferred:
+                return
+            if loop.time() > deadline:
+                raise TimeoutError("inbox not drained")
+            await asyncio.sleep(0.01 if deferred else 0)
+
+    async def _claim(self, limit: int) -> list[InboxUpdate]:
+        now = utcnow()
+        earlier = aliased(InboxUpdate)
+        head = ~exists().where(
+            earlier.channel == InboxUpdate.channel,
+            earlier.partition_key == InboxUpdate.partition_key,
+            earlier.status.in_(UNFINISHED),
+            earlier.id < InboxUpdate.id,
+        )
+        due = or_(
+            InboxUpdate.status == InboxStatus.PENDING,
+            and_(InboxUpdate.status == InboxStatus.PROCESSING, InboxUpdate.leased_until < now),
+        )
+        q = (
+            select(InboxUpdate)
+            .where(due, head, InboxUpdate.channel.in_(list(self.parsers)))
+            .order_by(InboxUpdate.id)
+            .limit(limit)
+        )
+        if self.dialect == "postgresql":
+            q = q.with_for_update(skip_locked=True)
+        async with self.sessions() as s, s.begin():
+            rows = list((await s.execute(q)).scalars())
+            claimed = []
+            for r in rows:
+                # its holder died while working on it (a deferred row has no holder)
+                orphan = r.status == InboxStatus.PROCESSING and r.leased_by is not None
+                if orphan and r.attempts >= self.max_crashes:
+                    self._park(
+                        s,
+                        r,
+                        f"the process stopped while handling this update; "
+                        f"parked after {r.attempts} attempts",
+                    )
+                    continue
+                r.status = InboxStatus.PROCESSING
+                r.leased_until = self.leases.until()
+                r.leased_by = self.leases.boot_id
+                r.attempts += 1
+                claimed.append(r)
+        return claimed
+
+    async def _process(self, row: InboxUpdate) -> None:
+        if await self._flooded(row):
+            return
+        try:
+            parsed = self.parsers[row.channel](row.payload)
+            result = await parsed if inspect.isawaitable(parsed) else parsed
+        except Exception as exc:
+            # garbage from outside, not our failure: a warning, no traceback
+            log.warning("inbox row %s (%s) parked: %s", row.id, row.channel, type(exc).__name__)
+            salvaged = exc.salvaged if isinstance(exc, ParseError) else ()
+            if await self._handle(row, salvaged):
+                await self._finish(row, InboxStatus.DEAD, _error(exc))
+            return
+        items, note = (
+            (result.items, result.note) if isinstance(result, Tolerated) else (result, None)
+        )
+        if note is not None:
+            log.warning("inbox row %s (%s): %s", row.id, row.channel, note[:300])
+        if await self._handle(row, items):
+            await self._finish(row, InboxStatus.DONE if items else InboxStatus.IGNORED, note)
+
+    async def _handle(self, row: InboxUpdate, items: Parsed) -> bool:
+        """Hand the items on; False if that failed (the row is then retried or parked)."""
+        try:
+            for item in items:
+                if isinstance(item, InboundMessage):
+                    await self.engine.handle(item)
+                elif isinstance(item, ChannelEvent):
+                    await self.engine.record_event(item)
+                else:
+                    await item()
+        except Exception as exc:
+            log.exception("inbox row %s (%s) failed", row.id, row.channel)
+            status = InboxStatus.DEAD if row.attempts >= self.max_attempts else InboxStatus.PENDING
+            await self._finish(row, status, _error(exc))
+            return False
+        return True
+
+    async def _finish(self, row: InboxUpdate, status: InboxStatus, error: str | None) -> None:
+        self.observe(row.channel, status)
+        async with self.sessions() as s, s.begin():
+            await s.execute(
+                update(InboxUpdate)
+                .where(InboxUpdate.id == row.id)
+                .values(
+                    status=status,
+                    error=error,
+                    leased_until=None,
+                    leased_by=None,
+                    processed_at=utcnow() if status != InboxStatus.PENDING else None,
+                )
+            )
+            if status == InboxStatus.DEAD:
+                s.add(_dead_letter(row, error or ""))
+
+    def _park(self, s: AsyncSession, row: InboxUpdate, error: str) -> None:
+        """Park a row as dead inside the claiming transaction (it is not processed)."""
+        log.error("inbox row %s (%s) parked: %s", row.id, row.channel, error)
+        self.observe(row.channel, InboxStatus.DEAD)
+        row.status, row.error = InboxStatus.DEAD, error
+        row.leased_until, row.leased_by, row.processed_at = None, None, utcnow()
+        s.add(_dead_letter(row, error))
+
+    async def _flooded(self, row: InboxUpdate) -> bool:
+        """True if the row's sender is over the rate: the row waits (see bot/delivery/flood.py)."""
+        key = row_key(row.channel, row.partition_key)
+        seconds = await self.flood.admit(key) if self.flood is not None and key else 0.0
+        if seconds <= 0:
+            return False
+        await defer(self.sessions, row, seconds)
+        loop = asyncio.get_running_loop()
+        loop.call_later(seconds, self.notify)
+        self._not_before = max(self._not_before, loop.time() + seconds)
+        return True
+
+
+def _dead_letter(row: InboxUpdate, error: str) -> DeadLetter:
+    # the raw update stays in its inbox row; the dead letter points at it
+    return DeadLetter(
+        source="inbox",
+        channel=row.channel,
+        reference=f"inbox:{row.id}",
+        error=error,
+        payload={"inbox_id": row.id, "attempts": row.attempts},
+        created_at=utcnow(),
+    )
+
+
+def _error(exc: BaseException) -> str:
+    return "".join(traceback.format_exception_only(type(exc), exc)).strip()[:4000]

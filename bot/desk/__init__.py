@@ -1,0 +1,1 @@
+"""Human agents: the desk service (claim, reply, resolve, ...), authentication, live events."""

@@ -1,0 +1,1 @@
+"""Knowledge-base files: loading, checking, building the matcher, import and gaps."""

@@ -1,0 +1,1 @@
+"""Running it: logging set-up and Prometheus metrics."""

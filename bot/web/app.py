@@ -1,0 +1,59 @@
+"""The FastAPI application served by `cicbot serve`."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
+
+from bot.ops import metrics
+from bot.runtime import Runtime
+from bot.web import agent_console as console
+from bot.web import api, docs
+from bot.web import crm_api as api_crm
+from bot.web.campaigns_api import router as campaign_router
+
+
+def create_app(runtime: Runtime) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        await runtime.start()
+        try:
+            yield
+        finally:
+            await runtime.stop()
+
+    server = runtime.settings.server
+    app = FastAPI(
+        title="cicbot",
+        version="0.1.0",
+        lifespan=lifespan,
+        docs_url=None,  # bot/web/docs.py serves Swagger UI itself, no CDN
+        redoc_url=None,
+        # every route; routes with more to carry (imports, webhooks) set their own
+        max_body_size=server.max_body_bytes,
+    )
+    app.state.runtime = runtime
+    # the client address and scheme from X-Forwarded-* only when a trusted proxy sent them
+    app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=server.trusted_proxies)
+
+    @app.get("/healthz", tags=["ops"])
+    async def healthz() -> JSONResponse:
+        """200 when the database answers, 503 otherwise."""
+        if await runtime.healthy():
+            return JSONResponse({"status": "ok", "channels": sorted(runtime.channels)})
+        return JSONResponse({"status": "database unavailable"}, status_code=503)
+
+    api.install(app)
+    app.include_router(campaign_router)
+    app.include_router(api_crm.router)
+    app.include_router(console.router)
+    app.include_router(metrics.router)
+    app.include_router(docs.router)
+    for adapter in runtime.channels.values():
+        if adapter.router is not None:
+            app.include_router(adapter.router, max_body_size=adapter.max_body_bytes)
+    return app

@@ -1,0 +1,1 @@
+"""The terminal chat (`cicbot chat`): a channel for trying the bot and for scripts."""

@@ -1,0 +1,1 @@
+"""Email: IMAP in (TLS), SMTP out, parsing, reply extraction, sender verification."""

@@ -1,0 +1,1 @@
+"""Telegram (aiogram 3): webhook or long polling, bounded parsing, sending."""

@@ -1,0 +1,344 @@
+"""Per-identity flood control: a flooding customer is slowed, nobody else is, and nothing is
+lost, reordered or doubled."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator
+from datetime import datetime
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import select, text
+from websockets.asyncio.client import ClientConnection
+
+from bot.channel.messages import ChannelEvent, InboundMessage
+from bot.config import LimitsSettings
+from bot.delivery import flood
+from bot.delivery.flood import Admission, FloodControl, SharedFloodControl, row_key
+from bot.runtime import Runtime
+from storage.db import create_engine, session_factory
+from storage.models import (
+    Direction,
+    InboxStatus,
+    InboxUpdate,
+    OutboxMessage,
+    Touchpoint,
+)
+from tests.channels.telegram.helpers import channel, post, serving, settled, tg_settings
+from tests.channels.webchat.helpers import open_socket
+from tests.conftest import make_settings, recorder
+from tests.conftest import settled as idle
+from tests.server import serve
+from tests.standins.telegram_api import TelegramStandIn
+
+RATE, BURST = 5.0, 5  # well below what the worker does unpaced (~15/s)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_burst_then_rate() -> None:
+    clock = Clock()
+    flood = FloodControl(rate=2.0, burst=3, clock=clock)
+    assert [flood.delay("a") for _ in range(3)] == [0.0, 0.0, 0.0]
+    assert flood.delay("a") == pytest.approx(0.5)
+    assert flood.delay("a") == pytest.approx(0.5)  # asking again takes nothing
+    assert flood.delay("b") == 0.0  # another sender is not affected
+    clock.now += 0.5
+    assert flood.delay("a") == 0.0
+    assert flood.delay("a") == pytest.approx(0.5)
+    clock.now += 60  # idle: the bucket refills up to the burst, not beyond
+    assert [flood.delay("a") for _ in range(4)][-1] == pytest.approx(0.5)
+
+
+def test_keys_are_bounded() -> None:
+    clock = Clock()
+    flood = FloodControl(rate=1.0, burst=1, max_keys=3, clock=clock)
+    for key in "abcde":
+        flood.delay(key)
+    assert len(flood) == 3
+    assert flood.delay("a") == 0.0  # forgotten: starts full again
+    assert flood.delay("e") == pytest.approx(1.0)  # remembered: still empty
+
+
+def test_settings_and_row_keys() -> None:
+    limits = LimitsSettings()
+    assert limits.messages_per_second > 0 and limits.burst >= 1
+    with pytest.raises(ValueError):
+        FloodControl(rate=0, burst=1)
+    assert row_key("telegram", "-") is None  # no sender: never one identity
+    assert row_key("telegram", "42") == ("telegram", "42")
+
+
+async def test_wait_sleeps_only_the_flooder() -> None:
+    flood = FloodControl(rate=50.0, burst=2)
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    for _ in range(12):
+        await flood.wait("flooder")
+    flooder = loop.time() - start
+    start = loop.time()
+    await flood.wait("other")
+    assert loop.time() - start < 0.01
+    assert flooder >= 10 / 50 * 0.9
+
+
+# ---- through the real inbox ---------------------------------------------------------------
+
+
+def parse(payload: dict[str, Any]) -> list[InboundMessage | ChannelEvent]:
+    return [
+        InboundMessage(
+            channel="test",
+            sender_id=payload["user"],
+            platform_message_id=payload["id"],
+            thread_key=payload["user"],
+            text=payload["text"],
+            locale_hint="en",
+        )
+    ]
+
+
+async def accept(rt: Runtime, user: str, n: int) -> bool:
+    payload = {"id": f"{user}-{n}", "user": user, "text": f"{user}: where is my parcel {n}?"}
+    return await rt.inbox.accept("test", payload["id"], user, payload)
+
+
+async def outbox_ids(rt: Runtime, user: str) -> list[int]:
+    async with rt.sessions() as s:
+        q = select(OutboxMessage.id).where(OutboxMessage.recipient_id == user)
+        return sorted((await s.execute(q)).scalars())
+
+
+async def inbound_texts(rt: Runtime, channel: str = "test") -> list[str]:
+    async with rt.sessions() as s:
+        q = (
+            select(Touchpoint.text)
+            .where(Touchpoint.direction == Direction.IN, Touchpoint.channel == channel)
+            .order_by(Touchpoint.id)
+        )
+        return [t or "" for t in (await s.execute(q)).scalars()]
+
+
+def limiter(runtime: Runtime, rate: float, burst: int) -> Admission:
+    """What flood.attach gives the inbox: shared on PostgreSQL, in memory on SQLite."""
+    if runtime.db.dialect.name == "postgresql":
+        return SharedFloodControl(runtime.sessions, rate, burst)
+    return FloodControl(rate, burst)
+
+
+@pytest.fixture
+async def worker(runtime: Runtime) -> AsyncIterator[Runtime]:
+    runtime.inbox.register("test", parse)
+    runtime.inbox.flood = limiter(runtime, RATE, BURST)
+    await runtime.dispatcher.start()
+    yield runtime  # the test starts the inbox worker
+    await runtime.inbox.stop()
+    await runtime.dispatcher.stop()
+
+
+async def handled(rt: Runtime, user: str) -> list[InboxUpdate]:
+    async with rt.sessions() as s:
+        q = select(InboxUpdate).where(
+            InboxUpdate.partition_key == user, InboxUpdate.status == InboxStatus.DONE
+        )
+        return sorted((await s.execute(q)).scalars(), key=at)
+
+
+def at(row: InboxUpdate) -> datetime:
+    assert row.processed_at is not None
+    return row.processed_at
+
+
+async def test_flooder_is_slowed_others_are_not(worker: Runtime) -> None:
+    rt = worker
+    for n in range(50):  # 50 messages at once
+        assert await accept(rt, "flooder", n)
+    assert await accept(rt, "other", 0)  # sent just after them
+    await rt.inbox.start()
+    async with asyncio.timeout(10):  # the flooder's burst is through; now it waits
+        while len(await handled(rt, "flooder")) <= BURST:
+            await asyncio.sleep(0.01)
+    # mid-flood, a third customer writes: the waiting flooder must not hold up the worker
+    sent = time.monotonic()
+    assert await accept(rt, "late", 0)
+    async with asyncio.timeout(5):
+        while not await handled(rt, "late"):
+            await asyncio.sleep(0.005)
+    waited = time.monotonic() - sent
+    # the flooder's remaining 40-odd messages need 8 s; the late one must not wait for them
+    assert waited < 1.5, f"a customer waited {waited:.2f}s behind the flooder"
+    assert await outbox_ids(rt, "other") and await outbox_ids(rt, "late")  # replies queued
+    await idle(rt, timeout=30)
+    (other,) = await handled(rt, "other")
+    (late,) = await handled(rt, "late")
+    flooder = await handled(rt, "flooder")
+    assert at(other) < at(flooder[9])
+    assert at(late) < at(flooder[-1])
+    # all 50 handled, in order, once; the deferrals were not counted as attempts
+    texts = [t for t in await inbound_texts(rt) if t.startswith("flooder")]
+    assert texts == [f"flooder: where is my parcel {n}?" for n in range(50)]
+    async with rt.sessions() as s:
+        rows = list((await s.execute(select(InboxUpdate).order_by(InboxUpdate.id))).scalars())
+    assert [r.status for r in rows] == [InboxStatus.DONE] * 52
+    assert {r.attempts for r in rows} == {1}
+    done = [at(r) for r in rows if r.partition_key == "flooder"]
+    assert done == sorted(done)  # in order
+    span = (done[-1] - done[0]).total_seconds()
+    assert span >= (50 - BURST) / RATE * 0.9, f"50 handled in {span:.2f}s: not slowed"
+    # a redelivery of any of them is refused, and nothing was replied twice
+    assert not await accept(rt, "flooder", 7)
+    await rt.dispatcher.drain()
+    assert len(recorder(rt).sent) == len({m.outbox_id for m in recorder(rt).sent})
+
+
+async def test_drain_waits_for_deferred_rows(runtime: Runtime) -> None:
+    runtime.inbox.register("test", parse)
+    runtime.inbox.flood = limiter(runtime, RATE, 2)
+    for n in range(8):
+        await accept(runtime, "u", n)
+    await runtime.inbox.drain()
+    texts = await inbound_texts(runtime)
+    assert texts == [f"u: where is my parcel {n}?" for n in range(8)]
+
+
+# ---- several workers on PostgreSQL: one limit ------------------------------------------
+
+
+@pytest.mark.postgres
+async def test_the_shared_limit_counts_every_worker(pg_url: str) -> None:
+    """Two workers (two engines, as two processes have) share one sender's limit; a
+    refused ask takes nothing; other senders are not affected."""
+    engines = [create_engine(pg_url), create_engine(pg_url)]
+    a, b = (SharedFloodControl(session_factory(e), rate=4.0, burst=3) for e in engines)
+    sender = ("telegram", f"chat-{uuid.uuid4().hex}")
+    try:
+        assert [await a.admit(sender), await b.admit(sender), await a.admit(sender)] == [0, 0, 0]
+        first = await b.admit(sender)  # the fourth message, on either worker: too early
+        assert 0 < first <= 0.25
+        again = await a.admit(sender)
+        assert 0 < again <= first  # asking again took nothing
+        assert await b.admit(("telegram", f"chat-{uuid.uuid4().hex}")) == 0
+        await asyncio.sleep(again)
+        assert await a.admit(sender) == 0  # its turn has come
+        assert 0 < await b.admit(sender) <= 0.25  # and the next is a turn later
+    finally:
+        for e in engines:
+            await e.dispose()
+
+
+@pytest.mark.postgres
+async def test_shared_marks_hold_no_chat_ids(pg_url: str) -> None:
+    limiter = SharedFloodControl(session_factory(db := create_engine(pg_url)), 2.0, 2)
+    chat = f"chat-{uuid.uuid4().hex}"
+    try:
+        await limiter.admit(("telegram", chat))
+        async with db.connect() as conn:
+            keys = (await conn.execute(text("SELECT key FROM flood_marks"))).scalars().all()
+        assert keys and not any(chat in k for k in keys)
+    finally:
+        await db.dispose()
+
+
+@pytest.mark.postgres
+async def test_senders_idle_an_hour_are_forgotten(pg_url: str) -> None:
+    db = create_engine(pg_url)
+    try:
+        async with db.begin() as conn:
+            await conn.execute(
+                text(
+                    "INSERT INTO flood_marks (key, tat) VALUES ('idle', "
+                    "extract(epoch FROM now()) - 3700), ('recent', extract(epoch FROM now()))"
+                )
+            )
+        await SharedFloodControl(session_factory(db), 2.0, 2).admit(("slack", "U1"))
+        async with db.connect() as conn:
+            keys = set((await conn.execute(text("SELECT key FROM flood_marks"))).scalars())
+        assert "idle" not in keys and "recent" in keys
+    finally:
+        await db.dispose()
+
+
+async def test_attach_shares_on_postgresql_only(db_url: str) -> None:
+    for shared in (True, False):
+        settings = make_settings(db_url, limits=LimitsSettings(shared=shared))
+        rt = Runtime(settings, channels=[])
+        try:
+            own = flood.attach(rt)
+            assert isinstance(own, FloodControl) and flood.attach(rt) is own
+            on_pg = rt.db.dialect.name == "postgresql"
+            expected = SharedFloodControl if shared and on_pg else FloodControl
+            assert type(rt.inbox.flood) is expected
+        finally:
+            await rt.db.dispose()
+
+
+# ---- a Telegram customer flooding the webhook ---------------------------------------------
+
+
+async def test_telegram_flood_through_the_webhook(db_url: str, tg: TelegramStandIn) -> None:
+    flooder, other = 700000001, 700000002
+    settings = tg_settings(db_url, tg, mode="webhook", chat_rate_per_second=200, chat_burst=30)
+    limits = LimitsSettings(messages_per_second=25, burst=BURST)
+    settings = settings.model_copy(update={"limits": limits})
+    async with serving(settings) as (base, rt), httpx.AsyncClient() as client:
+        assert channel(rt) is not None
+        updates = [tg.push_text(flooder, f"flood {n}", language_code="en") for n in range(50)]
+        for u in updates:  # as Telegram does: one chat's updates one after the other
+            assert (await post(client, base, u)).status_code == 200
+        update = tg.push_text(other, "hello", language_code="en")
+        sent = time.monotonic()
+        assert (await post(client, base, update)).status_code == 200
+        await tg.wait_for(lambda: tg.sent_messages(other), timeout=5)
+        assert time.monotonic() - sent < 1.5
+        assert len(await handled(rt, str(flooder))) < 50  # answered before the flood was
+        await settled(rt, tg, timeout=30)
+        texts = [t for t in await inbound_texts(rt, "telegram") if t.startswith("flood")]
+        assert texts == [f"flood {n}" for n in range(50)]
+
+
+# ---- the web chat: the limiter sleeps in the flooding visitor's own socket task ----------
+
+
+async def test_webchat_flooder_waits_alone(db_url: str) -> None:
+    settings = make_settings(db_url, limits=LimitsSettings(messages_per_second=5, burst=2))
+    async with serve(settings) as (base, _):
+        # two customers behind the (trusted, loopback) proxy: one address each
+        async with (
+            await open_socket(base, forwarded_for="203.0.113.1", lang="en") as a,
+            await open_socket(base, forwarded_for="203.0.113.2", lang="en") as b,
+        ):
+            await a.recv(), await b.recv()  # the history frames
+            loop = asyncio.get_running_loop()
+            start = loop.time()
+            for n in range(12):
+                await a.send(json.dumps({"type": "message", "id": f"flood{n:04d}", "text": "hi"}))
+            await b.send(json.dumps({"type": "message", "id": "other0001", "text": "hello"}))
+            assert (await acks(b, 1))[0][0] == "other0001"
+            other = loop.time() - start
+            flooder = await acks(a, 12)
+        assert [mid for mid, _ in flooder] == [f"flood{n:04d}" for n in range(12)]
+        early = sum(at - start < 0.6 for _, at in flooder)
+        assert early <= 2 + 3 + 1, f"{early} acks in 0.6 s: the flooder was not slowed"
+        assert other < flooder[-1][1] - start  # the other visitor did not wait for the flood
+
+
+async def acks(ws: ClientConnection, n: int) -> list[tuple[str, float]]:
+    """The next `n` acks (id, loop time received); reply frames are skipped."""
+    got: list[tuple[str, float]] = []
+    async with asyncio.timeout(15):
+        while len(got) < n:
+            frame = json.loads(await ws.recv())
+            if frame["type"] == "ack":
+                got.append((frame["id"], asyncio.get_running_loop().time()))
+    return got
