@@ -16,7 +16,8 @@ from rich.text import Text
 
 from bot.config import ConfigError, Settings, load_settings
 from bot.kb import KBError, build_matcher, load_files
-from flows.options import KnowledgeBaseOptions
+from flows.knowledge_eval import label
+from flows.options import KnowledgeBaseOptions, KnowledgeEntry
 
 if TYPE_CHECKING:
     from flows.knowledge import Matcher
@@ -87,10 +88,10 @@ def kb_match(
     match = _matcher(options).best(text)
     answered = match is not None and match.confidence >= limit
     result: dict[str, Any] = {
-        "entry": match.entry.id if answered and match else None,
+        "entry": label(match.entry) if answered and match else None,
         "confidence": round(match.confidence, 3) if match else 0.0,
         "threshold": limit,
-        "nearest": match.entry.id if match else None,
+        "nearest": label(match.entry) if match else None,
         "example": match.example if match else None,
     }
     if as_json:
@@ -99,16 +100,21 @@ def kb_match(
     if match is None:
         out.print("none: no word of the question is in the knowledge base", highlight=False)
     elif answered:
+        what = (
+            f"answer (en): {match.entry.answer.en}"
+            if isinstance(match.entry, KnowledgeEntry)
+            else "a built-in intent (docs/knowledge-base.md)"
+        )
         out.print(
-            f"{match.entry.id}  confidence {match.confidence:.3f} (threshold {limit:.2f})\n"
-            f"  nearest example: {match.example}\n  answer (en): {match.entry.answer.en}",
+            f"{label(match.entry)}  confidence {match.confidence:.3f} (threshold {limit:.2f})\n"
+            f"  nearest example: {match.example}\n  {what}",
             markup=False,
             highlight=False,
         )
     else:
         out.print(
             f"none: confidence {match.confidence:.3f} is below the threshold {limit:.2f} "
-            f"(nearest: {match.entry.id}, {match.example!r}) → the bot says it is not sure",
+            f"(nearest: {label(match.entry)}, {match.example!r}) → the bot says it is not sure",
             markup=False,
             highlight=False,
         )
