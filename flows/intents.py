@@ -20,7 +20,7 @@ import yaml
 from pydantic import TypeAdapter
 
 from flows.commands import Command
-from flows.knowledge import Match, fold
+from flows.knowledge import Match, Matcher, fold
 from flows.model import Context, UserInput
 from flows.options import Intent, KnowledgeEntry
 
@@ -111,14 +111,23 @@ def understand(inp: UserInput, ctx: Context) -> Understood:
         return Understood("noise", None, 1.0)
     if ctx.matcher is None:
         return Understood(None, None)
-    intents = ctx.matcher.intents
-    hit = intents.best(text) if intents is not None else None
-    if hit is not None and isinstance(hit.entry, Intent) and hit.entry.id != "other":
-        floor = hit.entry.min_confidence or ctx.options.knowledge_base.threshold
-        if hit.confidence >= floor:
-            return Understood(hit.entry.id, hit, hit.confidence)
+    hit = recognise(ctx.matcher, text, ctx.options.knowledge_base.threshold)
+    if hit is not None:
+        return Understood(hit.entry.id, hit, hit.confidence)
     match = ctx.matcher.best(text)
     return Understood(None, match, match.confidence if match else 0.0)
+
+
+def recognise(matcher: Matcher, text: str, threshold: float) -> Match | None:
+    """The intent `matcher.intents` is sure of (at the intent's floor, else `threshold`)."""
+    hit = matcher.intents.best(text) if matcher.intents is not None else None
+    if hit is None or not isinstance(hit.entry, Intent) or hit.entry.id == "other":
+        return None
+    return hit if hit.confidence >= floor(hit.entry, threshold) else None
+
+
+def floor(intent: Intent, threshold: float) -> float:
+    return intent.min_confidence or threshold
 
 
 def meta(understood: Understood) -> dict[str, Any]:
