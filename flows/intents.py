@@ -10,6 +10,7 @@ failed question: they get a short reply and do not count toward handing over to 
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache
@@ -79,16 +80,23 @@ def merge(base: Iterable[Intent], extra: Iterable[Intent]) -> list[Intent]:
     return list(merged.values())
 
 
+MAX_COUNTER_EXAMPLES = 3000  # bounds the intent matcher's size on a big knowledge base
+
+
 def with_counter_examples(
-    intents: Sequence[Intent], entries: Sequence[KnowledgeEntry]
+    intents: Sequence[Intent], entries: Sequence[KnowledgeEntry], limit: int = MAX_COUNTER_EXAMPLES
 ) -> list[Intent]:
     """The intents the intent matcher learns: the knowledge base's examples join "other",
-    so that a question the knowledge base answers is not taken for an intent."""
+    so that a question the knowledge base answers is not taken for an intent. A big base
+    gives at most `limit`, taken from every entry in turn."""
     taken = {fold(e) for i in intents if i.id != "other" for e in i.examples}
-    extra = [ex for e in entries for ex in e.examples if fold(ex) not in taken]
+    columns = [[ex for ex in e.examples if fold(ex) not in taken] for e in entries]
+    extra: list[str] = []
+    for row in itertools.zip_longest(*columns):
+        extra.extend(ex for ex in row if ex is not None)
     if not extra:
         return list(intents)
-    return merge(intents, [Intent(id="other", examples=extra)])
+    return merge(intents, [Intent(id="other", examples=extra[:limit])])
 
 
 @dataclass(frozen=True)
