@@ -242,6 +242,8 @@ def build_matcher(kb: KnowledgeBaseOptions, encoder: Encoder | None = None) -> M
     """The knowledge base's matcher, with the built-in intents' matcher (`.intents`) that
     the dialogue asks first; each from the cache when unchanged."""
     encoder = encoder if encoder is not None else load_encoder(kb.encoder)
+    if encoder is not None:
+        encoder = _last_question(encoder)
     cache = MatcherCache.at(kb.cache_dir)
     matcher = _fitted(list(kb.entries), kb.encoder, encoder, cache)
     if kb.intents:
@@ -272,6 +274,23 @@ def _fitted(
     log.info("matcher fitted: %d examples in %.1f s", len(matcher.examples), took)
     cache.save(digest, matcher.state())
     return matcher
+
+
+def _last_question(encoder: Encoder) -> Encoder:
+    """The intents' matcher and the base's encode the same question one after the other:
+    the second gets the first's encoding (kept in memory for that one question only)."""
+    last: list[tuple[str, np.ndarray]] = [("", np.zeros(0))]
+
+    def encode(texts: Sequence[str]) -> np.ndarray:
+        text, vectors = last[0]  # one read: another thread may replace it meanwhile
+        if len(texts) == 1 and texts[0] == text and len(vectors):
+            return vectors
+        out = encoder(texts)
+        if len(texts) == 1:
+            last[0] = (texts[0], out)
+        return out
+
+    return encode
 
 
 class MatcherCache:

@@ -490,3 +490,17 @@ def test_no_cache_folder_no_files(
     options = KnowledgeBaseOptions(entries=[loc.entry for loc in load_files([kb])], cache_dir="")
     assert build_matcher(options).best("Öffnungszeiten") is not None
     assert list(tmp_path.iterdir()) == [kb]
+
+
+def test_a_question_is_encoded_once_for_the_intents_and_the_base(kb: Path) -> None:
+    encoder = CountingEncoder()
+    options = KnowledgeBaseOptions(
+        entries=[loc.entry for loc in load_files([kb])], intents=list(builtin()), cache_dir=""
+    )
+    matcher = build_matcher(options, encoder)
+    assert matcher.intents is not None
+    encoder.encoded.clear()
+    matcher.intents.best("wann habt ihr offen")
+    matcher.best("wann habt ihr offen")
+    matcher.best("can I pay with paypal")
+    assert encoder.encoded == ["wann habt ihr offen", "can I pay with paypal"]
