@@ -13,6 +13,7 @@ import io
 import logging
 import os
 import time
+import zipfile
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -293,6 +294,10 @@ def _last_question(encoder: Encoder) -> Encoder:
     return encode
 
 
+# what reading a damaged or foreign .npz raises (a truncated zip, a missing array)
+UNREADABLE = (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile)
+
+
 class MatcherCache:
     """Fitted matchers (`matcher-<content hash>.npz`) and sentence encodings by text hash
     (`encodings-<encoder>.npz`, hashes and vectors only) in one folder. Plain arrays,
@@ -319,7 +324,7 @@ class MatcherCache:
                 state = {k: data[k] for k in data.files}
             os.utime(path)  # recently used: kept by the pruning
             return state
-        except (OSError, ValueError) as exc:
+        except UNREADABLE as exc:
             log.warning("matcher cache %s unreadable: %s", path, exc)
             return None
 
@@ -342,7 +347,7 @@ class MatcherCache:
             try:
                 with np.load(path, allow_pickle=False) as data:
                     have = dict(zip(data["hashes"].tolist(), data["vectors"], strict=True))
-            except (OSError, ValueError, KeyError) as exc:
+            except UNREADABLE as exc:
                 log.warning("encoding cache %s unreadable: %s", path, exc)
         hashes = [_text_hash(t) for t in texts]
         missing = list(dict.fromkeys(h for h in hashes if h not in have))
