@@ -267,7 +267,7 @@ def _fitted(
     if state is not None:
         try:
             return Matcher.restore(entries, state, encoder, encodings)
-        except (KeyError, ValueError) as exc:  # a file of another version: fit anew
+        except (KeyError, ValueError, IndexError, TypeError) as exc:  # another version: refit
             log.warning("matcher cache %s unusable (%s); fitting anew", digest, exc)
     t0 = time.perf_counter()
     matcher = Matcher(entries, encoder=encoder, encodings=encodings)
