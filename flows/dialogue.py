@@ -13,7 +13,7 @@ from typing import Any
 from flows import complaint, consent, csat, language, link, winback
 from flows.actions import Escalate, LeaveQueue, LogSelfService, SetLocale, ShowCaseStatus
 from flows.commands import CASE_REF_RE, Command, Parsed, parse
-from flows.intents import COMMANDS, SMALL_TALK, Understood, meta, understand
+from flows.intents import COMMANDS, SMALL_TALK, Understood, reply_meta, understand
 from flows.model import (
     Button,
     ChoiceStep,
@@ -207,9 +207,9 @@ def _small_talk(state: Mapping[str, Any], understood: Understood, ctx: Context) 
     as it was (an emoji after a miss must not hand the customer over)."""
     key = SMALL_TALK[str(understood.intent)]
     if understood.intent == "goodbye":
-        return Decision({}, (Reply(key, ctx.t(key), meta=meta(understood)),))
+        return Decision({}, (Reply(key, ctx.t(key), meta=reply_meta(understood)),))
     reply = menu(ctx, key) if understood.intent in ("yes", "noise") else Reply(key, ctx.t(key))
-    return Decision(dict(state), (replace(reply, meta=meta(understood)),))
+    return Decision(dict(state), (replace(reply, meta=reply_meta(understood)),))
 
 
 def _language(state: Mapping[str, Any], cmd: Parsed, ctx: Context, reprompt_flow: bool) -> Decision:

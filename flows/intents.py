@@ -138,5 +138,5 @@ def floor(intent: Intent, threshold: float) -> float:
     return intent.min_confidence or threshold
 
 
-def meta(understood: Understood) -> dict[str, Any]:
+def reply_meta(understood: Understood) -> dict[str, Any]:
     return {"intent": understood.intent, "confidence": round(understood.confidence, 3)}
