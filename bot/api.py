@@ -1,7 +1,8 @@
 """The agent REST API, `/api/v1`: bearer tokens, roles, pagination, JSON errors.
 
-Roles: agent (work conversations, read contacts, update cases), supervisor (also act
-on colleagues' conversations, see the agents), admin (also create and revoke agents).
+Roles: agent (work their own conversations, read contacts, update cases), supervisor
+(also act on colleagues' conversations, merge contacts, unlock link addresses, see the
+agents), admin (also create and revoke agents, GDPR). docs/security.md has the model.
 """
 
 from __future__ import annotations
@@ -13,7 +14,9 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.routing import APIRoute
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
 from sqlalchemy import String, cast, func, or_, select
 from starlette.exceptions import HTTPException
@@ -36,6 +39,12 @@ from storage.models import (
 
 RANK = {AgentRole.AGENT: 0, AgentRole.SUPERVISOR: 1, AgentRole.ADMIN: 2}
 
+# A token revoked by the CLI or on another worker is noticed by the stream's own check, at
+# most this late; revoked through this worker's API, the stream ends at once (the bus).
+RECHECK_SECONDS = 5.0
+HEARTBEAT_SECONDS = 15.0
+REVOKED = "agent_revoked"  # a bus event for the streams, never sent to a client
+
 
 class ApiError(DeskError):
     def __init__(self, status: int, code: str, message: str) -> None:
@@ -48,7 +57,8 @@ def runtime_of(request: Request) -> Runtime:
     return rt
 
 
-async def current_agent(request: Request) -> Agent:
+async def authenticate(request: Request) -> Agent:
+    """The agent whose bearer token the request carries, or ApiError 401."""
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token:
@@ -59,6 +69,35 @@ async def current_agent(request: Request) -> Agent:
             raise ApiError(401, "unauthorized", "unknown or revoked token")
         agent.last_seen_at = utcnow()
     return agent
+
+
+class BearerRoute(APIRoute):
+    """A route that checks the bearer token before FastAPI reads the body (it reads it
+    before any dependency runs): an unauthenticated client cannot make the server read,
+    or even receive past its buffers, a large body."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def authenticated(request: Request) -> Response:
+            request.state.agent = await authenticate(request)
+            return await handler(request)
+
+        return authenticated
+
+
+# the OpenAPI schema's security scheme, so /docs has an "Authorize" button for the token
+BEARER = HTTPBearer(
+    auto_error=False, bearerFormat="cic_…", description="An agent's API token (cicbot agents add)"
+)
+
+
+async def current_agent(
+    request: Request,
+    _: Annotated[HTTPAuthorizationCredentials | None, Depends(BEARER)],
+) -> Agent:
+    agent: Agent | None = getattr(request.state, "agent", None)  # BearerRoute's
+    return agent if agent is not None else await authenticate(request)
 
 
 def role(minimum: AgentRole) -> Callable[[Agent], Coroutine[Any, Any, Agent]]:
@@ -186,7 +225,7 @@ class NewAgent(BaseModel):
     slack_user_id: str | None = Field(default=None, max_length=64)
 
 
-router = APIRouter(prefix="/api/v1", tags=["agent desk"])
+router = APIRouter(prefix="/api/v1", tags=["agent desk"], route_class=BearerRoute)
 
 
 @router.get("/me")
@@ -438,27 +477,47 @@ async def add_agent(request: Request, body: NewAgent, agent: Admin) -> dict[str,
 
 @router.delete("/agents/{agent_id}")
 async def revoke_agent(request: Request, agent_id: int, agent: Admin) -> dict[str, Any]:
-    async with runtime_of(request).sessions() as s, s.begin():
+    rt = runtime_of(request)
+    async with rt.sessions() as s, s.begin():
         if not await auth.revoke(s, agent_id):
             raise NotFound(f"agent {agent_id} not found")
+    rt.events.publish({"type": REVOKED, "id": agent_id})  # its open streams end now
     return {"ok": True}
 
 
 @router.get("/events")
 async def events(request: Request, agent: AnyAgent) -> StreamingResponse:
-    """Server-sent events: `queue` and `conversation` changes, and a heartbeat."""
-    bus = runtime_of(request).events
+    """Server-sent events: `queue` and `conversation` changes, and a heartbeat. The stream
+    ends when the agent is revoked."""
+    rt = runtime_of(request)
+
+    async def active() -> bool:
+        async with rt.sessions() as s:
+            return bool(await s.scalar(select(Agent.active).where(Agent.id == agent.id)))
 
     async def stream() -> AsyncIterator[str]:
-        async with bus.subscribe() as q:
+        clock = asyncio.get_running_loop().time
+        async with rt.events.subscribe() as q:
             yield "event: hello\ndata: {}\n\n"
+            checked = beat = clock()
             while not await request.is_disconnected():
                 try:
-                    event = await asyncio.wait_for(q.get(), 15)
+                    event = await asyncio.wait_for(q.get(), RECHECK_SECONDS)
                 except TimeoutError:
-                    yield ": heartbeat\n\n"
+                    event = None
+                if event is not None and event["type"] == REVOKED:
+                    if event["id"] == agent.id:
+                        return
                     continue
-                yield f"event: {event['type']}\ndata: {json.dumps(event)}\n\n"
+                if event is None or clock() - checked >= 1.0:  # at most one query a second
+                    if not await active():
+                        return
+                    checked = clock()
+                if event is not None:
+                    yield f"event: {event['type']}\ndata: {json.dumps(event)}\n\n"
+                elif clock() - beat >= HEARTBEAT_SECONDS:
+                    beat = clock()
+                    yield ": heartbeat\n\n"
 
     return StreamingResponse(
         stream(),

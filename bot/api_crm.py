@@ -1,6 +1,7 @@
-"""The CRM part of the REST API, `/api/v1` (docs/crm.md): merge contacts (agents, audited),
-imports and recomputations (supervisors), analytics (supervisors), GDPR export, erasure
-and retention (admins). Errors are the API's JSON errors."""
+"""The CRM part of the REST API, `/api/v1` (docs/crm.md): merge contacts (supervisors,
+audited), imports and recomputations (supervisors), analytics (supervisors), addresses
+locked for email links (supervisors), GDPR export, erasure and retention (admins).
+Errors are the API's JSON errors."""
 
 from __future__ import annotations
 
@@ -12,13 +13,22 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from sqlalchemy.exc import IntegrityError
 
-from bot import analytics, dead_letters, gdpr, importer, lifecycle, value
-from bot.api import Admin, AnyAgent, ApiError, Supervisor, runtime_of
+from bot import (
+    analytics,
+    dead_letters,
+    gdpr,
+    identity_link,
+    importer,
+    lifecycle,
+    retention,
+    value,
+)
+from bot.api import Admin, ApiError, BearerRoute, Supervisor, runtime_of
 from bot.desk import actor
 from bot.history import MergeError, merge_contacts
 from storage.models import utcnow
 
-router = APIRouter(prefix="/api/v1", tags=["crm"])
+router = APIRouter(prefix="/api/v1", tags=["crm"], route_class=BearerRoute)
 MAX_IMPORT_BYTES = 64 << 20
 
 
@@ -32,9 +42,12 @@ class Retention(BaseModel):
 
 
 @router.post("/contacts/{contact_id}/merge")
-async def merge(request: Request, contact_id: int, body: Merge, agent: AnyAgent) -> dict[str, Any]:
+async def merge(
+    request: Request, contact_id: int, body: Merge, agent: Supervisor
+) -> dict[str, Any]:
     """Merge contact `other_id` into this one: identities, history, cases, consents and
-    orders move over; an audit touchpoint records who merged and why."""
+    orders move over; an audit touchpoint records who merged and why. Supervisors only:
+    a wrong merge shows one person's history to another."""
     try:
         async with runtime_of(request).sessions() as s, s.begin():
             return await merge_contacts(
@@ -46,6 +59,33 @@ async def merge(request: Request, contact_id: int, body: Merge, agent: AnyAgent)
         raise ApiError(
             409, "conflict", "the contacts' records conflict; nothing was merged"
         ) from None
+
+
+@router.get("/link-locks")
+async def link_locks(request: Request, agent: Supervisor) -> dict[str, Any]:
+    """Email addresses locked for linking after too many wrong one-time codes."""
+    async with runtime_of(request).sessions() as s:
+        rows = await identity_link.locked_addresses(s)
+    items = [
+        {
+            "id": r.id,
+            "email": r.email,
+            "failures": r.failures,
+            "locked_at": r.locked_at.isoformat() if r.locked_at else None,
+        }
+        for r in rows
+    ]
+    return {"items": items, "total": len(items)}
+
+
+@router.delete("/link-locks/{lock_id}")
+async def unlock_link(request: Request, lock_id: int, agent: Supervisor) -> dict[str, Any]:
+    """Unlock an address once a person has checked it is the customer's (by phone, in the
+    shop): linking it works again, the count of wrong codes starts afresh."""
+    async with runtime_of(request).sessions() as s, s.begin():
+        if not await identity_link.unlock(s, lock_id=lock_id, actor=actor(agent)):
+            raise ApiError(404, "not_found", f"no locked address {lock_id}")
+    return {"ok": True}
 
 
 @router.get("/contacts/{contact_id}/export")
@@ -69,11 +109,13 @@ async def erase(request: Request, contact_id: int, agent: Admin) -> dict[str, An
 
 
 @router.post("/gdpr/retention")
-async def retention(request: Request, body: Retention, agent: Admin) -> dict[str, Any]:
+async def retention_purge(request: Request, body: Retention, agent: Admin) -> dict[str, Any]:
+    """The retention period over every table with personal data (docs/security.md); how
+    many rows each step touched."""
     rt = runtime_of(request)
     days = body.days or rt.settings.crm.retention_days
     async with rt.sessions() as s, s.begin():
-        purged = await gdpr.purge_touchpoints(s, days)
+        purged = await retention.purge(s, days)
     return {"retention_days": days, "purged": purged}
 
 
@@ -113,14 +155,14 @@ async def _import(request: Request, kind: str) -> Any:
     return result
 
 
-@router.post("/import/contacts")
+@router.post("/import/contacts", max_body_size=MAX_IMPORT_BYTES)
 async def import_contacts(request: Request, agent: Supervisor) -> Any:
     """The body is the CSV file (see `cicbot import contacts`). All rows or none: a bad row
     answers 422 with every bad row's line and reason."""
     return await _import(request, "contacts")
 
 
-@router.post("/import/orders")
+@router.post("/import/orders", max_body_size=MAX_IMPORT_BYTES)
 async def import_orders(request: Request, agent: Supervisor) -> Any:
     """The body is the CSV file (see `cicbot import orders`); value and lifecycle are
     recomputed afterwards, in the same transaction."""

@@ -7,8 +7,9 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
-from bot import api, api_crm, console, metrics
+from bot import api, api_crm, console, docs, metrics
 from bot.campaign_api import router as campaign_router
 from bot.runtime import Runtime
 
@@ -22,8 +23,19 @@ def create_app(runtime: Runtime) -> FastAPI:
         finally:
             await runtime.stop()
 
-    app = FastAPI(title="cicbot", version="0.1.0", lifespan=lifespan)
+    server = runtime.settings.server
+    app = FastAPI(
+        title="cicbot",
+        version="0.1.0",
+        lifespan=lifespan,
+        docs_url=None,  # bot/docs.py serves Swagger UI itself, no CDN
+        redoc_url=None,
+        # every route; routes with more to carry (imports, webhooks) set their own
+        max_body_size=server.max_body_bytes,
+    )
     app.state.runtime = runtime
+    # the client address and scheme from X-Forwarded-* only when a trusted proxy sent them
+    app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=server.trusted_proxies)
 
     @app.get("/healthz", tags=["ops"])
     async def healthz() -> JSONResponse:
@@ -37,7 +49,8 @@ def create_app(runtime: Runtime) -> FastAPI:
     app.include_router(api_crm.router)
     app.include_router(console.router)
     app.include_router(metrics.router)
+    app.include_router(docs.router)
     for adapter in runtime.channels.values():
         if adapter.router is not None:
-            app.include_router(adapter.router)
+            app.include_router(adapter.router, max_body_size=adapter.max_body_bytes)
     return app

@@ -12,12 +12,12 @@ from typing import Any
 
 from fastapi import APIRouter, Query, Request
 
-from bot.api import AnyAgent, ApiError, Supervisor, runtime_of
+from bot.api import AnyAgent, ApiError, BearerRoute, Supervisor, runtime_of
 from bot.campaign_config import CampaignSettings
 from bot.campaigns import Campaigns
 
 log = logging.getLogger(__name__)
-router = APIRouter(prefix="/api/v1/campaigns", tags=["campaigns"])
+router = APIRouter(prefix="/api/v1/campaigns", tags=["campaigns"], route_class=BearerRoute)
 _background: set[asyncio.Task[Any]] = set()
 
 

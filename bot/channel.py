@@ -56,6 +56,8 @@ class ChannelAdapter:
     """
 
     name: str = ""
+    # the request bodies its routes accept; None: the app's (`server.max_body_bytes`)
+    max_body_bytes: int | None = None
 
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime

@@ -95,7 +95,8 @@ def serve(
         port=p,
         log_level=log_level,
         ws_max_size=1 << 20,
-        proxy_headers=True,
+        # X-Forwarded-* are believed in the app, from server.trusted_proxies only
+        proxy_headers=False,
         log_config=None,  # uvicorn's loggers, access log included, go through ours (redacted)
     )
 

@@ -6,6 +6,7 @@ Secret fields may only come from the environment; one found in the YAML stops st
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from pathlib import Path
@@ -27,6 +28,8 @@ from pydantic_settings import (
     SettingsConfigDict,
     YamlConfigSettingsSource,
 )
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 from bot.campaign_config import CampaignSettings
 from bot.hours import BusinessHours
@@ -60,6 +63,60 @@ class ServerSettings(Section):
     log_format: Literal["text", "json"] = "text"  # json: one object per line (bot/logs.py)
     # GET /metrics from elsewhere than loopback needs this bearer token
     metrics_token: SecretStr | None = None  # CICBOT_SERVER__METRICS_TOKEN
+    # a larger request body is refused (413) before it is read; CSV imports and webhooks
+    # have their own limits (64 MiB, telegram/slack.max_body_bytes)
+    max_body_bytes: int = Field(default=1 << 20, ge=1024)
+    # peers whose X-Forwarded-For / X-Forwarded-Proto are believed (addresses or networks);
+    # every other peer is the client itself
+    trusted_proxies: list[str] = Field(default_factory=lambda: ["127.0.0.1", "::1"])
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        for item in value:
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError:
+                raise ValueError(f"{item!r} is not an IP address or network") from None
+        return value
+
+
+# scheme://host[:port] only: the values also go into the page's CSP (frame-ancestors)
+ORIGIN = re.compile(r"^https?://(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+)(:\d{1,5})?$")
+
+
+class WebChatSettings(Section):
+    """The built-in web chat (channels/webchat.py, docs/webchat.md)."""
+
+    # signs the visitors' session cookies; without it a key is generated once and kept
+    # in key_file (one machine); set it when several machines serve the chat
+    secret: SecretStr | None = None  # CICBOT_WEBCHAT__SECRET, at least 32 characters
+    key_file: str = "data/webchat.key"
+    # origins besides the page's own whose pages may open the chat socket and frame the page
+    allowed_origins: list[str] = Field(default_factory=list)
+    max_sockets: int = Field(default=1000, ge=1)  # open chat sockets of this process
+    max_sockets_per_address: int = Field(default=20, ge=1)  # ... from one client address
+    # new conversations: a burst of this many, then refilling evenly over the period
+    conversations_per_minute: int = Field(default=60, ge=1)  # all visitors together
+    conversations_per_address_hour: int = Field(default=10, ge=1)  # from one client address
+    messages_per_address_second: float = Field(default=5.0, gt=0)  # faster ones wait
+
+    @field_validator("secret")
+    @classmethod
+    def _secret_length(cls, value: SecretStr | None) -> SecretStr | None:
+        if _given(value) and len(_given(value)) < 32:
+            raise ValueError("must be at least 32 characters (e.g. `openssl rand -hex 32`)")
+        return value
+
+    @field_validator("allowed_origins")
+    @classmethod
+    def _origins(cls, value: list[str]) -> list[str]:
+        bad = [v for v in value if not ORIGIN.match(v)]
+        if bad:
+            raise ValueError(
+                f"must be origins such as https://shop.example.com (no path), not {bad[0]!r}"
+            )
+        return [v.lower() for v in value]
 
 
 class CompanySettings(Section):
@@ -74,7 +131,20 @@ class DispatcherSettings(Section):
     max_backoff_seconds: float = Field(default=300.0, gt=0)
     poll_interval_seconds: float = Field(default=1.0, gt=0)
     concurrency: int = Field(default=16, ge=1, le=1000)
-    lease_seconds: float = Field(default=60.0, gt=0)
+    # an outbox or inbox row's lease (bot/leases.py): a live worker renews it every
+    # heartbeat, a dead worker's runs out after lease_seconds
+    lease_seconds: float = Field(default=10.0, gt=0)
+    heartbeat_seconds: float = Field(default=2.0, gt=0)
+    # inbox: attempts for a row whose processing raised, and in all once a process died
+    # while handling it (an update that kills the process is parked, not retried forever)
+    inbox_max_attempts: int = Field(default=5, ge=1, le=100)
+    inbox_max_crashes: int = Field(default=3, ge=1, le=100)
+
+    @model_validator(mode="after")
+    def _heartbeat_within_lease(self) -> DispatcherSettings:
+        if self.heartbeat_seconds * 3 > self.lease_seconds:
+            raise ValueError("heartbeat_seconds must be at most a third of lease_seconds")
+        return self
 
 
 class LimitsSettings(Section):
@@ -110,6 +180,13 @@ class TelegramSettings(Section):
     chat_burst: int = Field(default=3, ge=1, le=30)
     max_body_bytes: int = Field(default=1 << 20, ge=4096)  # a webhook body; larger → 413
     max_depth: int = Field(default=32, ge=8, le=200)  # JSON nesting of an update
+    # bounds checked before aiogram's models see an update (channels/telegram_raw.py)
+    max_nodes: int = Field(default=5000, ge=100)  # objects and arrays in one update
+    # a rich_message's formatting, weighed by nesting (about 0.2 s of validation)
+    max_rich_text_cost: int = Field(default=5000, ge=100)
+    # validation runs in worker processes (bot/sandbox.py); one over budget is parked
+    parse_budget_seconds: float = Field(default=2.0, gt=0, le=60)
+    parse_workers: int = Field(default=2, ge=1, le=32)
 
     @field_validator("api_base")
     @classmethod
@@ -166,8 +243,10 @@ class EmailImapSettings(Section):
     port: int | None = Field(default=None, ge=1, le=65535)  # None: 993 with ssl, else 143
     username: str | None = None
     password: SecretStr | None = None  # CICBOT_EMAIL__IMAP__PASSWORD (an app password)
-    ssl: bool = True  # implicit TLS (993); false: plain, for a local test server only
+    ssl: bool = True  # implicit TLS (993)
+    starttls: bool = False  # with ssl false: STARTTLS on 143, required (never falls back)
     ca_file: str | None = None  # a private CA's PEM file; default: the system's CAs
+    verify_certificate: bool = True  # false: a test server's throwaway certificate only
     folder: str = "INBOX"
     # after a mail is committed: "seen" flags it \\Seen; "move" moves it to processed_folder
     after_import: Literal["seen", "move"] = "seen"
@@ -186,6 +265,7 @@ class EmailSmtpSettings(Section):
     starttls: bool = True
     ssl: bool = False  # implicit TLS (465) instead of STARTTLS
     ca_file: str | None = None  # a private CA's PEM file; default: the system's CAs
+    verify_certificate: bool = True  # false: a test server's throwaway certificate only
     timeout_seconds: float = Field(default=30.0, gt=0)
     idle_close_seconds: float = Field(default=10.0, gt=0)  # a batch's connection is kept
 
@@ -202,6 +282,11 @@ class EmailSettings(Section):
     max_attachment_bytes: int = Field(default=10 << 20, ge=0)  # larger: flagged over_cap
     public_url: str | None = None  # https://... base of the unsubscribe links
     unsubscribe_secret: SecretStr | None = None  # CICBOT_EMAIL__UNSUBSCRIBE_SECRET
+    # authserv-ids (RFC 8601) of the receiving servers whose Authentication-Results are
+    # believed: a sender counts as verified only with dmarc=pass from one of them
+    trusted_authserv_ids: list[str] = []
+    max_header_bytes: int = Field(default=256 << 10, ge=4096)  # the header block parsed
+    max_header_line_bytes: int = Field(default=16 << 10, ge=1024)  # one header with its folds
 
     @field_validator("address")
     @classmethod
@@ -209,6 +294,25 @@ class EmailSettings(Section):
         if value and not re.fullmatch(r"[^@\s<>]+@[^@\s<>]+\.[^@\s<>]+", value):
             raise ValueError("is not an email address such as service@example.com")
         return value or None
+
+    @model_validator(mode="after")
+    def _credentials(self) -> EmailSettings:
+        """A configured mailbox without its login refuses to start, naming what is missing
+        (rather than retrying a failing login forever)."""
+        if not self.enabled:
+            return self
+        missing = []
+        if self.imap.host and not self.imap.username:
+            missing.append("email.imap.username")
+        if self.imap.host and self.imap.password is None:
+            missing.append("CICBOT_EMAIL__IMAP__PASSWORD (environment)")
+        if self.smtp.username and self.smtp.password is None:
+            missing.append("CICBOT_EMAIL__SMTP__PASSWORD (environment)")
+        if self.smtp.password is not None and not self.smtp.username:
+            missing.append("email.smtp.username")
+        if missing:
+            raise ValueError("the email channel needs its login: set " + ", ".join(missing))
+        return self
 
     @property
     def enabled(self) -> bool:
@@ -238,6 +342,17 @@ class SlackSettings(Section):
     max_body_bytes: int = Field(default=1 << 20, ge=4096)  # an HTTP request; larger → 413
     user_cache_seconds: float = Field(default=86400.0, ge=0)  # users.info answers are kept
     card_messages: int = Field(default=5, ge=0, le=20)  # the last messages shown on a card
+    # open a conversation in the person's DM with the app: the slash command, and the
+    # callback id of the message shortcut "Send to support" (both in the app's manifest)
+    support_command: str = "/support"
+    support_shortcut: str = "send_to_support"
+
+    @field_validator("support_command")
+    @classmethod
+    def _command_shape(cls, value: str) -> str:
+        if not re.fullmatch(r"/[a-z0-9_-]{1,31}", value):
+            raise ValueError("must be a slash command such as /support (lower case, at most 32)")
+        return value
 
     @field_validator("api_base")
     @classmethod
@@ -296,7 +411,7 @@ def _given(secret: SecretStr | None) -> str:
 class CrmSettings(Section):
     """Contact history, customer value, lifecycle and privacy (docs/crm.md)."""
 
-    retention_days: int = Field(default=1095, ge=1)  # touchpoints older than this are purged
+    retention_days: int = Field(default=1095, ge=1)  # bot/retention.py, docs/security.md
     at_risk_after_days: int = Field(default=90, ge=1)  # active → at_risk without order/contact
     lost_after_days: int = Field(default=180, ge=1)  # → lost without order or contact
     value_window_days: int = Field(default=730, ge=1)  # orders counted for RFM and CLV
@@ -348,6 +463,7 @@ class Settings(BaseSettings):
     telegram: TelegramSettings = TelegramSettings()
     slack: SlackSettings = SlackSettings()
     email: EmailSettings = EmailSettings()
+    webchat: WebChatSettings = WebChatSettings()
     business_hours: BusinessHours = BusinessHours()
     crm: CrmSettings = CrmSettings()
     campaigns: CampaignsSection = Field(default_factory=lambda: CampaignsSection())
@@ -390,6 +506,17 @@ def _lookup(data: Any, dotted: str) -> Any:
     return data
 
 
+def _url_password(url: Any) -> bool:
+    """True when a database URL carries a password (user:password@ or ?password=)."""
+    if not isinstance(url, str):
+        return False
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        return False  # validated, with its own message, when the database is opened
+    return bool(parsed.password) or "password" in {k.lower() for k in parsed.query}
+
+
 def _format_errors(err: ValidationError) -> str:
     lines = []
     for e in err.errors():
@@ -412,11 +539,19 @@ def load_settings(path: str | Path | None = None) -> Settings:
     if not isinstance(raw, dict):
         raise ConfigError(f"{config_path}: the top level must be a mapping")
     found = [p for p in _secret_paths(Settings) if _lookup(raw, p) not in (None, "")]
+    if _url_password(_lookup(raw, "database.url")):
+        found.append("database.url")  # the URL itself is no secret, its password is
     if found:
         envs = ", ".join("CICBOT_" + p.upper().replace(".", "__") for p in found)
+        hint = (
+            " (the whole URL with its password, or the URL without it here and the"
+            " password in PGPASSWORD)"
+            if "database.url" in found
+            else ""
+        )
         raise ConfigError(
             f"secrets must not be in {config_path}: {', '.join(found)}; "
-            f"set them in the environment instead ({envs})"
+            f"set them in the environment instead ({envs}){hint}"
         )
     try:
         settings = Settings()

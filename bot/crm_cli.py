@@ -24,6 +24,10 @@ T = TypeVar("T")
 import_app = typer.Typer(help="Import contacts and orders from CSV files.", no_args_is_help=True)
 gdpr_app = typer.Typer(help="Privacy: export, erase, retention.", no_args_is_help=True)
 crm_app = typer.Typer(help="Customer value, lifecycle, merging contacts.", no_args_is_help=True)
+link_app = typer.Typer(
+    help="Verified email links: addresses locked after too many wrong codes.",
+    no_args_is_help=True,
+)
 out = Console()
 err = Console(stderr=True)
 
@@ -178,14 +182,16 @@ def gdpr_erase(
 def gdpr_retention(
     days: Annotated[int | None, typer.Option(help="Default: crm.retention_days.")] = None,
 ) -> None:
-    """Purge touchpoints older than the retention period."""
-    from bot import gdpr
+    """Apply the retention period to every table with personal data (docs/security.md)."""
+    from bot import retention
 
     settings = _settings()
-    n = run_in_session(
-        settings, lambda s: gdpr.purge_touchpoints(s, days or settings.crm.retention_days)
+    counts = run_in_session(
+        settings, lambda s: retention.purge(s, days or settings.crm.retention_days)
     )
-    out.print(f"{n} touchpoints purged", highlight=False)
+    out.print(f"retention {days or settings.crm.retention_days} days, rows touched:")
+    for step, n in counts.items():
+        out.print(f"  {step}: {n}", highlight=False)
 
 
 @crm_app.command("value")
@@ -229,6 +235,32 @@ def crm_merge(
     except IntegrityError as exc:
         raise _fail(f"the contacts' records conflict; nothing was merged: {exc.orig}") from None
     out.print(json.dumps(result), markup=False)
+
+
+@link_app.command("locks")
+def link_locks() -> None:
+    """Addresses locked for linking after too many wrong one-time codes."""
+    from bot.identity_link import locked_addresses
+
+    rows = run_in_session(_settings(), locked_addresses)
+    table = Table("id", "address", "wrong codes", "locked since")
+    for r in rows:
+        since = r.locked_at.isoformat()[:19] if r.locked_at else ""
+        table.add_row(str(r.id), escape(r.email), str(r.failures), since)
+    out.print(table if rows else "no locked addresses")
+
+
+@link_app.command("unlock")
+def link_unlock(
+    address: Annotated[str, typer.Argument(help="The locked email address.")],
+    actor: Annotated[str, typer.Option(help="Who checked it (logged).")] = "cli",
+) -> None:
+    """Unlock an address once a person has checked it is the customer's."""
+    from bot.identity_link import unlock
+
+    if not run_in_session(_settings(), lambda s: unlock(s, address, actor=actor)):
+        raise _fail(f"{address} is not locked")
+    out.print(f"{escape(address)} unlocked", highlight=False)
 
 
 def report(
@@ -325,4 +357,5 @@ def register(app: typer.Typer) -> None:
     app.add_typer(import_app, name="import")
     app.add_typer(gdpr_app, name="gdpr")
     app.add_typer(crm_app, name="crm")
+    app.add_typer(link_app, name="link")
     app.command("report")(report)

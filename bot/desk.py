@@ -230,6 +230,9 @@ class Desk:
             raise DeskError("the note is empty")
         async with self.sessions() as s, s.begin():
             conv = await self._locked(s, conv_id)
+            if conv.status == ConversationStatus.CLOSED and not is_supervisor(agent):
+                raise Forbidden(f"conversation {conv.id} is closed")
+            self._owns(agent, conv)  # the rule of replies: your own, or a supervisor
             self._note(s, agent, conv, "note", text.strip())
         self._changed(conv_id)
 

@@ -5,7 +5,8 @@ sent / retried / failed in its own transaction. Per recipient only the oldest
 unfinished row is eligible, so replies arrive in order and a message waiting on
 a 429 holds back the ones behind it. PostgreSQL claims with FOR UPDATE SKIP LOCKED
 so several workers share the work; a lease that expires (the process died while
-sending) makes the row eligible again, the documented at-least-once window.
+sending; bot/leases.py renews a live worker's) makes the row eligible again, the
+documented at-least-once window.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from sqlalchemy.orm import aliased
 
 from bot.channel import Channel, PermanentSendError, SendResult, TransientSendError
 from bot.config import DispatcherSettings
+from bot.leases import Leases
 from bot.messages import OutboundMessage
 from bot.worker import RoundWorker
 from storage import queries
@@ -48,10 +50,12 @@ class Dispatcher(RoundWorker):
         sessions: async_sessionmaker[AsyncSession],
         channels: Mapping[str, Channel],
         settings: DispatcherSettings,
+        leases: Leases,
         *,
         skip_locked: bool = False,
     ) -> None:
         super().__init__(settings.poll_interval_seconds)
+        self.leases = leases
         self.sessions = sessions
         self.channels = channels
         self.settings = settings
@@ -64,6 +68,10 @@ class Dispatcher(RoundWorker):
 
     async def drain_once(self) -> int:
         """Claim one batch and send it; returns how many rows were attempted."""
+        with self.leases.held():
+            return await self._drain_once()
+
+    async def _drain_once(self) -> int:
         rows = await self._claim()
         if not rows:
             return 0
@@ -120,12 +128,13 @@ class Dispatcher(RoundWorker):
         )
         if self.skip_locked:
             q = q.with_for_update(skip_locked=True)
-        lease = now + timedelta(seconds=self.settings.lease_seconds)
+        lease = self.leases.until()
         async with self.sessions() as s, s.begin():
             rows = list((await s.execute(q)).scalars().all())
             for row in rows:
                 row.status = OutboxStatus.SENDING
                 row.leased_until = lease
+                row.leased_by = self.leases.boot_id
                 row.attempts += 1
         return rows
 
@@ -163,6 +172,8 @@ class Dispatcher(RoundWorker):
                 return
             except Exception as exc:
                 leased = min((r.leased_until for r, _ in done if r.leased_until), default=None)
+                if leased and self.leases.renewed_until:
+                    leased = max(leased, self.leases.renewed_until)  # the heartbeat renewed it
                 left = (leased - utcnow()).total_seconds() if leased else 0.0
                 if self._stopping or left < delay * 2:
                     raise
@@ -188,6 +199,7 @@ class Dispatcher(RoundWorker):
                         "status": OutboxStatus.SENT,
                         "sent_at": now,
                         "leased_until": None,
+                        "leased_by": None,
                         "last_error": None,
                         "platform_message_id": result.platform_message_id,
                     }
@@ -224,6 +236,7 @@ class Dispatcher(RoundWorker):
                 .values(
                     status=OutboxStatus.PENDING,
                     leased_until=None,
+                    leased_by=None,
                     last_error=error[:1000],
                     next_attempt_at=utcnow() + timedelta(seconds=delay),
                 )
@@ -252,7 +265,12 @@ class Dispatcher(RoundWorker):
             await s.execute(
                 update(OutboxMessage)
                 .where(OutboxMessage.id == row.id)
-                .values(status=OutboxStatus.FAILED, leased_until=None, last_error=error[:1000])
+                .values(
+                    status=OutboxStatus.FAILED,
+                    leased_until=None,
+                    leased_by=None,
+                    last_error=error[:1000],
+                )
             )
             conv = await s.get(Conversation, row.conversation_id) if row.conversation_id else None
             if conv is not None:

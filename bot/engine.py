@@ -251,7 +251,7 @@ class Engine:
             return HandleResult(duplicate=True)
         identity, contact, conv, text = taken
         now = self.clock()
-        ctx = self._context(contact, now)
+        ctx = self._context(contact, now, msg)
         turn = Turn(s, contact, identity, conv, ctx)
         result = HandleResult(contact_id=contact.id, conversation_id=conv.id)
         before = conv.status
@@ -464,6 +464,7 @@ class Engine:
         self, s: AsyncSession, msg: InboundMessage, now: datetime
     ) -> tuple[Identity, Contact]:
         identity = await queries.get_identity(s, msg.channel, msg.sender_id)
+        created = identity is None
         if identity is None:
             locale = normalize_locale(msg.locale_hint, self.default_locale)
             identity = await queries.create_contact_with_identity(
@@ -482,6 +483,8 @@ class Engine:
         if msg.sender_name and not identity.display_name:
             identity.display_name = queries.scrub(msg.sender_name)
         contact.last_contact_at = now
+        if not (msg.verified or created):
+            return identity, contact  # an unvouched sender's word changes no profile
         for key in ("phone", "email"):
             if msg.contact_updates.get(key):
                 setattr(contact, key, msg.contact_updates[key])
@@ -489,7 +492,9 @@ class Engine:
             contact.source = msg.contact_updates["source"]
         return identity, contact
 
-    def _context(self, contact: Contact, now: datetime) -> Context:
+    def _context(
+        self, contact: Contact, now: datetime, msg: InboundMessage | None = None
+    ) -> Context:
         facts = ContactFacts(
             name=contact.name,
             value_segment=contact.value_segment,
@@ -502,6 +507,8 @@ class Engine:
             contact=facts,
             now=now,
             matcher=self.matcher,
+            channel=msg.channel if msg is not None else "",
+            verified=msg.verified if msg is not None else True,
         )
 
     async def say(
@@ -585,6 +592,8 @@ def _inbound_payload(msg: InboundMessage) -> dict[str, Any]:
         data["locale_hint"] = msg.locale_hint
     if msg.raw is not None:
         data["raw"] = msg.raw
+    if not msg.verified:  # agents see that the channel could not vouch for the sender
+        data["sender_verified"] = False
     length = len(clean_text(msg.text)) if msg.text else 0
     if length > MAX_FLOW_TEXT:  # the flow read only the start
         data["truncated"] = {"length": length, "read": MAX_FLOW_TEXT}

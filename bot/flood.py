@@ -186,6 +186,7 @@ async def defer(
             .where(InboxUpdate.id == row.id, InboxUpdate.status == InboxStatus.PROCESSING)
             .values(
                 leased_until=utcnow() + timedelta(seconds=seconds),
+                leased_by=None,  # waiting, not being worked on: no heartbeat renews it
                 attempts=InboxUpdate.attempts - 1,
             )
         )

@@ -1,18 +1,22 @@
-"""Privacy rights (GDPR art. 15, 17) and retention: export everything about a contact,
-erase a contact's personal data while keeping the aggregates, purge old touchpoints."""
+"""Privacy rights (GDPR art. 15, 17): export everything about a contact, erase a
+contact's personal data while keeping the aggregates (also used by the retention period,
+bot/retention.py)."""
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Text, cast, delete, func, or_, select, update
+from sqlalchemy import String, Text, cast, delete, func, literal, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql.elements import ColumnElement
 
 from bot.history import CRM_CHANNEL
+from bot.messages import desk_key, erase_kind
 from storage import queries
 from storage.models import (
+    AgentCard,
+    AgentCardMessage,
     Base,
     Case,
     Consent,
@@ -23,11 +27,13 @@ from storage.models import (
     Direction,
     EmailMessageRef,
     Identity,
+    IdentityLinkAddress,
     IdentityLinkCode,
     InboxStatus,
     InboxUpdate,
     Order,
     OutboxMessage,
+    OutboxStatus,
     SurveyAnswer,
     Touchpoint,
     utcnow,
@@ -75,10 +81,116 @@ async def export(s: AsyncSession, contact_id: int) -> dict[str, Any]:
         "survey_answers": await _all(s, SurveyAnswer, contact_id),
         "orders": await _all(s, Order, contact_id),
         "dead_letters": await _all(s, DeadLetter, contact_id),
+        "agent_channel_messages": await _agent_messages(s, contact_id),
+        "link_addresses": await _link_addresses(s, contact_id),
     }
 
 
-def _is_rating(answer: str | None) -> bool:
+async def _agent_messages(s: AsyncSession, contact_id: int) -> list[dict[str, Any]]:
+    """The messages agent-facing channels hold about the contact (the Slack desk's cards
+    and the customer's messages mirrored into their threads): where, and since when."""
+    cards = (
+        await s.execute(
+            select(AgentCard)
+            .join(Conversation, Conversation.id == AgentCard.conversation_id)
+            .where(Conversation.contact_id == contact_id)
+            .order_by(AgentCard.id)
+        )
+    ).scalars()
+    found: list[dict[str, Any]] = []
+    for card in cards:
+        where = {"channel": card.channel, "container": card.container}
+        found.append(
+            {
+                **where,
+                "kind": "card",
+                "message_ref": card.message_ref,
+                "conversation_id": card.conversation_id,
+                "created_at": card.created_at.isoformat(),
+            }
+        )
+        replies = await s.execute(
+            select(AgentCardMessage)
+            .where(AgentCardMessage.card_id == card.id)
+            .order_by(AgentCardMessage.id)
+        )
+        found.extend(
+            {
+                **where,
+                "kind": "thread",
+                "message_ref": m.message_ref,
+                "conversation_id": card.conversation_id,
+                "created_at": m.created_at.isoformat(),
+            }
+            for m in replies.scalars()
+        )
+    return found
+
+
+async def _addresses(s: AsyncSession, contact_id: int) -> set[str]:
+    """The contact's email addresses, lower case: its profile's and its email identities'."""
+    contact = await s.get(Contact, contact_id)
+    q = select(Identity.external_id).where(
+        Identity.contact_id == contact_id, Identity.channel == "email"
+    )
+    found = {a.lower() for a in (await s.execute(q)).scalars()}
+    if contact is not None and contact.email:
+        found.add(contact.email.lower())
+    return found
+
+
+async def _link_addresses(s: AsyncSession, contact_id: int) -> list[dict[str, Any]]:
+    addresses = await _addresses(s, contact_id)
+    if not addresses:
+        return []
+    q = select(IdentityLinkAddress).where(IdentityLinkAddress.email.in_(addresses))
+    return [_row(r) for r in (await s.execute(q.order_by(IdentityLinkAddress.id))).scalars()]
+
+
+async def erase_agent_messages(
+    s: AsyncSession, conv_ids: list[int], *, card_ids: list[int] | None = None
+) -> int:
+    """Ask the agent-facing channels (the Slack desk) to take these conversations out of
+    their cards (or only these cards), through the outbox like every side effect
+    (channels/slack_desk.py). Not queued again while one that covers it waits. Returns
+    how many rows were queued."""
+    if card_ids is not None:
+        cond = AgentCard.id.in_(card_ids)
+    elif conv_ids:
+        cond = AgentCard.conversation_id.in_(conv_ids)
+    else:
+        return 0
+    cards = (await s.execute(select(AgentCard).where(cond).order_by(AgentCard.id))).scalars()
+    asked: set[tuple[str, str, str]] = set()
+    for card in cards:
+        key = desk_key(card.conversation_id, erase_kind(card.id if card_ids else None))
+        whole = desk_key(card.conversation_id, erase_kind(None))  # covers each card
+        place = (card.channel, card.container, key)
+        if place in asked:
+            continue
+        waiting = await s.scalar(
+            select(OutboxMessage.id).where(
+                OutboxMessage.channel == card.channel,
+                OutboxMessage.recipient_id == card.container,
+                OutboxMessage.thread_key.in_([key, whole]),
+                OutboxMessage.status == OutboxStatus.PENDING,
+            )
+        )
+        if waiting is None:
+            asked.add(place)
+            await queries.enqueue(
+                s,
+                channel=card.channel,
+                recipient_id=card.container,
+                thread_key=key,
+                body={"text": "", "choices": [], "locale": "en", "reply_to": None},
+                conversation_id=card.conversation_id,
+                identity_id=None,  # a failure marks no customer unreachable
+            )
+    return len(asked)
+
+
+def is_rating(answer: str | None) -> bool:
     return answer is not None and answer.strip().isdigit() and len(answer.strip()) <= 2
 
 
@@ -123,12 +235,15 @@ async def erase(s: AsyncSession, contact_id: int, *, actor: str) -> dict[str, An
     if addresses:
         out_cond.append(OutboxMessage.recipient_id.in_(addresses))
     # a verification code mailed to an address the contact claimed (bot/identity_link.py)
-    code_ids = (
+    codes = (
         await s.execute(
-            select(IdentityLinkCode.id).where(IdentityLinkCode.contact_id == contact_id)
+            select(IdentityLinkCode.id, IdentityLinkCode.email).where(
+                IdentityLinkCode.contact_id == contact_id
+            )
         )
-    ).scalars()
-    out_cond.extend(OutboxMessage.thread_key == f"identity-link:{i}" for i in code_ids)
+    ).all()
+    out_cond.extend(OutboxMessage.thread_key == f"identity-link:{i}" for i, _ in codes)
+    claimed = {a.lower() for a in addresses} | {e.lower() for _, e in codes}
     if out_cond:
         await run("outbox", delete(OutboxMessage).where(or_(*out_cond)))
     if addresses:
@@ -160,6 +275,11 @@ async def erase(s: AsyncSession, contact_id: int, *, actor: str) -> dict[str, An
     if addresses:
         link_cond.append(IdentityLinkCode.email.in_(addresses))
     await run("identity_link_codes", delete(IdentityLinkCode).where(or_(*link_cond)))
+    if claimed:  # the count of wrong codes (and a lock) for its own and claimed addresses
+        await run(
+            "identity_link_addresses",
+            delete(IdentityLinkAddress).where(IdentityLinkAddress.email.in_(claimed)),
+        )
     # the history: kept for the figures, emptied of content
     await run(
         "touchpoints",
@@ -173,13 +293,20 @@ async def erase(s: AsyncSession, contact_id: int, *, actor: str) -> dict[str, An
         .where(Case.contact_id == contact_id)
         .values(description=ERASED, order_reference=None),
     )
+    # the shop's order number finds the person in the shop again; amount and time stay
+    await run(
+        "orders",
+        update(Order)
+        .where(Order.contact_id == contact_id)
+        .values(external_id=literal("erased:") + cast(Order.id, String)),
+    )
     answers = (
         (await s.execute(select(SurveyAnswer).where(SurveyAnswer.contact_id == contact_id)))
         .scalars()
         .all()
     )
     for a in answers:
-        if not _is_rating(a.answer):
+        if not is_rating(a.answer):
             a.answer = None
     counts["survey_answers"] = len(answers)
     await run(
@@ -201,6 +328,9 @@ async def erase(s: AsyncSession, contact_id: int, *, actor: str) -> dict[str, An
         i.reachable = False
         i.unreachable_reason = "erased"
     counts["conversations"], counts["identities"] = len(convs), len(identities)
+    # the cards in the agent channel and the messages mirrored there (after the outbox
+    # rows above are gone: these are new)
+    counts["agent_cards"] = await erase_agent_messages(s, conv_ids)
     erased_at = utcnow()
     contact.name = contact.email = contact.phone = contact.timezone = contact.source = None
     contact.attributes = {"erased": True, "erased_at": erased_at.isoformat()}
@@ -219,18 +349,9 @@ async def erase(s: AsyncSession, contact_id: int, *, actor: str) -> dict[str, An
     return {"contact_id": contact_id, "erased_at": erased_at.isoformat(), "counts": counts}
 
 
-async def purge_touchpoints(
-    s: AsyncSession, retention_days: int, *, now: datetime | None = None
-) -> int:
-    """Delete touchpoints older than the retention period; returns how many."""
-    cutoff = (now or utcnow()) - timedelta(days=retention_days)
-    result = await s.execute(delete(Touchpoint).where(Touchpoint.created_at < cutoff))
-    return int(getattr(result, "rowcount", 0) or 0)
-
-
 def text_columns() -> list[tuple[str, str]]:
     """(table, column) of every text or JSON column: what an erasure check scans."""
-    from sqlalchemy import JSON, String
+    from sqlalchemy import JSON
 
     found = []
     for table in Base.metadata.sorted_tables:

@@ -8,6 +8,13 @@ the code is used, dead or replaced. The mail is
 addressed by the outbox row alone (no identity, no conversation), so nothing is attached
 to the customer's contact before the code comes back, and no case reference of the
 requesting conversation ends up in its subject.
+
+Guessing: a code dies after `max_attempts` wrong entries, an identity and an address get a
+few codes an hour, and wrong codes for one address count across every identity that asks
+for it (`identity_link_addresses`): at `max_failures_per_address` (NIST SP 800-63B: at most
+100) the address is locked for linking, with no time window, until a person unlocks it
+(`unlock`: `cicbot link unlock`, `DELETE /api/v1/link-locks/{id}`). A verified link ends a
+series of wrong codes.
 """
 
 from __future__ import annotations
@@ -19,7 +26,8 @@ import secrets
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.dispatcher import MASKED_TEXT, masked
@@ -32,6 +40,7 @@ from storage.models import (
     Contact,
     Direction,
     Identity,
+    IdentityLinkAddress,
     IdentityLinkCode,
     OutboxMessage,
     OutboxStatus,
@@ -63,6 +72,9 @@ class IdentityLinker:
         """Mail a new code to `email` (replacing any earlier one), unless rate-limited.
         The reply is the same whether or not the address belongs to a customer."""
         s, ctx, now = turn.session, turn.ctx, turn.ctx.now
+        if await is_locked(s, email):
+            turn.note("link_code_refused", reason="address_locked")
+            return self._end(turn, "link.locked")
         hour = now - timedelta(hours=1)
         by_identity = await _count(s, IdentityLinkCode.identity_id == turn.identity.id, hour)
         by_address = await _count(s, IdentityLinkCode.email == email, hour)
@@ -140,6 +152,9 @@ class IdentityLinker:
         row = (await s.execute(q)).scalar_one_or_none()
         if row is None:
             return self._end(turn, "link.no_code")
+        if await is_locked(s, row.email):
+            await self._retire(s, turn.identity.id, now)
+            return self._end(turn, "link.locked")
         if row.used_at is not None or row.expires_at <= now:
             await self._retire(s, turn.identity.id, now)
             return self._end(turn, "link.expired")
@@ -149,6 +164,9 @@ class IdentityLinker:
         expected = code_hash(turn.identity.id, row.email, code)
         if not hmac.compare_digest(expected, row.code_hash):
             turn.note("link_code_failed", link_code_id=row.id, attempts=row.attempts)
+            if await self._failed(s, row.email, now):
+                turn.note("link_address_locked", link_code_id=row.id)
+                return self._end(turn, "link.locked")
             left = self.limits.max_attempts - row.attempts
             if left <= 0:
                 await _mask(s, row)
@@ -157,9 +175,41 @@ class IdentityLinker:
             return None
         row.used_at = now
         await _mask(s, row)
+        await s.execute(  # the owner got in: a series of wrong codes ends here
+            update(IdentityLinkAddress)
+            .where(IdentityLinkAddress.email == row.email.lower())
+            .values(failures=0, updated_at=now)
+        )
         turn.conversation.flow_state = {}
         await self._link(turn, row)
         return None
+
+    async def _failed(self, s: AsyncSession, email: str, now: datetime) -> bool:
+        """Count a wrong code for the address, whoever typed it (one statement: identities
+        guessing at once all count); True if this one locks it."""
+        insert = postgresql.insert if s.get_bind().dialect.name == "postgresql" else sqlite.insert
+        table = IdentityLinkAddress
+        stmt = (
+            insert(table)
+            .values(email=email.lower(), failures=1, created_at=now, updated_at=now)
+            .on_conflict_do_update(
+                index_elements=["email"],
+                set_={"failures": table.failures + 1, "updated_at": now},
+            )
+            .returning(table.id, table.failures, table.locked_at)
+        )
+        row_id, failures, locked_at = (await s.execute(stmt)).one()
+        if locked_at is not None or failures < self.limits.max_failures_per_address:
+            return locked_at is not None
+        await s.execute(update(table).where(table.id == row_id).values(locked_at=now))
+        # every live code for the address dies with the lock, whoever asked for it
+        codes = await s.execute(select(IdentityLinkCode).where(IdentityLinkCode.email == email))
+        for code in codes.scalars():
+            if code.used_at is None and code.expires_at > now:
+                code.expires_at = now
+            await _mask(s, code)
+        log.warning("identity link: an address was locked after %d wrong codes", failures)
+        return True
 
     async def _profile_match(self, turn: Turn, email: str) -> int | None:
         """The one other contact whose profile has this address (an imported customer
@@ -285,3 +335,27 @@ async def _mask(s: AsyncSession, code: IdentityLinkCode) -> None:
     if out.status == OutboxStatus.PENDING:
         values.update(status=OutboxStatus.FAILED, last_error="superseded link code")
     await s.execute(update(OutboxMessage).where(OutboxMessage.id == out.id).values(values))
+
+
+async def is_locked(s: AsyncSession, email: str) -> bool:
+    q = select(IdentityLinkAddress.locked_at).where(IdentityLinkAddress.email == email.lower())
+    return await s.scalar(q) is not None
+
+
+async def locked_addresses(s: AsyncSession) -> list[IdentityLinkAddress]:
+    q = select(IdentityLinkAddress).where(IdentityLinkAddress.locked_at.is_not(None))
+    return list((await s.execute(q.order_by(IdentityLinkAddress.locked_at))).scalars())
+
+
+async def unlock(
+    s: AsyncSession, email: str | None = None, *, lock_id: int | None = None, actor: str
+) -> bool:
+    """Lift a lock (a person checked the address is the customer's): the count starts
+    again. False if that address (or row) is not locked."""
+    table = IdentityLinkAddress
+    cond = table.id == lock_id if lock_id is not None else table.email == (email or "").lower()
+    result = await s.execute(delete(table).where(cond, table.locked_at.is_not(None)))
+    done = bool(getattr(result, "rowcount", 0))
+    if done:
+        log.info("identity link: an address lock was lifted by %s", actor)
+    return done

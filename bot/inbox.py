@@ -4,18 +4,24 @@ A webhook handler calls `accept` (one INSERT, deduped on the platform's update i
 and answers 200; the worker parses each row with its channel's parser and hands the
 result to the engine. Per partition (a chat, a thread) only the oldest unfinished
 row is eligible, so a customer's updates are processed in order; partitions run
-concurrently. A row whose processing crashed is retried after its lease; a parser
-error (the library's models reject the update) or repeated failures park it as
-`dead` with the error, never dropped.
+concurrently. A parser error (the update is over its bounds or its time budget, or the
+library's models reject it) or repeated failures park the row as `dead` with the error,
+never dropped; what the parser could still read (a customer's text) is handled all the same.
+
+Leases (bot/leases.py): a claimed row carries this process's boot id and a short lease
+the heartbeat renews. A row whose holder died (the lease ran out, or the holder is known to
+be gone at start) is taken again, at most `max_crashes` times in all: an update that kills
+the process is parked as dead instead of killing every process that takes it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import traceback
 from collections.abc import Awaitable, Callable, Sequence
-from datetime import timedelta
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import and_, exists, or_, select, update
@@ -25,6 +31,7 @@ from sqlalchemy.orm import aliased
 
 from bot.engine import Engine
 from bot.flood import Admission, defer, row_key
+from bot.leases import Leases
 from bot.messages import ChannelEvent, InboundMessage
 from bot.worker import RoundWorker
 from storage.db import is_unavailable
@@ -37,8 +44,21 @@ log = logging.getLogger(__name__)
 # Its failure is retried like the engine's (and parked as dead after max_attempts).
 Deferred = Callable[[], Awaitable[object]]
 Parsed = Sequence[InboundMessage | ChannelEvent | Deferred]
-Parser = Callable[[dict[str, Any]], Parsed]
 UNFINISHED = (InboxStatus.PENDING, InboxStatus.PROCESSING)
+STOP_SECONDS = 10.0  # at stop, rows being handled get this long to finish
+
+
+@dataclass(frozen=True)
+class Tolerated:
+    """Items a parser read past its library (whose models rejected a valid update): handled
+    as usual, the row done with `note` kept in its error column for an operator."""
+
+    items: Parsed
+    note: str
+
+
+Result = Parsed | Tolerated
+Parser = Callable[[dict[str, Any]], Result | Awaitable[Result]]
 
 
 class Unavailable(Exception):
@@ -47,7 +67,13 @@ class Unavailable(Exception):
 
 
 class ParseError(Exception):
-    """The update cannot be understood; it is kept as dead, not retried."""
+    """The update cannot be understood; it is kept as dead, not retried. `salvaged` is
+    what could still be read from it (the customer's text from the raw JSON): handled all
+    the same, so the customer is answered."""
+
+    def __init__(self, reason: str, salvaged: Parsed = ()) -> None:
+        super().__init__(reason)
+        self.salvaged = salvaged
 
 
 class Inbox(RoundWorker):
@@ -57,11 +83,12 @@ class Inbox(RoundWorker):
         self,
         sessions: async_sessionmaker[AsyncSession],
         engine: Engine,
+        leases: Leases,
         *,
         dialect: str,
         concurrency: int = 32,
         max_attempts: int = 5,
-        lease_seconds: float = 60.0,
+        max_crashes: int = 3,
         poll_interval: float = 1.0,
         flood: Admission | None = None,
     ) -> None:
@@ -73,8 +100,10 @@ class Inbox(RoundWorker):
         self.dialect = dialect
         self.concurrency = concurrency
         self.max_attempts = max_attempts
-        self.lease_seconds = lease_seconds
+        self.max_crashes = max_crashes  # attempts in all once a holder died with the row
+        self.leases = leases
         self.parsers: dict[str, Parser] = {}
+        self._running: set[asyncio.Task[None]] = set()  # rows the running worker handles
         # told of arrivals (accepted, duplicate) and of each outcome (an InboxStatus): metrics
         self.observe: Callable[[str, str], None] = lambda channel, event: None
 
@@ -113,11 +142,40 @@ class Inbox(RoundWorker):
         return new
 
     async def round(self) -> int:
-        return await self.process_once()
+        """The running worker: claim rows for the free slots and start them, without
+        waiting for the batch, so a slow row (a validation using its whole time budget)
+        holds up only its own partition. A finished row notifies the next round."""
+        free = self.concurrency - len(self._running)
+        rows = await self._claim(free) if free > 0 else []
+        for row in rows:
+            task = asyncio.create_task(self._process_held(row), name=f"inbox-row-{row.id}")
+            self._running.add(task)
+            task.add_done_callback(self._done)
+        return len(rows)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._running.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("inbox row task failed", exc_info=task.exception())
+        self.notify()
+
+    async def _process_held(self, row: InboxUpdate) -> None:
+        with self.leases.held():
+            await self._process(row)
+
+    async def stop(self) -> None:
+        await super().stop()
+        if self._running:  # let rows being handled finish (a validation is bounded)
+            _, pending = await asyncio.wait(list(self._running), timeout=STOP_SECONDS)
+            for task in pending:  # their leases run out; the next start takes them again
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
 
     async def process_once(self) -> int:
-        rows = await self._claim()
-        await asyncio.gather(*(self._process(r) for r in rows))
+        """One batch, claimed and finished (tests, `drain`)."""
+        with self.leases.held():
+            rows = await self._claim(self.concurrency)
+            await asyncio.gather(*(self._process(r) for r in rows))
         return len(rows)
 
     async def drain(self, timeout: float = 30.0) -> None:
@@ -131,7 +189,7 @@ class Inbox(RoundWorker):
                 raise TimeoutError("inbox not drained")
             await asyncio.sleep(0.01 if deferred else 0)
 
-    async def _claim(self) -> list[InboxUpdate]:
+    async def _claim(self, limit: int) -> list[InboxUpdate]:
         now = utcnow()
         earlier = aliased(InboxUpdate)
         head = ~exists().where(
@@ -148,28 +206,54 @@ class Inbox(RoundWorker):
             select(InboxUpdate)
             .where(due, head, InboxUpdate.channel.in_(list(self.parsers)))
             .order_by(InboxUpdate.id)
-            .limit(self.concurrency)
+            .limit(limit)
         )
         if self.dialect == "postgresql":
             q = q.with_for_update(skip_locked=True)
         async with self.sessions() as s, s.begin():
             rows = list((await s.execute(q)).scalars())
+            claimed = []
             for r in rows:
+                # its holder died while working on it (a deferred row has no holder)
+                orphan = r.status == InboxStatus.PROCESSING and r.leased_by is not None
+                if orphan and r.attempts >= self.max_crashes:
+                    self._park(
+                        s,
+                        r,
+                        f"the process stopped while handling this update; "
+                        f"parked after {r.attempts} attempts",
+                    )
+                    continue
                 r.status = InboxStatus.PROCESSING
-                r.leased_until = now + timedelta(seconds=self.lease_seconds)
+                r.leased_until = self.leases.until()
+                r.leased_by = self.leases.boot_id
                 r.attempts += 1
-        return rows
+                claimed.append(r)
+        return claimed
 
     async def _process(self, row: InboxUpdate) -> None:
         if await self._flooded(row):
             return
         try:
-            items = self.parsers[row.channel](row.payload)
+            parsed = self.parsers[row.channel](row.payload)
+            result = await parsed if inspect.isawaitable(parsed) else parsed
         except Exception as exc:
             # garbage from outside, not our failure: a warning, no traceback
             log.warning("inbox row %s (%s) parked: %s", row.id, row.channel, type(exc).__name__)
-            await self._finish(row, InboxStatus.DEAD, _error(exc))
+            salvaged = exc.salvaged if isinstance(exc, ParseError) else ()
+            if await self._handle(row, salvaged):
+                await self._finish(row, InboxStatus.DEAD, _error(exc))
             return
+        items, note = (
+            (result.items, result.note) if isinstance(result, Tolerated) else (result, None)
+        )
+        if note is not None:
+            log.warning("inbox row %s (%s): %s", row.id, row.channel, note[:300])
+        if await self._handle(row, items):
+            await self._finish(row, InboxStatus.DONE if items else InboxStatus.IGNORED, note)
+
+    async def _handle(self, row: InboxUpdate, items: Parsed) -> bool:
+        """Hand the items on; False if that failed (the row is then retried or parked)."""
         try:
             for item in items:
                 if isinstance(item, InboundMessage):
@@ -182,8 +266,8 @@ class Inbox(RoundWorker):
             log.exception("inbox row %s (%s) failed", row.id, row.channel)
             status = InboxStatus.DEAD if row.attempts >= self.max_attempts else InboxStatus.PENDING
             await self._finish(row, status, _error(exc))
-            return
-        await self._finish(row, InboxStatus.DONE if items else InboxStatus.IGNORED, None)
+            return False
+        return True
 
     async def _finish(self, row: InboxUpdate, status: InboxStatus, error: str | None) -> None:
         self.observe(row.channel, status)
@@ -195,21 +279,20 @@ class Inbox(RoundWorker):
                     status=status,
                     error=error,
                     leased_until=None,
+                    leased_by=None,
                     processed_at=utcnow() if status != InboxStatus.PENDING else None,
                 )
             )
             if status == InboxStatus.DEAD:
-                # the raw update stays in its inbox row; the dead letter points at it
-                s.add(
-                    DeadLetter(
-                        source="inbox",
-                        channel=row.channel,
-                        reference=f"inbox:{row.id}",
-                        error=error or "",
-                        payload={"inbox_id": row.id, "attempts": row.attempts},
-                        created_at=utcnow(),
-                    )
-                )
+                s.add(_dead_letter(row, error or ""))
+
+    def _park(self, s: AsyncSession, row: InboxUpdate, error: str) -> None:
+        """Park a row as dead inside the claiming transaction (it is not processed)."""
+        log.error("inbox row %s (%s) parked: %s", row.id, row.channel, error)
+        self.observe(row.channel, InboxStatus.DEAD)
+        row.status, row.error = InboxStatus.DEAD, error
+        row.leased_until, row.leased_by, row.processed_at = None, None, utcnow()
+        s.add(_dead_letter(row, error))
 
     async def _flooded(self, row: InboxUpdate) -> bool:
         """True if the row's sender is over the rate: the row waits (see bot/flood.py)."""
@@ -222,6 +305,18 @@ class Inbox(RoundWorker):
         loop.call_later(seconds, self.notify)
         self._not_before = max(self._not_before, loop.time() + seconds)
         return True
+
+
+def _dead_letter(row: InboxUpdate, error: str) -> DeadLetter:
+    # the raw update stays in its inbox row; the dead letter points at it
+    return DeadLetter(
+        source="inbox",
+        channel=row.channel,
+        reference=f"inbox:{row.id}",
+        error=error,
+        payload={"inbox_id": row.id, "attempts": row.attempts},
+        created_at=utcnow(),
+    )
 
 
 def _error(exc: BaseException) -> str:

@@ -72,7 +72,7 @@ WIRE_LOGGERS = (
     "psycopg",
 )
 _WIRE_PACKAGES = {name.split(".")[0] for name in WIRE_LOGGERS} - {"channels"}
-# uvicorn: the query string of a web-chat socket carries the visitor id and name
+# uvicorn: the query string of a web-chat socket carries the visitor's name
 _UVICORN_QUERY = re.compile(r"([?&][^=&\s\"]+=)[^&\s\"]*")
 _STANDARD = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {
     "message",

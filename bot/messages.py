@@ -41,6 +41,9 @@ class InboundMessage:
     received_at: datetime | None = None
     # facts an adapter learnt about the sender (phone shared, deep-link source, ...)
     contact_updates: dict[str, Any] = field(default_factory=dict)
+    # the channel vouches for who sent it (flows/trust.py): platforms authenticate their
+    # users; email sets it from the receiving server's DMARC result
+    verified: bool = True
 
 
 @dataclass(frozen=True)
@@ -124,3 +127,26 @@ class ChannelEvent:
     sender_name: str | None = None
     locale_hint: str | None = None
     payload: dict[str, Any] = field(default_factory=dict)
+
+
+# Outbox rows for an agent-facing channel (channels/slack_desk.py) have the thread key
+# desk:{conversation id}:{kind}; ERASE_CARDS asks it to take the customer out of the
+# conversation's cards and their threads (bot/gdpr.py), `erase-{card id}` out of one card
+# (bot/retention.py).
+ERASE_CARDS = "erase"
+
+
+def desk_key(conversation_id: int, kind: str) -> str:
+    return f"desk:{conversation_id}:{kind}"
+
+
+def erase_kind(card_id: int | None) -> str:
+    return ERASE_CARDS if card_id is None else f"{ERASE_CARDS}-{card_id}"
+
+
+def parse_erase_kind(kind: str) -> tuple[bool, int | None]:
+    """(is an erase row, the one card it is about or None for all)."""
+    head, _, card = kind.partition("-")
+    if head != ERASE_CARDS or (card and not card.isdigit()):
+        return False, None
+    return True, int(card) if card else None

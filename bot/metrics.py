@@ -103,6 +103,12 @@ class Metrics:
             ["channel", "outcome"],
             registry=r,
         )
+        self.platform_rate_limited = Counter(
+            "cicbot_platform_rate_limited",
+            "Minutes in which a platform dropped events for the app (Slack app_rate_limited).",
+            ["channel"],
+            registry=r,
+        )
         # computed from the database at scrape time
         self.db_up = Gauge(
             "cicbot_database_up", "1 if the scrape could query the database.", registry=r
@@ -160,6 +166,9 @@ class Metrics:
         if result == "sent":
             age = (utcnow() - row.created_at).total_seconds()
             self.delivery_seconds.labels(row.channel).observe(max(age, 0.0))
+
+    def rate_limited(self, channel: str) -> None:
+        self.platform_rate_limited.labels(channel).inc()
 
     def inbox(self, channel: str, event: str) -> None:
         """The inbox's hook: accepted/duplicate on arrival, an InboxStatus when processed."""

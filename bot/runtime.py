@@ -6,6 +6,7 @@ so the core depends on no platform library.
 
 from __future__ import annotations
 
+import gc
 import logging
 from collections.abc import Callable, Sequence
 from datetime import datetime
@@ -23,6 +24,7 @@ from bot.events import EventBus
 from bot.flood import FloodControl
 from bot.inbox import Inbox
 from bot.kb import build_matcher
+from bot.leases import Leases
 from bot.metrics import MeteredEngine, Metrics
 from bot.scheduler import CampaignScheduler
 from flows.catalog import default_catalog
@@ -74,10 +76,17 @@ class Runtime:
         self.catalog = default_catalog()
         options = flow_options(settings)
         self.channels: dict[str, ChannelAdapter] = {}
+        self.leases = Leases(
+            self.sessions,
+            self.db,
+            lease_seconds=settings.dispatcher.lease_seconds,
+            heartbeat_seconds=settings.dispatcher.heartbeat_seconds,
+        )
         self.dispatcher = Dispatcher(
             self.sessions,
             self.channels,
             settings.dispatcher,
+            self.leases,
             skip_locked=not is_sqlite(settings.database.url),
         )
         self.metrics = Metrics()
@@ -100,8 +109,10 @@ class Runtime:
         self.inbox = Inbox(
             self.sessions,
             self.engine,
+            self.leases,
             dialect=self.db.dialect.name,
-            lease_seconds=settings.dispatcher.lease_seconds,
+            max_attempts=settings.dispatcher.inbox_max_attempts,
+            max_crashes=settings.dispatcher.inbox_max_crashes,
             poll_interval=settings.dispatcher.poll_interval_seconds,
         )
         self.inbox.observe = self.metrics.inbox
@@ -118,6 +129,7 @@ class Runtime:
             clock=clock,
         )
         self.scheduler: CampaignScheduler | None = None
+        self._frozen = False  # start() moved the heap out of the collector's reach
         for name, factory in channel_factories(channels, exclude).items():
             adapter = factory(self)
             if adapter is not None:
@@ -131,6 +143,8 @@ class Runtime:
             await adapter.start()
             log.info("channel %s started", adapter.name)
         if dispatch:
+            # before the workers claim: rows a dead process held are due at once
+            await self.leases.start()
             await self.dispatcher.start()
             await self.inbox.start()
             if self.settings.campaigns.scheduler:
@@ -141,6 +155,11 @@ class Runtime:
                     nightly=self.nightly,
                 )
                 await self.scheduler.start()
+            # what start-up loaded (modules, aiogram's and pydantic's schemas, ...) is kept
+            # for good: out of the collector's reach, a full collection scans only what was
+            # allocated since, and its pause (all threads, the event loop too) stays short
+            gc.freeze()
+            self._frozen = True
 
     async def stop(self) -> None:
         if self.scheduler is not None:
@@ -148,6 +167,10 @@ class Runtime:
             self.scheduler = None
         await self.inbox.stop()
         await self.dispatcher.stop()
+        await self.leases.stop()
+        if self._frozen:  # a process that starts runtimes again (tests) frees the old ones
+            gc.unfreeze()
+            self._frozen = False
         for adapter in self.channels.values():
             await adapter.stop()
         await self.db.dispose()
@@ -159,14 +182,14 @@ class Runtime:
 
     async def nightly(self) -> dict[str, object]:
         """The leader's nightly housekeeping: value segments, lifecycle phases, retention."""
-        from bot import gdpr, lifecycle, value
+        from bot import lifecycle, retention, value
 
         crm = self.settings.crm
         async with self.sessions() as s, s.begin():
             segments = await value.recompute(s, crm)
             phases = await lifecycle.run(s, crm)
-            purged = await gdpr.purge_touchpoints(s, crm.retention_days)
-        log.info("nightly: value %s, lifecycle %s, %d touchpoints purged", segments, phases, purged)
+            purged = await retention.purge(s, crm.retention_days)
+        log.info("nightly: value %s, lifecycle %s, retention %s", segments, phases, purged)
         return {"value": segments, "lifecycle": phases, "purged": purged}
 
     async def healthy(self) -> bool:

@@ -43,18 +43,11 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from bot import flood
 from bot.channel import ChannelAdapter, SendResult
 from bot.config import EmailSettings
-from bot.inbox import Parsed
+from bot.inbox import Parsed, ParseError
 from bot.messages import Attachment, ChannelEvent, InboundMessage, OutboundMessage
 from bot.runtime import Runtime
 from channels.email_imap import ImapPoller
-from channels.email_parse import (
-    ParsedMail,
-    addresses,
-    header_message_id,
-    parse_headers,
-    parse_mail,
-    summary,
-)
+from channels.email_parse import Limits, ParsedMail, mail_key, parse_mail, summary
 from channels.email_smtp import SmtpSender, compose
 from storage import queries
 from storage.models import Case, Contact, Conversation, Direction, EmailMessageRef, utcnow
@@ -110,6 +103,15 @@ class Threads:
         basis = f"{sender}\0{mail.message_id}".encode()
         return "m:" + hashlib.sha256(basis).hexdigest()[:40]
 
+    async def sent(self, message_id: str) -> EmailMessageRef | None:
+        """Our own outgoing mail with this Message-ID, if we sent one."""
+        async with self.sessions() as s:
+            q = select(EmailMessageRef).where(
+                EmailMessageRef.message_id == message_id[:500],
+                EmailMessageRef.direction == Direction.OUT,
+            )
+            return (await s.execute(q)).scalar_one_or_none()
+
     async def of_thread(self, thread_key: str) -> list[EmailMessageRef]:
         async with self.sessions() as s:
             q = (
@@ -159,6 +161,12 @@ class EmailChannel(ChannelAdapter):
         smtp_pw = settings.smtp.password.get_secret_value() if settings.smtp.password else None
         imap_pw = settings.imap.password.get_secret_value() if settings.imap.password else None
         self.smtp = SmtpSender(settings.smtp, smtp_pw)
+        self.trusted = frozenset(i.lower() for i in settings.trusted_authserv_ids)
+        self.limits = Limits(
+            header_bytes=settings.max_header_bytes,
+            header_line_bytes=settings.max_header_line_bytes,
+            attachment_bytes=settings.max_attachment_bytes,
+        )
         self.threads = Threads(runtime)
         self.poller: ImapPoller | None = None
         if settings.imap.host:
@@ -200,41 +208,41 @@ class EmailChannel(ChannelAdapter):
     # ---- inbound -----------------------------------------------------------------------
 
     async def accept(self, raw: bytes) -> bool:
-        """Persist one fetched mail in the inbox; False if it was there already."""
-        headers = parse_headers(raw)
-        message_id = header_message_id(headers)
-        senders = addresses(str(headers.get("From", "") or ""))
+        """Persist one fetched mail in the inbox; False if it was there already. Takes any
+        bytes: nothing is parsed here that could fail, so no mail can stop the mailbox."""
+        message_id, sender = mail_key(raw, self.limits)
         payload: dict[str, Any] = {"mailbox": self.poller.mailbox if self.poller else None}
         if len(raw) > self.settings.max_message_bytes:
             head = raw.split(b"\r\n\r\n", 1)[0].split(b"\n\n", 1)[0]
             payload.update(raw=base64.b64encode(head + b"\r\n\r\n").decode(), truncated=len(raw))
         else:
             payload["raw"] = base64.b64encode(raw).decode()
-        return await self.runtime.inbox.accept(
-            CHANNEL, message_id, senders[0] if senders else "-", payload
-        )
+        return await self.runtime.inbox.accept(CHANNEL, message_id, sender, payload)
 
-    def parse(self, payload: dict[str, Any]) -> Parsed:
+    async def parse(self, payload: dict[str, Any]) -> Parsed:
+        """What the inbox worker calls. A mail that cannot be read raises: the inbox parks
+        it (its raw bytes stay in the inbox row) as a dead letter with the error."""
         raw = base64.b64decode(payload["raw"])
-        mail = parse_mail(raw, max_attachment_bytes=self.settings.max_attachment_bytes)
+        # off the event loop: even bounded, a big mail takes a while to parse
+        mail = await asyncio.to_thread(
+            parse_mail, raw, limits=self.limits, trusted_authserv_ids=self.trusted
+        )
         if mail.bounce is not None:
-            b = mail.bounce
-            return [
-                ChannelEvent(
-                    channel=CHANNEL,
-                    sender_id=rcpt,
-                    kind="bounce",
-                    platform_event_id=f"{mail.message_id}:{rcpt}"[:200],
-                    reachable=False if b.permanent else None,
-                    reason=f"{b.status} {b.diagnostic}".strip()[:500],
-                    payload={"original_message_id": b.original_message_id},
-                )
-                for rcpt in b.recipients
-            ]
+            if mail.bounce.original_message_id is None:
+                log.info("email: a bounce quoting no message of ours is ignored")
+                return []
+
+            async def bounced() -> None:
+                await self._bounce(mail)
+
+            return [bounced]
         if mail.auto is not None:
-            log.info("email: %s not answered (%s)", mail.message_id, mail.auto)
+            # the fact, not the header's value: whoever sent the mail chose that
+            log.info("email: an automatic mail is not answered (%s)", mail.auto)
             return []
-        if not mail.from_address or mail.from_address == self.address:
+        if "@" not in mail.from_address:
+            raise ParseError("the mail has no sender address that could be answered")
+        if mail.from_address == self.address:
             return []  # our own mail (a copy, a loop)
         m = MAILTO_UNSUBSCRIBE.match(mail.subject)
         if m and self._contact_of(m.group(1)) is not None:
@@ -259,9 +267,13 @@ class EmailChannel(ChannelAdapter):
         raw = summary(mail)
         if truncated:
             raw["truncated"] = True
-        text = mail.reply
-        if not text and not mail.attachments:
-            text = mail.subject if not mail.in_reply_to else ""
+        # linking starts only from a chat, and an unverified sender gets nothing that
+        # reveals or changes account data (flows/trust.py): the flows decide on this flag
+        # nothing new found (a reply written inside the quote, a client we do not know):
+        # the whole text, so that it reaches a person rather than "you sent nothing"
+        text = mail.reply or mail.text.strip()
+        if not text and not mail.attachments and not mail.in_reply_to:
+            text = mail.subject  # a mail that is all subject
         await self.runtime.engine.handle(
             InboundMessage(
                 channel=CHANNEL,
@@ -283,8 +295,32 @@ class EmailChannel(ChannelAdapter):
                 locale_hint=mail.language,
                 raw=raw,
                 contact_updates={"email": mail.from_address},
+                verified=mail.verified,
             )
         )
+
+    async def _bounce(self, mail: ParsedMail) -> None:
+        """A bounce counts only for a recipient of a message we sent: its Message-ID in our
+        records, sent to that address. Anyone can mail a DSN naming anyone."""
+        b = mail.bounce
+        assert b is not None and b.original_message_id is not None
+        ours = await self.threads.sent(b.original_message_id)
+        recipients = [r for r in b.recipients if ours is not None and r == ours.address]
+        if not recipients:
+            log.info("email: a bounce of no message we sent to its recipient is ignored")
+            return
+        for rcpt in recipients:
+            await self.runtime.engine.record_event(
+                ChannelEvent(
+                    channel=CHANNEL,
+                    sender_id=rcpt,
+                    kind="bounce",
+                    platform_event_id=f"{mail.message_id}:{rcpt}"[:200],
+                    reachable=False if b.permanent else None,
+                    reason=f"{b.status} {b.diagnostic}".strip()[:500],
+                    payload={"original_message_id": b.original_message_id},
+                )
+            )
 
     # ---- outbound ----------------------------------------------------------------------
 

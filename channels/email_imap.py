@@ -24,6 +24,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bot.config import EmailImapSettings
+from channels.email_tls import tls_context
 from storage.models import EmailMailbox, utcnow
 
 log = logging.getLogger(__name__)
@@ -34,6 +35,30 @@ FETCH_UID_RE = re.compile(rb"UID (\d+)")
 
 class ImapError(Exception):
     pass
+
+
+async def _starttls(
+    client: aioimaplib.IMAP4, context: ssl.SSLContext, host: str, timeout: float
+) -> None:
+    """RFC 3501 §6.2.1 STARTTLS, which aioimaplib 2.0.3 lists but does not do: the command,
+    the TLS handshake on the same connection, and the capabilities asked for again (those
+    from before TLS may have been forged on the way)."""
+    protocol = client.protocol
+    if "STARTTLS" not in protocol.capabilities:
+        raise ImapError("the server offers no STARTTLS; not logging in without TLS")
+    command = aioimaplib.Command("STARTTLS", protocol.new_tag(), loop=protocol.loop)
+    _ok(await asyncio.wait_for(protocol.execute(command), timeout), "STARTTLS")
+    loop = asyncio.get_running_loop()
+    protocol.transport = await asyncio.wait_for(
+        loop.start_tls(protocol.transport, protocol, context, server_hostname=host), timeout
+    )
+    await asyncio.wait_for(protocol.capability(), timeout)
+
+
+def _abort(client: aioimaplib.IMAP4) -> None:
+    transport = getattr(client.protocol, "transport", None)
+    if transport is not None:
+        transport.close()
 
 
 def _ok(response: Any, what: str) -> Any:
@@ -67,26 +92,31 @@ class ImapPoller:
     # ---- connection --------------------------------------------------------------------
 
     async def connect(self) -> None:
+        """Implicit TLS (`ssl`), STARTTLS (required: no plain-text fallback) or, for a test
+        server only, plain; then LOGIN and SELECT."""
         s = self.settings
         assert s.host is not None
         self._lost = lost = asyncio.Event()
-        if s.ssl:
-            client: aioimaplib.IMAP4 = aioimaplib.IMAP4_SSL(
-                host=s.host,
-                port=self.port,
-                timeout=s.timeout_seconds,
-                ssl_context=ssl.create_default_context(cafile=s.ca_file),
-                conn_lost_cb=lambda _: lost.set(),
-            )
-        else:
-            client = aioimaplib.IMAP4(
-                host=s.host,
-                port=self.port,
-                timeout=s.timeout_seconds,
-                conn_lost_cb=lambda _: lost.set(),
-            )
-        await client.wait_hello_from_server()
-        _ok(await client.login(s.username or "", self._password or ""), "LOGIN")
+        tls = s.ssl or s.starttls
+        context = tls_context(s.ca_file, s.verify_certificate, what="IMAP") if tls else None
+        # aioimaplib.IMAP4 with an ssl_context is implicit TLS; IMAP4_SSL (2.0.3) would
+        # not take conn_lost_cb, which IDLE needs to notice a dropped connection
+        client = aioimaplib.IMAP4(
+            host=s.host,
+            port=self.port,
+            timeout=s.timeout_seconds,
+            conn_lost_cb=lambda _: lost.set(),
+            ssl_context=context if s.ssl else None,
+        )
+        try:
+            await client.wait_hello_from_server()
+            if s.starttls and not s.ssl:
+                assert context is not None
+                await _starttls(client, context, s.host, s.timeout_seconds)
+            _ok(await client.login(s.username or "", self._password or ""), "LOGIN")
+        except BaseException:
+            _abort(client)
+            raise
         self.client = client
         await self.select()
 

@@ -7,23 +7,29 @@
   (`auto`) or which addresses bounced (`bounce`).
 * Every charset the `email` package knows (UTF-8, ISO-8859-1, Windows-1252, ...) and the
   transfer encodings quoted-printable and base64; an unknown or lying charset falls
-  back to UTF-8 with replacement, then Latin-1, never an exception.
+  back to UTF-8 with replacement, then Latin-1.
+* Bounded: each header and the header block are cut (`Limits`) before parsing. A mail the
+  parser still cannot read raises; the channel parks it as a dead letter. `mail_key`, the
+  inbox's key, never raises.
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Collection
 from dataclasses import dataclass, field, fields, is_dataclass, replace
 from email import policy
 from email.headerregistry import Address
 from email.message import EmailMessage, Message
 from email.parser import BytesParser
-from email.utils import getaddresses, parseaddr
-from html.parser import HTMLParser
+from email.utils import parseaddr
 from typing import Any
 
 import nh3
+
+from channels.email_auth import sender_verified
+from channels.email_reply import html_reply, html_to_text, strip_reply
 
 MSGID_RE = re.compile(r"<[^<>\s]+>")
 CASE_REF_RE = re.compile(r"\[(C-\d{4}-\d{6})\]")
@@ -65,6 +71,7 @@ class ParsedMail:
     bounce: Bounce | None = None
     language: str | None = None
     headers: dict[str, str] = field(default_factory=dict)
+    verified: bool = False  # the receiving server vouches for the From: (email_auth.py)
 
     @property
     def case_reference(self) -> str | None:
@@ -78,21 +85,70 @@ def message_ids(value: str | None) -> tuple[str, ...]:
 
 def header_message_id(msg: Message) -> str:
     """The Message-ID, or a stable hash of the identifying headers where it is missing."""
-    found = message_ids(str(msg.get("Message-ID", "") or ""))
+    found = message_ids(_header(msg, "Message-ID"))
     if found:
         return found[0]
     basis = "\n".join(
-        f"{k}:{msg.get(k, '')}" for k in ("From", "To", "Date", "Subject", "Received")
+        f"{k}:{_raw_header(msg, k)}" for k in ("From", "To", "Date", "Subject", "Received")
     )
     return "<sha256-" + hashlib.sha256(basis.encode("utf-8", "replace")).hexdigest() + "@cicbot>"
 
 
-def parse_headers(raw: bytes) -> Message:
-    return BytesParser(policy=policy.default).parsebytes(raw, headersonly=True)
+@dataclass(frozen=True)
+class Limits:
+    """Sizes cut before the `email` package sees a mail: its header parser is quadratic on
+    some input (a 480 kB Subject of encoded words took 21 s)."""
+
+    header_bytes: int = 256 << 10  # the whole header block; headers past it are dropped
+    header_line_bytes: int = 16 << 10  # one header with its folded lines
+    attachment_bytes: int = 10 << 20  # larger attachments are flagged over_cap
 
 
-def parse_mail(raw: bytes, *, max_attachment_bytes: int = 10 << 20) -> ParsedMail:
-    mail = _parse_mail(raw, max_attachment_bytes)
+HEADER_END = re.compile(rb"\r?\n\r?\n")
+
+
+def bounded(raw: bytes, limits: Limits = Limits()) -> bytes:
+    """`raw` with each header cut to `header_line_bytes` and the header block to
+    `header_bytes`; the body untouched."""
+    end = HEADER_END.search(raw)
+    head, body = (raw[: end.start()], raw[end.start() :]) if end else (raw, b"")
+    if len(head) <= limits.header_line_bytes and len(head) <= limits.header_bytes:
+        return raw  # nothing can be over a limit
+    kept: list[bytes] = []
+    total = 0
+    for header in re.split(rb"\r?\n(?![ \t])", head):  # a header and its folded lines
+        header = header[: limits.header_line_bytes]
+        total += len(header) + 2
+        if total > limits.header_bytes:
+            break
+        kept.append(header)
+    return b"\r\n".join(kept) + (body or b"\r\n\r\n")
+
+
+def parse_headers(raw: bytes, limits: Limits = Limits()) -> Message:
+    """The headers as raw strings (compat32 parses no structure, so it never raises):
+    for the inbox's keys, before anything else may fail."""
+    return BytesParser(policy=policy.compat32).parsebytes(bounded(raw, limits), headersonly=True)
+
+
+def mail_key(raw: bytes, limits: Limits = Limits()) -> tuple[str, str]:
+    """(dedupe key, sender) of a fetched mail for the inbox, for any bytes at all: the
+    Message-ID (or a hash of the identifying headers) and the From address or "-"."""
+    try:
+        headers = parse_headers(raw, limits)
+        key = header_message_id(headers)
+        sender = parseaddr(str(headers.get("From", "") or ""))[1].lower()
+    except Exception:  # never: compat32 takes anything; the raw bytes still identify it
+        return "<sha256-" + hashlib.sha256(raw).hexdigest() + "@cicbot>", "-"
+    return key, (sender if "@" in sender else "-")
+
+
+def parse_mail(
+    raw: bytes, *, limits: Limits = Limits(), trusted_authserv_ids: Collection[str] = ()
+) -> ParsedMail:
+    """Raises on a mail it cannot read; the channel parks that one as a dead letter.
+    `verified`: see channels/email_auth.py."""
+    mail = _parse_mail(bounded(raw, limits), limits.attachment_bytes, trusted_authserv_ids)
     # 8-bit bytes in headers come out as surrogate escapes, which no database stores
     return _valid_unicode(mail)  # type: ignore[no-any-return]
 
@@ -114,19 +170,18 @@ def _valid_unicode(value: Any) -> Any:
     return value
 
 
-def _parse_mail(raw: bytes, max_attachment_bytes: int) -> ParsedMail:
+def _parse_mail(raw: bytes, max_attachment_bytes: int, trusted: Collection[str]) -> ParsedMail:
     msg = BytesParser(policy=policy.default).parsebytes(raw)
     assert isinstance(msg, EmailMessage)
     name, address = _sender(msg)
     subject = _header(msg, "Subject")
     plain, html = _bodies(msg)
     text = plain if plain.strip() else (html_to_text(html) if html else "")
+    # the reply is looked for in what is kept of the text anyway
     if plain.strip():
-        reply = strip_reply(plain)
-    elif html:
-        reply = strip_reply(html_to_text(html, cut_quotes=True))
+        reply = strip_reply(plain[:MAX_TEXT])
     else:
-        reply = ""
+        reply = html_reply(html[: MAX_TEXT * 4]) if html else ""
     bounce = parse_bounce(msg)
     return ParsedMail(
         message_id=header_message_id(msg),
@@ -143,6 +198,7 @@ def _parse_mail(raw: bytes, max_attachment_bytes: int) -> ParsedMail:
         bounce=bounce,
         language=_language(msg) or _guess_language(subject, text),
         headers={k: _header(msg, k) for k in ("Date", "To", "Auto-Submitted") if k in msg},
+        verified=sender_verified(msg, {t.lower() for t in trusted}),
     )
 
 
@@ -152,13 +208,17 @@ def _parse_mail(raw: bytes, max_attachment_bytes: int) -> ParsedMail:
 def _header(msg: Message, name: str) -> str:
     try:
         value = msg.get(name)
-    except Exception:  # a header the policy cannot parse: fall back to its raw text
-        value = None
-        for k, v in msg.raw_items():
-            if k.lower() == name.lower():
-                value = v
-                break
+    except Exception:  # a header the policy cannot parse ("Message-ID: <"): its raw text
+        return " ".join(_raw_header(msg, name).split())
     return " ".join(str(value).split()) if value is not None else ""
+
+
+def _raw_header(msg: Message, name: str) -> str:
+    """A header's text as it came (unfolded, not decoded): the same under every policy."""
+    for k, v in msg.raw_items():
+        if k.lower() == name.lower():
+            return str(v).replace("\r", "").replace("\n", "")
+    return ""
 
 
 def _sender(msg: Message) -> tuple[str | None, str]:
@@ -204,9 +264,10 @@ AUTO_LOCALPARTS = ("mailer-daemon", "postmaster", "noreply", "no-reply", "do-not
 def auto_reason(msg: Message, sender: str = "") -> str | None:
     """Why an answer would be wrong (RFC 3834 §2 and the headers mail systems really use);
     None for a person's mail."""
+    # only names and values from these lists: the reason is logged, the sender chose the rest
     auto = _header(msg, "Auto-Submitted").lower()
     if auto and auto.split(";")[0].strip() != "no":
-        return f"Auto-Submitted: {auto}"
+        return "Auto-Submitted"
     for name in ("X-Autoreply", "X-Autorespond", "X-Autoresponder"):
         if name in msg:
             return name
@@ -219,7 +280,7 @@ def auto_reason(msg: Message, sender: str = "") -> str | None:
         return "List-Id"
     local = sender.split("@", 1)[0].lower()
     if local in AUTO_LOCALPARTS or local.startswith("mailer-daemon"):
-        return f"sender {local}"
+        return "sender address"
     if _header(msg, "Return-Path").strip() == "<>":
         return "null Return-Path"
     if msg.get_content_type() == "multipart/report":
@@ -235,8 +296,8 @@ def _decoded(part: Message) -> str:
         content = part.get_content()  # type: ignore[attr-defined]
         if isinstance(content, str):
             return content
-    except (LookupError, UnicodeError, AssertionError, KeyError):
-        pass
+    except (LookupError, UnicodeError, AssertionError, KeyError, ValueError):
+        pass  # an unknown charset, or one with a NUL in its name
     payload = part.get_payload(decode=True)
     if not isinstance(payload, bytes):
         return ""
@@ -244,7 +305,7 @@ def _decoded(part: Message) -> str:
     for cs in (charset, "utf-8"):
         try:
             return payload.decode(cs)
-        except (LookupError, UnicodeDecodeError):
+        except (LookupError, UnicodeDecodeError, ValueError):
             continue
     return payload.decode("latin-1")
 
@@ -292,132 +353,6 @@ def _attachments(msg: EmailMessage, cap: int) -> list[AttachmentInfo]:
             )
         )
     return found
-
-
-# ---- HTML → text ---------------------------------------------------------------------
-
-BLOCK = {
-    "p", "div", "br", "tr", "li", "h1", "h2", "h3", "h4", "h5", "h6", "table",
-    "ul", "ol", "pre", "hr", "section", "article", "header", "footer",
-}  # fmt: skip
-SKIP = {"script", "style", "head", "title", "template"}
-CUT_MARK = "\x00cut\x00"
-# where a mail client puts the quoted history
-QUOTE_MARKERS = ("gmail_quote", "divrplyfwdmsg", "moz-cite-prefix", "appendonsend", "yahoo_quoted")
-
-
-class _TextExtractor(HTMLParser):
-    def __init__(self, cut_quotes: bool) -> None:
-        super().__init__(convert_charrefs=True)
-        self.cut_quotes = cut_quotes
-        self.out: list[str] = []
-        self.skip = 0
-        self.quote = 0
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        if tag in SKIP:
-            self.skip += 1
-            return
-        marks = " ".join(f"{v}" for k, v in attrs if k in ("class", "id") and v).lower()
-        if self.cut_quotes and (
-            any(m in marks for m in QUOTE_MARKERS) or (tag == "blockquote" and "cite" in str(attrs))
-        ):
-            self.out.append(CUT_MARK)
-        if tag == "blockquote":
-            self.quote += 1
-        if tag in BLOCK:
-            self.out.append("\n")
-        if tag == "li":
-            self.out.append("- ")
-
-    def handle_startendtag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        if tag in ("br", "hr"):
-            self.out.append("\n")
-
-    def handle_endtag(self, tag: str) -> None:
-        if tag in SKIP:
-            self.skip = max(0, self.skip - 1)
-            return
-        if tag == "blockquote":
-            self.quote = max(0, self.quote - 1)
-        if tag in BLOCK:
-            self.out.append("\n")
-
-    def handle_data(self, data: str) -> None:
-        if self.skip:
-            return
-        text = re.sub(r"\s+", " ", data)
-        if self.quote and self.cut_quotes:
-            self.out.append(CUT_MARK)
-            return
-        self.out.append(text)
-
-
-def html_to_text(html: str, *, cut_quotes: bool = False) -> str:
-    parser = _TextExtractor(cut_quotes)
-    try:
-        parser.feed(html)
-        parser.close()
-    except Exception:  # noqa: S110 (malformed HTML: what was read so far)
-        pass
-    text = "".join(parser.out)
-    if cut_quotes and CUT_MARK in text:
-        text = text.split(CUT_MARK, 1)[0]
-    lines = [line.strip() for line in text.replace("\xa0", " ").split("\n")]
-    return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip()
-
-
-# ---- quoted history and signatures ---------------------------------------------------
-
-# a line that introduces the quoted original (the attribution line)
-ATTRIBUTION = [
-    re.compile(r"^On\b.{0,300}\bwrote:\s*$", re.I | re.S),  # Gmail, Apple Mail, Thunderbird
-    re.compile(r"^Am\b.{0,300}\bschrieb\b.{0,300}:\s*$", re.I | re.S),  # German clients
-    re.compile(r"^Le\b.{0,300}\ba écrit\s*:\s*$", re.I | re.S),
-    re.compile(
-        r"^-{2,}\s*(Original Message|Ursprüngliche Nachricht|Originalnachricht)\s*-{2,}", re.I
-    ),
-    re.compile(r"^-{2,}\s*(Forwarded message|Weitergeleitete Nachricht)\s*-{2,}", re.I),
-    re.compile(r"^_{20,}\s*$"),  # Outlook's rule above the header block
-]
-HEADER_BLOCK = re.compile(r"^\*?(From|Von|De)\s*:\*?\s", re.I)
-HEADER_NEXT = re.compile(r"^\*?(Sent|Gesendet|Date|Datum|To|An|Subject|Betreff|Envoyé)\s*:", re.I)
-SIGNATURE = [
-    re.compile(r"^--\s*$"),
-    re.compile(r"^(Sent from|Gesendet von|Von meinem|Sent with|Envoyé de)\b.{0,60}$", re.I),
-    re.compile(r"^Get Outlook for\b", re.I),
-    re.compile(r"^Outlook für\b.{0,30}(herunterladen|beziehen)", re.I),
-]
-
-
-def strip_reply(text: str) -> str:
-    """The new part of a reply: up to the attribution line or header block of the quoted
-    original, without `>` lines and without the signature."""
-    lines = text.replace("\r\n", "\n").split("\n")
-    end = len(lines)
-    for i, line in enumerate(lines):
-        s = line.strip()
-        nxt = lines[i + 1].strip() if i + 1 < len(lines) else ""
-        two = f"{s} {nxt}"  # Gmail wraps a long attribution line
-        if any(p.match(s) for p in ATTRIBUTION) or (
-            s
-            and not s.startswith(">")
-            and any(p.match(two) for p in ATTRIBUTION[:3])
-            and nxt.endswith(":")
-        ):
-            end = i
-            break
-        if HEADER_BLOCK.match(s) and any(
-            HEADER_NEXT.match(x.strip()) for x in lines[i + 1 : i + 4]
-        ):
-            end = i
-            break
-    kept = [line for line in lines[:end] if not line.lstrip().startswith(">")]
-    for i, line in enumerate(kept):
-        if any(p.match(line.strip()) for p in SIGNATURE):
-            kept = kept[:i]
-            break
-    return "\n".join(line.rstrip() for line in kept).strip()
 
 
 # ---- delivery status notifications ---------------------------------------------------
@@ -477,10 +412,6 @@ def _original_message_id(part: Message) -> str | None:
 def _rfc822_header(text: str, name: str) -> str:
     m = re.search(rf"^{re.escape(name)}:\s*(.+)$", text, re.I | re.M)
     return m.group(1) if m else ""
-
-
-def addresses(value: str) -> list[str]:
-    return [a.lower() for _, a in getaddresses([value]) if a]
 
 
 def summary(mail: ParsedMail) -> dict[str, Any]:

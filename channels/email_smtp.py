@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import html
 import logging
-import ssl
 from collections.abc import Sequence
 from email.headerregistry import Address
 from email.message import EmailMessage
@@ -24,6 +23,7 @@ import aiosmtplib
 from bot.channel import PermanentSendError, TransientSendError
 from bot.config import EmailSmtpSettings
 from bot.messages import Choice
+from channels.email_tls import tls_context
 from storage.models import utcnow
 
 log = logging.getLogger(__name__)
@@ -103,6 +103,10 @@ class SmtpSender:
         self._closer: asyncio.TimerHandle | None = None
         self._closing: asyncio.Future[None] | None = None  # keeps the idle close referenced
         self.connections = 0  # opened so far (tests)
+        tls = settings.ssl or settings.starttls
+        self._tls = (
+            tls_context(settings.ca_file, settings.verify_certificate, what="SMTP") if tls else None
+        )
 
     def _port(self) -> int:
         s = self.settings
@@ -117,7 +121,7 @@ class SmtpSender:
             use_tls=s.ssl,
             start_tls=(s.starttls and not s.ssl) or False,
             timeout=s.timeout_seconds,
-            tls_context=ssl.create_default_context(cafile=s.ca_file),
+            tls_context=self._tls,
         )
         await client.connect()
         if s.username and self._password is not None:

@@ -11,8 +11,12 @@ Mode (when `CICBOT_SLACK__APP_TOKEN` is set), every payload goes the same way:
 * bolt runs with `process_before_response`: the listener persists the raw payload in the
   inbox (deduped on `event_id`, so a retry, even an `http_timeout` retry racing the first
   attempt, is stored once) and only then is the request acknowledged. A failure to persist
-  answers 503 with Retry-After when the database is away, 500 otherwise (or leaves the
-  Socket Mode envelope unacknowledged), so Slack delivers again;
+  answers 503 with Retry-After (or leaves the Socket Mode envelope unacknowledged), so
+  Slack delivers again;
+* no signed payload gets a 500: what bolt cannot route (a shape its routing would raise on,
+  or one no listener matches) is kept in the inbox as it is and answered 200 (`_App`);
+  Slack's `app_rate_limited` notice is counted in the metrics and logged once per minute
+  Slack names;
 * the inbox worker parses the rows later (channels/slack_parse.py) and hands customer input
   to the engine, agent actions to the desk. Bolt's own middleware drops our bot's events;
   the parser drops every other bot's too.
@@ -27,7 +31,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 import aiohttp
@@ -56,9 +60,11 @@ from channels.slack_parse import (
     CHANNEL,
     CustomerInput,
     PayloadParser,
+    SupportRequest,
     dedupe_key,
     malformed,
     partition_key,
+    routable,
     worth_keeping,
 )
 from channels.slack_send import CHOICE_ACTION, SEND_ERRORS, Sender, answered_blocks
@@ -72,6 +78,43 @@ EVERYTHING = re.compile(".*")
 
 class SlackUnavailable(RuntimeError):
     """auth.test failed: the request is not acknowledged, so Slack delivers it again."""
+
+
+def not_persisted(error: Exception) -> BoltResponse:
+    """The payload is not stored: 503 and a hint, Slack delivers it again."""
+    if isinstance(error, Unavailable | SlackUnavailable):  # expected while they are away
+        log.warning("slack: update not persisted, %s", error)
+    else:
+        log.error("slack: update not persisted", exc_info=error)
+    return BoltResponse(status=503, body="", headers={"Retry-After": "5"})
+
+
+class _App(AsyncApp):  # type: ignore[misc]
+    """bolt's app, but a payload bolt cannot route is kept and answered 200, not 500 (its
+    routing raised) or 404 (no listener): Slack would retry the one and count both as
+    failures of the app. HTTP and Socket Mode both dispatch through here."""
+
+    keep: Callable[[dict[str, Any]], Awaitable[None]]
+
+    async def async_dispatch(self, req: AsyncBoltRequest) -> BoltResponse:
+        body = req.body if isinstance(req.body, dict) else {}
+        if not body or "ssl_check" in body:
+            return await super().async_dispatch(req)
+        try:
+            if routable(body):
+                answer: BoltResponse = await super().async_dispatch(req)
+                if answer.status != 404:
+                    return answer
+        except Exception:  # a shape bolt did not expect somewhere else
+            log.warning("slack: bolt could not route a %r payload", body.get("type"))
+        try:
+            await self.keep(body)
+        except Exception as exc:
+            return not_persisted(exc)
+        return BoltResponse(status=200, body="")
+
+    def _handle_unmatched_requests(self, req: AsyncBoltRequest, resp: BoltResponse) -> BoltResponse:
+        return resp  # kept and logged by async_dispatch, not bolt's "unhandled" warning
 
 
 class SlackChannel(ChannelAdapter):
@@ -98,6 +141,8 @@ class SlackChannel(ChannelAdapter):
             agent_channel=settings.agent_channel,
             customer_channels=settings.customer_channels,
             bot_user=lambda: self.me.get("user_id") if self.me else None,
+            support_command=settings.support_command,
+            support_shortcut=settings.support_shortcut,
         )
         runtime.inbox.register(CHANNEL, self.parser)
         flood.attach(runtime)  # the inbox slows a flooding sender down
@@ -108,6 +153,7 @@ class SlackChannel(ChannelAdapter):
         self.socket: Any = None  # AsyncSocketModeHandler when Socket Mode is on
         self._session: aiohttp.ClientSession | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
+        self.max_body_bytes = settings.max_body_bytes  # the webhook checks it exactly
         self._router: APIRouter | None = None
         if self.verifier is not None:
             self._router = APIRouter()
@@ -132,7 +178,7 @@ class SlackChannel(ChannelAdapter):
             await self._persist(body)
             await ack()
 
-        app = AsyncApp(
+        app = _App(
             client=self.bolt_client,
             signing_secret=secret or "-",
             authorize=authorize,
@@ -140,17 +186,19 @@ class SlackChannel(ChannelAdapter):
             request_verification_enabled=bool(secret),
             logger=logging.getLogger("channels.slack.bolt"),
         )
+        app.keep = self._keep
         app.event(EVERYTHING)(persist_then_ack)
         app.action(EVERYTHING)(persist_then_ack)
+        app.command(EVERYTHING)(persist_then_ack)
+        app.shortcut(EVERYTHING)(persist_then_ack)
+        app.view(EVERYTHING)(persist_then_ack)
+        app.view_closed(EVERYTHING)(persist_then_ack)
+        app.options(EVERYTHING)(persist_then_ack)  # no options to offer: an empty list
 
-        async def unavailable(error: Exception) -> BoltResponse | None:
-            # the database (or auth.test, needed to authorize) is away: 503 and a hint,
-            # Slack retries; other errors stay 500
-            if isinstance(error, Unavailable | SlackUnavailable):
-                log.warning("slack: update not persisted, %s", error)
-                return BoltResponse(status=503, body="", headers={"Retry-After": "5"})
-            log.exception("slack: update not persisted", exc_info=error)
-            return None
+        async def unavailable(error: Exception) -> BoltResponse:
+            # the database (or auth.test, needed to authorize) is away, or the insert
+            # failed otherwise: 503, and Slack delivers the payload again
+            return not_persisted(error)
 
         app.error(unavailable)
         return app
@@ -279,15 +327,30 @@ class SlackChannel(ChannelAdapter):
 
     # ---- inbound: what bolt's listener does (HTTP and Socket Mode) ---------------------
 
-    async def _persist(self, body: dict[str, Any]) -> None:
-        """Store the raw payload (raises if the database does: Slack then retries)."""
-        key = dedupe_key(body)
-        if key is None or not worth_keeping(body):
-            return
+    async def _persist(self, body: dict[str, Any]) -> bool:
+        """Store the raw payload (raises if the database does: Slack then retries); True
+        if it was new."""
+        if not worth_keeping(body):
+            return False
         partition = partition_key(body, self.settings.agent_channel)
-        new = await self.runtime.inbox.accept(CHANNEL, key, partition, body)
+        new = await self.runtime.inbox.accept(CHANNEL, dedupe_key(body), partition, body)
         if new and body.get("type") == "block_actions":
             self._spawn(self._answered(body), "slack-answered")
+        return new
+
+    async def _keep(self, body: dict[str, Any]) -> None:
+        """A payload bolt does not route: stored as it is (the inbox marks it ignored)."""
+        new = await self._persist(body)
+        if body.get("type") == "app_rate_limited":
+            if new:  # Slack may say it again: one count and one line per minute it names
+                self.runtime.metrics.rate_limited(CHANNEL)
+                log.warning(
+                    "slack: Slack dropped events for this app in the minute starting %s "
+                    "(app_rate_limited: over 30,000 events an hour for one workspace)",
+                    body.get("minute_rate_limited"),
+                )
+        elif new:
+            log.info("slack: kept a %r payload bolt does not route", body.get("type"))
 
     async def _answered(self, body: dict[str, Any]) -> None:
         """Replace a customer's pressed option buttons by the answer given."""
@@ -335,6 +398,28 @@ class SlackChannel(ChannelAdapter):
                 kind=item.kind,
                 raw=item.raw,
                 contact_updates={"email": email} if email else {},
+            )
+        )
+
+    async def support(self, item: SupportRequest) -> None:
+        """The support command or shortcut: the conversation is the person's DM with the
+        app (conversations.open), whatever channel they used it in."""
+        try:
+            response = await self.web.conversations_open(users=item.user)
+        except SEND_ERRORS as exc:
+            raise SlackUnavailable(f"conversations.open failed: {type(exc).__name__}") from None
+        dm = str((response.get("channel") or {}).get("id") or "")
+        if not dm.startswith("D"):
+            raise SlackUnavailable(f"conversations.open gave no DM for {item.user}")
+        await self.customer(
+            CustomerInput(
+                user=item.user,
+                platform_message_id=item.platform_message_id,
+                thread_key=dm,
+                text=item.text,
+                payload=item.payload,
+                attachments=item.attachments,
+                raw=item.raw,
             )
         )
 

@@ -103,7 +103,11 @@ async def render_card(
     buttons = _buttons(conv)
     if buttons:
         blocks.append({"type": "actions", "block_id": f"desk_{conv.id}", "elements": buttons})
-    text = f"{name} ({conv.channel}) needs an agent: priority {conv.priority}, {status_line}"
+    # the fallback text is mrkdwn too (notifications, clients without blocks): escaped alike
+    text = (
+        f"{escape(name)} ({escape(conv.channel)}) needs an agent: priority {conv.priority}, "
+        f"{status_line}"
+    )
     return _cut(text, 3000), blocks
 
 

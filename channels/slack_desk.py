@@ -8,6 +8,12 @@ order per agent channel, so a card is posted before its thread is used. The card
 comes back from chat.postMessage and is kept in `agent_cards`; updates re-render the card
 from the database (chat.update), mirrors go into its thread.
 
+Erasure (bot/gdpr.py) queues a row `desk:{id}:erase`, the retention period (bot/retention.py)
+`desk:{id}:erase-{card id}` for a card quiet since: the messages mirrored
+into the card's thread (kept in `agent_card_messages`) are deleted and the card is replaced
+by a notice without personal data, one Slack call at a time, each done call recorded, so
+a retry goes on where it stopped.
+
 Agents act with the card's buttons (Claim, Resolve, Back to bot) and by replying in the
 thread: a reply goes to the customer on the customer's channel (desk.reply), one starting
 with `note:` stays internal (desk.note). Slack users map to agents by Slack user id; an
@@ -21,7 +27,8 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from sqlalchemy import select
+from slack_sdk.errors import SlackApiError
+from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -29,14 +36,22 @@ from bot.auth import create_agent
 from bot.channel import PermanentSendError, SendResult
 from bot.config import SlackSettings
 from bot.desk import Conflict, DeskError, Forbidden
-from bot.messages import OutboundMessage
+from bot.messages import OutboundMessage, desk_key, parse_erase_kind
 from bot.runtime import Runtime
 from channels.slack_card import customer_name, render_card
 from channels.slack_parse import CHANNEL
 from channels.slack_send import SEND_ERRORS, Sender, escape, to_send_error
 from channels.slack_users import UserDirectory
 from storage import queries
-from storage.models import Agent, AgentCard, AgentRole, Conversation, ConversationStatus
+from storage.models import (
+    Agent,
+    AgentCard,
+    AgentCardMessage,
+    AgentRole,
+    Contact,
+    Conversation,
+    ConversationStatus,
+)
 
 log = logging.getLogger(__name__)
 CARD, UPDATE, MIRROR = "card", "update", "mirror"
@@ -50,14 +65,20 @@ ROW_KINDS = {
     "left_queue": UPDATE,
 }
 MAX_MIRROR = 12_000
+# Slack's answers that mean the message is gone already, or cannot be edited (then deleted)
+ALREADY_GONE = frozenset(("message_not_found", "thread_not_found"))
+NOT_EDITABLE = frozenset(("cant_update_message", "edit_window_closed"))
+ERASED_TEXT = "Conversation #{id}: the customer's data was removed (erasure or retention)."
+ERASED_NOTICE = (
+    ":wastebasket: *Customer data removed* · conversation #{id}\n"
+    "The customer's details on this card and their messages in its thread were deleted "
+    "(an erasure request or the retention period). Replies agents wrote in the thread are "
+    "their own Slack messages: delete them too if they name the customer."
+)
 NOT_AN_AGENT = (
     "Press *Claim* on the card first: once the conversation is yours, your replies in "
     "this thread go to the customer. Start a reply with `note:` for an internal note."
 )
-
-
-def desk_key(conversation_id: int, kind: str) -> str:
-    return f"desk:{conversation_id}:{kind}"
 
 
 def parse_desk_key(thread_key: str) -> tuple[int, str] | None:
@@ -113,9 +134,14 @@ class SlackDesk:
         if parsed is None:
             raise PermanentSendError(f"not a desk row: {message.thread_key[:60]!r}")
         conv_id, kind = parsed
+        erasing, card_id = parse_erase_kind(kind)
         try:
+            if erasing:
+                await self.erase(conv_id, message.recipient_id, card_id)
+                return SendResult()
             if kind == CARD:
-                ts = await self.post_card(conv_id)
+                ts = (await self.post_card(conv_id)).message_ref
+                await self._erased_meanwhile(conv_id)
             elif kind == UPDATE:
                 card = await self.card_of(conv_id)
                 if card is None:
@@ -123,23 +149,98 @@ class SlackDesk:
                 ts = card.message_ref
                 await self.update_card(conv_id, ts)
             else:
-                card = await self.card_of(conv_id)
-                thread = card.message_ref if card is not None else await self.post_card(conv_id)
-                ts = await self.sender.post_message(self.channel, message.text, thread_ts=thread)
+                card = await self.card_of(conv_id) or await self.post_card(conv_id)
+                ts = await self.sender.post_message(
+                    self.channel, message.text, thread_ts=card.message_ref
+                )
+                try:
+                    async with self.sessions() as s, s.begin():
+                        s.add(AgentCardMessage(card_id=card.id, message_ref=ts))
+                except IntegrityError:  # the card was erased while this was being posted
+                    await self._delete(self.channel, ts)
+                    return SendResult()
+                await self._erased_meanwhile(conv_id)
         except SEND_ERRORS as exc:
             raise to_send_error(exc) from None
         return SendResult(platform_message_id=f"{self.channel}:{ts}")
 
-    async def post_card(self, conv_id: int) -> str:
+    async def post_card(self, conv_id: int) -> AgentCard:
         text, blocks = await self._render(conv_id)
         ts = await self.sender.post_message(self.channel, text, blocks=blocks)
+        card = AgentCard(
+            conversation_id=conv_id, channel=CHANNEL, container=self.channel, message_ref=ts
+        )
         async with self.sessions() as s, s.begin():
-            s.add(
-                AgentCard(
-                    conversation_id=conv_id, channel=CHANNEL, container=self.channel, message_ref=ts
-                )
+            s.add(card)
+        return card
+
+    async def _erased_meanwhile(self, conv_id: int) -> None:
+        """A post rendered before an erasure committed and recorded after it: the erasure
+        did not see it, so take it down now."""
+        async with self.sessions() as s:
+            q = (
+                select(Contact.attributes)
+                .join(Conversation, Conversation.contact_id == Contact.id)
+                .where(Conversation.id == conv_id)
             )
-        return ts
+            attributes = await s.scalar(q)
+        if attributes and attributes.get("erased"):
+            await self.erase(conv_id, self.channel)
+
+    async def erase(self, conv_id: int, container: str, card_id: int | None = None) -> None:
+        """Delete the bot's messages in the conversation's card threads (or one card's)
+        and replace each card by a notice without personal data; forget them. Each done
+        call is recorded at once, so a retry after an error goes on with the rest."""
+        async with self.sessions() as s:
+            q = select(AgentCard).where(
+                AgentCard.conversation_id == conv_id,
+                AgentCard.channel == CHANNEL,
+                AgentCard.container == container,
+            )
+            if card_id is not None:
+                q = q.where(AgentCard.id == card_id)
+            cards = list((await s.execute(q.order_by(AgentCard.id))).scalars())
+        for card in cards:
+            async with self.sessions() as s:
+                q2 = select(AgentCardMessage).where(AgentCardMessage.card_id == card.id)
+                replies = list((await s.execute(q2.order_by(AgentCardMessage.id))).scalars())
+            for reply in replies:
+                await self._delete(container, reply.message_ref)
+                async with self.sessions() as s, s.begin():
+                    await s.execute(delete(AgentCardMessage).where(AgentCardMessage.id == reply.id))
+            await self._blank(container, card.message_ref, conv_id)
+            async with self.sessions() as s, s.begin():
+                await s.execute(delete(AgentCard).where(AgentCard.id == card.id))
+        log.info("desk: conversation %s taken out of %d card(s)", conv_id, len(cards))
+
+    async def _delete(self, container: str, ts: str) -> None:
+        try:
+            await self.sender.post(
+                container, lambda: self.sender.client.chat_delete(channel=container, ts=ts)
+            )
+        except SlackApiError as exc:
+            if _error(exc) not in ALREADY_GONE:
+                raise
+
+    async def _blank(self, container: str, ts: str, conv_id: int) -> None:
+        blocks = [
+            {
+                "type": "section",
+                "text": {"type": "mrkdwn", "text": ERASED_NOTICE.format(id=conv_id)},
+            }
+        ]
+        try:
+            await self.sender.post(
+                container,
+                lambda: self.sender.client.chat_update(
+                    channel=container, ts=ts, text=ERASED_TEXT.format(id=conv_id), blocks=blocks
+                ),
+            )
+        except SlackApiError as exc:
+            if _error(exc) in NOT_EDITABLE:
+                await self._delete(container, ts)
+            elif _error(exc) not in ALREADY_GONE:
+                raise
 
     async def update_card(self, conv_id: int, ts: str) -> None:
         text, blocks = await self._render(conv_id)
@@ -272,3 +373,8 @@ class SlackDesk:
                 channel=self.channel, user=user, text=text, thread_ts=thread_ts
             ),
         )
+
+
+def _error(exc: SlackApiError) -> str:
+    data = exc.response.data if exc.response is not None else None
+    return str(data.get("error", "")) if isinstance(data, dict) else ""

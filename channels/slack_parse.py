@@ -6,12 +6,16 @@ Runs in the worker, never in the request. What counts as customer input:
   channels, and `app_mention`s in any channel; a thread reply in a thread whose
   conversation is open counts too (a conversation a mention started). One conversation per
   thread: a DM's top level is one thread (key `D…`), every other thread is `C…:thread_ts`;
-* presses on the option buttons of the bot's messages (`block_actions`, `cic_choice_*`).
+* presses on the option buttons of the bot's messages (`block_actions`, `cic_choice_*`);
+* the support slash command (`/support [text]`, `slack.support_command`) and the message
+  shortcut "Send to support" (`slack.support_shortcut`): both open a conversation in the
+  person's DM with the app, with the command's text or the shortcut's message.
 
 Never: messages with a `bot_id` or from our own bot user, `bot_message` and every other
 subtype but `file_share` and `thread_broadcast` (edits, deletions, joins), group DMs. In the
 agent channel, a person's reply in a card's thread is an agent's message, and the card's
-buttons are agent actions. Everything else parses to [] (kept in the inbox as ignored).
+buttons are agent actions. Everything else parses to [] (kept in the inbox as ignored),
+including shapes slack-bolt cannot route (see `routable`), which are kept, never refused.
 
 Customer input becomes a Deferred: the profile look-up (users.info, cached) needs I/O, so
 the InboundMessage is built and handed to the engine in the worker.
@@ -19,11 +23,24 @@ the InboundMessage is built and handed to the engine in the worker.
 
 from __future__ import annotations
 
+import hashlib
 import html
+import json
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
+
+from slack_bolt.request.payload_utils import (
+    to_action,
+    to_command,
+    to_event,
+    to_message,
+    to_options,
+    to_shortcut,
+    to_step,
+    to_view,
+)
 
 from bot.inbox import Deferred, ParseError
 from bot.messages import Attachment
@@ -51,8 +68,22 @@ class CustomerInput:
     only_if_open: bool = False  # a thread reply outside the customer channels
 
 
+@dataclass(frozen=True)
+class SupportRequest:
+    """The support command or shortcut: a conversation in the person's DM with the app."""
+
+    user: str
+    platform_message_id: str
+    text: str
+    payload: str | None = None  # "c:menu" when there is nothing to say yet
+    attachments: tuple[Attachment, ...] = ()
+    raw: dict[str, Any] = field(default_factory=dict)
+
+
 class Handlers(Protocol):
     async def customer(self, item: CustomerInput) -> None: ...
+
+    async def support(self, item: SupportRequest) -> None: ...
 
     async def agent_message(self, user: str, thread_ts: str, text: str) -> None: ...
 
@@ -118,15 +149,39 @@ def malformed(body: Any, depth: int = 0) -> str | None:
     return next((why for n in nested if (why := malformed(n, depth + 1))), None)
 
 
-def dedupe_key(body: dict[str, Any]) -> str | None:
-    if body.get("type") == "event_callback" and isinstance(body.get("event_id"), str):
+# what slack-bolt reads from every payload while routing it, indexing without a check
+BOLT_READERS = (to_options, to_shortcut, to_action, to_view, to_command, to_event, to_message)
+
+
+def routable(body: dict[str, Any]) -> bool:
+    """False for a payload slack-bolt would raise on while routing it (a 500): an
+    `interactive_message` without `actions`, a `workflow_step_edit` without
+    `workflow_step`, a `view_submission` of a workflow-step view without it, ..."""
+    try:
+        for read in BOLT_READERS:
+            read(body)
+        to_step(body)
+    except (KeyError, IndexError, TypeError, AttributeError):
+        return False
+    return True
+
+
+def dedupe_key(body: dict[str, Any]) -> str:
+    """The inbox's key for a payload: Slack's own id where it has one, else its content."""
+    kind = body.get("type")
+    if kind == "event_callback" and isinstance(body.get("event_id"), str):
         return f"event:{body['event_id']}"
-    if body.get("type") == "block_actions":
+    if kind == "block_actions":
         container = body.get("container") or {}
         actions = body.get("actions") or [{}]
         ts = actions[0].get("action_ts") if isinstance(actions[0], dict) else None
         return f"action:{container.get('channel_id')}:{container.get('message_ts')}:{ts}"
-    return None
+    if kind == "app_rate_limited":
+        return f"rate_limited:{body.get('team_id')}:{body.get('minute_rate_limited')}"
+    if isinstance(body.get("trigger_id"), str):  # commands, shortcuts, views: one per use
+        return f"{_str(kind) or 'command'}:{body['trigger_id']}"
+    canonical = json.dumps(body, sort_keys=True, default=str).encode()
+    return f"body:{hashlib.sha256(canonical).hexdigest()[:40]}"
 
 
 def worth_keeping(body: dict[str, Any]) -> bool:
@@ -142,6 +197,9 @@ def worth_keeping(body: dict[str, Any]) -> bool:
 
 def partition_key(body: dict[str, Any], agent_channel: str | None) -> str:
     """The thread an update belongs to; the inbox works through one partition in order."""
+    if "command" in body or body.get("type") == "message_action":
+        user = body.get("user_id") or (body.get("user") or {}).get("id")
+        return f"support:{user}" if isinstance(user, str) else "-"
     if body.get("type") == "block_actions":
         c = body.get("container") or {}
         message = body.get("message") or {}
@@ -169,8 +227,12 @@ class PayloadParser:
         agent_channel: str | None,
         customer_channels: list[str],
         bot_user: Callable[[], str | None],
+        support_command: str = "/support",
+        support_shortcut: str = "send_to_support",
     ) -> None:
         self.handlers = handlers
+        self.support_command = support_command
+        self.support_shortcut = support_shortcut
         self.agent_channel = agent_channel
         self.customer_channels = frozenset(customer_channels)
         self.bot_user = bot_user
@@ -184,7 +246,51 @@ class PayloadParser:
             return self._event(event)
         if kind == "block_actions":
             return self._actions(body)
-        return []
+        if "command" in body:
+            return self._command(body)
+        if kind == "message_action":
+            return self._shortcut(body)
+        return []  # other interactions, app_rate_limited, shapes bolt cannot route: kept
+
+    # ---- the support command and shortcut ----------------------------------------------
+
+    def _command(self, body: dict[str, Any]) -> list[Deferred]:
+        if _str(body.get("command")) != self.support_command:
+            return []
+        user = _str(body.get("user_id"))
+        if not user:
+            raise ParseError("slash command without user_id")
+        text = to_plain(_str(body.get("text"))).strip()
+        keep = ("command", "text", "channel_id", "team_id", "user_id")
+        item = SupportRequest(
+            user=user,
+            platform_message_id=f"command:{_str(body.get('trigger_id')) or dedupe_key(body)}",
+            text=text or self.support_command,
+            payload=None if text else "c:menu",  # a bare /support opens the menu
+            raw={k: body.get(k) for k in keep},
+        )
+        return [_call(self.handlers.support, item)]
+
+    def _shortcut(self, body: dict[str, Any]) -> list[Deferred]:
+        if _str(body.get("callback_id")) != self.support_shortcut:
+            return []
+        user = _str((body.get("user") or {}).get("id"))
+        message = body.get("message") if isinstance(body.get("message"), dict) else {}
+        channel = _str((body.get("channel") or {}).get("id"))
+        if not user or not isinstance(message, dict):
+            raise ParseError("message shortcut without user or message")
+        text = to_plain(_str(message.get("text"))).strip()
+        files = _files(message.get("files"))
+        item = SupportRequest(
+            user=user,
+            # the same message sent to support twice by the same person counts once
+            platform_message_id=f"shortcut:{channel}:{_str(message.get('ts'))}:{user}",
+            text=text,
+            payload=None if text or files else "c:menu",
+            attachments=files,
+            raw={"channel": channel, "message": message},
+        )
+        return [_call(self.handlers.support, item)]
 
     # ---- events ------------------------------------------------------------------------
 

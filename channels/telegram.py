@@ -50,15 +50,18 @@ from bot.config import TelegramSettings
 from bot.inbox import Unavailable
 from bot.messages import OutboundMessage
 from bot.runtime import Runtime
+from bot.sandbox import Sandbox
 from bot.webhooks import read_bounded
+from channels.telegram_inbox import UpdateParser
 from channels.telegram_parse import (
     CHANNEL,
     PRIVATE,
     REJECTED_KEY,
-    UpdateParser,
+    SHALLOW_KEY,
     nesting_exceeds,
     partition_key,
 )
+from channels.telegram_raw import Bounds, prune
 from channels.telegram_send import Sender
 
 log = logging.getLogger(__name__)
@@ -66,6 +69,8 @@ WEBHOOK_PATH = "/webhooks/telegram"
 SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"  # noqa: S105 (a header name)
 UPDATE_ID_RE = re.compile(rb'"update_id"\s*:\s*(\d{1,19})')
 KEPT_TEXT = 64 * 1024  # of an update too deeply nested to store as JSON
+SHALLOW_DEPTH = 4  # ... and the levels of it kept as JSON: update, message, chat/from, ...
+PARSE_MODULE = "channels.telegram_parse"  # imported once by the sandbox's forkserver
 
 
 class _RawGetUpdates(TelegramMethod[list[dict[str, Any]]]):
@@ -96,12 +101,20 @@ class TelegramChannel(ChannelAdapter):
             ),
         )
         self.sender = Sender(self.bot, settings, self.redact)
-        self.parser = UpdateParser(settings.max_depth)
+        # aiogram's models run in worker processes with a time budget (bot/sandbox.py)
+        self.sandbox = Sandbox(workers=settings.parse_workers, preload=[PARSE_MODULE])
+        bounds = Bounds(
+            max_depth=settings.max_depth,
+            max_nodes=settings.max_nodes,
+            max_rich_text_cost=settings.max_rich_text_cost,
+        )
+        self.parser = UpdateParser(bounds, self.sandbox, settings.parse_budget_seconds)
         runtime.inbox.register(CHANNEL, self.parser)
         flood.attach(runtime)  # the inbox slows a flooding sender down
         secret = settings.webhook_secret.get_secret_value() if settings.webhook_secret else ""
         self._secret = secret.encode()
         self._tasks: set[asyncio.Task[Any]] = set()
+        self.max_body_bytes = settings.max_body_bytes  # the webhook checks it exactly
         self._router: APIRouter | None = None
         if settings.mode == "webhook":
             self._router = APIRouter()
@@ -117,6 +130,7 @@ class TelegramChannel(ChannelAdapter):
         return self._router
 
     async def start(self) -> None:
+        self.sandbox.start()  # the forkserver imports in the background meanwhile
         if self.settings.mode == "polling":
             self._spawn(self._poll(), "telegram-polling")
             log.info("Telegram channel started in polling mode (bot id %s)", self.bot_id)
@@ -139,6 +153,7 @@ class TelegramChannel(ChannelAdapter):
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await self.bot.session.close()
+        await self.sandbox.close()
 
     def _spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> None:
         task = asyncio.create_task(coro, name=name)
@@ -162,7 +177,8 @@ class TelegramChannel(ChannelAdapter):
         Raises when the database does: the caller must not acknowledge the update then."""
         update_id = update["update_id"]
         if nesting_exceeds(update, self.settings.max_depth):
-            return await self._keep_rejected(update_id, raw if raw is not None else _dump(update))
+            text = raw if raw is not None else _dump(update)
+            return await self._keep_rejected(update_id, text, prune(update, SHALLOW_DEPTH))
         new = await self.runtime.inbox.accept(
             CHANNEL, f"{self.bot_id}:{update_id}", partition_key(update), update
         )
@@ -247,15 +263,22 @@ class TelegramChannel(ChannelAdapter):
             return Response(status_code=503, headers={"Retry-After": "5"})
         return Response(status_code=200)
 
-    async def _keep_rejected(self, update_id: int, raw: bytes | str) -> bool:
+    async def _keep_rejected(
+        self, update_id: int, raw: bytes | str, shallow: dict[str, Any] | None = None
+    ) -> bool:
+        """Store an update too deep to store as JSON: its text, and its first levels (what
+        the tolerant reader needs to answer the customer) when it could be decoded."""
         text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
-        payload = {
+        payload: dict[str, Any] = {
             "update_id": update_id,
             REJECTED_KEY: "update nested deeper than "
             f"{self.settings.max_depth} levels; its raw text is kept",
             "raw_text": text[:KEPT_TEXT],
         }
-        return await self.runtime.inbox.accept(CHANNEL, f"{self.bot_id}:{update_id}", "-", payload)
+        if shallow is not None:
+            payload[SHALLOW_KEY] = shallow
+        key = partition_key(shallow) if shallow is not None else "-"
+        return await self.runtime.inbox.accept(CHANNEL, f"{self.bot_id}:{update_id}", key, payload)
 
     async def _set_webhook(self, url: str) -> None:
         secret = self._secret.decode() or None

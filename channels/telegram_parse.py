@@ -1,14 +1,16 @@
-"""Telegram updates (raw dicts from the inbox) → InboundMessage / ChannelEvent.
+"""Telegram updates (raw dicts from the inbox) → InboundMessage / ChannelEvent, through
+aiogram's models: the model path.
 
-Runs in the inbox worker, never in the webhook request. The raw update was bounded in
-size and nesting before it was stored; the nesting is checked again here before aiogram's
-pydantic models see it. Private chats only: group, supergroup and channel updates, and
-update types we do not handle, parse to [] (the inbox keeps them as "ignored").
+`parse_update` runs in a worker process of the sandbox (bot/sandbox.py, through
+channels/telegram_inbox.py), never on the event loop: this module imports nothing but
+aiogram's types and the light modules it needs, so a worker starts quickly.
+
+Private chats only: group, supergroup and channel updates, and update types we do not
+handle, parse to [] (the inbox keeps them as "ignored").
 """
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from aiogram.types import (
@@ -21,23 +23,21 @@ from aiogram.types import (
 )
 from aiogram.types.update import UpdateTypeLookupError
 
-from bot.inbox import ParseError
 from bot.messages import Attachment, ChannelEvent, InboundMessage
-
-CHANNEL = "telegram"
-PRIVATE = "private"
-# marks a stored update that was too deeply nested to hand to pydantic (kept as text)
-REJECTED_KEY = "_cicbot_rejected"
-# callback_data of a button whose payload is longer than Telegram's 64 bytes (see send)
-HASHED_PREFIX = "h:"
-DEEP_LINK_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-START_RE = re.compile(r"^/start(?:@\w+)?(?:\s+(\S+))?\s*$")
-# message content a customer sends; any other content type is a service message
-USER_CONTENT = frozenset(
-    "text photo document voice audio video video_note animation sticker location venue "
-    "contact poll dice game story paid_media live_photo checklist invoice".split()
+from channels.telegram_raw import (
+    CHANNEL,
+    HASHED_PREFIX,
+    PRIVATE,
+    USER_CONTENT,
+    Parsed,
+    deep_link,
+    normalize_phone,
 )
-Parsed = list[InboundMessage | ChannelEvent]
+
+# marks a stored update that was too deeply nested to store as JSON (kept as text, with
+# its first levels under SHALLOW_KEY for the tolerant reader)
+REJECTED_KEY = "_cicbot_rejected"
+SHALLOW_KEY = "shallow"
 
 
 def nesting_exceeds(value: Any, limit: int) -> bool:
@@ -74,31 +74,31 @@ def partition_key(update: dict[str, Any]) -> str:
     return "-"
 
 
-class UpdateParser:
-    """`parser(payload) -> [InboundMessage | ChannelEvent]`, registered with the inbox."""
+def parse_update(payload: dict[str, Any]) -> Parsed:
+    """The model path: aiogram's Update, then our items (raises what pydantic raises)."""
+    update = Update.model_validate(payload)
+    try:
+        kind = update.event_type
+    except UpdateTypeLookupError:
+        return []  # a type this aiogram does not know: kept, not answered
+    if kind == "message" and update.message is not None:
+        return message_items(update.message, payload, edited=False)
+    if kind == "edited_message" and update.edited_message is not None:
+        return message_items(update.edited_message, payload, edited=True)
+    if kind == "callback_query" and update.callback_query is not None:
+        return callback_items(update.callback_query, payload)
+    if kind == "my_chat_member" and update.my_chat_member is not None:
+        return member_items(update.my_chat_member)
+    return []  # channel posts, inline queries, polls, reactions, payments, ...
 
-    def __init__(self, max_depth: int) -> None:
-        self.max_depth = max_depth
 
-    def __call__(self, payload: dict[str, Any]) -> Parsed:
-        if REJECTED_KEY in payload:
-            raise ParseError(str(payload[REJECTED_KEY]))
-        if nesting_exceeds(payload, self.max_depth):
-            raise ParseError(f"update nested deeper than {self.max_depth} levels")
-        update = Update.model_validate(payload)  # a ValidationError parks the row as dead
-        try:
-            kind = update.event_type
-        except UpdateTypeLookupError:
-            return []  # a type this aiogram does not know: kept, not answered
-        if kind == "message" and update.message is not None:
-            return message_items(update.message, payload, edited=False)
-        if kind == "edited_message" and update.edited_message is not None:
-            return message_items(update.edited_message, payload, edited=True)
-        if kind == "callback_query" and update.callback_query is not None:
-            return callback_items(update.callback_query, payload)
-        if kind == "my_chat_member" and update.my_chat_member is not None:
-            return member_items(update.my_chat_member)
-        return []  # channel posts, inline queries, polls, reactions, payments, ...
+def validated(payload: dict[str, Any]) -> tuple[Parsed, str | None]:
+    """`parse_update` in the sandbox's worker: errors come back as text (pydantic's
+    ValidationError does not pickle)."""
+    try:
+        return parse_update(payload), None
+    except Exception as exc:
+        return [], f"{type(exc).__name__}: {exc}"[:4000]
 
 
 def message_items(msg: Message, raw: dict[str, Any], *, edited: bool) -> Parsed:
@@ -221,19 +221,6 @@ def pressed_label(msg: Message | InaccessibleMessage, data: str) -> str | None:
             if button.callback_data == data:
                 return button.text
     return None
-
-
-def deep_link(text: str) -> str | None:
-    """The payload of `/start PAYLOAD` (t.me/bot?start=PAYLOAD), if well formed."""
-    m = START_RE.match(text.strip())
-    if m and m.group(1) and DEEP_LINK_RE.match(m.group(1)):
-        return m.group(1)
-    return None
-
-
-def normalize_phone(number: str) -> str:
-    digits = "".join(ch for ch in number if ch.isdigit())
-    return f"+{digits}"[:40] if digits else number[:40]
 
 
 def full_name(user: User) -> str:

@@ -37,7 +37,7 @@ from aiolimiter import AsyncLimiter
 from bot.channel import PermanentSendError, SendError, SendResult, TransientSendError
 from bot.config import TelegramSettings
 from bot.messages import Choice, OutboundMessage
-from channels.telegram_parse import HASHED_PREFIX
+from channels.telegram_raw import HASHED_PREFIX
 
 T = TypeVar("T")
 MAX_TEXT = 4096  # UTF-16 code units

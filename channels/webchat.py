@@ -6,9 +6,15 @@ Protocol (JSON frames):
   server → {"type": "history", "messages": [{"direction", "text", "choices", "at"}]}
            {"type": "ack", "id": "<uuid>", "duplicate": bool}   after the commit
            {"type": "message", "id": <outbox id>, "text", "choices": [{payload, label}]}
-           {"type": "error", "error": "..."}
+           {"type": "error", "error": "...", "retry_after": seconds (limits only)}
 The client's message ids make a resend after a reconnect harmless (dedupe).
 A reply to a visitor who is offline stays in the history and is shown on return.
+
+Who the visitor is comes from the session cookie the page's GET set
+(channels/webchat_session.py); the socket refuses other sites' pages (Origin) and keeps
+to the limits of channels/webchat_limits.py. Close codes: 4401 no valid session (the page
+fetches itself again for a new cookie), 4403 origin not allowed, 4429 this address is over
+a limit, 1013 the server is (retry after the error frame's `retry_after`).
 """
 
 from __future__ import annotations
@@ -19,25 +25,88 @@ import logging
 import re
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
-from fastapi import APIRouter, WebSocket, WebSocketDisconnect
-from fastapi.responses import HTMLResponse
+from fastapi import APIRouter, Request, WebSocket, WebSocketDisconnect
+from fastapi.responses import FileResponse, HTMLResponse, Response
 from sqlalchemy import select
 
 from bot import flood
 from bot.channel import ChannelAdapter, SendResult
 from bot.messages import InboundMessage, OutboundMessage
 from bot.runtime import Runtime
+from channels import webchat_session
+from channels.webchat_limits import Limits, Refusal, address_key
 from flows.model import clean_text
 from storage import queries
-from storage.models import Direction, Touchpoint
+from storage.models import Conversation, ConversationStatus, Direction, Touchpoint
 
 log = logging.getLogger(__name__)
 CHANNEL = "webchat"
 ID_RE = re.compile(r"^[A-Za-z0-9_-]{8,64}$")
 MAX_FRAME = 256 * 1024  # a frame larger than this is refused, not processed
 HISTORY = 200
-PAGE = Path(__file__).parent / "webchat_static" / "index.html"
+STATIC = Path(__file__).parent / "webchat_static"
+PAGE = STATIC / "index.html"
+ASSETS = {  # the only files served under /webchat/static/ (no path built from the request)
+    "chat.js": "text/javascript; charset=utf-8",
+    "chat.css": "text/css; charset=utf-8",
+}
+NO_SESSION, BAD_ORIGIN = 4401, 4403
+DEFAULT_PORTS = {"http": ":80", "https": ":443"}
+
+
+def security_headers(allowed_origins: list[str]) -> dict[str, str]:
+    """The page's: only its own scripts, styles and socket; framed by itself and the
+    allowed origins only."""
+    ancestors = " ".join(["'self'", *allowed_origins])
+    csp = "; ".join(
+        [
+            "default-src 'none'",
+            "script-src 'self'",
+            "style-src 'self'",
+            "img-src 'self' data:",
+            "connect-src 'self'",
+            "base-uri 'none'",
+            "form-action 'none'",
+            f"frame-ancestors {ancestors}",
+            "require-trusted-types-for 'script'",
+            "trusted-types 'none'",
+        ]
+    )
+    headers = {
+        "Content-Security-Policy": csp,
+        "X-Content-Type-Options": "nosniff",
+        "Referrer-Policy": "no-referrer",
+        "Cache-Control": "no-store",
+    }
+    if not allowed_origins:  # X-Frame-Options cannot name other origins
+        headers["X-Frame-Options"] = "SAMEORIGIN"
+    return headers
+
+
+def _netloc(scheme: str, netloc: str) -> str:
+    netloc = netloc.lower()
+    port = DEFAULT_PORTS.get(scheme, "")
+    return netloc[: -len(port)] if port and netloc.endswith(port) else netloc
+
+
+def normalize_origin(origin: str) -> str | None:
+    """`scheme://host[:port]` in lower case without a default port; None if not http(s)."""
+    parts = urlsplit(origin.strip().lower())
+    if parts.scheme not in DEFAULT_PORTS or not parts.netloc:
+        return None
+    return f"{parts.scheme}://{_netloc(parts.scheme, parts.netloc)}"
+
+
+def origin_allowed(origin: str | None, host: str | None, allowed: set[str]) -> bool:
+    """The page's own origin (the socket's Host) or one of `webchat.allowed_origins`.
+    A socket without Origin is refused too: every browser sends one."""
+    own = normalize_origin(origin or "")
+    if own is None or not host:
+        return False
+    scheme, netloc = own.split("://", 1)
+    return netloc == _netloc(scheme, host) or own in allowed
 
 
 class WebChatChannel(ChannelAdapter):
@@ -45,19 +114,53 @@ class WebChatChannel(ChannelAdapter):
 
     def __init__(self, runtime: Runtime) -> None:
         super().__init__(runtime)
+        self.settings = runtime.settings.webchat
         self.flood = flood.attach(runtime)
+        self.limits = Limits(runtime)
+        self.sessions = webchat_session.Sessions(webchat_session.load_key(self.settings))
+        self.headers = security_headers(self.settings.allowed_origins)
+        self.allowed = {o for o in map(normalize_origin, self.settings.allowed_origins) if o}
         # each socket has a lock: live frames wait until its history has been sent
         self.sockets: dict[str, dict[WebSocket, asyncio.Lock]] = {}
         self._router = APIRouter()
         self._router.add_api_route("/", self.page, methods=["GET"], include_in_schema=False)
+        self._router.add_api_route(
+            "/webchat/static/{name}", self.asset, methods=["GET"], include_in_schema=False
+        )
         self._router.add_api_websocket_route("/ws/chat", self.websocket)
 
     @property
     def router(self) -> APIRouter:
         return self._router
 
-    async def page(self) -> HTMLResponse:
-        return HTMLResponse(PAGE.read_text("utf-8"))
+    async def page(self, request: Request) -> HTMLResponse:
+        """The page; it also gives a visitor without a valid session cookie a new one."""
+        response = HTMLResponse(PAGE.read_text("utf-8"), headers=self.headers)
+        secure = request.url.scheme == "https"
+        name = webchat_session.cookie_name(secure)
+        token = request.cookies.get(name) or ""
+        if self.sessions.visitor(token) is None:
+            _, token = self.sessions.issue()
+        response.set_cookie(  # renewed on every visit: a year after the last one
+            name,
+            token,
+            max_age=webchat_session.MAX_AGE,
+            path="/",
+            secure=secure,
+            httponly=True,
+            samesite="lax",
+        )
+        return response
+
+    async def asset(self, name: str) -> Response:
+        media_type = ASSETS.get(name)
+        if media_type is None:
+            return Response(status_code=404)
+        return FileResponse(
+            STATIC / name,
+            media_type=media_type,
+            headers={"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"},
+        )
 
     async def send(self, message: OutboundMessage) -> SendResult:
         frame = {
@@ -75,13 +178,28 @@ class WebChatChannel(ChannelAdapter):
         return SendResult(platform_message_id=f"webchat-{message.outbox_id}")
 
     async def websocket(self, ws: WebSocket) -> None:
-        visitor = ws.query_params.get("visitor", "")
-        if not ID_RE.match(visitor):
-            # accept first: a close before the handshake is an HTTP 403 and the client
-            # never sees the code
-            await ws.accept()
-            await ws.close(code=4400, reason="visitor id missing or malformed")
+        # refusals accept first: a close before the handshake is an HTTP 403 and the
+        # client never sees the code
+        if not origin_allowed(ws.headers.get("origin"), ws.headers.get("host"), self.allowed):
+            log.info("web chat: socket refused, origin not allowed (webchat.allowed_origins)")
+            await _refuse(ws, Refusal(BAD_ORIGIN, "origin not allowed"))
             return
+        secure = ws.url.scheme == "wss"
+        visitor = self.sessions.visitor(ws.cookies.get(webchat_session.cookie_name(secure)))
+        if visitor is None:
+            await _refuse(ws, Refusal(NO_SESSION, "no chat session: load the chat page"))
+            return
+        address = address_key(ws.client.host if ws.client else None)
+        refusal = self.limits.open_socket(address)
+        if refusal is not None:
+            await _refuse(ws, refusal)
+            return
+        try:
+            await self._serve(ws, visitor, address)
+        finally:
+            self.limits.close_socket(address)
+
+    async def _serve(self, ws: WebSocket, visitor: str, address: str) -> None:
         locale = ws.query_params.get("lang")
         # control characters (NUL: PostgreSQL refuses it) never reach the contact's name
         name = clean_text(ws.query_params.get("name") or "")[:100] or None
@@ -106,7 +224,10 @@ class WebChatChannel(ChannelAdapter):
                         }
                     )
                     continue
-                await self._frame(ws, visitor, raw, locale, name)
+                refusal = await self._frame(ws, visitor, address, raw, locale, name)
+                if refusal is not None:
+                    await _refuse(ws, refusal, accepted=True)
+                    break
         except WebSocketDisconnect:
             pass
         finally:
@@ -116,25 +237,53 @@ class WebChatChannel(ChannelAdapter):
                 self.sockets.pop(visitor, None)
 
     async def _frame(
-        self, ws: WebSocket, visitor: str, raw: str, locale: str | None, name: str | None
-    ) -> None:
+        self,
+        ws: WebSocket,
+        visitor: str,
+        address: str,
+        raw: str,
+        locale: str | None,
+        name: str | None,
+    ) -> Refusal | None:
+        """Handle one frame; a refusal closes the socket (the message stays unacknowledged,
+        so the page sends it again later)."""
         if len(raw) > MAX_FRAME:
             await ws.send_json({"type": "error", "error": "message too large"})
-            return
+            return None
         try:
             data = json.loads(raw)
         except (ValueError, RecursionError):  # RecursionError: nested too deeply
             await ws.send_json({"type": "error", "error": "not JSON"})
-            return
+            return None
         msg = self.to_inbound(visitor, data, locale, name)
         if isinstance(msg, str):
             await ws.send_json({"type": "error", "error": msg})
-            return
-        await self.flood.wait((CHANNEL, visitor))  # a flooding visitor waits, nobody else
+            return None
+        # a flooding visitor or address waits, nobody else
+        await self.flood.wait((CHANNEL, visitor))
+        await self.limits.messages.wait(address)
+        if not await self._has_open_conversation(visitor):
+            refusal = await self.limits.new_conversation(address)
+            if refusal is not None:
+                return refusal
         result = await self.runtime.engine.handle(msg)
         await ws.send_json(
             {"type": "ack", "id": msg.platform_message_id, "duplicate": result.duplicate}
         )
+        return None
+
+    async def _has_open_conversation(self, visitor: str) -> bool:
+        async with self.runtime.sessions() as s:
+            found = await s.scalar(
+                select(Conversation.id)
+                .where(
+                    Conversation.channel == CHANNEL,
+                    Conversation.thread_key == visitor,
+                    Conversation.status != ConversationStatus.CLOSED,
+                )
+                .limit(1)
+            )
+        return found is not None
 
     def to_inbound(
         self, visitor: str, data: Any, locale: str | None, name: str | None
@@ -162,14 +311,18 @@ class WebChatChannel(ChannelAdapter):
         )
 
     async def _history(self, visitor: str) -> list[dict[str, Any]]:
+        """What was said in this visitor's own conversations: after a merge the contact
+        holds other people's web chats too (another device, another visitor), and a
+        visitor's cookie proves only who they are on this one."""
         async with self.runtime.sessions() as s, s.begin():
             identity = await queries.get_identity(s, CHANNEL, visitor)
             if identity is None:
                 return []
+            own = select(Conversation.id).where(Conversation.identity_id == identity.id)
             q = (
                 select(Touchpoint)
                 .where(
-                    Touchpoint.contact_id == identity.contact_id,
+                    Touchpoint.conversation_id.in_(own),
                     Touchpoint.channel == CHANNEL,
                     Touchpoint.direction.in_([Direction.IN, Direction.OUT]),
                     Touchpoint.kind.in_(["message", "button"]),
@@ -188,6 +341,16 @@ class WebChatChannel(ChannelAdapter):
             }
             for t in rows
         ]
+
+
+async def _refuse(ws: WebSocket, refusal: Refusal, *, accepted: bool = False) -> None:
+    if not accepted:
+        await ws.accept()
+    if refusal.retry_after:
+        await ws.send_json(
+            {"type": "error", "error": refusal.reason, "retry_after": refusal.retry_after}
+        )
+    await ws.close(code=refusal.code, reason=refusal.reason)
 
 
 def create(runtime: Runtime) -> WebChatChannel:

@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 
-from flows import complaint, consent, csat, language, link, winback
+from flows import complaint, consent, csat, language, link, trust, winback
 from flows.actions import Escalate, LeaveQueue, LogSelfService, SetLocale, ShowCaseStatus
 from flows.commands import CASE_REF_RE, Command, Parsed, parse
 from flows.intents import COMMANDS, SMALL_TALK, Understood, reply_meta, understand
@@ -55,7 +55,7 @@ STRONG_MATCH = 0.8
 def menu(ctx: Context, key: str = "menu.greeting") -> Reply:
     name = f" {ctx.contact.name}" if ctx.contact.name else ""
     offered: tuple[str, ...] = ("faq", "complaint", "status", "human", "language")
-    if ctx.options.email_linking:
+    if trust.may_link(ctx):
         offered += ("link",)  # last: the numbers of the others stay
     buttons = tuple(Button(f"c:{cmd}", ctx.t(f"menu.{cmd}")) for cmd in offered)
     return Reply(key, ctx.t(key, name=name, company=ctx.options.company_name), buttons)
@@ -74,6 +74,11 @@ def begin(name: str, ctx: Context, extra: Mapping[str, Any] | None = None) -> De
 
 
 def decide(status: str, state: Mapping[str, Any], inp: UserInput, ctx: Context) -> Decision:
+    # what the sender may not do on their word alone is taken out here, whatever led to it
+    return trust.guard(_decide(status, state, inp, ctx), ctx)
+
+
+def _decide(status: str, state: Mapping[str, Any], inp: UserInput, ctx: Context) -> Decision:
     cmd = parse(inp.text, inp.payload)
     # the customer's own words (built-in intents, the knowledge base): read once, unless a
     # command said it already or an agent is reading
@@ -167,7 +172,7 @@ def _command(state: Mapping[str, Any], cmd: Parsed, running: Flow | None, ctx: C
     c = cmd.command
     if c is Command.HELP:
         text = ctx.t("help.text")
-        if ctx.options.email_linking:  # offered only where a code can be mailed
+        if trust.may_link(ctx):  # offered only where a code can be mailed, not by email
             text += "\n" + ctx.t("help.link")
         return Decision(dict(state), (Reply("help.text", text), *reprompt(state, ctx)))
     if c is Command.MENU:
@@ -183,6 +188,8 @@ def _command(state: Mapping[str, Any], cmd: Parsed, running: Flow | None, ctx: C
             (Escalate("customer_request", priority=20),),
         )
     if c is Command.OPTIN:
+        if not ctx.verified:  # no question whose answer would be refused
+            return Decision(dict(state), (Reply("trust.optin", ctx.t("trust.optin")),))
         return start(consent.FLOW, ctx)
     if c is Command.STATUS:
         return Decision(dict(state), reprompt(state, ctx), (ShowCaseStatus(cmd.arg),))
@@ -191,6 +198,8 @@ def _command(state: Mapping[str, Any], cmd: Parsed, running: Flow | None, ctx: C
     if c is Command.LINK:
         if not ctx.options.email_linking:  # no mail could carry the code
             return Decision(dict(state), (Reply("link.unavailable", ctx.t("link.unavailable")),))
+        if not trust.may_link(ctx):
+            return Decision({}, (Reply("trust.link", ctx.t("trust.link")),))
         if running is link.FLOW:
             return Decision(dict(state), reprompt(state, ctx))
         return start(link.FLOW, ctx)  # also while a code is awaited: a new one replaces it

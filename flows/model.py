@@ -34,6 +34,10 @@ class Context:
     contact: ContactFacts
     now: datetime
     matcher: Any = None  # flows.knowledge.Matcher; Any keeps the model free of it
+    channel: str = ""  # where the customer writes from
+    # the channel vouches for the sender (flows/trust.py): Telegram, Slack and the web chat
+    # authenticate their users; an email sender only with the receiving server's DMARC pass
+    verified: bool = True
 
     def t(self, key: str, **params: Any) -> str:
         return self.catalog.text(self.locale, key, **params)

@@ -134,6 +134,9 @@ class IdentityLinkOptions(Strict):
     max_attempts: int = Field(default=5, ge=1, le=20)  # wrong codes before it dies
     codes_per_identity_hour: int = Field(default=3, ge=1, le=100)  # requests per chat identity
     codes_per_address_hour: int = Field(default=5, ge=1, le=100)  # mails per address, anyone
+    # wrong codes in a row for one address, by any identity, before it is locked for linking
+    # until a person unlocks it (NIST SP 800-63B 5.2.2: at most 100)
+    max_failures_per_address: int = Field(default=100, ge=1, le=100)
 
 
 class FlowOptions(Strict):

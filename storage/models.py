@@ -279,6 +279,7 @@ class OutboxMessage(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     next_attempt_at: Mapped[datetime] = mapped_column(default=utcnow)
     leased_until: Mapped[datetime | None] = mapped_column()
+    leased_by: Mapped[str | None] = mapped_column(String(32))  # boot id (bot/leases.py)
     last_error: Mapped[str | None] = mapped_column(String(1000))
     platform_message_id: Mapped[str | None] = mapped_column(String(200))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
@@ -303,6 +304,7 @@ class InboxUpdate(Base):
     status: Mapped[str] = mapped_column(String(16), default=InboxStatus.PENDING)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     leased_until: Mapped[datetime | None] = mapped_column()
+    leased_by: Mapped[str | None] = mapped_column(String(32))  # boot id (bot/leases.py)
     error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     processed_at: Mapped[datetime | None] = mapped_column()
@@ -343,6 +345,18 @@ class AgentCard(Base):
     channel: Mapped[str] = mapped_column(String(32))  # the adapter: "slack"
     container: Mapped[str] = mapped_column(String(200))  # Slack: the agent channel's id
     message_ref: Mapped[str] = mapped_column(String(200))  # Slack: the card message's ts
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class AgentCardMessage(Base):
+    """A message the bot posted in a card's thread (a customer message mirrored there):
+    kept so that erasure and retention can delete it in the agent channel (bot/gdpr.py)."""
+
+    __tablename__ = "agent_card_messages"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    card_id: Mapped[int] = mapped_column(ForeignKey("agent_cards.id"), index=True)
+    message_ref: Mapped[str] = mapped_column(String(200))  # Slack: the message's ts
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
@@ -491,6 +505,21 @@ class IdentityLinkCode(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     expires_at: Mapped[datetime] = mapped_column()
     used_at: Mapped[datetime | None] = mapped_column()
+
+
+class IdentityLinkAddress(Base):
+    """An address customers asked to link (bot/identity_link.py): the wrong codes entered
+    for it in a row, by any chat identity. At `identity_link.max_failures_per_address` it
+    is locked for linking until a person unlocks it; a verified link resets the count."""
+
+    __tablename__ = "identity_link_addresses"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    email: Mapped[str] = mapped_column(String(320), unique=True)  # lower case
+    failures: Mapped[int] = mapped_column(Integer, default=0)
+    locked_at: Mapped[datetime | None] = mapped_column()
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class SchedulerJob(Base):

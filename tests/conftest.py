@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
@@ -28,6 +29,7 @@ from tests.standins.telegram_api import TelegramStandIn
 ROOT = Path(__file__).resolve().parent.parent
 PG_ADMIN_URL = os.environ.get("CICBOT_TEST_PG", "postgresql+asyncpg://postgres@127.0.0.1:5432/test")
 REQUIRE_PG = os.environ.get("CICBOT_REQUIRE_POSTGRES") == "1"
+WEBCHAT_KEY = Path(tempfile.gettempdir()) / f"cicbot-tests-{os.getuid()}" / "webchat.key"
 # every table of the models: a new table is truncated between tests without a list to keep
 TABLES = tuple(t.name for t in reversed(Base.metadata.sorted_tables))
 
@@ -130,6 +132,9 @@ def make_settings(db_url: str, **overrides: Any) -> Settings:
             d: ["00:00-23:59:59"] for d in ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
         },
     }
+    # the default (no CICBOT_WEBCHAT__SECRET): a key generated once into a file; the tests'
+    # file lives outside the repository
+    data["webchat"] = {**data["webchat"], "key_file": str(WEBCHAT_KEY)}
     data.update(overrides)
     return Settings(**data)
 

@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
 import uvicorn
+from starlette.types import ASGIApp
 
 from bot.app import create_app
 from bot.config import Settings
@@ -27,11 +28,17 @@ def free_port() -> int:
 
 
 @asynccontextmanager
-async def serve(settings: Settings | Runtime, **config: Any) -> AsyncIterator[tuple[str, Runtime]]:
+async def serve(
+    settings: Settings | Runtime,
+    *,
+    wrap: Callable[[ASGIApp], ASGIApp] | None = None,
+    **config: Any,
+) -> AsyncIterator[tuple[str, Runtime]]:
     """`async with serve(make_settings(db_url)) as (base_url, runtime): ...`
 
     Starts `create_app(Runtime(settings))` (or the given runtime) on 127.0.0.1 and a free
     port, with the lifespan (so the runtime and its dispatcher start), and stops it again.
+    `wrap` puts an ASGI layer between uvicorn and the app (to watch what the app reads).
     """
     runtime = settings if isinstance(settings, Runtime) else Runtime(settings)
     port = free_port()
@@ -40,10 +47,12 @@ async def serve(settings: Settings | Runtime, **config: Any) -> AsyncIterator[tu
         "log_level": "warning",
         "ws_max_size": 1 << 20,
         "timeout_graceful_shutdown": 3,  # an open event stream must not hold shutdown
+        "proxy_headers": False,  # as `cicbot serve`: the app trusts server.trusted_proxies
     }
     options.update(config)
+    app: ASGIApp = create_app(runtime)
     server = uvicorn.Server(
-        uvicorn.Config(create_app(runtime), host="127.0.0.1", port=port, **options)
+        uvicorn.Config(wrap(app) if wrap else app, host="127.0.0.1", port=port, **options)
     )
     task = asyncio.create_task(server.serve(), name=f"uvicorn-{port}")
     try:

@@ -608,7 +608,9 @@
 
   // --- the reply box -------------------------------------------------------------
 
-  function renderComposer(d, canReply) {
+  // replies and internal notes follow one rule: the agent's own conversation (a
+  // supervisor's: any an agent owns); the server refuses the rest with 403 / 409
+  function renderComposer(d, canAct) {
     const composer = $("composer");
     const note = state.mode === "note";
     composer.classList.toggle("is-note", note);
@@ -618,7 +620,7 @@
       b.setAttribute("aria-selected", String(active));
     }
     const text = $("text");
-    const locked = !note && !canReply;
+    const locked = !canAct;
     text.disabled = locked;
     $("send").disabled = locked || state.busy;
     $("send").textContent = note ? t("composer.add_note") : t("composer.send");

@@ -13,7 +13,15 @@ from sqlalchemy import select, update
 
 from bot import auth
 from bot.runtime import Runtime
-from storage.models import AgentRole, Contact, Conversation, Identity, OutboxMessage, Touchpoint
+from storage.models import (
+    Agent,
+    AgentRole,
+    Contact,
+    Conversation,
+    Identity,
+    OutboxMessage,
+    Touchpoint,
+)
 from tests.conftest import RecordingChannel, inbound, make_settings, settled
 from tests.server import serve
 
@@ -308,3 +316,78 @@ async def test_outbox_holds_agent_replies_in_order(desk: Desk) -> None:
         conv_row = await s.get(Conversation, conv)
     assert actors.count(f"agent:{conv_row.assignee}") == 6 if conv_row else False  # joined + 5
     assert all(r.channel == "test" for r in rows)
+
+
+async def test_notes_follow_the_ownership_rule_of_replies(desk: Desk) -> None:
+    conv = await desk.escalate("c8")
+    async with desk.client("anna") as c, desk.client("ben") as ben, desk.client("sofia") as sup:
+        # waiting in the queue: claim it first, as for a reply
+        assert (await c.post(f"/conversations/{conv}/note", json={"text": "x"})).status_code == 409
+        assert (await c.post(f"/conversations/{conv}/claim")).status_code == 200
+        r = await c.post(f"/conversations/{conv}/note", json={"text": "mine"})
+        assert r.status_code == 200
+        # a colleague's conversation: refused like a reply; a supervisor may
+        r = await ben.post(f"/conversations/{conv}/note", json={"text": "not mine"})
+        assert r.status_code == 403 and r.json()["error"]["code"] == "forbidden"
+        r = await sup.post(f"/conversations/{conv}/note", json={"text": "from the lead"})
+        assert r.status_code == 200
+        assert (await c.post(f"/conversations/{conv}/resolve")).status_code == 200
+        # closed: no more notes from a plain agent, not even the one who had it
+        for who in (c, ben):
+            r = await who.post(f"/conversations/{conv}/note", json={"text": "late"})
+            assert r.status_code == 403, r.text
+    async with desk.rt.sessions() as s:
+        notes = (
+            (
+                await s.execute(
+                    select(Touchpoint.text)
+                    .where(Touchpoint.kind == "note", Touchpoint.conversation_id == conv)
+                    .order_by(Touchpoint.id)
+                )
+            )
+            .scalars()
+            .all()
+        )
+    assert notes == ["mine", "from the lead"]
+
+
+async def _events_end(lines: AsyncIterator[str], within: float) -> list[str]:
+    """The stream's remaining lines; fails if it is still open after `within` seconds."""
+    seen = []
+    async with asyncio.timeout(within):
+        async for line in lines:
+            seen.append(line)
+    return seen
+
+
+async def test_a_revoked_agents_event_stream_ends_at_once(desk: Desk) -> None:
+    async with desk.client("root") as root:
+        anna = next(a for a in (await root.get("/agents")).json()["items"] if a["name"] == "Anna")
+        async with desk.client("anna") as c, c.stream("GET", "/events") as stream:
+            lines = stream.aiter_lines()
+            assert await anext(lines) == "event: hello"
+            assert (await root.delete(f"/agents/{anna['id']}")).status_code == 200
+            await desk.escalate("c9")  # an event it must not get any more
+            rest = await _events_end(lines, within=2)
+    assert not any("queue" in line for line in rest), rest
+
+
+async def test_an_event_stream_ends_when_the_agent_is_revoked_elsewhere(
+    desk: Desk, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Revoked by `cicbot agents revoke` or on another worker: no event on this worker's bus
+    says so; the stream checks the agent before an event (at most once a second) and when
+    idle, and ends."""
+    from bot import api
+
+    monkeypatch.setattr(api, "RECHECK_SECONDS", 0.5)
+    async with desk.client("ben") as c, c.stream("GET", "/events") as stream:
+        lines = stream.aiter_lines()
+        assert await anext(lines) == "event: hello"
+        async with desk.rt.sessions() as s, s.begin():
+            ben = (await s.execute(select(Agent).where(Agent.name == "Ben"))).scalar_one()
+            await auth.revoke(s, ben.id)
+        await asyncio.sleep(1.1)  # the stream checks the agent at most once a second
+        await desk.escalate("c10")
+        rest = await _events_end(lines, within=3)
+    assert not any("queue" in line for line in rest), rest

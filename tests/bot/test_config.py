@@ -292,6 +292,60 @@ def test_secret_from_env_is_accepted_and_hidden(monkeypatch: pytest.MonkeyPatch)
     assert TOKEN not in s.model_dump_json()
 
 
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql+asyncpg://cicbot:hunter2-secret@db.example.com/cicbot",
+        "postgresql+asyncpg://cicbot@db.example.com/cicbot?password=hunter2-secret",
+    ],
+)
+def test_a_password_inside_database_url_is_refused(write: Callable[..., Path], url: str) -> None:
+    """Regression (issue 15): a password in database.url was accepted although secrets in
+    the YAML are refused."""
+    message = config_error(write(setting("database.url", url)))
+    assert "database.url" in message and "CICBOT_DATABASE__URL" in message
+    assert "PGPASSWORD" in message
+    assert "hunter2" not in message
+
+
+def test_database_url_without_a_password_is_fine_and_the_env_may_carry_one(
+    write: Callable[..., Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = write(setting("database.url", "postgresql+asyncpg://cicbot@db.example.com/cicbot"))
+    assert load_settings(path).database.url.endswith("@db.example.com/cicbot")
+    url = "postgresql+asyncpg://cicbot:hunter2-secret@db.example.com/cicbot"
+    monkeypatch.setenv("CICBOT_DATABASE__URL", url)
+    assert load_settings(path).database.url == url
+
+
+def test_webchat_secret_only_from_the_environment(
+    write: Callable[..., Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    secret = "s" * 40
+    message = config_error(write(setting("webchat.secret", secret)))
+    assert "CICBOT_WEBCHAT__SECRET" in message and secret not in message
+    monkeypatch.setenv("CICBOT_WEBCHAT__SECRET", "short")
+    assert "webchat.secret" in config_error(REPO_CONFIG)
+    monkeypatch.setenv("CICBOT_WEBCHAT__SECRET", secret)
+    loaded = load_settings(REPO_CONFIG).webchat.secret
+    assert loaded is not None and loaded.get_secret_value() == secret
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("webchat.allowed_origins", ["https://shop.example.com/chat"]),
+        ("webchat.allowed_origins", ["shop.example.com"]),
+        ("webchat.allowed_origins", ["https://shop.example.com; script-src *"]),
+        ("server.trusted_proxies", ["proxy.example.com"]),
+    ],
+)
+def test_origins_and_proxies_are_validated(
+    write: Callable[..., Path], key: str, value: list[str]
+) -> None:
+    assert key in config_error(write(setting(key, value)))
+
+
 def test_telegram_settings_from_yaml_without_secrets(write: Callable[..., Path]) -> None:
     s = load_settings(write(setting("telegram", {"mode": "webhook"})))
     assert s.telegram.mode == "webhook"

@@ -13,7 +13,6 @@ from typing import Any
 
 import httpx
 import pytest
-import websockets
 from sqlalchemy import select, text
 from websockets.asyncio.client import ClientConnection
 
@@ -31,6 +30,7 @@ from storage.models import (
     Touchpoint,
 )
 from tests.channels.telegram_helpers import channel, post, serving, settled, tg_settings
+from tests.channels.webchat_helpers import open_socket
 from tests.conftest import make_settings, recorder
 from tests.conftest import settled as idle
 from tests.server import serve
@@ -313,10 +313,10 @@ async def test_telegram_flood_through_the_webhook(db_url: str, tg: TelegramStand
 async def test_webchat_flooder_waits_alone(db_url: str) -> None:
     settings = make_settings(db_url, limits=LimitsSettings(messages_per_second=5, burst=2))
     async with serve(settings) as (base, _):
-        url = base.replace("http://", "ws://") + "/ws/chat?lang=en&visitor="
+        # two customers behind the (trusted, loopback) proxy: one address each
         async with (
-            websockets.connect(url + "flooder01") as a,
-            websockets.connect(url + "other001") as b,
+            await open_socket(base, forwarded_for="203.0.113.1", lang="en") as a,
+            await open_socket(base, forwarded_for="203.0.113.2", lang="en") as b,
         ):
             await a.recv(), await b.recv()  # the history frames
             loop = asyncio.get_running_loop()

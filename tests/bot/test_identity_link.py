@@ -474,3 +474,102 @@ async def test_two_records_with_that_address_are_left_to_a_person(world: World) 
             await s.execute(select(Touchpoint.payload).where(Touchpoint.kind == "link_ambiguous"))
         ).scalars()
         assert [n["contact_ids"] for n in notes] == [[first, second]]
+
+
+async def guess(w: World, user: str, n: int = 5) -> list[list[str]]:
+    """`user` asks for a code to Anna's address and types `n` wrong ones."""
+    assert await w.request(ANNA, user) == ["link.code_sent"]
+    wrong = f"{(int(w.code()) + 1) % 10**6:06d}"
+    return [await w.keys(wrong, user) for _ in range(n)]
+
+
+async def test_an_address_is_locked_after_100_wrong_codes_across_identities(
+    world: World,
+) -> None:
+    """NIST SP 800-63B 5.2.2: at most 100 failed attempts on one account. Rotating chat
+    identities gets around the per-code and per-identity limits, not this one: the 100th
+    wrong code for the address locks it for linking, whoever typed them, until a person
+    unlocks it."""
+    from bot import identity_link
+
+    w = world
+    anna, _ = await email_customer(w)
+    # four hours at the hourly mail limit of the address: 4 x 5 identities x 5 guesses
+    for hour in range(4):
+        w.clock[0] += timedelta(minutes=61)
+        for i in range(5 if hour < 3 else 1):
+            answers = await guess(w, f"att-{hour}-{i}")
+            assert answers == [["link.wrong_code"]] * 4 + [["link.code_dead"]]
+    # 80 wrong so far; the owner asks for a code meanwhile
+    w.clock[0] += timedelta(minutes=61)
+    assert await w.request(ANNA, "tg-anna") == ["link.code_sent"]
+    owners = w.code()
+    for i in range(3):
+        await guess(w, f"att-last-{i}")
+    answers = await guess(w, "att-last-3")
+    assert answers == [["link.wrong_code"]] * 4 + [["link.locked"]]  # the 100th
+    # locked: the owner's live code no longer links, and no new code is mailed to anyone
+    assert await w.keys(owners, "tg-anna") == ["link.locked"]
+    sent = len(w.mail.sent)
+    w.clock[0] += timedelta(days=30)  # no time window: it stays locked
+    assert await w.request(ANNA, "tg-anna") == ["link.locked"]
+    assert await w.request(ANNA, "someone-new") == ["link.locked"]
+    assert len(w.mail.sent) == sent
+    assert await w.contact_of("email", ANNA) == anna
+    async with w.rt.sessions() as s:
+        [locked] = await identity_link.locked_addresses(s)
+    assert (locked.email, locked.failures) == (ANNA, 100)
+    # another address is not affected
+    assert await w.request("ben@example.com", "tg-ben") == ["link.code_sent"]
+
+    # a person checked it is Anna's and unlocks it: she links it
+    async with w.rt.sessions() as s, s.begin():
+        assert await identity_link.unlock(s, ANNA.upper(), actor="agent:7")
+        assert not await identity_link.unlock(s, ANNA, actor="agent:7")  # not locked any more
+    assert await w.request(ANNA, "tg-anna") == ["link.code_sent"]
+    assert await w.keys(w.code(), "tg-anna") == ["link.linked"]
+    async with w.rt.sessions() as s:
+        assert await identity_link.locked_addresses(s) == []
+
+
+async def test_a_verified_link_resets_the_count_of_wrong_codes(world: World) -> None:
+    """The cap counts wrong codes in a row (NIST: consecutive): the owner's link ends a
+    series, so old guesses do not add up to lock the address later."""
+    from storage.models import IdentityLinkAddress
+
+    w = world
+    await guess(w, "att-1", 3)
+    assert await w.request(ANNA, "tg-anna") == ["link.code_sent"]
+    assert await w.keys(w.code(), "tg-anna") == ["link.linked"]
+    async with w.rt.sessions() as s:
+        row = (await s.execute(select(IdentityLinkAddress))).scalar_one()
+    assert (row.email, row.failures, row.locked_at) == (ANNA, 0, None)
+
+
+def test_the_command_line_lists_and_unlocks(
+    sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sqlalchemy.ext.asyncio import AsyncSession
+    from typer.testing import CliRunner
+
+    from bot.cli import app
+    from storage.db import run_in_transaction
+    from storage.models import IdentityLinkAddress
+    from tests.conftest import ROOT
+
+    async def lock(s: AsyncSession) -> None:
+        s.add(IdentityLinkAddress(email=ANNA, failures=100, locked_at=datetime.now(UTC)))
+
+    run_in_transaction(sqlite_url, lock)
+    monkeypatch.setenv("CICBOT_CONFIG", str(ROOT / "config.yaml"))
+    monkeypatch.setenv("CICBOT_DATABASE__URL", sqlite_url)
+    monkeypatch.setenv("COLUMNS", "200")
+    runner = CliRunner()
+    r = runner.invoke(app, ["link", "locks"])
+    assert r.exit_code == 0 and ANNA in r.output and "100" in r.output, r.output
+    r = runner.invoke(app, ["link", "unlock", "Anna@Example.com", "--actor", "erika"])
+    assert r.exit_code == 0 and "unlocked" in r.output, r.output
+    r = runner.invoke(app, ["link", "unlock", ANNA])
+    assert r.exit_code == 1 and "not locked" in r.output
+    r = runner.invoke(app, ["link", "locks"])
+    assert r.exit_code == 0 and "no locked addresses" in r.output

@@ -83,7 +83,7 @@ async def test_ignored_dead_and_events_are_kept(runtime: Runtime) -> None:
 async def test_crashed_processing_is_retried_after_lease(runtime: Runtime) -> None:
     runtime.inbox.register("test", parse)
     await runtime.inbox.accept("test", "1", "u4", {"id": 1, "user": "u4", "text": "hello"})
-    claimed = await runtime.inbox._claim()  # a worker claims it and dies
+    claimed = await runtime.inbox._claim(32)  # a worker claims it and dies
     assert len(claimed) == 1
     assert await runtime.inbox.process_once() == 0  # leased: nobody else takes it
     async with runtime.sessions() as s, s.begin():

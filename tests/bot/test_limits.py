@@ -23,7 +23,13 @@ from channels.slack import EVENTS_PATH
 from channels.telegram import SECRET_HEADER, WEBHOOK_PATH
 from flows.catalog import default_catalog
 from storage.models import Direction, Touchpoint
-from tests.channels.email_helpers import SmtpSink, email_settings, mail, smtp_sink_fixture
+from tests.channels.email_helpers import (
+    SmtpSink,
+    email_settings,
+    mail,
+    smtp_sink_fixture,
+    tls_cert_fixture,
+)
 from tests.channels.slack_helpers import serving as slack_serving
 from tests.channels.slack_helpers import slack_settings
 from tests.channels.telegram_helpers import SECRET, serving, tg_settings
@@ -31,7 +37,7 @@ from tests.conftest import inbound, recorder
 from tests.standins.slack_api import SlackStandIn
 from tests.standins.telegram_api import TelegramStandIn
 
-__all__ = ["smtp_sink_fixture"]  # the fixture, used by name
+__all__ = ["smtp_sink_fixture", "tls_cert_fixture"]  # the fixtures, used by name
 LIMIT = 1000
 
 

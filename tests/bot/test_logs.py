@@ -17,9 +17,9 @@ from typing import Any
 
 import httpx
 import pytest
-import websockets
 
 from bot import logs
+from tests.channels.webchat_helpers import open_socket
 from tests.conftest import ROOT, make_settings
 from tests.server import free_port, serve
 
@@ -204,8 +204,7 @@ async def test_a_conversation_logs_no_text_nor_address(
     texts = [f"Hello, my address is {EMAIL}", SENTENCE, f"call me on {PHONE}"]
     # log_config=None: uvicorn's own loggers (access log, WebSocket frames) reach the root
     async with serve(make_settings(db_url), log_config=None, log_level="debug") as (base, _):
-        url = f"{base.replace('http://', 'ws://')}/ws/chat?visitor={uuid.uuid4()}&name=Jane"
-        async with websockets.connect(url) as ws:
+        async with await open_socket(base, name="Jane") as ws:
             assert json.loads(await ws.recv())["type"] == "history"
             for text in texts:
                 frame = {"type": "message", "id": str(uuid.uuid4()), "text": text}

@@ -11,7 +11,6 @@ from typing import Any
 
 import httpx
 import pytest
-import websockets
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import SecretStr
 from sqlalchemy import func, select, update
@@ -30,6 +29,7 @@ from storage.models import (
     OutboxMessage,
     OutboxStatus,
 )
+from tests.channels.webchat_helpers import open_socket
 from tests.conftest import inbound, make_settings, recorder
 from tests.server import serve
 
@@ -251,9 +251,8 @@ async def server(db_url: str) -> AsyncIterator[tuple[str, Runtime]]:
 
 async def test_web_chat_through_a_real_server(server: tuple[str, Runtime]) -> None:
     base, runtime = server
-    url = f"{base.replace('http://', 'ws://')}/ws/chat?visitor={uuid.uuid4()}&lang=en"
     frame = {"type": "message", "id": str(uuid.uuid4()), "text": "hello"}
-    async with websockets.connect(url) as ws:
+    async with await open_socket(base, lang="en") as ws:
         assert json.loads(await ws.recv())["type"] == "history"
         for _ in range(2):  # the second is a redelivery of the same message id
             await ws.send(json.dumps(frame))

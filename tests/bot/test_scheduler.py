@@ -128,7 +128,7 @@ async def test_the_leader_runs_the_nightly_crm_housekeeping(db_url: str) -> None
         await scheduler.refresh()
         assert "nightly" in scheduler.jobs()
         result = await rt.nightly()
-        assert result["purged"] == 2
+        assert result["purged"]["touchpoints"] == 2
         async with rt.sessions() as s:
             contact = (await s.execute(select(Contact))).scalar_one()
             left = await s.scalar(

@@ -20,6 +20,7 @@ from sqlalchemy import delete, select
 
 from bot import auth
 from bot.runtime import Runtime
+from channels.webchat_session import COOKIE
 from storage import queries
 from storage.models import (
     Agent,
@@ -32,6 +33,7 @@ from storage.models import (
     Identity,
     utcnow,
 )
+from tests.channels.webchat_helpers import new_session
 from tests.conftest import make_settings
 from tests.server import serve
 
@@ -152,11 +154,14 @@ async def test_agent_console_end_to_end(
         async with rt.sessions() as s, s.begin():
             anna, token = await auth.create_agent(s, "Anna Agentin", AgentRole.AGENT)
             ben, _ = await auth.create_agent(s, "Ben Berater", AgentRole.AGENT)
-        visitor = str(uuid.uuid4())
+        # her browser holds the session cookie the chat page gave her on an earlier visit
+        session = await new_session(base)
+        visitor = rt.channels["webchat"].sessions.visitor(session)  # type: ignore[attr-defined]
         contact_id = await seed_customer(rt, visitor)
 
         desk = await browser.new_context(locale="de-DE", viewport={"width": 1440, "height": 900})
         home = await browser.new_context(locale="de-DE", viewport={"width": 480, "height": 860})
+        await home.add_cookies([{"name": COOKIE, "value": session, "url": base}])
         agent, chat = await desk.new_page(), await home.new_page()
         watch_errors(agent, errors)
         watch_errors(chat, errors)
@@ -175,7 +180,7 @@ async def test_agent_console_end_to_end(
             await expect(agent.locator("#list-queue .conv-item")).to_have_count(0)
 
             # the customer, in her web chat, asks for a person
-            await chat.goto(f"{base}/?visitor={visitor}")
+            await chat.goto(f"{base}/")
             await expect(chat.locator("#state")).to_have_text("online")
             await say(chat, "hallo")
             await say(chat, "Mensch")

@@ -10,6 +10,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import tempfile
 import time
@@ -27,22 +28,38 @@ from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
 DOVECOT = shutil.which("dovecot") or "/usr/sbin/dovecot"
+HOST = "127.0.0.1"
+# Dovecot counts a connection as secure when it comes from its own address: the STARTTLS
+# listener sits on another loopback address, so that it really demands TLS first
+STARTTLS_HOST = "127.0.0.2"
 USER = "bot@shop.test"
 PASSWORD = "imap-secret"
 
 
+@dataclass(frozen=True)
+class TlsFiles:
+    ca: Path  # the private CA's certificate: what `ca_file` names
+    cert: Path  # the server's certificate for 127.0.0.1, signed by the CA
+    key: Path
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind((HOST, 0))
         port: int = s.getsockname()[1]
         return port
 
 
 @dataclass
 class Dovecot:
+    """`port` speaks implicit TLS (993's role), `starttls_port` plain IMAP that requires
+    STARTTLS before a login (143's role); both with a certificate of the test's own CA."""
+
     port: int
+    starttls_port: int  # on STARTTLS_HOST
     root: Path
     proc: subprocess.Popen[bytes]
+    tls: TlsFiles
     user: str = USER
     password: str = PASSWORD
 
@@ -51,7 +68,8 @@ class Dovecot:
         return path.read_text(errors="replace") if path.exists() else ""
 
     async def client(self) -> aioimaplib.IMAP4:
-        imap = aioimaplib.IMAP4(host="127.0.0.1", port=self.port, timeout=10)
+        context = ssl.create_default_context(cafile=str(self.tls.ca))
+        imap = aioimaplib.IMAP4(host=HOST, port=self.port, timeout=10, ssl_context=context)
         await imap.wait_hello_from_server()
         response = await imap.login(self.user, self.password)
         assert response.result == "OK", response
@@ -82,20 +100,23 @@ class Dovecot:
             await imap.logout()
 
 
-def _config(root: Path, port: int) -> str:
+def _config(root: Path, port: int, starttls_port: int, tls: TlsFiles) -> str:
     if os.geteuid() == 0:
         internal, login, mail_user = "dovecot", "dovenull", "dovecot"
     else:
         internal = login = mail_user = getpass.getuser()
     return f"""
 protocols = imap
-listen = 127.0.0.1
+listen = {HOST}, {STARTTLS_HOST}
 base_dir = {root}/run
 state_dir = {root}/state
 instance_name = cicbot-test-{port}
 log_path = {root}/dovecot.log
-ssl = no
-disable_plaintext_auth = no
+ssl = required
+ssl_cert = <{tls.cert}
+ssl_key = <{tls.key}
+ssl_min_protocol = TLSv1.2
+disable_plaintext_auth = yes
 auth_mechanisms = plain login
 mail_location = maildir:{root}/mail/%u
 default_internal_user = {internal}
@@ -114,18 +135,20 @@ userdb {{
 }}
 service imap-login {{
   inet_listener imap {{
-    address = 127.0.0.1
-    port = {port}
+    address = {STARTTLS_HOST}
+    port = {starttls_port}
   }}
   inet_listener imaps {{
-    port = 0
+    address = {HOST}
+    port = {port}
+    ssl = yes
   }}
 }}
 """
 
 
 @pytest.fixture(scope="session", name="dovecot")
-def dovecot_fixture() -> Iterator[Dovecot]:
+def dovecot_fixture(tls_cert: TlsFiles) -> Iterator[Dovecot]:
     """One Dovecot for the session; each test uses its own folder or clears INBOX."""
     if not Path(DOVECOT).exists():
         pytest.skip("dovecot is not installed (apt-get install dovecot-imapd; .ci/run does)")
@@ -135,18 +158,18 @@ def dovecot_fixture() -> Iterator[Dovecot]:
     if os.geteuid() == 0:
         shutil.chown(root / "mail", "dovecot", "dovecot")
     (root / "passwd").write_text(f"{USER}:{{PLAIN}}{PASSWORD}\n")
-    port = free_port()
+    port, starttls_port = free_port(), free_port()
     conf = root / "dovecot.conf"
-    conf.write_text(_config(root, port))
+    conf.write_text(_config(root, port, starttls_port, tls_cert))
     proc = subprocess.Popen([DOVECOT, "-F", "-c", str(conf)], start_new_session=True)
-    server = Dovecot(port, root, proc)
+    server = Dovecot(port, starttls_port, root, proc, tls_cert)
     try:
         deadline = time.monotonic() + 15
         while True:
             if proc.poll() is not None:
                 raise RuntimeError(f"dovecot exited: {server.log()}")
             try:
-                with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
+                with socket.create_connection((STARTTLS_HOST, starttls_port), timeout=1) as s:
                     if s.recv(200).startswith(b"* OK"):
                         break
             except OSError:
@@ -173,6 +196,7 @@ class SmtpSink:
     messages: list[tuple[Envelope, EmailMessage]] = field(default_factory=list)
     refuse: dict[str, str] = field(default_factory=dict)
     sessions: int = 0
+    tls: TlsFiles | None = None  # STARTTLS with this CA's certificate
 
     def parsed(self) -> list[EmailMessage]:
         return [m for _, m in self.messages]
@@ -190,7 +214,9 @@ class _Handler:
     async def handle_EHLO(
         self, server: SMTP, session: Session, envelope: Envelope, hostname: str, responses: Any
     ) -> Any:
-        self.sink.sessions += 1
+        if not getattr(server, "counted", False):  # EHLO comes again after STARTTLS
+            server.counted = True  # type: ignore[attr-defined]  # one SMTP per connection
+            self.sink.sessions += 1
         session.host_name = hostname
         return responses
 
@@ -211,10 +237,17 @@ class _Handler:
 
 
 @pytest.fixture(name="smtp_sink")
-def smtp_sink_fixture() -> Iterator[SmtpSink]:
+def smtp_sink_fixture(tls_cert: TlsFiles) -> Iterator[SmtpSink]:
+    """What the bot sends, over STARTTLS (required by the server, as on port 587)."""
     port = free_port()
-    sink = SmtpSink("127.0.0.1", port)
-    controller = Controller(_Handler(sink), hostname="127.0.0.1", port=port)
+    sink = SmtpSink(HOST, port, tls=tls_cert)
+    controller = Controller(
+        _Handler(sink),
+        hostname=HOST,
+        port=port,
+        tls_context=server_context(tls_cert),
+        require_starttls=True,
+    )
     controller.start()
     try:
         yield sink
@@ -237,22 +270,28 @@ def email_settings(
     imap = EmailImapSettings()
     if server is not None:
         imap_options: dict[str, Any] = {
-            "host": "127.0.0.1",
+            "host": HOST,
             "port": server.port,
             "username": server.user,
             "password": server.password,
-            "ssl": False,
+            "ca_file": str(server.tls.ca),  # implicit TLS, verified: the defaults
             "folder": folder,
             "poll_interval_seconds": 0.2,
             "timeout_seconds": 10,
         }
         imap_options.update(imap_extra or {})
         imap = EmailImapSettings(**imap_options)
+    smtp = EmailSmtpSettings(
+        host=sink.host,
+        port=sink.port,
+        starttls=sink.tls is not None,
+        ca_file=str(sink.tls.ca) if sink.tls else None,
+    )
     options: dict[str, Any] = {
         "address": "service@shop.test",
         "display_name": "Beispiel Service",
         "imap": imap,
-        "smtp": EmailSmtpSettings(host=sink.host, port=sink.port, starttls=False),
+        "smtp": smtp,
         "public_url": "https://bot.shop.test",
         "unsubscribe_secret": "test-unsubscribe-secret",
     }
@@ -285,28 +324,46 @@ def mail(
     return msg.as_bytes(policy=policy.SMTP)
 
 
-@pytest.fixture(scope="session", name="tls_cert")
-def tls_cert_fixture(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """A self-signed certificate for 127.0.0.1 (cert, key), made with the openssl CLI."""
+def _openssl(*args: str) -> None:
     openssl = shutil.which("openssl")
     if openssl is None:
         pytest.skip("openssl is not installed")
+    subprocess.run([openssl, *args], check=True, capture_output=True)
+
+
+@pytest.fixture(scope="session", name="tls_cert")
+def tls_cert_fixture(tmp_path_factory: pytest.TempPathFactory) -> TlsFiles:
+    """A private CA and a server certificate for 127.0.0.1 signed by it (openssl CLI): the
+    clients verify against the CA file, as with a company's own CA."""
     root = tmp_path_factory.mktemp("tls")
-    cert, key = root / "cert.pem", root / "key.pem"
-    subprocess.run(
-        [openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-         "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "2",
-         "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
-        check=True,
-        capture_output=True,
-    )  # fmt: skip
-    return cert, key
+    ca, ca_key = root / "ca.pem", root / "ca-key.pem"
+    cert, key, csr = root / "cert.pem", root / "key.pem", root / "cert.csr"
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    _openssl("req", "-x509", *ec, "-keyout", str(ca_key), "-out", str(ca), "-days", "2",
+             "-subj", "/CN=cicbot test CA",
+             "-addext", "basicConstraints=critical,CA:TRUE",
+             "-addext", "keyUsage=critical,keyCertSign,cRLSign")  # fmt: skip
+    _openssl("req", "-new", *ec, "-keyout", str(key), "-out", str(csr), "-subj", f"/CN={HOST}")
+    ext = root / "leaf.ext"
+    ext.write_text(
+        f"subjectAltName=IP:{HOST},IP:{STARTTLS_HOST},DNS:localhost\nextendedKeyUsage=serverAuth\n"
+    )
+    _openssl("x509", "-req", "-in", str(csr), "-CA", str(ca), "-CAkey", str(ca_key),
+             "-CAcreateserial", "-out", str(cert), "-days", "2", "-extfile", str(ext))  # fmt: skip
+    for path in (cert, key, ca):
+        path.chmod(0o644)  # Dovecot's login processes read them as another user
+    return TlsFiles(ca, cert, key)
 
 
-def tls_sink(cert: tuple[Path, Path], *, implicit: bool, user: str, password: str) -> Any:
+def server_context(tls: TlsFiles) -> ssl.SSLContext:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(str(tls.cert), str(tls.key))
+    return context
+
+
+def tls_sink(tls: TlsFiles, *, implicit: bool, user: str, password: str) -> Any:
     """An aiosmtpd server with STARTTLS required (or implicit TLS) and AUTH; a context
     manager yielding its SmtpSink."""
-    import ssl
     from contextlib import contextmanager
 
     from aiosmtpd.smtp import AuthResult, LoginPassword
@@ -322,16 +379,15 @@ def tls_sink(cert: tuple[Path, Path], *, implicit: bool, user: str, password: st
 
     @contextmanager
     def serve() -> Iterator[SmtpSink]:
-        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        ctx.load_cert_chain(str(cert[0]), str(cert[1]))
+        ctx = server_context(tls)
         port = free_port()
-        sink = SmtpSink("127.0.0.1", port)
+        sink = SmtpSink(HOST, port)
         kwargs: dict[str, Any] = {"authenticator": authenticator, "auth_require_tls": True}
         if implicit:  # the session cannot tell it is on TLS then
             kwargs.update(ssl_context=ctx, auth_require_tls=False)
         else:
             kwargs.update(tls_context=ctx, require_starttls=True)
-        controller = Controller(_Handler(sink), hostname="127.0.0.1", port=port, **kwargs)
+        controller = Controller(_Handler(sink), hostname=HOST, port=port, **kwargs)
         controller.start()
         try:
             yield sink

@@ -64,3 +64,38 @@ def test_bad_address_names_the_key(tmp_path: Path) -> None:
 def test_channel_is_off_without_settings(sqlite_url: str) -> None:
     rt = Runtime(make_settings(sqlite_url), channels=["email"])
     assert "email" not in rt.channels
+
+
+@pytest.mark.parametrize(
+    ("env", "missing"),
+    [
+        ({"CICBOT_EMAIL__SMTP__PASSWORD": "smtp-pw"}, "CICBOT_EMAIL__IMAP__PASSWORD"),
+        ({"CICBOT_EMAIL__IMAP__PASSWORD": "imap-pw"}, "CICBOT_EMAIL__SMTP__PASSWORD"),
+    ],
+)
+def test_a_mailbox_without_its_password_refuses_to_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, env: dict[str, str], missing: str
+) -> None:
+    """It used to start without a word and fail every login (or send) for ever."""
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    with pytest.raises(ConfigError, match=missing):
+        load_settings(write(tmp_path, MAILBOX))
+
+
+def test_imap_without_a_username_names_the_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CICBOT_EMAIL__IMAP__PASSWORD", "imap-pw")
+    monkeypatch.setenv("CICBOT_EMAIL__SMTP__PASSWORD", "smtp-pw")
+    config = {**MAILBOX, "imap": {"host": "imap.shop.test"}}
+    with pytest.raises(ConfigError, match=r"email\.imap\.username"):
+        load_settings(write(tmp_path, config))
+
+
+def test_tls_defaults_verify_certificates(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CICBOT_EMAIL__IMAP__PASSWORD", "imap-pw")
+    monkeypatch.setenv("CICBOT_EMAIL__SMTP__PASSWORD", "smtp-pw")
+    email = load_settings(write(tmp_path, MAILBOX)).email
+    assert email.imap.ssl and not email.imap.starttls and email.imap.verify_certificate
+    assert email.smtp.starttls and not email.smtp.ssl and email.smtp.verify_certificate

@@ -24,6 +24,7 @@ from tests.channels.email_helpers import (  # noqa: F401
     email_settings,
     mail,
     smtp_sink_fixture,
+    tls_cert_fixture,
 )
 
 QUOTE = "\n\nOn Mon, Nov 16, 2026 at 10:00 AM Beispiel Service <service@shop.test> wrote:\n> {}\n"
@@ -53,13 +54,16 @@ def reply_to(last: EmailMessage, text: str, n: str, sender: str = BOB) -> bytes:
 class Mailbox:
     """Drives a runtime round by round (fetch, process, send), restartable."""
 
-    def __init__(self, url: str, sink: SmtpSink, server: Dovecot, folder: str) -> None:
+    def __init__(
+        self, url: str, sink: SmtpSink, server: Dovecot, folder: str, **email: object
+    ) -> None:
         self.url, self.sink, self.server, self.folder = url, sink, server, folder
+        self.email = email  # EmailSettings overrides
         self.rt = self._runtime()
 
     def _runtime(self) -> Runtime:
         return Runtime(
-            email_settings(self.url, self.sink, self.server, folder=self.folder),
+            email_settings(self.url, self.sink, self.server, folder=self.folder, **self.email),
             channels=["email"],
         )
 
@@ -217,24 +221,91 @@ async def test_auto_reply_gets_no_answer(box: Mailbox) -> None:
     assert await box.round(bulk) == []
 
 
-async def test_bounce_flags_the_address(box: Mailbox) -> None:
-    await box.round(mail("Hello", sender="gone@example.net", subject="Hi", message_id="<g1@x.net>"))
-    bounce = (
+def dsn(recipient: str, quoted_id: str | None, n: int = 9) -> bytes:
+    """A delivery status notification as Postfix writes it: the failed recipient, and the
+    headers of the mail that bounced (with its Message-ID) when `quoted_id` is given."""
+    quoted = (
+        b"--r\r\nContent-Type: text/rfc822-headers\r\n\r\n"
+        b"From: service@shop.test\r\nTo: " + recipient.encode() + b"\r\n"
+        b"Message-ID: " + quoted_id.encode() + b"\r\n\r\n"
+        if quoted_id
+        else b""
+    )
+    return (
         b"From: MAILER-DAEMON@mx.shop.test\r\nTo: service@shop.test\r\n"
-        b"Subject: Undelivered Mail\r\nMessage-ID: <dsn-9@mx.shop.test>\r\n"
+        b"Subject: Undelivered Mail\r\nMessage-ID: <dsn-" + str(n).encode() + b"@mx.shop.test>\r\n"
         b"MIME-Version: 1.0\r\n"
         b'Content-Type: multipart/report; report-type=delivery-status; boundary="r"\r\n\r\n'
         b"--r\r\nContent-Type: text/plain\r\n\r\nfailed\r\n"
         b"--r\r\nContent-Type: message/delivery-status\r\n\r\n"
         b"Reporting-MTA: dns; mx.shop.test\r\n\r\n"
-        b"Final-Recipient: rfc822; gone@example.net\r\nAction: failed\r\nStatus: 5.1.1\r\n"
-        b"Diagnostic-Code: smtp; 550 5.1.1 User unknown\r\n\r\n--r--\r\n"
+        b"Final-Recipient: rfc822; " + recipient.encode() + b"\r\nAction: failed\r\n"
+        b"Status: 5.1.1\r\nDiagnostic-Code: smtp; 550 5.1.1 User unknown\r\n\r\n"
+        + quoted
+        + b"--r--\r\n"
     )
-    assert await box.round(bounce) == []
+
+
+async def reachable(box: Mailbox, address: str) -> tuple[bool, int]:
+    """(the identity is reachable, bounce touchpoints in the history)."""
+    async with box.rt.sessions() as s:
+        identity = await queries.get_identity(s, "email", address)
+        assert identity is not None
+        bounces = await s.scalar(
+            select(func.count(Touchpoint.id)).where(Touchpoint.kind == "bounce")
+        )
+        return identity.reachable, int(bounces or 0)
+
+
+async def test_bounce_flags_the_address(box: Mailbox) -> None:
+    sent = await box.round(
+        mail("Hello", sender="gone@example.net", subject="Hi", message_id="<g1@x.net>")
+    )
+    assert await box.round(dsn("gone@example.net", str(sent[-1]["Message-ID"]))) == []
     async with box.rt.sessions() as s:
         identity = await queries.get_identity(s, "email", "gone@example.net")
         assert identity is not None and identity.reachable is False
         assert "5.1.1" in (identity.unreachable_reason or "")
+
+
+async def test_a_forged_bounce_marks_nobody_unreachable(box: Mailbox) -> None:
+    """Issue 15, finding 4: a multipart/report naming the victim set reachable=False
+    although the Message-ID it quotes was never sent by us. Now a bounce counts only for
+    the recipient of a mail we sent: not for a made-up id, not for an id of ours that went
+    to someone else (the attacker's own answer), not without any id."""
+    await box.round(mail("Hallo", sender="victim@example.net", message_id="<v1@x.net>"))
+    theirs = await box.round(
+        mail("Hi", sender="attacker@example.org", subject="Hi", message_id="<a1@x.org>")
+    )
+    forged = [
+        dsn("victim@example.net", "<cicbot.1.deadbeefdeadbeefdead@shop.test>", n=1),
+        dsn("victim@example.net", str(theirs[-1]["Message-ID"]), n=2),
+        dsn("victim@example.net", None, n=3),
+    ]
+    for raw in forged:
+        assert await box.round(raw) == []
+    assert await reachable(box, "victim@example.net") == (True, 0)
+    assert (await reachable(box, "attacker@example.org"))[0] is True
+
+
+async def test_automatic_mail_is_logged_without_its_header_values(
+    box: Mailbox, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Issue 15, finding 14: the Auto-Submitted reason was logged as the sender wrote it
+    (with the Message-ID): the log says that a mail was automatic, not what it said."""
+    caplog.set_level("DEBUG", logger="channels")
+    secret = "SECRETVALUE<script>"
+    auto = mail(
+        "Out of office",
+        sender="mailer-daemon-SECRETVALUE@example.com",
+        message_id="<SECRETVALUE-1@example.com>",
+        headers={"Auto-Submitted": f"auto-replied; {secret}"},
+    )
+    daemon = mail("x", sender="mailer-daemonSECRETVALUE@example.com", message_id="<SECRETVALUE@e>")
+    assert await box.round(auto) == [] and await box.round(daemon) == []
+    logged = [r.getMessage() for r in caplog.records]
+    assert any("automatic mail is not answered" in m for m in logged), logged
+    assert not [m for m in logged if "SECRETVALUE" in m]
 
 
 async def test_one_click_unsubscribe(box: Mailbox) -> None:
@@ -282,3 +353,29 @@ async def test_mailto_unsubscribe(box: Mailbox) -> None:
         assert not await queries.consent_granted(s, contact_id, "marketing")
         consent = (await s.execute(select(Consent))).scalar_one()
         assert consent.granted is False and consent.channel == "email"
+
+
+async def test_a_reply_with_nothing_new_keeps_the_whole_text(box: Mailbox) -> None:
+    """A reply whose new words cannot be told from the quote used to reach the flows as ""
+    and the customer heard "I didn't receive any text". Now the whole text goes on: in the
+    history for the agent, and to the flows."""
+    question = (await box.round(mail("Hallo", sender=BOB, message_id="<n0@example.com>")))[-1]
+    body = "On Mon, Nov 16, 2026 at 10:00 AM Beispiel Service <service@shop.test> wrote:\n"
+    body += "> Ich habe eine Frage zu meiner Rechnung 4711\n"
+    raw = mail(
+        body,
+        sender=BOB,
+        subject="Re: " + str(question["Subject"]),
+        message_id="<n1@example.com>",
+        in_reply_to=str(question["Message-ID"]),
+    )
+    sent = await box.round(raw)
+    assert sent and all(
+        "didn't receive any text" not in m.get_body(("plain",)).get_content() for m in sent
+    )  # type: ignore[union-attr]
+    assert all("keinen Text erhalten" not in m.get_body(("plain",)).get_content() for m in sent)  # type: ignore[union-attr]
+    async with box.rt.sessions() as s:
+        text = await s.scalar(
+            select(Touchpoint.text).where(Touchpoint.platform_message_id == "<n1@example.com>")
+        )
+    assert text is not None and "Rechnung 4711" in text

@@ -4,6 +4,7 @@ checked against UIDVALIDITY, BODY.PEEK, \\Seen / move only after the commit, IDL
 from __future__ import annotations
 
 import asyncio
+import ssl
 import uuid
 from collections.abc import AsyncIterator
 
@@ -12,14 +13,18 @@ from sqlalchemy import func, select, update
 
 from bot.runtime import Runtime
 from channels.email import EmailChannel
+from channels.email_imap import ImapError
 from storage.models import EmailMailbox, InboxUpdate
 from tests.channels.email_helpers import (  # noqa: F401
+    HOST,
+    STARTTLS_HOST,
     Dovecot,
     SmtpSink,
     dovecot_fixture,
     email_settings,
     mail,
     smtp_sink_fixture,
+    tls_cert_fixture,
 )
 
 
@@ -222,5 +227,84 @@ async def test_own_mail_is_not_answered(
             row = (await s.execute(select(InboxUpdate))).scalar_one()
             assert row.status == "ignored"
         assert smtp_sink.messages == []
+    finally:
+        await rt.stop()
+
+
+# ---- TLS ---------------------------------------------------------------------------------
+
+
+async def test_implicit_tls_through_the_real_loop(
+    sqlite_url: str, smtp_sink: SmtpSink, dovecot: Dovecot, folder: str
+) -> None:
+    """The defaults (ssl: true, verified against the CA file) through `run`, the loop a
+    deployment runs: aioimaplib 2.0.3's IMAP4_SSL refused conn_lost_cb, so this never
+    connected and retried forever."""
+    await dovecot.append(mail("tls", message_id=f"<tls-{folder}@example.org>"), folder)
+    rt = runtime_for(sqlite_url, smtp_sink, dovecot, folder)
+    assert rt.settings.email.imap.ssl and rt.settings.email.imap.verify_certificate
+    await rt.start(dispatch=False)
+    try:
+        async with asyncio.timeout(10):
+            while not await inbox_keys(rt):
+                await asyncio.sleep(0.05)
+        poller = channel(rt).poller
+        assert poller is not None and poller.client is not None
+        transport = poller.client.protocol.transport
+        assert transport.get_extra_info("ssl_object") is not None  # on TLS
+    finally:
+        await rt.stop()
+
+
+async def test_starttls(
+    sqlite_url: str, smtp_sink: SmtpSink, dovecot: Dovecot, folder: str
+) -> None:
+    await dovecot.append(mail("starttls", message_id=f"<st-{folder}@example.org>"), folder)
+    extra = {"ssl": False, "starttls": True, "port": dovecot.starttls_port, "host": STARTTLS_HOST}
+    rt = runtime_for(sqlite_url, smtp_sink, dovecot, folder, imap_extra=extra)
+    try:
+        assert await fetch_round(rt) == 1
+        poller = channel(rt).poller
+        assert poller is not None and poller.client is not None
+        ssl_object = poller.client.protocol.transport.get_extra_info("ssl_object")
+        assert ssl_object is not None and ssl_object.version() in ("TLSv1.2", "TLSv1.3")
+        assert "STARTTLS" not in poller.client.protocol.capabilities  # asked again on TLS
+    finally:
+        await rt.stop()
+
+
+async def test_the_server_refuses_a_login_without_tls(
+    sqlite_url: str, smtp_sink: SmtpSink, dovecot: Dovecot, folder: str
+) -> None:
+    """What makes the STARTTLS test mean something: this Dovecot takes no password in
+    plain text, so the login above went over TLS."""
+    extra = {"ssl": False, "starttls": False, "port": dovecot.starttls_port, "host": STARTTLS_HOST}
+    rt = runtime_for(sqlite_url, smtp_sink, dovecot, folder, imap_extra=extra)
+    try:
+        with pytest.raises(ImapError, match="LOGIN"):
+            await fetch_round(rt)
+    finally:
+        await rt.stop()
+
+
+@pytest.mark.parametrize("mode", ["ssl", "starttls"])
+async def test_an_unknown_certificate_is_refused(
+    sqlite_url: str, smtp_sink: SmtpSink, dovecot: Dovecot, folder: str, mode: str
+) -> None:
+    """Verification is on by default: without the CA file the test CA is unknown; only
+    `verify_certificate: false` (a test server) connects then."""
+    port, host = (dovecot.port, HOST) if mode == "ssl" else (dovecot.starttls_port, STARTTLS_HOST)
+    extra = {"ssl": mode == "ssl", "starttls": mode != "ssl", "port": port, "host": host}
+    extra["ca_file"] = None
+    rt = runtime_for(sqlite_url, smtp_sink, dovecot, folder, imap_extra=extra)
+    try:
+        with pytest.raises(ssl.SSLCertVerificationError):
+            await fetch_round(rt)
+    finally:
+        await rt.stop()
+    extra["verify_certificate"] = False
+    rt = runtime_for(sqlite_url, smtp_sink, dovecot, folder, imap_extra=extra)
+    try:
+        assert await fetch_round(rt) == 0
     finally:
         await rt.stop()

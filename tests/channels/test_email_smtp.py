@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 
@@ -13,6 +12,7 @@ from bot.runtime import Runtime
 from channels.email import EmailChannel
 from tests.channels.email_helpers import (  # noqa: F401
     SmtpSink,
+    TlsFiles,
     email_settings,
     smtp_sink_fixture,
     tls_cert_fixture,
@@ -124,11 +124,11 @@ async def test_dispatcher_flags_a_refused_address(sqlite_url: str, smtp_sink: Sm
 
 
 @pytest.mark.parametrize("implicit", [False, True], ids=["starttls", "ssl"])
-async def test_tls_and_login(sqlite_url: str, tls_cert: tuple[Path, Path], implicit: bool) -> None:
-    from bot.config import EmailSmtpSettings
-
+async def test_tls_and_login(sqlite_url: str, tls_cert: TlsFiles, implicit: bool) -> None:
     """STARTTLS (required by the server) or implicit TLS, verified against a private CA
     (`ca_file`), then AUTH (the server offers it only over TLS)."""
+    from bot.config import EmailSmtpSettings
+
     with tls_sink(tls_cert, implicit=implicit, user="bot", password="pw") as sink:
         smtp = EmailSmtpSettings(
             host=sink.host,
@@ -137,7 +137,7 @@ async def test_tls_and_login(sqlite_url: str, tls_cert: tuple[Path, Path], impli
             ssl=implicit,
             username="bot",
             password="pw",
-            ca_file=str(tls_cert[0]),
+            ca_file=str(tls_cert.ca),
         )
         runtime = Runtime(email_settings(sqlite_url, sink, smtp=smtp), channels=["email"])
         try:
@@ -161,3 +161,35 @@ async def test_campaign_mail_carries_list_unsubscribe(rt: Runtime, smtp_sink: Sm
     assert "/unsubscribe/42." in campaign_mail["List-Unsubscribe"]
     assert campaign_mail["Auto-Submitted"] == "auto-generated"
     assert reply["List-Unsubscribe"] is None and reply["Auto-Submitted"] == "auto-replied"
+
+
+@pytest.mark.parametrize("implicit", [False, True], ids=["starttls", "ssl"])
+async def test_an_unknown_certificate_is_refused(
+    sqlite_url: str, tls_cert: TlsFiles, implicit: bool
+) -> None:
+    """Without the CA file the server's certificate is unknown: nothing is sent (and the
+    password is not given away) unless verification is turned off for a test server."""
+    from bot.config import EmailSmtpSettings
+
+    with tls_sink(tls_cert, implicit=implicit, user="bot", password="pw") as sink:
+        for verify in (True, False):
+            smtp = EmailSmtpSettings(
+                host=sink.host,
+                port=sink.port,
+                starttls=not implicit,
+                ssl=implicit,
+                username="bot",
+                password="pw",
+                verify_certificate=verify,
+            )
+            runtime = Runtime(email_settings(sqlite_url, sink, smtp=smtp), channels=["email"])
+            try:
+                if verify:
+                    with pytest.raises(TransientSendError, match="CERTIFICATE_VERIFY_FAILED"):
+                        await ch(runtime).send(out("secure"))
+                    assert sink.messages == []
+                else:
+                    await ch(runtime).send(out("insecure"))
+                    assert len(sink.messages) == 1
+            finally:
+                await runtime.stop()

@@ -284,3 +284,83 @@ async def _sleep() -> None:
     import asyncio
 
     await asyncio.sleep(0.1)
+
+
+HOSTILE = "Eve <!channel> <https://evil.example|click here> & <@U07ERIKA01>"
+
+
+async def test_the_cards_plain_text_escapes_the_customers_name(
+    db_url: str, slack: SlackStandIn
+) -> None:
+    """The card's `text` (notifications, screen readers, clients without blocks) carries the
+    name escaped like the blocks: no @channel, no link, no mention."""
+    slack.add_user("U07EVE0001", HOSTILE)
+    async with serving(slack_settings(db_url, slack), slack) as rt:
+        await slack.say("U07EVE0001", "D07EVE0001", "human")
+        [card] = await slack.wait_for(lambda: cards(slack))
+        await settled(rt)
+    escaped = (
+        "Eve &lt;!channel&gt; &lt;https://evil.example|click here&gt; &amp; &lt;@U07ERIKA01&gt;"
+    )
+    assert card["text"].startswith(escaped), card["text"]
+    for raw in ("<!channel>", "<https://", "<@U07ERIKA01>"):
+        assert raw not in card["text"]
+        assert raw not in block_text(card).replace(card["blocks"][0]["text"]["text"], "")
+    assert card["blocks"][0]["text"]["type"] == "plain_text"  # the header: never markup
+
+
+async def test_erase_takes_the_customer_out_of_the_agent_channel(
+    db_url: str, slack: SlackStandIn
+) -> None:
+    """GDPR erasure reaches Slack through the outbox: the messages mirrored into the card's
+    thread are deleted, the card becomes a notice without personal data; the export lists
+    those Slack messages first. An agent's own reply in the thread is the agent's message."""
+    from bot import gdpr
+    from storage.models import AgentCardMessage, Contact
+
+    async with serving(slack_settings(db_url, slack), slack) as rt:
+        await slack.say(JAMES, JAMES_DM, "human")
+        [card] = await slack.wait_for(lambda: cards(slack))
+        await slack.press(ERIKA, AGENT_CHANNEL, "desk_claim", message=card)
+        await slack.wait_for(lambda: "Claimed by" in block_text(cards(slack)[0]))
+        await slack.say(JAMES, JAMES_DM, "Send it to Blumenweg 17, please")
+        await slack.say(ERIKA, AGENT_CHANNEL, "Will do", thread_ts=card["ts"])
+        await slack.say(JAMES, JAMES_DM, "Thanks James here")
+        await slack.wait_for(lambda: len(slack.texts(AGENT_CHANNEL, thread_ts=card["ts"])) == 2)
+        await settled(rt)
+        shown = [block_text(m) for m in slack.messages(AGENT_CHANNEL)]
+        assert any("james@example.com" in t for t in shown)
+        assert any("Blumenweg" in t for t in shown)
+
+        async with rt.sessions() as s:
+            contact_id = (await s.execute(select(Contact.id))).scalar_one()
+            doc = await gdpr.export(s, contact_id)
+        listed = doc["agent_channel_messages"]
+        mirrored = [m["ts"] for m in slack.bot_messages(AGENT_CHANNEL, thread_ts=card["ts"])]
+        assert [(m["container"], m["message_ref"], m["kind"]) for m in listed] == [
+            (AGENT_CHANNEL, card["ts"], "card"),
+            *((AGENT_CHANNEL, ts, "thread") for ts in mirrored),
+        ]
+
+        # Slack rate-limits the second deletion: the retry goes on where it stopped
+        slack.fail_next("chat.delete", "ratelimited", after=1, retry_after=0)
+        async with rt.sessions() as s, s.begin():
+            await gdpr.erase(s, contact_id, actor="agent:1")
+        await settled(rt)
+        await slack.wait_for(lambda: "removed" in cards(slack)[0]["text"])
+
+    remaining = slack.messages(AGENT_CHANNEL)
+    for needle in ("James", "james@example.com", "Blumenweg", "Walker"):
+        assert not any(needle in block_text(m) or needle in m["text"] for m in remaining), needle
+    [blank] = cards(slack)
+    assert blank["ts"] == card["ts"] and buttons(blank) == []
+    # the mirrored messages are gone; the agent's own reply is hers (the bot cannot delete it)
+    thread = slack.messages(AGENT_CHANNEL, thread_ts=card["ts"])
+    assert [(m["user"], m["text"]) for m in thread] == [(ERIKA, "Will do")]
+    assert sorted(p["ts"] for p in slack.calls_to("chat.delete")) == sorted(mirrored)
+    assert [(c.method, c.params["ts"]) for c in slack.failed_calls] == [
+        ("chat.delete", mirrored[1])
+    ]
+    assert await rows(rt, AgentCard) == [] and await rows(rt, AgentCardMessage) == []
+    erase_rows = [r for r in await rows(rt, OutboxMessage) if r.thread_key.endswith(":erase")]
+    assert [(r.recipient_id, r.status) for r in erase_rows] == [(AGENT_CHANNEL, "sent")]

@@ -14,17 +14,16 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 import httpx
 import pytest
-import websockets
 from sqlalchemy import select
 from websockets.asyncio.client import ClientConnection
 
 from bot.messages import InboundMessage
 from bot.runtime import Runtime
 from storage.models import Case, Direction, OutboxMessage, OutboxStatus, Touchpoint
+from tests.channels.webchat_helpers import new_session, open_socket
 from tests.conftest import make_settings
 from tests.server import serve
 
@@ -37,12 +36,6 @@ CASE_REF = re.compile(r"C-\d{4}-\d{6}")
 async def server(db_url: str) -> AsyncIterator[tuple[str, Runtime]]:
     async with serve(make_settings(db_url)) as (base, runtime):
         yield base, runtime
-
-
-def ws_url(base: str, visitor: str | None = None, **params: str) -> str:
-    query = {"visitor": visitor or str(uuid.uuid4()), "lang": "de", **params}
-    qs = "&".join(f"{k}={quote(v, safe='')}" for k, v in query.items())
-    return f"{base.replace('http://', 'ws://')}/ws/chat?{qs}"
 
 
 def mid() -> str:
@@ -141,9 +134,9 @@ def labels(message: dict[str, Any]) -> list[str]:
     return [c["label"] for c in message["choices"]]
 
 
-async def connect(base: str, visitor: str | None = None, **params: str) -> Chat:
-    ws = await websockets.connect(ws_url(base, visitor, **params), open_timeout=TIMEOUT)
-    return Chat(ws)
+async def connect(base: str, token: str | None = None, **params: Any) -> Chat:
+    """A chat as the page opens it: the visitor `token` (a new visitor if None)."""
+    return Chat(await open_socket(base, token, **params))
 
 
 async def walk_complaint(chat: Chat) -> list[tuple[str, str]]:
@@ -215,10 +208,18 @@ async def test_page_is_served(server: tuple[str, Runtime]) -> None:
     base, _ = server
     async with httpx.AsyncClient(base_url=base, timeout=TIMEOUT) as http:
         response = await http.get("/")
+        script = await http.get("/webchat/static/chat.js")
+        style = await http.get("/webchat/static/chat.css")
+        missing = await http.get("/webchat/static/..%2Fwebchat.py")
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/html")
-    assert "/ws/chat" in response.text
-    assert "<script>" in response.text
+    assert "<script>" not in response.text and "<style>" not in response.text
+    assert "/ws/chat" in script.text
+    assert script.headers["content-type"].startswith("text/javascript")
+    assert style.headers["content-type"].startswith("text/css")
+    for r in (script, style):
+        assert r.headers["x-content-type-options"] == "nosniff"
+    assert missing.status_code == 404
 
 
 # --- conversations ------------------------------------------------------------------------
@@ -248,7 +249,7 @@ async def test_whole_complaint_with_buttons(server: tuple[str, Runtime]) -> None
 
 async def test_history_on_reconnect_in_order(server: tuple[str, Runtime]) -> None:
     base, _ = server
-    visitor = str(uuid.uuid4())
+    visitor = await new_session(base)
     chat = await connect(base, visitor)
     try:
         assert await chat.history() == []
@@ -278,7 +279,7 @@ async def test_history_on_reconnect_in_order(server: tuple[str, Runtime]) -> Non
 
 async def test_history_offers_the_open_question_buttons(server: tuple[str, Runtime]) -> None:
     base, _ = server
-    visitor = str(uuid.uuid4())
+    visitor = await new_session(base)
     chat = await connect(base, visitor)
     try:
         await chat.history()
@@ -298,7 +299,8 @@ async def test_history_offers_the_open_question_buttons(server: tuple[str, Runti
 
 async def test_reply_while_offline_is_in_the_history(server: tuple[str, Runtime]) -> None:
     base, runtime = server
-    visitor = str(uuid.uuid4())
+    token = await new_session(base)
+    visitor = visitor_of(runtime, token)
     msg = InboundMessage(
         channel="webchat",
         sender_id=visitor,
@@ -312,7 +314,7 @@ async def test_reply_while_offline_is_in_the_history(server: tuple[str, Runtime]
     assert len(result.outbox_ids) == 1
     # the dispatcher delivers it to nobody; it is in the history when the visitor comes
     await eventually(lambda: _outbox_sent(runtime, result.outbox_ids[0]))
-    chat = await connect(base, visitor)
+    chat = await connect(base, token)
     try:
         history = await chat.history()
         assert [(h["direction"], h["text"][:6]) for h in history] == [
@@ -322,6 +324,12 @@ async def test_reply_while_offline_is_in_the_history(server: tuple[str, Runtime]
         await chat.assert_quiet()
     finally:
         await chat.ws.close()
+
+
+def visitor_of(runtime: Runtime, token: str) -> str:
+    visitor = runtime.channels["webchat"].sessions.visitor(token)  # type: ignore[attr-defined]
+    assert isinstance(visitor, str)
+    return visitor
 
 
 async def _outbox_sent(runtime: Runtime, outbox_id: int) -> bool:
@@ -399,22 +407,6 @@ async def test_malformed_frames_get_an_error_and_the_socket_stays_usable(
     assert [t.text for t in inbound] == ["hallo"]  # nothing malformed was recorded
 
 
-BAD_VISITORS = ["", "short", "has space in it", "semi;colon;id", "x" * 65, "äöüäöüäöüä"]
-
-
-async def test_bad_visitor_id_is_closed_with_4400(server: tuple[str, Runtime]) -> None:
-    base, _ = server
-    for visitor in BAD_VISITORS:
-        url = ws_url(base, visitor) if visitor else f"{base.replace('http', 'ws')}/ws/chat"
-        ws = await websockets.connect(url, open_timeout=TIMEOUT)
-        with pytest.raises(websockets.ConnectionClosed) as closed:
-            async with asyncio.timeout(TIMEOUT):
-                await ws.recv()
-        assert closed.value.rcvd is not None, visitor
-        assert closed.value.rcvd.code == 4400, visitor
-        assert "visitor" in closed.value.rcvd.reason
-
-
 async def test_100_kb_message_is_answered_and_kept_whole(server: tuple[str, Runtime]) -> None:
     base, runtime = server
     text = ("Lorem ipsum dolor sit amet, consectetur adipiscing elit. " * 2000)[:99_999] + "."
@@ -455,7 +447,7 @@ async def test_control_characters_in_the_name(server: tuple[str, Runtime]) -> No
 
 async def test_two_tabs_of_one_visitor_both_get_the_replies(server: tuple[str, Runtime]) -> None:
     base, runtime = server
-    visitor = str(uuid.uuid4())
+    visitor = await new_session(base)
     tab1, tab2, other = (
         await connect(base, visitor),
         await connect(base, visitor),
@@ -495,10 +487,29 @@ NODE_HARNESS = textwrap.dedent(r"""
     Object.defineProperty(globalThis, "navigator", {
       value: { language: "de-DE" }, configurable: true });
     const url = new URL(base);
-    globalThis.location = { protocol: url.protocol, host: url.host, search };
-    const store = new Map();
+    globalThis.location = { protocol: url.protocol, host: url.host, search, pathname: "/" };
+    // a browser's cookie jar and its Origin header; the page starts without a cookie
+    let cookie = null;
+    const closes = [];
+    const nativeFetch = globalThis.fetch;
+    globalThis.fetch = async (path, options) => {
+      const response = await nativeFetch(new URL(path, base), options);
+      const set = response.headers.get("set-cookie");
+      if (set) cookie = set.split(";")[0];
+      return response;
+    };
+    const NativeWebSocket = globalThis.WebSocket;
+    globalThis.WebSocket = class extends NativeWebSocket {
+      constructor(target) {
+        super(target, { headers: { Origin: base, ...(cookie ? { Cookie: cookie } : {}) } });
+        this.addEventListener("close", (e) => closes.push(e.code));
+      }
+    };
+    // an older page kept a visitor id it chose in localStorage
+    const store = new Map([["cicbot.visitor", "chosen-by-the-client"]]);
     globalThis.localStorage = { getItem: (k) => store.has(k) ? store.get(k) : null,
-                                setItem: (k, v) => store.set(k, String(v)) };
+                                setItem: (k, v) => store.set(k, String(v)),
+                                removeItem: (k) => store.delete(k) };
     globalThis.CSS = { escape: (s) => s };
     class El {
       constructor(tag) { this.tag = tag; this.children = []; this.textContent = "";
@@ -544,7 +555,9 @@ NODE_HARNESS = textwrap.dedent(r"""
       await until(() => bubbles().some((b) => b.textContent.startsWith("Worum")), "category");
       await until(() => !bubbles().some((b) => b.className.includes("pending")), "acks");
       console.log(JSON.stringify({
-        visitor: store.get("cicbot.visitor"),
+        stored: [...store.keys()],
+        closes,
+        cookie,
         state: document.getElementById("state").textContent,
         bubbles: bubbles().map((b) => [b.className, b.textContent]),
       }));
@@ -565,20 +578,23 @@ def _node() -> str:
     return node
 
 
-@pytest.mark.parametrize("search", ["", "?visitor=abc"], ids=["fresh", "bad-visitor-in-url"])
+@pytest.mark.parametrize("search", ["", "?visitor=abc"], ids=["fresh", "visitor-in-url"])
 async def test_page_script_chats_in_an_insecure_context(
     server: tuple[str, Runtime], tmp_path: Path, search: str
 ) -> None:
     """The page's own JavaScript (DOM stubbed) against the real server: without
-    crypto.randomUUID (plain http on a LAN address) and with a malformed ?visitor= it
-    still gets a valid visitor id, connects and chats. Both broke the page before."""
+    crypto.randomUUID (plain http on a LAN address) it still chats; without a session
+    cookie the socket is closed with 4401 and the page fetches itself for one; a
+    ?visitor= in the URL and an id an older page kept in localStorage count for nothing
+    (the stored one is dropped)."""
     node = _node()
     base, _ = server
     async with httpx.AsyncClient(base_url=base, timeout=TIMEOUT) as http:
         page = (await http.get("/")).text
-    script = re.search(r"<script>(.*)</script>", page, re.S)
-    assert script is not None
-    (tmp_path / "page.js").write_text(script.group(1), "utf-8")
+        script = await http.get("/webchat/static/chat.js")
+    assert '<script src="/webchat/static/chat.js" defer></script>' in page
+    assert script.status_code == 200
+    (tmp_path / "page.js").write_text(script.text, "utf-8")
     (tmp_path / "harness.js").write_text(NODE_HARNESS, "utf-8")
     proc = await asyncio.create_subprocess_exec(
         node,
@@ -599,7 +615,9 @@ async def test_page_script_chats_in_an_insecure_context(
             proc.kill()
     assert proc.returncode == 0, err.decode()
     result = json.loads(out)
-    assert re.fullmatch(r"[A-Za-z0-9_-]{8,64}", result["visitor"])
+    assert result["stored"] == []
+    assert result["closes"] == [4401]  # no cookie yet: refused, renewed, reconnected
+    assert result["cookie"].startswith("cicbot_chat=") and "abc" not in result["cookie"]
     assert result["state"] == "online"
     texts = [text for _, text in result["bubbles"]]
     assert texts[0] == "hallo" and texts[1].startswith("Hallo")

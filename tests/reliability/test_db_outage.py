@@ -36,6 +36,7 @@ from tests.channels.email_helpers import (  # noqa: F401 (fixtures)
     email_settings,
     mail,
     smtp_sink_fixture,
+    tls_cert_fixture,
 )
 from tests.conftest import RecordingChannel, inbound, make_settings
 from tests.reliability.harness import TG_SECRET, Load, check, post, settle

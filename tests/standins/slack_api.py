@@ -1,7 +1,7 @@
 """In-process stand-in for Slack (aiohttp.web on 127.0.0.1), both directions.
 
 * The Web API the app calls through slack_sdk (``slack.api_base = standin.api_base``):
-  ``auth.test``, ``chat.postMessage``, ``chat.update``, ``chat.postEphemeral``,
+  ``auth.test``, ``chat.postMessage``, ``chat.update``, ``chat.delete``, ``chat.postEphemeral``,
   ``users.info``, ``conversations.open``, ``apps.connections.open``. Requests carry the
   token as ``Authorization: Bearer``; parameters come as a JSON body (chat.*), query string
   or form, as slack_sdk sends them. Errors answer like Slack: HTTP 200 with
@@ -12,7 +12,8 @@
   WebSocket that ``apps.connections.open`` hands out, waiting for the app's ack.
 
 One workspace, one bot. Messages the bot posts are kept per channel (edited in place by
-chat.update); a human's message delivered through ``say`` is kept too, so threads read
+chat.update, removed by chat.delete, which like Slack's refuses a bot token on a person's
+message); a human's message delivered through ``say`` is kept too, so threads read
 like Slack's.
 """
 
@@ -128,6 +129,7 @@ class SlackStandIn:
             "auth.test": self._auth_test,
             "chat.postMessage": self._post_message,
             "chat.update": self._update,
+            "chat.delete": self._delete,
             "chat.postEphemeral": self._post_ephemeral,
             "users.info": self._users_info,
             "conversations.open": self._conversations_open,
@@ -370,6 +372,17 @@ class SlackStandIn:
         found["edited"] = {"user": BOT_USER, "ts": self.next_ts()}
         return {"channel": channel, "ts": found["ts"], "text": found.get("text", "")}
 
+    async def _delete(self, p: Params, token: str) -> Params:
+        self._bot(token)
+        channel = self._channel(p)
+        found = next((m for m in self.channels[channel] if m["ts"] == p.get("ts")), None)
+        if found is None:
+            raise ApiError("message_not_found")
+        if not found.get("bot_id"):  # a bot token deletes only the bot's own messages
+            raise ApiError("cant_delete_message")
+        self.channels[channel].remove(found)
+        return {"channel": channel, "ts": found["ts"]}
+
     async def _post_ephemeral(self, p: Params, token: str) -> Params:
         self._bot(token)
         self._channel(p)
@@ -466,7 +479,49 @@ class SlackStandIn:
         body = urlencode({"payload": json.dumps(payload)}).encode()
         return await self.post(body, content_type="application/x-www-form-urlencoded", **kw)
 
+    async def send_command(self, fields: dict[str, Any], **kw: Any) -> Delivery:
+        """A slash command: form fields POSTed (or pushed as `slash_commands`)."""
+        if self._sockets:
+            ack = await self.push_socket("slash_commands", fields)
+            return Delivery(200, json.dumps(ack))
+        body = urlencode(fields).encode()
+        return await self.post(body, content_type="application/x-www-form-urlencoded", **kw)
+
     # ---- builders --------------------------------------------------------------------------
+
+    def slash_command(
+        self, user: str, channel: str, text: str, command: str = "/support"
+    ) -> dict[str, Any]:
+        """The form fields Slack sends when `user` types `command text` in `channel`."""
+        fields = load_fixture("slash_command")
+        fields.update(
+            {
+                "user_id": user,
+                "user_name": user.lower(),
+                "channel_id": channel,
+                "command": command,
+                "text": text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;"),
+                "trigger_id": f"{next(self._events)}.{uuid.uuid4().hex}",
+            }
+        )
+        return fields
+
+    def message_shortcut(
+        self,
+        user: str,
+        channel: str,
+        message: dict[str, Any],
+        callback_id: str = "send_to_support",
+    ) -> dict[str, Any]:
+        """The payload of a message shortcut `user` picked on `message` in `channel`."""
+        payload = load_fixture("message_action")
+        payload["user"] = {"id": user, "username": user.lower(), "name": user.lower()}
+        payload["channel"] = {"id": channel, "name": "c"}
+        payload["callback_id"] = callback_id
+        payload["message"] = copy.deepcopy(message)
+        payload["message_ts"] = message["ts"]
+        payload["trigger_id"] = f"{next(self._events)}.{uuid.uuid4().hex}"
+        return payload
 
     def envelope(self, event: dict[str, Any], template: str = "message_im") -> dict[str, Any]:
         envelope = load_fixture(template)

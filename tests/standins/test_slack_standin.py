@@ -58,6 +58,22 @@ async def test_post_thread_and_update(slack: SlackStandIn) -> None:
         await web_client.chat_postMessage(channel="C0TEST0001", text="x", thread_ts="1.2")
     with pytest.raises(SlackApiError, match="message_not_found"):
         await web_client.chat_update(channel="C0TEST0001", ts="1.2", text="x")
+
+
+async def test_delete_takes_only_the_bots_own_messages(slack: SlackStandIn) -> None:
+    web_client = client(slack)
+    top = await web_client.chat_postMessage(channel="C0TEST0001", text="card")
+    reply = await web_client.chat_postMessage(
+        channel="C0TEST0001", text="mirrored", thread_ts=top["ts"]
+    )
+    person = slack.user_message("U0PERSON01", "C0TEST0001", "mine", thread_ts=top["ts"])
+    await web_client.chat_delete(channel="C0TEST0001", ts=reply["ts"])
+    assert slack.texts("C0TEST0001", thread_ts=top["ts"]) == []
+    with pytest.raises(SlackApiError, match="message_not_found"):
+        await web_client.chat_delete(channel="C0TEST0001", ts=reply["ts"])
+    with pytest.raises(SlackApiError, match="cant_delete_message"):
+        await web_client.chat_delete(channel="C0TEST0001", ts=person["ts"])
+    assert [m["ts"] for m in slack.messages("C0TEST0001")] == [top["ts"], person["ts"]]
     # posting to a user id lands in the DM with the app
     dm = await web_client.chat_postMessage(channel="U0CUSTOMER", text="hi")
     assert dm["channel"] == "D0CUSTOMER"
@@ -132,7 +148,19 @@ def test_fixtures_are_what_slack_sends() -> None:
     assert "message_im" in names and "block_actions" in names
     for name in names:
         payload = load_fixture(name)
-        assert payload["type"] in ("event_callback", "url_verification", "block_actions")
+        if name == "slash_command":  # form fields, no type
+            assert payload["command"].startswith("/") and payload["trigger_id"]
+            continue
+        assert payload["type"] in (
+            "event_callback",
+            "url_verification",
+            "block_actions",
+            "message_action",
+            "app_rate_limited",
+            "interactive_message",
+            "workflow_step_edit",
+            "view_submission",
+        )
         if payload["type"] == "event_callback":
             assert payload["event_id"].startswith("Ev") and payload["event"]["ts"]
 
