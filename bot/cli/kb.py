@@ -16,7 +16,8 @@ from rich.text import Text
 
 from bot.config import ConfigError, Settings, load_settings
 from bot.knowledge.base import KBError, build_matcher, load_files
-from flows.options import KnowledgeBaseOptions
+from flows.knowledge_eval import label
+from flows.options import Intent, KnowledgeBaseOptions, KnowledgeEntry
 
 if TYPE_CHECKING:
     from flows.knowledge import Matcher
@@ -82,15 +83,21 @@ def kb_match(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """The best entry for a question and its confidence, or none."""
+    from flows.intents import floor, recognise
+
     options = _options(kb, encoder)
     limit = options.threshold if threshold is None else threshold
-    match = _matcher(options).best(text)
+    matcher = _matcher(options)
+    # as the bot does: a built-in intent it is sure of first, then the knowledge base
+    match = recognise(matcher, text, limit) or matcher.best(text)
+    if match is not None and isinstance(match.entry, Intent):
+        limit = floor(match.entry, limit)
     answered = match is not None and match.confidence >= limit
     result: dict[str, Any] = {
-        "entry": match.entry.id if answered and match else None,
+        "entry": label(match.entry) if answered and match else None,
         "confidence": round(match.confidence, 3) if match else 0.0,
         "threshold": limit,
-        "nearest": match.entry.id if match else None,
+        "nearest": label(match.entry) if match else None,
         "example": match.example if match else None,
     }
     if as_json:
@@ -99,16 +106,21 @@ def kb_match(
     if match is None:
         out.print("none: no word of the question is in the knowledge base", highlight=False)
     elif answered:
+        what = (
+            f"answer (en): {match.entry.answer.en}"
+            if isinstance(match.entry, KnowledgeEntry)
+            else "a built-in intent (docs/knowledge-base.md)"
+        )
         out.print(
-            f"{match.entry.id}  confidence {match.confidence:.3f} (threshold {limit:.2f})\n"
-            f"  nearest example: {match.example}\n  answer (en): {match.entry.answer.en}",
+            f"{label(match.entry)}  confidence {match.confidence:.3f} (threshold {limit:.2f})\n"
+            f"  nearest example: {match.example}\n  {what}",
             markup=False,
             highlight=False,
         )
     else:
         out.print(
             f"none: confidence {match.confidence:.3f} is below the threshold {limit:.2f} "
-            f"(nearest: {match.entry.id}, {match.example!r}) → the bot says it is not sure",
+            f"(nearest: {label(match.entry)}, {match.example!r}) → the bot says it is not sure",
             markup=False,
             highlight=False,
         )
@@ -117,26 +129,40 @@ def kb_match(
 @kb_app.command("eval")
 def kb_eval(
     queries: Annotated[
-        Path, typer.Option("--queries", help="CSV with columns text, expected (empty/oos).")
-    ],
+        Path | None,
+        typer.Option(
+            "--queries",
+            help="CSV with columns text, expected (empty/oos). Without it: the calibration "
+            "on the base's own held-out examples.",
+        ),
+    ] = None,
     kb: KbOption = None,
     threshold: ThresholdOption = None,
     encoder: EncoderOption = None,
+    target: Annotated[
+        float, typer.Option("--target-precision", min=0.5, max=0.999, help="For the suggestion.")
+    ] = 0.9,
 ) -> None:
-    """JSON: in-scope accuracy, out-of-scope recall and precision, p50/p99 ms, and a
-    table of how other thresholds trade them."""
+    """JSON: in-scope accuracy, out-of-scope recall and precision, p50/p99 ms, a table of
+    how other thresholds trade them, the calibration (reliability bins, expected
+    calibration error) and the threshold suggested for a target precision."""
     from bot.knowledge.base import read_queries
-    from flows.knowledge_eval import evaluate
+    from flows.knowledge_eval import evaluate, self_check
 
     options = _options(kb, encoder)
-    try:
-        rows = read_queries(queries)
-    except KBError as exc:
-        raise _fail(str(exc)) from None
+    rows = None
+    if queries is not None:
+        try:
+            rows = read_queries(queries)
+        except KBError as exc:
+            raise _fail(str(exc)) from None
     matcher = _matcher(options)
+    if rows is None:
+        print(json.dumps(self_check(matcher, target), indent=2))
+        return
     limit = options.threshold if threshold is None else threshold
     try:
-        figures = evaluate(matcher, rows, limit)
+        figures = evaluate(matcher, rows, limit, target=target)
     except ValueError as exc:
         raise _fail(str(exc)) from None
     print(json.dumps(figures, indent=2))

@@ -1,12 +1,19 @@
-"""Knowledge-base files: loading (with file and line in every error), CSV import of
-example questions, query files for `cicbot kb eval`, the gaps report, and building the
-matcher (with the optional sentence encoder). The matcher itself is pure: flows/knowledge.py.
+"""Knowledge-base files: loading (with file and line in every error), the built-in
+intents and a company's additions to them, CSV import of example questions, query files
+for `cicbot kb eval`, the gaps report, and building the matcher (with the optional
+sentence encoder, and a cache of fitted matchers and encodings so that a restart is quick).
+The matcher itself is pure: flows/knowledge.py.
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
+import logging
+import os
+import time
+import zipfile
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -18,13 +25,15 @@ import numpy as np
 import yaml
 from pydantic import ValidationError
 
-from flows.knowledge import Encoder, Matcher, fold
-from flows.options import KnowledgeBaseOptions, KnowledgeEntry
+from flows import intents as builtin_intents
+from flows.knowledge import MAX_QUERY_CHARS, Encoder, Entry, Matcher, fold, key
+from flows.options import Intent, KnowledgeBaseOptions, KnowledgeEntry
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncSession
 
 MAX_FILE_BYTES = 20 << 20  # a knowledge-base or CSV file larger than this is refused
+log = logging.getLogger(__name__)
 
 
 class KBError(Exception):
@@ -165,13 +174,39 @@ def load_files(names: Iterable[str | Path], base: Path | None = None) -> list[Lo
 
 
 def with_files(kb: KnowledgeBaseOptions, base: Path | None) -> KnowledgeBaseOptions:
-    """The options with the entries of `kb.files` after the inline ones; KBError if bad."""
-    if not kb.files:
-        return kb
-    inline = [Located(e, Path("config.yaml"), 0) for e in kb.entries]
-    located = load_files(kb.files, base)
-    check(inline + located)
-    return kb.model_copy(update={"entries": [*kb.entries, *(loc.entry for loc in located)]})
+    """The options with the entries of `kb.files` after the inline ones, and the intents
+    (built-in, inline, `kb.intent_files`); KBError if bad."""
+    entries = kb.entries
+    if kb.files:
+        inline = [Located(e, Path("config.yaml"), 0) for e in kb.entries]
+        located = load_files(kb.files, base)
+        check(inline + located)
+        entries = [*kb.entries, *(loc.entry for loc in located)]
+    intents = builtin_intents.builtin() if kb.builtin_intents else ()
+    merged = builtin_intents.merge(intents, kb.intents)
+    for name in kb.intent_files:
+        merged = builtin_intents.merge(merged, load_intent_file(resolve(name, base)))
+    return kb.model_copy(update={"entries": entries, "intents": merged})
+
+
+def load_intent_file(path: Path) -> list[Intent]:
+    """A company's additions to the built-in intents: `intents:` with id and examples."""
+    text = _read(path)
+    root: yaml.Node | None = None
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        return builtin_intents.parse_intents(yaml.safe_load(text), str(path))
+    except yaml.YAMLError as exc:
+        raise KBError(f"{path}: not valid YAML: {getattr(exc, 'problem', exc)}") from exc
+    except ValidationError as exc:
+        errors = []
+        for e in exc.errors():
+            assert root is not None  # validation ran: the text was parsed
+            at = _node_at(root, ["intents", *e["loc"]]).start_mark.line + 1
+            errors.append(f"{path}:{at}: {'.'.join(map(str, e['loc']))}: {e['msg']}")
+        raise KBError("invalid intents file:\n  " + "\n  ".join(errors)) from exc
+    except ValueError as exc:
+        raise KBError(str(exc)) from exc
 
 
 # --- the matcher ---------------------------------------------------------------------------
@@ -205,7 +240,143 @@ def load_encoder(name: str) -> Encoder | None:
 
 
 def build_matcher(kb: KnowledgeBaseOptions, encoder: Encoder | None = None) -> Matcher:
-    return Matcher(kb.entries, encoder=encoder if encoder is not None else load_encoder(kb.encoder))
+    """The knowledge base's matcher, with the built-in intents' matcher (`.intents`) that
+    the dialogue asks first; each from the cache when unchanged."""
+    encoder = encoder if encoder is not None else load_encoder(kb.encoder)
+    if encoder is not None:
+        encoder = _last_question(encoder)
+    cache = MatcherCache.at(kb.cache_dir)
+    matcher = _fitted(list(kb.entries), kb.encoder, encoder, cache)
+    if kb.intents:
+        entries = builtin_intents.with_counter_examples(kb.intents, kb.entries)
+        matcher.intents = _fitted(list(entries), kb.encoder, encoder, cache)
+    return matcher
+
+
+def _fitted(
+    entries: list[Entry], name: str, encoder: Encoder | None, cache: MatcherCache | None
+) -> Matcher:
+    if cache is None:
+        return Matcher(entries, encoder=encoder)
+    encodings = None
+    if encoder is not None:
+        examples = [ex for e in entries for ex in e.examples]
+        encodings = cache.encodings(name, examples, encoder)
+    digest = key(entries, name)
+    state = cache.load(digest)
+    if state is not None:
+        try:
+            return Matcher.restore(entries, state, encoder, encodings)
+        except (KeyError, ValueError, IndexError, TypeError) as exc:  # another version: refit
+            log.warning("matcher cache %s unusable (%s); fitting anew", digest, exc)
+    t0 = time.perf_counter()
+    matcher = Matcher(entries, encoder=encoder, encodings=encodings)
+    took = time.perf_counter() - t0
+    log.info("matcher fitted: %d examples in %.1f s", len(matcher.examples), took)
+    cache.save(digest, matcher.state())
+    return matcher
+
+
+def _last_question(encoder: Encoder) -> Encoder:
+    """The intents' matcher and the base's encode the same question one after the other:
+    the second gets the first's encoding (kept in memory for that one question only)."""
+    last: list[tuple[str, np.ndarray]] = [("", np.zeros(0))]
+
+    def encode(texts: Sequence[str]) -> np.ndarray:
+        text, vectors = last[0]  # one read: another thread may replace it meanwhile
+        if len(texts) == 1 and texts[0] == text and len(vectors):
+            return vectors
+        out = encoder(texts)
+        if len(texts) == 1:
+            last[0] = (texts[0], out)
+        return out
+
+    return encode
+
+
+# what reading a damaged or foreign .npz raises (a truncated zip, a missing array)
+UNREADABLE = (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile)
+
+
+class MatcherCache:
+    """Fitted matchers (`matcher-<content hash>.npz`) and sentence encodings by text hash
+    (`encodings-<encoder>.npz`, hashes and vectors only) in one folder. Plain arrays,
+    loaded without pickle. Only knowledge-base examples go in, never customers'
+    questions. A cache that cannot be read or written is skipped with a warning."""
+
+    KEEP = 4  # fitted matchers kept (the newest): a rollback finds its own
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+
+    @classmethod
+    def at(cls, folder: str) -> MatcherCache | None:
+        if not folder.strip():
+            return None
+        return cls(Path(os.path.expandvars(folder)).expanduser())
+
+    def load(self, name: str) -> dict[str, np.ndarray] | None:
+        path = self.folder / f"matcher-{name}.npz"
+        if not path.is_file():
+            return None
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                state = {k: data[k] for k in data.files}
+            os.utime(path)  # recently used: kept by the pruning
+            return state
+        except UNREADABLE as exc:
+            log.warning("matcher cache %s unreadable: %s", path, exc)
+            return None
+
+    def save(self, name: str, state: dict[str, np.ndarray]) -> None:
+        if not state:
+            return
+        self._write(self.folder / f"matcher-{name}.npz", state)
+        try:
+            old = sorted(self.folder.glob("matcher-*.npz"), key=lambda p: p.stat().st_mtime)
+            for path in old[: -self.KEEP]:
+                path.unlink(missing_ok=True)
+        except OSError as exc:
+            log.warning("matcher cache %s: cannot prune: %s", self.folder, exc)
+
+    def encodings(self, encoder_name: str, texts: Sequence[str], encoder: Encoder) -> np.ndarray:
+        """The encodings of `texts`; only those not in the cache are encoded (and added)."""
+        path = self.folder / f"encodings-{encoder_name}.npz"
+        have: dict[str, np.ndarray] = {}
+        if path.is_file():
+            try:
+                with np.load(path, allow_pickle=False) as data:
+                    have = dict(zip(data["hashes"].tolist(), data["vectors"], strict=True))
+            except UNREADABLE as exc:
+                log.warning("encoding cache %s unreadable: %s", path, exc)
+        hashes = [_text_hash(t) for t in texts]
+        missing = list(dict.fromkeys(h for h in hashes if h not in have))
+        if missing:
+            by_hash = dict(zip(hashes, texts, strict=True))
+            vectors = encoder([by_hash[h] for h in missing])
+            have.update(zip(missing, np.asarray(vectors, np.float32), strict=True))
+            self._write(
+                path,
+                {"hashes": np.array(list(have)), "vectors": np.stack(list(have.values()))},
+            )
+        if not texts:
+            return np.zeros((0, 0), np.float32)
+        return np.stack([have[h] for h in hashes]).astype(np.float32)
+
+    def _write(self, path: Path, arrays: dict[str, np.ndarray]) -> None:
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            with tmp.open("wb") as f:
+                np.savez(f, **arrays)  # type: ignore[arg-type]
+            tmp.replace(path)  # atomic: a reader sees the old file or the new one
+        except OSError as exc:
+            log.warning("cache %s not written: %s", path, exc)
+            tmp.unlink(missing_ok=True)
+
+
+def _text_hash(text: str) -> str:
+    return hashlib.sha256(text[:MAX_QUERY_CHARS].encode("utf-8")).hexdigest()[:32]
 
 
 # --- CSV files -----------------------------------------------------------------------------

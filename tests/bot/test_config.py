@@ -109,14 +109,30 @@ def test_repo_config_loads() -> None:
         "no_longer_needed",
         "other",
     }
-    assert [e.id for e in s.knowledge_base.entries] == [
+    ids = [e.id for e in s.knowledge_base.entries]
+    assert ids[:5] == [
         "opening_hours",
         "shipping_time",
         "return_policy",
         "payment_methods",
         "cancel_contract",
     ]
-    assert s.knowledge_base.threshold == pytest.approx(0.40)
+    assert len(ids) == 20 and {"order_status", "vouchers", "account_deletion"} <= set(ids)
+    assert [i.id for i in s.knowledge_base.intents] == [
+        "human",
+        "complaint",
+        "status",
+        "stop",
+        "start",
+        "greeting",
+        "thanks",
+        "goodbye",
+        "yes",
+        "no",
+        "noise",
+        "other",
+    ]
+    assert s.knowledge_base.threshold == pytest.approx(0.50)
     assert s.telegram.token is None
 
 

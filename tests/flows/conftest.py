@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from bot.config import load_settings
+from bot.knowledge.base import build_matcher
 from bot.runtime import flow_options
 from flows.catalog import Catalog, default_catalog
 from flows.knowledge import Matcher
@@ -37,7 +38,9 @@ def catalog() -> Catalog:
 
 @pytest.fixture(scope="session")
 def matcher(options: FlowOptions) -> Matcher:
-    return Matcher(options.knowledge_base.entries)
+    """The shipped knowledge base's matcher with the built-in intents' (`.intents`), as
+    the bot builds them (without the cache)."""
+    return build_matcher(options.knowledge_base.model_copy(update={"cache_dir": ""}))
 
 
 @pytest.fixture

@@ -216,7 +216,8 @@ def test_faq_in_english(tmp_path: Path, sqlite_url: str, base_env: dict[str, str
     )
     assert out.splitlines() == [
         "you: when are you open?",
-        "bot: Our customer service is available Monday to Friday, 8 am to 6 pm.",
+        "bot: Our customer service is available Monday to Friday, 8 am to 6 pm, and Saturday,"
+        " 9 am to 2 pm. You can write to us here in the chat at any time.",
     ]
     shown = ok(
         cicbot("contacts", "show", "console:bob", env=base_env, db_url=sqlite_url, cwd=tmp_path)
