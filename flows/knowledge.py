@@ -17,8 +17,9 @@ The light default needs only numpy, scipy and scikit-learn (CPU, no model downlo
   `flows.knowledge_calibration`), learnt on the knowledge base itself.
 
 A fitted matcher can be saved as plain arrays (`state`) and restored without fitting
-(`Matcher.restore`): bot/knowledge/base.py keeps them in a cache, so a restart with an unchanged base
-takes a second. The flows stay free of I/O: the encoder is handed in, loaded elsewhere.
+(`Matcher.restore`): bot/knowledge/base.py keeps them in a cache, so a restart with an
+unchanged base takes a second. The flows stay free of I/O: the encoder is handed in,
+loaded elsewhere.
 """
 
 from __future__ import annotations
