@@ -26,6 +26,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import functools
+import importlib
 import logging
 import multiprocessing
 import signal
@@ -62,6 +64,15 @@ def _die_with_parent() -> None:
         with contextlib.suppress(OSError, AttributeError):
             libc = ctypes.CDLL("libc.so.6", use_errno=True)
             libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+
+def _init_worker(preload: Sequence[str]) -> None:
+    """Worker initializer: die with the parent, and have `preload` imported before the
+    first call, also when the forkserver was started without it (it is one per process,
+    and the first user's preload wins): a worker counts as ready only then."""
+    _die_with_parent()
+    for name in preload:
+        importlib.import_module(name)
 
 
 def _ready() -> bool:
@@ -110,7 +121,7 @@ class Sandbox:
         if self._pool is None:
             self._pool = ProcessPool(
                 max_workers=self.workers,
-                initializer=_die_with_parent,
+                initializer=functools.partial(_init_worker, self.preload),
                 context=_context(self.preload),
             )
         return self._pool

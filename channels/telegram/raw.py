@@ -158,6 +158,12 @@ def normalize_phone(number: str) -> str:
 # ---- the tolerant reader ----------------------------------------------------------------
 
 
+def _truthy(value: Any) -> bool:
+    """As aiogram tests a field: an object is a model instance, true even when empty
+    (`video_chat_started: {}`); lists, strings and numbers by their value."""
+    return isinstance(value, dict) or bool(value)
+
+
 def read_raw(update: Any) -> Parsed | None:
     if not isinstance(update, dict):
         return None
@@ -216,7 +222,7 @@ def _message(msg: dict[str, Any], raw: dict[str, Any], *, edited: bool) -> Parse
     user_id, user = sender
     mid = f"{chat_id}:{message_id}"
     text = _str(msg.get("text")) or _str(msg.get("caption")) or ""
-    content = next((k for k in CONTENT_ORDER if msg.get(k)), "unknown")
+    content = next((k for k in CONTENT_ORDER if _truthy(msg.get(k))), "unknown")
     attachments = _attachments(msg, user_id, content)
     if not text and not attachments and content not in USER_CONTENT:
         return [

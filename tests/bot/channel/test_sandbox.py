@@ -61,3 +61,30 @@ async def test_errors_and_deaths_come_back(sandbox: Sandbox) -> None:
     with pytest.raises(WorkerDied):
         await sandbox.run(die, budget=5)
     assert await sandbox.run(spin, 0.0, budget=5) != os.getpid()
+
+
+def loaded(name: str) -> bool:
+    import sys
+
+    return name in sys.modules
+
+
+async def test_ready_workers_have_their_preload_even_from_a_forkserver_without_it() -> None:
+    """The forkserver is one per process and the first user's preload wins: a second
+    sandbox's workers import theirs themselves before they count as ready (found when a
+    test's sandbox started the forkserver first and every Telegram validation then paid
+    for importing aiogram, over its budget)."""
+    first = Sandbox(workers=1)  # starts the forkserver, preloading nothing of ours
+    first.start()
+    second = Sandbox(workers=1, preload=["channels.telegram.parse"])
+    try:
+        async with asyncio.timeout(120):
+            while not first.ready:
+                await asyncio.sleep(0.05)
+            second.start()
+            while not second.ready:
+                await asyncio.sleep(0.05)
+        assert await second.run(loaded, "channels.telegram.parse", budget=5)
+    finally:
+        await first.close()
+        await second.close()
