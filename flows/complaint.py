@@ -13,9 +13,11 @@ from flows.model import (
     Context,
     Decision,
     Flow,
+    MenuEntry,
     Option,
     Reply,
     TextStep,
+    Trigger,
     YesNoStep,
     start,
 )
@@ -96,6 +98,13 @@ FLOW = Flow(
     ),
     finish=_finish,
     prompt_params=_summary,
+    trigger=Trigger(
+        menu=MenuEntry("menu.complaint", order=20),
+        words=("complaint", "beschwerde", "reklamation", "complain"),
+        hints=("beschwer", "reklamation", "complain", "kaputt", "defekt", "broken", "damaged"),
+        intent="complaint",
+        leaves_queue=True,
+    ),
 )
 
 

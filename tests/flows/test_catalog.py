@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 
 from flows.catalog import LOCALES, Catalog, CatalogError, normalize_locale, placeholders
-from flows.dialogue import FLOWS, decide
+from flows.dialogue import decide
 from flows.model import UserInput
+from flows.registry import FLOWS
 from tests.flows.conftest import CtxFactory
 from tests.flows.support import ROOT, Chat
 

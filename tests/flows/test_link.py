@@ -33,11 +33,11 @@ def ctx(ctx: CtxFactory) -> CtxFactory:
     ],
 )
 def test_link_words_in_both_languages(text: str) -> None:
-    assert parse(text, None) == Parsed(Command.LINK)
+    assert parse(text, None) == Parsed(Command.FLOW, "link")
 
 
 def test_link_button_payload() -> None:
-    assert parse("", "c:link") == Parsed(Command.LINK)
+    assert parse("", "c:link") == Parsed(Command.FLOW, "link")
 
 
 def test_the_menu_offers_linking_last_only_when_mail_can_carry_the_code(ctx: CtxFactory) -> None:
