@@ -118,6 +118,7 @@ class Engine:
         self.on_commit = on_commit
         self.on_handled: Callable[[HandleResult], None] | None = None  # live views
         self.clock = clock
+        self.hours = hours
         self.actions = ActionRunner(options, catalog, timezone, hours)
         self.observers: list[ConversationObserver] = []
         self._locks = KeyedLocks()
@@ -509,6 +510,7 @@ class Engine:
             matcher=self.matcher,
             channel=msg.channel if msg is not None else "",
             verified=msg.verified if msg is not None else True,
+            hours=self.hours,
         )
 
     async def say(
