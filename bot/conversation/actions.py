@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import replace
 from datetime import datetime
-from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
 
 from bot.conversation.linking import IdentityLinker
+from bot.conversation.turn import Turn
 from flows.actions import (
     Action,
     Escalate,
@@ -30,9 +30,6 @@ from flows.options import FlowOptions
 from flows.service_level import queue_priority
 from storage import queries
 from storage.models import Case, ConversationStatus, SurveyAnswer
-
-if TYPE_CHECKING:
-    from bot.conversation.engine import Turn
 
 DATE_FORMATS = {"de": "%d.%m.%Y, %H:%M Uhr", "en": "%d %b %Y, %H:%M"}
 DAY_FORMATS = {"de": "%d.%m.%Y", "en": "%d %b %Y"}
