@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from flows import complaint, consent, csat, language, link, winback
+from flows import callback, complaint, consent, csat, language, link, winback
 from flows.model import Analytics, Flow, MenuEntry, normalize
 
 FLOWS: Mapping[str, Flow] = {
@@ -24,6 +24,7 @@ FLOWS: Mapping[str, Flow] = {
         language.FLOW,
         link.FLOW,
         link.CODE_FLOW,
+        callback.FLOW,
     )
 }
 
