@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime
 
 
 @dataclass(frozen=True)
@@ -12,8 +13,9 @@ class OpenCase:
     severity: str
     order_reference: str | None = None
     desired_resolution: str | None = None
-    escalate: bool = False
+    escalate: bool = False  # handed to an agent too (an Escalate follows)
     priority: int = 0
+    due_at: datetime | None = None  # the SLA due time (flows/service_level.py), UTC
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,7 @@
-"""Global commands, understood in every state and in German and English."""
+"""Global commands, understood in every state and in German and English.
+
+The built-in commands are the enum; a flow's own words start it (`Command.FLOW` with the
+flow's name): they are declared with the flow and read from flows/registry.py."""
 
 from __future__ import annotations
 
@@ -6,6 +9,7 @@ import re
 from dataclasses import dataclass
 from enum import StrEnum
 
+from flows import registry
 from flows.model import normalize
 
 
@@ -18,9 +22,8 @@ class Command(StrEnum):
     OPTIN = "optin"  # grant marketing consent (asks first)
     STATUS = "status"
     LANGUAGE = "language"
-    COMPLAINT = "complaint"
     FAQ = "faq"
-    LINK = "link"  # link an email address, verified by a mailed code
+    FLOW = "flow"  # start the registered flow named by the argument
 
 
 @dataclass(frozen=True)
@@ -82,27 +85,6 @@ WORDS: dict[str, Command] = {
     **dict.fromkeys(["language", "sprache", "lang"], Command.LANGUAGE),
     **dict.fromkeys(["deutsch", "german"], Command.LANGUAGE),
     **dict.fromkeys(["english", "englisch"], Command.LANGUAGE),
-    **dict.fromkeys(["complaint", "beschwerde", "reklamation", "complain"], Command.COMPLAINT),
-    **dict.fromkeys(
-        [
-            "link",
-            "link email",
-            "link my email",
-            "link e-mail",
-            "link my e-mail",
-            "link email address",
-            "link my email address",
-            "link e-mail address",
-            "link my e-mail address",
-            "e-mail verknüpfen",
-            "email verknüpfen",
-            "meine e-mail verknüpfen",
-            "meine email verknüpfen",
-            "e-mail-adresse verknüpfen",
-            "e-mail adresse verknüpfen",
-        ],
-        Command.LINK,
-    ),
 }
 LANGUAGE_ARG = {
     "deutsch": "de",
@@ -121,10 +103,15 @@ def parse(text: str, payload: str | None) -> Parsed | None:
             return None
         _, _, rest = payload.partition(":")
         name, _, arg = rest.partition(":")
+        if registry.startable(name):  # "c:complaint": a flow's menu button
+            return Parsed(Command.FLOW, name)
         try:
-            return Parsed(Command(name), arg or None)
+            parsed = Parsed(Command(name), arg or None)
         except ValueError:
             return None
+        if parsed.command is Command.FLOW and not registry.startable(arg):
+            return None
+        return parsed
     raw = text.strip()
     if len(raw) > 60:
         return None
@@ -144,6 +131,9 @@ def parse(text: str, payload: str | None) -> Parsed | None:
         if cmd is Command.LANGUAGE and words in LANGUAGE_ARG:
             return Parsed(cmd, LANGUAGE_ARG[words])
         return Parsed(cmd)
+    flow = registry.by_word(words)
+    if flow is not None:
+        return Parsed(Command.FLOW, flow)
     first, _, rest = words.partition(" ")
     if first in ("language", "sprache", "lang") and rest in LANGUAGE_ARG:
         return Parsed(Command.LANGUAGE, LANGUAGE_ARG[rest])

@@ -6,23 +6,24 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from flows.actions import OpenCase
+from flows import service_level
+from flows.actions import Escalate, OpenCase
 from flows.model import (
     Answer,
     ChoiceStep,
     Context,
     Decision,
     Flow,
+    MenuEntry,
     Option,
     Reply,
     TextStep,
+    Trigger,
     YesNoStep,
     start,
 )
 
 SEVERITIES = ("low", "medium", "high", "critical")
-SEVERITY_WEIGHT = {"low": 0, "medium": 1, "high": 2, "critical": 3}
-SEGMENT_WEIGHT = {"A": 2, "B": 1, "C": 0}
 
 
 def _categories(ctx: Context) -> Sequence[Option]:
@@ -50,11 +51,6 @@ def _summary(answers: Mapping[str, Answer], ctx: Context) -> Mapping[str, Any]:
     }
 
 
-def priority(severity: str, segment: str | None) -> int:
-    """Higher is handled first: severity and customer value both count."""
-    return SEVERITY_WEIGHT.get(severity, 0) * 10 + SEGMENT_WEIGHT.get(segment or "", 0) * 5
-
-
 def _finish(answers: Mapping[str, Answer], ctx: Context, extra: Mapping[str, Any]) -> Decision:
     if answers.get("confirm") != "yes":
         return Decision({}, (Reply("complaint.discarded", ctx.t("complaint.discarded")),))
@@ -70,10 +66,17 @@ def _finish(answers: Mapping[str, Answer], ctx: Context, extra: Mapping[str, Any
         order_reference=answers.get("reference"),
         desired_resolution=answers.get("resolution"),
         escalate=escalate,
-        priority=priority(severity, ctx.contact.value_segment),
+        priority=service_level.case_priority(severity, ctx.contact.value_segment),
+        due_at=service_level.due_at(ctx.now, opts.sla_hours[severity], ctx.hours),  # type: ignore[index]
     )
-    # the confirmation with the case reference is said by the engine once the case exists
-    return Decision({}, (), (action,))
+    # the confirmation with the case reference (and the due time) is said by the engine
+    # once the case exists, before what is said here
+    if not escalate:
+        return Decision({}, (), (action,))
+    urgent = Escalate("complaint", service_level.escalation_weight(severity))
+    return Decision(
+        {}, (Reply("escalation.priority", ctx.t("escalation.priority")),), (action, urgent)
+    )
 
 
 FLOW = Flow(
@@ -96,6 +99,13 @@ FLOW = Flow(
     ),
     finish=_finish,
     prompt_params=_summary,
+    trigger=Trigger(
+        menu=MenuEntry("menu.complaint", order=20),
+        words=("complaint", "beschwerde", "reklamation", "complain"),
+        hints=("beschwer", "reklamation", "complain", "kaputt", "defekt", "broken", "damaged"),
+        intent="complaint",
+        leaves_queue=True,
+    ),
 )
 
 

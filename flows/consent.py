@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from flows.actions import SetConsent
-from flows.model import Answer, Context, Decision, Flow, Reply, YesNoStep
+from flows.model import Answer, Context, Decision, Flow, Reply, Trigger, YesNoStep
 
 PURPOSE = "marketing"
 
@@ -32,6 +32,9 @@ FLOW = Flow(
     steps=(YesNoStep("agree", "consent.optin_question"),),
     finish=_finish,
     prompt_params=_params,
+    # a customer asks with "start" / "anmelden" (Command.OPTIN, next to "stop"); an opt-in
+    # campaign may ask too
+    trigger=Trigger(campaign=True),
 )
 
 

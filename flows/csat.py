@@ -6,7 +6,17 @@ from collections.abc import Mapping
 from typing import Any
 
 from flows.actions import Escalate, RecordSurvey
-from flows.model import Answer, Context, Decision, Flow, RatingStep, Reply, TextStep
+from flows.model import (
+    Analytics,
+    Answer,
+    Context,
+    Decision,
+    Flow,
+    RatingStep,
+    Reply,
+    TextStep,
+    Trigger,
+)
 
 
 def _params(answers: Mapping[str, Answer], ctx: Context) -> Mapping[str, Any]:
@@ -35,4 +45,7 @@ FLOW = Flow(
     ),
     finish=_finish,
     prompt_params=_params,
+    trigger=Trigger(
+        campaign=True, aliases=("csat_survey",), analytics=Analytics("csat", "satisfaction")
+    ),
 )

@@ -1,7 +1,8 @@
 """The conversation's brain, without I/O: (status, state, input, context) → Decision.
 
 Order: opt-out first (always honoured), then the conversation's owner (an agent
-owns it → the bot is silent), global commands, the running flow, self-service.
+owns it → the bot is silent), global commands, the running flow, self-service. Which
+flows there are, and what starts them, is flows/registry.py's to say.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 
-from flows import complaint, consent, csat, language, link, trust, winback
+from flows import consent, language, registry, trust
 from flows.actions import Escalate, LeaveQueue, LogSelfService, SetLocale, ShowCaseStatus
 from flows.commands import CASE_REF_RE, Command, Parsed, parse
 from flows.intents import COMMANDS, SMALL_TALK, Understood, reply_meta, understand
@@ -21,6 +22,7 @@ from flows.model import (
     Decision,
     Flow,
     Invalid,
+    MenuEntry,
     Reply,
     UserInput,
     advance,
@@ -30,39 +32,48 @@ from flows.model import (
 )
 from flows.options import KnowledgeEntry
 
-FLOWS: dict[str, Flow] = {
-    f.name: f
-    for f in (
-        complaint.FLOW,
-        winback.FLOW,
-        csat.FLOW,
-        consent.FLOW,
-        language.FLOW,
-        link.FLOW,
-        link.CODE_FLOW,
-    )
-}
 MENU_WORDS = ("menu", "menü", "hauptmenü", "main menu")
-COMPLAINT_WORDS = ("beschwer", "reklamation", "complain", "kaputt", "defekt", "broken", "damaged")
+# the built-in commands in the main menu, among the flows' entries (flows/model.MenuEntry)
+BUILTIN_MENU = (
+    ("faq", MenuEntry("menu.faq", 10)),
+    ("status", MenuEntry("menu.status", 30)),
+    ("human", MenuEntry("menu.human", 40)),
+    ("language", MenuEntry("menu.language", 50)),
+)
 
 BOT, QUEUED, AGENT = "bot", "queued", "agent"
-# requests in the customer's words that interrupt a question a flow asked
-IN_FLOW = ("human", "complaint", "status")
-# a knowledge-base answer this sure beats complaint words in the question
+# requests in the customer's words that interrupt a question a flow asked (and the
+# intents that ask for a flow)
+IN_FLOW = ("human", "status")
+# a knowledge-base answer this sure beats a flow's hint words in the question
 STRONG_MATCH = 0.8
+
+
+def _shown(ctx: Context) -> list[tuple[str, MenuEntry]]:
+    entries = [*BUILTIN_MENU, *registry.menu_entries()]
+    shown = [(n, e) for n, e in entries if e.shown is None or e.shown(ctx)]
+    return sorted(shown, key=lambda item: item[1].order)
 
 
 def menu(ctx: Context, key: str = "menu.greeting") -> Reply:
     name = f" {ctx.contact.name}" if ctx.contact.name else ""
-    offered: tuple[str, ...] = ("faq", "complaint", "status", "human", "language")
-    if trust.may_link(ctx):
-        offered += ("link",)  # last: the numbers of the others stay
-    buttons = tuple(Button(f"c:{cmd}", ctx.t(f"menu.{cmd}")) for cmd in offered)
+    buttons = tuple(Button(f"c:{cmd}", ctx.t(entry.label)) for cmd, entry in _shown(ctx))
     return Reply(key, ctx.t(key, name=name, company=ctx.options.company_name), buttons)
 
 
+def help_text(ctx: Context) -> str:
+    """The help text and the help lines of the flows the menu offers here."""
+    shown = {n for n, _ in _shown(ctx)}
+    lines = [
+        ctx.t(f.trigger.help)
+        for f in registry.FLOWS.values()
+        if f.trigger.help and (f.trigger.menu is None or f.name in shown)
+    ]
+    return "\n".join((ctx.t("help.text"), *lines))
+
+
 def reprompt(state: Mapping[str, Any], ctx: Context) -> tuple[Reply, ...]:
-    flow = FLOWS.get(state.get("flow", ""))
+    flow = registry.get(state.get("flow", ""))
     if flow is None:
         return ()
     return prompt(flow, flow.step(state["step"]), state.get("answers", {}), ctx)
@@ -70,7 +81,16 @@ def reprompt(state: Mapping[str, Any], ctx: Context) -> tuple[Reply, ...]:
 
 def begin(name: str, ctx: Context, extra: Mapping[str, Any] | None = None) -> Decision:
     """Start a flow proactively (a campaign's survey); KeyError for an unknown flow."""
-    return start(FLOWS[name], ctx, extra)
+    return start(registry.FLOWS[name], ctx, extra)
+
+
+def _intent_command(intent: str | None) -> Parsed | None:
+    if intent is None:
+        return None
+    if intent in COMMANDS:
+        return Parsed(COMMANDS[intent])
+    flow = registry.by_intent(intent)
+    return Parsed(Command.FLOW, flow) if flow is not None else None
 
 
 def decide(status: str, state: Mapping[str, Any], inp: UserInput, ctx: Context) -> Decision:
@@ -104,7 +124,7 @@ def _queued(state: Mapping[str, Any], inp: UserInput, cmd: Parsed | None, ctx: C
         reply = Reply("escalation.still_waiting", ctx.t("escalation.still_waiting"))
         return Decision({**state, "queue_ack": True}, (reply,))
     c = cmd.command
-    if c in (Command.CANCEL, Command.MENU, Command.COMPLAINT, Command.FAQ):
+    if c in (Command.CANCEL, Command.MENU, Command.FAQ) or _leaves_queue(cmd):
         left = Reply("escalation.left_queue", ctx.t("escalation.left_queue"))
         return Decision({}, (left, menu(ctx, "menu.again")), (LeaveQueue(),))
     if c is Command.STATUS:
@@ -120,6 +140,11 @@ def _queued(state: Mapping[str, Any], inp: UserInput, cmd: Parsed | None, ctx: C
     )
 
 
+def _leaves_queue(cmd: Parsed) -> bool:
+    flow = registry.get(cmd.arg or "") if cmd.command is Command.FLOW else None
+    return flow is not None and flow.trigger.leaves_queue
+
+
 def _bot(
     state: Mapping[str, Any],
     inp: UserInput,
@@ -127,7 +152,7 @@ def _bot(
     ctx: Context,
     understood: Understood,
 ) -> Decision:
-    running = FLOWS.get(state.get("flow", ""))
+    running = registry.get(state.get("flow", ""))
     # a greeting typed inside a flow is an answer, not a request for the menu; "menu" itself
     # works at any time (the help text promises it)
     if (
@@ -163,17 +188,16 @@ def _in_flow(
         except Invalid:
             if intent in ("yes", "no") and intent in {o.value for o in step.options(ctx)}:
                 return advance(running, state, UserInput(intent), ctx)
-            if intent in IN_FLOW:
-                return _command(state, Parsed(COMMANDS[intent]), running, ctx)
+            asked = _intent_command(intent)
+            if asked is not None and (intent in IN_FLOW or asked.command is Command.FLOW):
+                return _command(state, asked, running, ctx)
     return advance(running, state, inp, ctx)
 
 
 def _command(state: Mapping[str, Any], cmd: Parsed, running: Flow | None, ctx: Context) -> Decision:
     c = cmd.command
     if c is Command.HELP:
-        text = ctx.t("help.text")
-        if trust.may_link(ctx):  # offered only where a code can be mailed, not by email
-            text += "\n" + ctx.t("help.link")
+        text = help_text(ctx)
         return Decision(dict(state), (Reply("help.text", text), *reprompt(state, ctx)))
     if c is Command.MENU:
         return Decision({}, (menu(ctx),))
@@ -195,20 +219,24 @@ def _command(state: Mapping[str, Any], cmd: Parsed, running: Flow | None, ctx: C
         return Decision(dict(state), reprompt(state, ctx), (ShowCaseStatus(cmd.arg),))
     if c is Command.LANGUAGE:
         return _language(state, cmd, ctx, reprompt_flow=True)
-    if c is Command.LINK:
-        if not ctx.options.email_linking:  # no mail could carry the code
-            return Decision(dict(state), (Reply("link.unavailable", ctx.t("link.unavailable")),))
-        if not trust.may_link(ctx):
-            return Decision({}, (Reply("trust.link", ctx.t("trust.link")),))
-        if running is link.FLOW:
-            return Decision(dict(state), reprompt(state, ctx))
-        return start(link.FLOW, ctx)  # also while a code is awaited: a new one replaces it
-    if c is Command.COMPLAINT:
-        if running is complaint.FLOW:
-            return Decision(dict(state), reprompt(state, ctx))
-        return start(complaint.FLOW, ctx)
+    if c is Command.FLOW and cmd.arg is not None:
+        return _start_flow(registry.FLOWS[cmd.arg], state, running, ctx)
     # FAQ: the next free text is a question for the knowledge base
     return Decision({}, (Reply("selfservice.ask_question", ctx.t("selfservice.ask_question")),))
+
+
+def _start_flow(
+    flow: Flow, state: Mapping[str, Any], running: Flow | None, ctx: Context
+) -> Decision:
+    """A customer asked for `flow`: its gate speaks first; asked again while it runs, its
+    question is asked again (another flow, a link code awaited, is replaced)."""
+    if flow.trigger.gate is not None:
+        refused = flow.trigger.gate(state, ctx)
+        if refused is not None:
+            return refused
+    if running is flow:
+        return Decision(dict(state), reprompt(state, ctx))
+    return start(flow, ctx)
 
 
 def _small_talk(state: Mapping[str, Any], understood: Understood, ctx: Context) -> Decision:
@@ -240,17 +268,18 @@ def _self_service(
     ref = CASE_REF_RE.search(text)
     if ref:
         return Decision(dict(state), (), (ShowCaseStatus(ref.group(0).upper()),))
-    if understood.intent is not None and understood.intent in COMMANDS:
-        return _command(state, Parsed(COMMANDS[understood.intent]), None, ctx)
+    asked = _intent_command(understood.intent)
+    if asked is not None:
+        return _command(state, asked, None, ctx)
     if understood.intent in SMALL_TALK:
         return _small_talk(state, understood, ctx)
     match = understood.match
     threshold = ctx.options.knowledge_base.threshold
-    complaint_words = any(w in text.casefold() for w in COMPLAINT_WORDS)
-    if complaint_words and (match is None or match.confidence < max(threshold, STRONG_MATCH)):
+    hinted = registry.hinted(text)
+    if hinted and (match is None or match.confidence < max(threshold, STRONG_MATCH)):
         # "it arrived broken" is a complaint, not a question about delivery times, unless
         # the knowledge base is sure it has the answer
-        return start(complaint.FLOW, ctx)
+        return _start_flow(registry.FLOWS[hinted], state, None, ctx)
     entry = match.entry if match is not None else None
     if match is not None and isinstance(entry, KnowledgeEntry) and match.confidence >= threshold:
         answer = entry.answer.get(ctx.locale) + (f"\n{entry.link}" if entry.link else "")

@@ -27,10 +27,10 @@ from flows.options import Intent, KnowledgeEntry
 
 BUILTIN_FILE = Path(__file__).with_name("intents.yaml")
 
-# intents that are requests: the command they stand for
+# intents that are requests: the built-in command they stand for (an intent that asks
+# for a flow, "complaint", is declared with the flow: flows/registry.py)
 COMMANDS: Mapping[str, Command] = {
     "human": Command.HUMAN,
-    "complaint": Command.COMPLAINT,
     "status": Command.STATUS,
     "stop": Command.STOP,
     "start": Command.OPTIN,

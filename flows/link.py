@@ -12,8 +12,21 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from flows import trust
 from flows.actions import RequestLinkCode, VerifyLinkCode
-from flows.model import Answer, Context, Decision, EmailStep, Flow, Invalid, Step, UserInput
+from flows.model import (
+    Answer,
+    Context,
+    Decision,
+    EmailStep,
+    Flow,
+    Invalid,
+    MenuEntry,
+    Reply,
+    Step,
+    Trigger,
+    UserInput,
+)
 
 NAME, CODE_NAME = "link", "link_code"
 CODE_LENGTH = 6
@@ -49,5 +62,43 @@ def _entered(answers: Mapping[str, Answer], ctx: Context, extra: Mapping[str, An
     return Decision(code_state(), (), (VerifyLinkCode(code),))
 
 
-FLOW = Flow(NAME, (EmailStep("email", "link.ask_email"),), _requested)
+def _gate(state: Mapping[str, Any], ctx: Context) -> Decision | None:
+    if not ctx.options.email_linking:  # no mail could carry the code
+        return Decision(dict(state), (Reply("link.unavailable", ctx.t("link.unavailable")),))
+    if not trust.may_link(ctx):
+        return Decision({}, (Reply("trust.link", ctx.t("trust.link")),))
+    return None
+
+
+WORDS = (
+    "link",
+    "link email",
+    "link my email",
+    "link e-mail",
+    "link my e-mail",
+    "link email address",
+    "link my email address",
+    "link e-mail address",
+    "link my e-mail address",
+    "e-mail verknüpfen",
+    "email verknüpfen",
+    "meine e-mail verknüpfen",
+    "meine email verknüpfen",
+    "e-mail-adresse verknüpfen",
+    "e-mail adresse verknüpfen",
+)
+
+FLOW = Flow(
+    NAME,
+    (EmailStep("email", "link.ask_email"),),
+    _requested,
+    # offered only where a code can be mailed and the sender is vouched for, not by email;
+    # last in the menu, so that the numbers of the others stay
+    trigger=Trigger(
+        menu=MenuEntry("menu.link", order=100, shown=trust.may_link),
+        words=WORDS,
+        help="help.link",
+        gate=_gate,
+    ),
+)
 CODE_FLOW = Flow(CODE_NAME, (CodeStep("code", "link.ask_code"),), _entered)

@@ -12,10 +12,11 @@ import unicodedata
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from flows.actions import Action, Escalate
 from flows.catalog import Catalog
+from flows.hours import BusinessHours
 from flows.options import FlowOptions, LocalizedText
 
 
@@ -38,6 +39,8 @@ class Context:
     # the channel vouches for the sender (flows/trust.py): Telegram, Slack and the web chat
     # authenticate their users; an email sender only with the receiving server's DMARC pass
     verified: bool = True
+    # when people answer (config.yaml `business_hours`); None: around the clock
+    hours: BusinessHours | None = None
 
     def t(self, key: str, **params: Any) -> str:
         return self.catalog.text(self.locale, key, **params)
@@ -259,6 +262,49 @@ def clean_text(text: str) -> str:
 
 FinishFn = Callable[[Mapping[str, Answer], Context, Mapping[str, Any]], Decision]
 ParamsFn = Callable[[Mapping[str, Answer], Context], Mapping[str, Any]]
+# None: the flow starts; a Decision: what is said instead (the flow is not for this sender)
+GateFn = Callable[[Mapping[str, Any], Context], Decision | None]
+
+
+@dataclass(frozen=True)
+class MenuEntry:
+    """The flow's button in the main menu (payload "c:<flow name>")."""
+
+    label: str  # catalog key, in flows/locales/de.yaml and en.yaml
+    # place among the entries, lower first; the built-in ones (flows/dialogue.py) are
+    # faq 10, status 30, human 40, language 50; keep new ones below 100 (link is last)
+    order: int
+    shown: Callable[[Context], bool] | None = None  # None: always
+
+
+@dataclass(frozen=True)
+class Analytics:
+    """What the report (bot/crm/analytics.py) counts of the flow's RecordSurvey answers,
+    under the section `survey`: "satisfaction" reads a 1-5 `rating`, "recovery" a
+    `reason` and an accepted `offer` (and contacts who came back)."""
+
+    survey: str
+    kind: Literal["satisfaction", "recovery"]
+
+
+@dataclass(frozen=True)
+class Trigger:
+    """How a flow is started; flows/registry.py reads it, nothing else names the flow."""
+
+    menu: MenuEntry | None = None
+    words: tuple[str, ...] = ()  # whole messages that start it, German and English
+    # word parts in a free-text message that start it, unless the knowledge base is sure
+    # it has the answer ("kaputt" is a complaint, not a question)
+    hints: tuple[str, ...] = ()
+    intent: str | None = None  # the built-in intent (flows/intents.yaml) that asks for it
+    help: str | None = None  # catalog key of a line for the help text (when the menu shows it)
+    gate: GateFn | None = None  # checked before it starts, whatever started it
+    # asked for while waiting for a person, it is help of another kind: the customer
+    # leaves the queue and sees the menu (otherwise: "you are already waiting")
+    leaves_queue: bool = False
+    campaign: bool = False  # a campaign may start it (config.yaml `campaigns: flow:`)
+    aliases: tuple[str, ...] = ()  # other names a campaign may give it
+    analytics: Analytics | None = None
 
 
 @dataclass(frozen=True)
@@ -268,6 +314,7 @@ class Flow:
     finish: FinishFn
     intro: str | None = None  # catalog key said before the first question
     prompt_params: ParamsFn | None = None  # e.g. the summary shown at a confirmation
+    trigger: Trigger = Trigger()  # default: started only by another flow or the code
 
     def step(self, step_id: str) -> Step:
         for s in self.steps:

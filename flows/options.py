@@ -32,7 +32,8 @@ class Labeled(Strict):
 class ComplaintOptions(Strict):
     categories: list[Labeled] = Field(min_length=1, max_length=10)
     resolutions: list[Labeled] = Field(min_length=1, max_length=10)
-    # Field(gt=0) per value: an error names the key (complaint.sla_hours.high), not just the map
+    # business hours until a case is due (flows/service_level.py); Field(gt=0) per value:
+    # an error names the key (complaint.sla_hours.high), not just the map
     sla_hours: dict[Severity, Annotated[int, Field(gt=0)]] = {
         "low": 120,
         "medium": 72,

@@ -11,8 +11,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from flows.dialogue import FLOWS
 from flows.model import Context, Decision, Reply, prompt
+from flows.registry import FLOWS
 
 REMINDED = "reminded"
 

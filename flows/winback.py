@@ -8,6 +8,7 @@ from typing import Any
 
 from flows.actions import Escalate, RecordSurvey, SetLifecycle
 from flows.model import (
+    Analytics,
     Answer,
     ChoiceStep,
     Context,
@@ -17,6 +18,7 @@ from flows.model import (
     RatingStep,
     Reply,
     TextStep,
+    Trigger,
     YesNoStep,
 )
 
@@ -76,4 +78,7 @@ FLOW = Flow(
     ),
     finish=_finish,
     prompt_params=_offer_text,
+    trigger=Trigger(
+        campaign=True, aliases=("winback_survey",), analytics=Analytics("winback", "recovery")
+    ),
 )

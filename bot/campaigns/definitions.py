@@ -10,7 +10,8 @@ from zoneinfo import ZoneInfo
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-FLOW_ALIASES = {"winback_survey": "winback", "csat_survey": "csat"}
+from flows import registry
+
 EVENTS = ("case_resolved", "became_lost", "flow_abandoned")
 MARKETING = "marketing"
 # a delivery's status: sent, skipped (with a reason), or deferred (a resumed run tries again)
@@ -86,14 +87,13 @@ class CampaignSettings(_Strict):
     @field_validator("flow")
     @classmethod
     def _flow(cls, v: str | None) -> str | None:
-        from flows.dialogue import FLOWS
-
         if v is None:
             return v
-        v = FLOW_ALIASES.get(v, v)
-        if v not in FLOWS:
-            raise ValueError(f"unknown flow {v!r} (known: {', '.join(sorted(FLOWS))})")
-        return v
+        name = registry.campaign_flow(v)  # a flow's alias ("csat_survey") resolved
+        if name is None:
+            known = ", ".join(sorted(registry.FLOWS))
+            raise ValueError(f"unknown flow {v!r} (known: {known})")
+        return name
 
     @field_validator("quiet_hours")
     @classmethod
@@ -113,6 +113,16 @@ class CampaignSettings(_Strict):
             raise ValueError("a flow_abandoned reminder is a service message: purpose service")
         if self.flow is None and not self.reminder:
             raise ValueError("flow is required (only a flow_abandoned reminder may omit it)")
+        if (
+            self.flow is not None
+            and not self.reminder
+            and self.flow not in registry.campaign_flows()
+        ):
+            # a reminder only filters by the flow; a campaign starts it
+            allowed = ", ".join(registry.campaign_flows())
+            raise ValueError(
+                f"flow {self.flow!r} is not started by campaigns (they start: {allowed})"
+            )
         if self.purpose == "marketing" and self.legal_basis == "service":
             raise ValueError("a marketing campaign needs legal_basis consent or existing_customer")
         if self.legal_basis == "existing_customer" and self.channels != ["email"]:

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import replace
-from datetime import datetime, timedelta
-from typing import TYPE_CHECKING
+from datetime import datetime
 from zoneinfo import ZoneInfo
 
 from bot.conversation.linking import IdentityLinker
+from bot.conversation.turn import Turn
 from flows.actions import (
     Action,
     Escalate,
@@ -24,15 +24,12 @@ from flows.actions import (
     VerifyLinkCode,
 )
 from flows.catalog import Catalog
-from flows.complaint import SEGMENT_WEIGHT, SEVERITY_WEIGHT
 from flows.hours import BusinessHours
 from flows.model import Reply
 from flows.options import FlowOptions
+from flows.service_level import queue_priority
 from storage import queries
 from storage.models import Case, ConversationStatus, SurveyAnswer
-
-if TYPE_CHECKING:
-    from bot.conversation.engine import Turn
 
 DATE_FORMATS = {"de": "%d.%m.%Y, %H:%M Uhr", "en": "%d %b %Y, %H:%M"}
 DAY_FORMATS = {"de": "%d.%m.%Y", "en": "%d %b %Y"}
@@ -70,8 +67,7 @@ class ActionRunner:
                     return
                 conv.status = ConversationStatus.QUEUED
                 # queue order: the reason's weight plus the customer's value
-                bonus = SEGMENT_WEIGHT.get(contact.value_segment or "", 0) * 5
-                conv.priority = max(conv.priority, prio + bonus)
+                conv.priority = max(conv.priority, queue_priority(prio, contact.value_segment))
                 conv.queued_at = ctx.now
                 conv.flow_state = {}
                 turn.note("escalated", reason=reason, priority=conv.priority)
@@ -144,8 +140,6 @@ class ActionRunner:
 
     async def _open_case(self, turn: Turn, a: OpenCase) -> None:
         ctx = turn.ctx
-        hours = self.options.complaint.sla_hours[a.severity]  # type: ignore[index]
-        due = ctx.now + timedelta(hours=hours)
         case = await queries.create_case(
             turn.session,
             Case(
@@ -157,26 +151,22 @@ class ActionRunner:
                 severity=a.severity,
                 desired_resolution=a.desired_resolution,
                 priority=a.priority,
-                sla_due_at=due,
+                sla_due_at=a.due_at,
                 created_at=ctx.now,
                 updated_at=ctx.now,
             ),
         )
         turn.note("case_opened", reference=case.reference, severity=a.severity, category=a.category)
+        # the due time the flow decided (business hours): what the customer is promised is
+        # what the case panel shows
+        due = "–" if a.due_at is None else self._local(turn, a.due_at, DATE_FORMATS)
         turn.replies.append(
             Reply(
                 "complaint.opened",
-                ctx.t(
-                    "complaint.opened",
-                    reference=case.reference,
-                    due=self._local(turn, due, DATE_FORMATS),
-                ),
+                ctx.t("complaint.opened", reference=case.reference, due=due),
                 meta={"case": case.reference},
             )
         )
-        if a.escalate:
-            turn.replies.append(Reply("escalation.priority", ctx.t("escalation.priority")))
-            await self._one(turn, Escalate("complaint", 10 + SEVERITY_WEIGHT[a.severity] * 10))
 
     async def _case_status(self, turn: Turn, ref: str | None) -> None:
         ctx = turn.ctx

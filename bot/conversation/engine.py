@@ -2,7 +2,9 @@
 
 dedupe → identity → conversation (locked) → inbound touchpoint → decide (pure,
 flows.dialogue) → actions → replies as touchpoints and outbox rows → commit.
-The dispatcher is woken after the commit; nothing is sent from here.
+What the bot says unasked (a flow a campaign starts, a reminder) takes the same path
+from the locked conversation on (`_unprompted`). The dispatcher is woken after the
+commit; nothing is sent from here.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 import logging
 import traceback
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -20,12 +22,13 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from bot.channel.messages import ChannelEvent, Choice, InboundMessage, OutboundMessage
 from bot.conversation.actions import ActionRunner
 from bot.conversation.locks import KeyedLocks
+from bot.conversation.turn import Turn
 from flows import dialogue, reminder
 from flows.actions import Escalate, SetConsent
 from flows.catalog import Catalog, normalize_locale
 from flows.hours import BusinessHours
 from flows.knowledge import Matcher
-from flows.model import Button, ContactFacts, Context, Reply, UserInput, clean_text
+from flows.model import Button, ContactFacts, Context, Decision, Reply, UserInput, clean_text
 from flows.options import FlowOptions
 from storage import queries
 from storage.db import is_unavailable
@@ -67,33 +70,11 @@ class HandleResult:
     observed: list[str] = field(default_factory=list)  # kinds the observers were told of
 
 
-@dataclass
-class Turn:
-    """What one transaction works on; handed to the action runner."""
-
-    session: AsyncSession
-    contact: Contact
-    identity: Identity
-    conversation: Conversation
-    ctx: Context
-    replies: list[Reply] = field(default_factory=list)  # before the flow's replies
-    after: list[Reply] = field(default_factory=list)  # after them
-    # inside a marketing campaign's flow: every reply carries its mark and the stop notice
-    campaign: str | None = None
-    stop_notice: str | None = None
-
-    def note(self, kind: str, **payload: object) -> None:
-        """An internal touchpoint in the conversation (an action the bot took)."""
-        queries.add_touchpoint(
-            self.session,
-            contact_id=self.contact.id,
-            conversation_id=self.conversation.id,
-            channel=self.conversation.channel,
-            direction=Direction.INTERNAL,
-            kind=kind,
-            actor="bot",
-            payload=dict(payload),
-        )
+# finds the conversation to speak in (inside the transaction, under the lock); None: not now
+Locate = Callable[[AsyncSession], Awaitable[tuple[Identity, Contact, Conversation] | None]]
+# what to say, from the flow state, and the payload of the touchpoint that records it
+Decide = Callable[[Mapping[str, Any], Context], tuple[Decision, Mapping[str, Any]] | None]
+InTransaction = Callable[[AsyncSession, HandleResult], Awaitable[None]]
 
 
 class Engine:
@@ -118,6 +99,7 @@ class Engine:
         self.on_commit = on_commit
         self.on_handled: Callable[[HandleResult], None] | None = None  # live views
         self.clock = clock
+        self.hours = hours
         self.actions = ActionRunner(options, catalog, timezone, hours)
         self.observers: list[ConversationObserver] = []
         self._locks = KeyedLocks()
@@ -240,9 +222,7 @@ class Engine:
         turn.replies.insert(0, Reply(key, ctx.t(key)))
         turn.replies.extend(turn.after)
         result.status = conv.status
-        for reply in turn.replies:
-            result.outbox_ids.append(await self.say(s, identity, conv, reply, ctx.locale))
-            result.replies.append(reply.text)
+        await self._say(turn, result)
         return result
 
     async def _handle(self, s: AsyncSession, msg: InboundMessage) -> HandleResult:
@@ -270,20 +250,83 @@ class Engine:
             )
             decision = dialogue.decide(conv.status, conv.flow_state or {}, inp, ctx)
             _mark_marketing(turn, conv.flow_state or {}, decision.actions)
-            conv.flow_state = decision.state
-            await self.actions.run(turn, decision.actions)
-            turn.replies.extend(decision.replies)
-            turn.replies.extend(turn.after)
+            await self._apply(turn, decision)
         if conv.status != before and conv.status == ConversationStatus.QUEUED:
             await self._observe(s, conv, result, "escalated")
         elif before == ConversationStatus.QUEUED and conv.status == ConversationStatus.BOT:
             await self._observe(s, conv, result, "left_queue")
         result.status = conv.status
+        await self._say(turn, result)
+        return result
+
+    async def _apply(self, turn: Turn, decision: Decision) -> None:
+        """The decision's new flow state and actions; its replies after what the actions
+        said first, before what they said last."""
+        turn.conversation.flow_state = decision.state
+        await self.actions.run(turn, decision.actions)
+        turn.replies.extend(decision.replies)
+        turn.replies.extend(turn.after)
+
+    async def _say(self, turn: Turn, result: HandleResult) -> None:
+        """Queue the turn's replies (a marketing flow's stop notice under the last)."""
         for reply in _with_notice(turn.replies, turn):
             result.outbox_ids.append(
-                await self.say(s, identity, conv, reply, turn.ctx.locale, campaign=turn.campaign)
+                await self.say(
+                    turn.session,
+                    turn.identity,
+                    turn.conversation,
+                    reply,
+                    turn.ctx.locale,
+                    campaign=turn.campaign,
+                )
             )
             result.replies.append(reply.text)
+
+    async def _unprompted(
+        self,
+        channel: str,
+        thread: str,
+        locate: Locate,
+        decide: Decide,
+        kind: str,
+        *,
+        campaign: str | None = None,
+        footer_key: str | None = None,
+        in_transaction: InTransaction | None = None,
+    ) -> HandleResult | None:
+        """What the bot says unasked, in one transaction under the conversation's lock:
+        locate the conversation, decide, record it (a `kind` touchpoint), act, say,
+        commit. None, and nothing said, when `locate` or `decide` says not now."""
+        async with self._locks.hold((channel, thread)):
+            async with self.sessions() as s, s.begin():
+                located = await locate(s)
+                if located is None:
+                    return None
+                identity, contact, conv = located
+                ctx = self._context(contact, self.clock())
+                decided = decide(conv.flow_state or {}, ctx)
+                if decided is None:
+                    return None
+                decision, payload = decided
+                queries.add_touchpoint(
+                    s,
+                    contact_id=contact.id,
+                    conversation_id=conv.id,
+                    channel=channel,
+                    direction=Direction.INTERNAL,
+                    kind=kind,
+                    actor="system",
+                    payload=dict(payload),
+                )
+                turn = Turn(s, contact, identity, conv, ctx, campaign=campaign)
+                turn.stop_notice = footer_key  # under the last opening message
+                result = HandleResult(contact_id=contact.id, conversation_id=conv.id)
+                await self._apply(turn, decision)
+                await self._say(turn, result)
+                if in_transaction is not None:
+                    await in_transaction(s, result)
+        if self.on_commit:
+            self.on_commit()
         return result
 
     async def _observe(
@@ -315,51 +358,39 @@ class Engine:
         its delivery there); what it raises rolls everything back and propagates.
         """
         thread = thread_key or external_id
-        async with self._locks.hold((channel, thread)):
-            async with self.sessions() as s, s.begin():
-                identity = await queries.get_identity(s, channel, external_id)
-                if identity is None:
-                    raise LookupError(f"no identity {channel}:{external_id}")
-                contact = await s.get(Contact, identity.contact_id)
-                assert contact is not None
-                conv = await queries.open_conversation_locked(s, channel, thread)
-                if conv is None:
-                    conv = await queries.create_conversation(
-                        s, contact.id, identity.id, channel, thread
-                    )
-                elif conv.status != "bot" or (conv.flow_state or {}).get("flow"):
-                    return None
-                ctx = self._context(contact, self.clock())
-                decision = dialogue.begin(flow, ctx, extra)
-                conv.flow_state = decision.state
-                if campaign and footer_key:  # marketing: the flow's later replies are marked too
-                    conv.flow_state = {**decision.state, MARKETING_KEY: [campaign, footer_key]}
-                queries.add_touchpoint(
-                    s,
-                    contact_id=contact.id,
-                    conversation_id=conv.id,
-                    channel=channel,
-                    direction=Direction.INTERNAL,
-                    kind="flow_started",
-                    actor="system",
-                    payload={"flow": flow, **(extra or {})},
+
+        async def locate(s: AsyncSession) -> tuple[Identity, Contact, Conversation] | None:
+            identity = await queries.get_identity(s, channel, external_id)
+            if identity is None:
+                raise LookupError(f"no identity {channel}:{external_id}")
+            contact = await s.get(Contact, identity.contact_id)
+            assert contact is not None
+            conv = await queries.open_conversation_locked(s, channel, thread)
+            if conv is None:
+                conv = await queries.create_conversation(
+                    s, contact.id, identity.id, channel, thread
                 )
-                result = HandleResult(contact_id=contact.id, conversation_id=conv.id)
-                replies = list(decision.replies)
-                if footer_key and replies:
-                    last = replies[-1]
-                    text = f"{last.text}\n\n{ctx.t(footer_key)}"
-                    replies[-1] = Reply(last.key, text, last.buttons, last.meta)
-                for reply in replies:
-                    result.outbox_ids.append(
-                        await self.say(s, identity, conv, reply, ctx.locale, campaign=campaign)
-                    )
-                    result.replies.append(reply.text)
-                if in_transaction is not None:
-                    await in_transaction(s, result)
-        if self.on_commit:
-            self.on_commit()
-        return result
+            elif conv.status != "bot" or (conv.flow_state or {}).get("flow"):
+                return None
+            return identity, contact, conv
+
+        def decide(state: Mapping[str, Any], ctx: Context) -> tuple[Decision, Mapping[str, Any]]:
+            decision = dialogue.begin(flow, ctx, extra)
+            if campaign and footer_key:  # marketing: the flow's later replies are marked too
+                marked = {**decision.state, MARKETING_KEY: [campaign, footer_key]}
+                decision = replace(decision, state=marked)
+            return decision, {"flow": flow, **(extra or {})}
+
+        return await self._unprompted(
+            channel,
+            thread,
+            locate,
+            decide,
+            "flow_started",
+            campaign=campaign,
+            footer_key=footer_key,
+            in_transaction=in_transaction,
+        )
 
     async def remind(
         self,
@@ -379,43 +410,31 @@ class Engine:
             if found is None:
                 return None
             channel, thread = found.channel, found.thread_key
-        async with self._locks.hold((channel, thread)):
-            async with self.sessions() as s, s.begin():
-                conv = await queries.open_conversation_locked(s, channel, thread)
-                if conv is None or conv.id != conversation_id or conv.status != "bot":
-                    return None
-                contact = await s.get(Contact, conv.contact_id)
-                identity = await s.get(Identity, conv.identity_id)
-                assert contact is not None and identity is not None
-                state = conv.flow_state or {}
-                if state.get(MARKETING_KEY) or (
-                    contact.last_contact_at is not None and contact.last_contact_at > quiet_since
-                ):
-                    return None
-                ctx = self._context(contact, self.clock())
-                decision = reminder.remind(state, ctx)
-                if decision is None:
-                    return None
-                conv.flow_state = decision.state
-                queries.add_touchpoint(
-                    s,
-                    contact_id=contact.id,
-                    conversation_id=conv.id,
-                    channel=channel,
-                    direction=Direction.INTERNAL,
-                    kind="flow_reminded",
-                    actor="system",
-                    payload={"flow": state.get("flow"), "step": state.get("step")},
-                )
-                result = HandleResult(contact_id=contact.id, conversation_id=conv.id)
-                for reply in decision.replies:
-                    result.outbox_ids.append(await self.say(s, identity, conv, reply, ctx.locale))
-                    result.replies.append(reply.text)
-                if in_transaction is not None:
-                    await in_transaction(s, result)
-        if self.on_commit:
-            self.on_commit()
-        return result
+
+        async def locate(s: AsyncSession) -> tuple[Identity, Contact, Conversation] | None:
+            conv = await queries.open_conversation_locked(s, channel, thread)
+            if conv is None or conv.id != conversation_id or conv.status != "bot":
+                return None
+            contact = await s.get(Contact, conv.contact_id)
+            identity = await s.get(Identity, conv.identity_id)
+            assert contact is not None and identity is not None
+            if (conv.flow_state or {}).get(MARKETING_KEY) or (
+                contact.last_contact_at is not None and contact.last_contact_at > quiet_since
+            ):
+                return None
+            return identity, contact, conv
+
+        def decide(
+            state: Mapping[str, Any], ctx: Context
+        ) -> tuple[Decision, Mapping[str, Any]] | None:
+            decision = reminder.remind(state, ctx)
+            if decision is None:
+                return None
+            return decision, {"flow": state.get("flow"), "step": state.get("step")}
+
+        return await self._unprompted(
+            channel, thread, locate, decide, "flow_reminded", in_transaction=in_transaction
+        )
 
     async def record_event(self, event: ChannelEvent) -> bool:
         """Record a non-message event in the history; False if it was already recorded."""
@@ -509,6 +528,7 @@ class Engine:
             matcher=self.matcher,
             channel=msg.channel if msg is not None else "",
             verified=msg.verified if msg is not None else True,
+            hours=self.hours,
         )
 
     async def say(

@@ -24,12 +24,13 @@ import hmac
 import logging
 import secrets
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from bot.conversation.turn import Turn
 from bot.crm.history import MergeError, merge_contacts
 from bot.delivery.dispatcher import MASKED_TEXT, masked
 from flows.link import CODE_LENGTH
@@ -45,9 +46,6 @@ from storage.models import (
     OutboxMessage,
     OutboxStatus,
 )
-
-if TYPE_CHECKING:
-    from bot.conversation.engine import Turn
 
 log = logging.getLogger(__name__)
 EMAIL = "email"

@@ -1,6 +1,7 @@
 """How customer service is doing, from the contact history (docs/crm.md): channel mix and
 volume, first response and resolution times (bot and agents), complaints, SLA breaches,
-CSAT, win-back reasons and recovery, self-service deflection. One JSON-able dict."""
+the surveys the flows declare (flows/registry.py: CSAT, win-back reasons and recovery),
+self-service deflection. One JSON-able dict."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ from typing import Any
 from sqlalchemy import Date, and_, case, cast, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from flows import registry
+from flows.model import Analytics
 from storage.models import (
     Case,
     CaseStatus,
@@ -141,23 +144,17 @@ async def report(
             breached += 1
             open_breached += done is None
 
-    # surveys in the period
+    # surveys in the period, as the flows that record them declare (flows/registry.py)
+    declared = registry.surveys()
     q_surveys: Any = select(SurveyAnswer.survey, SurveyAnswer.question, SurveyAnswer.answer).where(
         SurveyAnswer.created_at >= since,
         SurveyAnswer.created_at < until,
-        SurveyAnswer.survey.in_(["csat", "winback"]),
+        SurveyAnswer.survey.in_(list(declared)),
     )
-    ratings: Counter[int] = Counter()
-    reasons: Counter[str] = Counter()
-    offers: Counter[str] = Counter()
+    answers: dict[str, dict[str, Counter[str]]] = {name: {} for name in declared}
     for survey, question, answer in (await s.execute(q_surveys)).all():
-        if survey == "csat" and question == "rating" and answer and answer.isdigit():
-            ratings[int(answer)] += 1
-        elif survey == "winback" and question == "reason" and answer:
-            reasons[answer] += 1
-        elif survey == "winback" and question == "offer" and answer:
-            offers[answer] += 1
-    n_ratings = sum(ratings.values())
+        if answer:
+            answers[survey].setdefault(question, Counter())[answer] += 1
     q_life: Any = select(Touchpoint.payload).where(
         in_period, Touchpoint.kind == "lifecycle_changed"
     )
@@ -168,7 +165,7 @@ async def report(
         and p.get("old") in ("lost", "at_risk")
         and p.get("new") != p.get("old")
     )
-    respondents = sum(reasons.values())
+    surveys = {name: _survey(kind, answers[name], reactivated) for name, kind in declared.items()}
     return {
         "period": {"since": since.isoformat(), "until": until.isoformat()},
         "channels": dict(sorted(mix.items())),
@@ -190,23 +187,39 @@ async def report(
             "open_breached": open_breached,
             "breach_rate": _rate(breached, len(cases)),
         },
-        "csat": {
-            "responses": n_ratings,
-            "average": round(sum(k * v for k, v in ratings.items()) / n_ratings, 2)
-            if n_ratings
-            else None,
-            "distribution": {str(k): ratings.get(k, 0) for k in range(1, 6)},
-        },
-        "winback": {
-            "respondents": respondents,
-            "reasons": dict(reasons.most_common()),
-            "offers_accepted": offers.get("yes", 0),
-            "recovery_rate": _rate(offers.get("yes", 0), respondents),
-            "reactivated_contacts": reactivated,
-        },
+        **surveys,
         "self_service": {
             "conversations": conversations,
             "without_human": deflected,
             "deflection_rate": _rate(deflected, conversations),
         },
+    }
+
+
+def _survey(
+    analytics: Analytics, answers: dict[str, Counter[str]], reactivated: int
+) -> dict[str, Any]:
+    """One survey's section: a satisfaction rating (1-5) or win-back reasons and offers."""
+    if analytics.kind == "satisfaction":
+        ratings: Counter[int] = Counter()
+        for answer, n in answers.get("rating", Counter()).items():
+            if answer.isdigit():
+                ratings[int(answer)] += n
+        n_ratings = sum(ratings.values())
+        return {
+            "responses": n_ratings,
+            "average": round(sum(k * v for k, v in ratings.items()) / n_ratings, 2)
+            if n_ratings
+            else None,
+            "distribution": {str(k): ratings.get(k, 0) for k in range(1, 6)},
+        }
+    reasons = answers.get("reason", Counter())
+    offers = answers.get("offer", Counter())
+    respondents = sum(reasons.values())
+    return {
+        "respondents": respondents,
+        "reasons": dict(reasons.most_common()),
+        "offers_accepted": offers.get("yes", 0),
+        "recovery_rate": _rate(offers.get("yes", 0), respondents),
+        "reactivated_contacts": reactivated,
     }

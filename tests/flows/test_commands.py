@@ -43,14 +43,20 @@ from flows.commands import Command, Parsed, parse
         ("mein Fall", Command.STATUS),
         ("language", Command.LANGUAGE),
         ("Sprache", Command.LANGUAGE),
-        ("complaint", Command.COMPLAINT),
-        ("Beschwerde", Command.COMPLAINT),
-        ("Reklamation", Command.COMPLAINT),
     ],
 )
 def test_command_words_in_both_languages(text: str, command: Command) -> None:
     parsed = parse(text, None)
     assert parsed is not None and parsed.command is command
+
+
+@pytest.mark.parametrize(
+    ("text", "flow"),
+    [("complaint", "complaint"), ("Beschwerde", "complaint"), ("Reklamation", "complaint")],
+)
+def test_a_flows_own_words_in_both_languages(text: str, flow: str) -> None:
+    # declared with the flow (flows/complaint.py), read through flows/registry.py
+    assert parse(text, None) == Parsed(Command.FLOW, flow)
 
 
 @pytest.mark.parametrize(
@@ -145,6 +151,10 @@ def test_long_texts_are_never_commands() -> None:
         ("c:language:de", Parsed(Command.LANGUAGE, "de")),
         ("c:status:C-2026-000001", Parsed(Command.STATUS, "C-2026-000001")),
         ("c:stop", Parsed(Command.STOP)),
+        ("c:complaint", Parsed(Command.FLOW, "complaint")),
+        ("c:flow:complaint", Parsed(Command.FLOW, "complaint")),
+        ("c:flow:link_code", None),  # started by another flow, never by a button
+        ("c:flow", None),
         ("c:bogus", None),
         ("c:", None),
         ("f:complaint:category:delivery", None),

@@ -6,12 +6,12 @@ from typing import Any
 
 import pytest
 
-from flows import complaint
+from flows import service_level
 from flows.actions import Escalate, OpenCase
 from flows.model import button_payload
 from flows.options import FlowOptions
 from tests.flows.conftest import CtxFactory
-from tests.flows.support import Chat, keys, kinds, only, payloads
+from tests.flows.support import NOW, Chat, keys, kinds, only, payloads
 
 DESCRIPTION = "The parcel arrived with a broken screen."
 ASK = {
@@ -107,7 +107,8 @@ def test_whole_flow_by_buttons_opens_exactly_one_case(ctx: CtxFactory) -> None:
             order_reference="ORD-12345",
             desired_resolution="refund",
             escalate=False,
-            priority=complaint.priority("medium", None),
+            priority=service_level.case_priority("medium", None),
+            due_at=service_level.due_at(NOW, 72, None),  # no business hours: calendar hours
         ),
     )
 

@@ -372,6 +372,9 @@ async def test_audience_rules_compile_to_sql(rt: Runtime, clock: Clock) -> None:
 def test_campaign_settings_are_validated() -> None:
     with pytest.raises(ValidationError, match="unknown flow 'nope'"):
         campaign(flow="nope")
+    # a flow a customer starts is no campaign's (flows/registry.py: Trigger.campaign)
+    with pytest.raises(ValidationError, match="'complaint' is not started by campaigns"):
+        campaign(flow="complaint")
     with pytest.raises(ValidationError, match="marketing campaign needs legal_basis"):
         campaign(purpose="marketing")
     with pytest.raises(ValidationError, match="email only"):

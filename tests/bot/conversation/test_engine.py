@@ -278,6 +278,36 @@ async def test_outside_business_hours_the_customer_is_told_when(db_url: str) -> 
         await rt.stop()
 
 
+async def test_out_of_hours_the_case_promise_and_the_team_agree(db_url: str) -> None:
+    # regression (issue 20, finding 2): on a Saturday "Wir melden uns spätestens bis
+    # 06.12.2026, 07:35 Uhr" (a Sunday) was followed by "Unser Team ist gerade nicht im
+    # Dienst … ab 07.12.2026, 08:00 Uhr"; the due time counts business hours, and the
+    # case (what the agents' case panel shows) keeps the same time
+    from datetime import UTC, datetime
+
+    saturday = datetime(2026, 12, 5, 6, 35, tzinfo=UTC)  # 07:35 in Berlin
+    week = {d: ["08:00-18:00"] for d in ("mon", "tue", "wed", "thu", "fri")}
+    settings = make_settings(db_url, business_hours={"timezone": "Europe/Berlin", "weekly": week})
+    rt = Runtime(settings, channels=[], clock=lambda: saturday)
+    rt.channels["test"] = ch = RecordingChannel()
+    high = ["complaint", "1", "The parcel arrived soaking wet and torn.", "skip", "3", "2", "ja"]
+    try:
+        await rt.engine.handle(inbound("Sprache Deutsch"))
+        for text in high:
+            await rt.engine.handle(inbound(text))
+        await rt.dispatcher.drain()
+        opened, priority, outside = ch.texts()[-3:]
+        # high: 24 business hours from Monday 08:00 = Wednesday 12:00
+        assert "09.12.2026, 12:00 Uhr" in opened and "06.12.2026" not in opened
+        assert priority.startswith("Weil es für Sie dringend ist")
+        assert "ab 07.12.2026, 08:00 Uhr" in outside
+        async with rt.sessions() as s:
+            case = (await s.execute(select(Case))).scalar_one()
+        assert case.sla_due_at == datetime(2026, 12, 9, 11, 0, tzinfo=UTC)
+    finally:
+        await rt.stop()
+
+
 async def test_nul_in_sender_name_is_stored_safely(runtime: Runtime) -> None:
     # regression: PostgreSQL refuses NUL; a platform's display name must not break the insert
     result = await runtime.engine.handle(inbound("hello", user="nul", sender_name="Ma\x00x"))

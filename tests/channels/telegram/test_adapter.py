@@ -23,7 +23,7 @@ from bot.runtime import Runtime, flow_options
 from channels.telegram.adapter import SECRET_HEADER, WEBHOOK_PATH, create
 from channels.telegram.parse import REJECTED_KEY, parse_update
 from channels.telegram.send import MAX_CALLBACK_DATA, callback_data, split_text, utf16_len
-from flows import dialogue, language
+from flows import dialogue, language, registry
 from flows.catalog import default_catalog
 from flows.model import ContactFacts, Context, button_payload
 from storage.models import (
@@ -380,7 +380,7 @@ def test_every_button_payload_fits_callback_data() -> None:
     )
     payloads = [b.payload for b in dialogue.menu(ctx).buttons]
     payloads += [f"c:language:{o.value}" for o in language.OPTIONS]
-    for flow in dialogue.FLOWS.values():
+    for flow in registry.FLOWS.values():
         for step in flow.steps:
             payloads += [button_payload(flow.name, step.id, o.value) for o in step.options(ctx)]
     assert "f:complaint:category:delivery" in payloads and len(payloads) > 30
