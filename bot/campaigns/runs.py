@@ -18,7 +18,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
@@ -35,7 +35,6 @@ from bot.campaigns.definitions import (
     builtin_campaigns,
     in_quiet_hours,
 )
-from bot.conversation.engine import Engine, HandleResult
 from storage.models import (
     CampaignDefinition,
     CampaignDelivery,
@@ -47,6 +46,9 @@ from storage.models import (
     LifecyclePhase,
     utcnow,
 )
+
+if TYPE_CHECKING:
+    from bot.conversation.engine import Engine, HandleResult
 
 CAP_WINDOW = timedelta(days=30)
 CHUNK = 500  # contacts whose channels are looked up in one query
@@ -122,7 +124,7 @@ class Campaigns:
     def __init__(
         self,
         sessions: async_sessionmaker[AsyncSession],
-        engine: Engine,
+        engine: Engine | None,
         configured: Sequence[CampaignSettings] = (),
         *,
         channels: Callable[[], Sequence[str]] = lambda: (),
@@ -136,7 +138,7 @@ class Campaigns:
         self.concurrency = concurrency
         self.reminder_after_hours = reminder_after_hours
         self.sessions = sessions
-        self.engine = engine
+        self.engine = engine  # None: definitions, previews, dry runs and figures only
         self.configured = list(configured)
         self.channels = channels  # the channels that can send now
         self.timezone = timezone
@@ -458,6 +460,9 @@ class Campaigns:
             return await self._record(c, run_id, t, "unreachable")
         channel, external, identity_id = route.channel, route.external_id, route.identity_id
         now = self.clock()
+        engine = self.engine
+        if engine is None:
+            raise RuntimeError("campaigns without an engine cannot deliver (preview only)")
 
         async def within(s: AsyncSession, result: HandleResult) -> None:
             contact = (
@@ -510,12 +515,12 @@ class Campaigns:
             if c.reminder:
                 assert c.trigger is not None and t.conversation_id is not None
                 quiet_since = now - timedelta(days=c.trigger.days)
-                started = await self.engine.remind(
+                started = await engine.remind(
                     t.conversation_id, quiet_since=quiet_since, in_transaction=within
                 )
             else:
                 assert c.flow is not None
-                started = await self.engine.start_flow(
+                started = await engine.start_flow(
                     channel,
                     external,
                     c.flow,

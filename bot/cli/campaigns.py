@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Awaitable, Callable
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
@@ -17,8 +17,10 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from bot.campaigns.runs import Campaigns
-from bot.config import ConfigError, load_settings
+from bot.cli import common
+
+if TYPE_CHECKING:
+    from bot.campaigns.runs import Campaigns
 
 campaigns_app = typer.Typer(help="Campaigns: list, preview, run, status.", no_args_is_help=True)
 out = Console()
@@ -28,27 +30,51 @@ T = TypeVar("T")
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 
 
-def _with_campaigns(fn: Callable[[Campaigns], Awaitable[T]]) -> T:
-    from bot.runtime import Runtime
+def _with_campaigns(fn: Callable[[Campaigns], Awaitable[T]], *, deliver: bool = False) -> T:
+    """Run `fn` on the campaign service of the configured database and channels. Only a
+    run that sends (`deliver`) builds the whole runtime (engine, knowledge base, the
+    channels' adapters); listing, previews, dry runs and figures need the database and the
+    names of the configured channels, for the channel policy."""
+    from bot.config import channels_on
 
-    try:
-        settings = load_settings()
-    except ConfigError as exc:
-        err.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False)
-        raise typer.Exit(2) from None
+    settings = common.load(knowledge_base=deliver)
+    url = common.ready(settings)
+    channels = channels_on(settings)
 
     async def main() -> T:
-        runtime = Runtime(settings)  # the configured channels, for the channel policy
+        if deliver:
+            from bot.runtime import Runtime
+
+            runtime = Runtime(settings, channels=channels)
+            try:
+                return await fn(runtime.campaigns)
+            finally:
+                await runtime.db.dispose()
+        from bot.campaigns.runs import Campaigns
+        from storage.db import create_engine, session_factory
+
+        db = create_engine(url)
+        c = settings.campaigns
         try:
-            return await fn(runtime.campaigns)
+            return await fn(
+                Campaigns(
+                    session_factory(db),
+                    None,
+                    c.definitions,
+                    channels=lambda: channels,
+                    timezone=settings.company.timezone,
+                    builtin=c.builtin,
+                    reminder_after_hours=c.reminder_after_hours,
+                    concurrency=c.concurrency,
+                )
+            )
         finally:
-            await runtime.db.dispose()
+            await db.dispose()
 
     try:
         return asyncio.run(main())
     except LookupError as exc:
-        err.print(f"[red]error:[/red] {escape(str(exc.args[0]))}", highlight=False)
-        raise typer.Exit(1) from None
+        common.fail(str(exc.args[0]), 1)
 
 
 def _print_json(data: Any) -> None:
@@ -135,7 +161,7 @@ def run(
             report = await c.run(name, run_key=key, dry_run=dry_run, progress=step)
         return report.as_dict()
 
-    data = _with_campaigns(go)
+    data = _with_campaigns(go, deliver=not dry_run)
     if as_json:
         _print_json(data)
         return

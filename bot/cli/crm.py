@@ -14,10 +14,12 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from bot.config import ConfigError, Settings, load_settings
+from bot.cli import common
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncSession
+
+    from bot.config import Settings
 
 T = TypeVar("T")
 
@@ -33,11 +35,7 @@ err = Console(stderr=True)
 
 
 def _settings() -> Settings:
-    try:
-        return load_settings()
-    except ConfigError as exc:
-        err.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False)
-        raise typer.Exit(2) from None
+    return common.load()
 
 
 def _fail(message: str, code: int = 1) -> typer.Exit:
@@ -49,7 +47,7 @@ def run_in_session(settings: Settings, fn: Callable[[AsyncSession], Awaitable[T]
     """Run `fn` in one transaction against the configured database."""
     from storage.db import run_in_transaction
 
-    return run_in_transaction(settings.database.url, fn)
+    return run_in_transaction(common.ready(settings), fn)
 
 
 class _Rollback(Exception):

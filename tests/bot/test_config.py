@@ -82,6 +82,49 @@ def config_error(path: Path) -> str:
     return str(err.value)
 
 
+# --- paths ------------------------------------------------------------------------------
+
+
+def test_relative_paths_are_relative_to_the_config_folder(
+    write: Callable[..., Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Regression: the SQLite path was relative to the working directory, the knowledge
+    base's to the config's folder: run from elsewhere, cicbot made a new empty database."""
+    path = write(setting("email.smtp.ca_file", "certs/ca.pem"))
+    monkeypatch.chdir(Path("/"))
+    s = load_settings(path)
+    assert s.database.url == f"sqlite+aiosqlite:///{tmp_path}/data/cicbot.db"
+    assert s.webchat.key_file == str(tmp_path / "data" / "webchat.key")
+    assert s.email.smtp.ca_file == str(tmp_path / "certs" / "ca.pem")
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "sqlite+aiosqlite:////var/lib/cicbot/cicbot.db",
+        "sqlite+aiosqlite://",
+        "sqlite+aiosqlite:///:memory:",
+        "postgresql+asyncpg://cicbot@db.internal/cicbot",
+    ],
+)
+def test_absolute_memory_and_server_urls_stay_as_given(
+    write: Callable[..., Path], url: str
+) -> None:
+    assert load_settings(write(setting("database.url", url))).database.url == url
+
+
+def test_an_env_database_path_is_relative_to_the_config_folder_too(
+    write: Callable[..., Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CICBOT_DATABASE__URL", "sqlite+aiosqlite:///other.db")
+    assert load_settings(write()).database.url == f"sqlite+aiosqlite:///{tmp_path}/other.db"
+
+
+def test_missing_config_names_the_folder(tmp_path: Path) -> None:
+    message = config_error(tmp_path / "nope.yaml")
+    assert f"config file not found: nope.yaml in {tmp_path}" in message
+
+
 # --- the repository's config ------------------------------------------------------------
 
 
@@ -89,7 +132,7 @@ def test_repo_config_loads() -> None:
     s = load_settings(REPO_CONFIG)
     assert s.company.name == "Beispiel GmbH"
     assert s.company.default_locale == "en"
-    assert s.database.url == "sqlite+aiosqlite:///data/cicbot.db"
+    assert s.database.url == f"sqlite+aiosqlite:///{ROOT}/data/cicbot.db"  # the config's folder
     assert s.server.port == 8000
     assert s.flows.max_failed_answers == 3
     assert s.flows.max_selfservice_misses == 2
@@ -358,7 +401,8 @@ def test_telegram_settings_from_yaml_without_secrets(write: Callable[..., Path])
 def test_missing_file(tmp_path: Path) -> None:
     path = tmp_path / "nope.yaml"
     message = config_error(path)
-    assert "not found" in message and str(path) in message and "CICBOT_CONFIG" in message
+    assert "not found" in message and "CICBOT_CONFIG" in message
+    assert f"{path.name} in {path.parent}" in message  # the folder it looked in
 
 
 def test_missing_file_named_by_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
