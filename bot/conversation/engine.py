@@ -78,9 +78,9 @@ class Turn:
     ctx: Context
     replies: list[Reply] = field(default_factory=list)  # before the flow's replies
     after: list[Reply] = field(default_factory=list)  # after them
-    # inside a marketing campaign's flow: every reply carries its mark and the stop notice
+    # inside a marketing campaign's flow: every reply carries its mark (email: the
+    # List-Unsubscribe header); the stop notice went with the opening message only
     campaign: str | None = None
-    stop_notice: str | None = None
 
     def note(self, kind: str, **payload: object) -> None:
         """An internal touchpoint in the conversation (an action the bot took)."""
@@ -279,7 +279,7 @@ class Engine:
         elif before == ConversationStatus.QUEUED and conv.status == ConversationStatus.BOT:
             await self._observe(s, conv, result, "left_queue")
         result.status = conv.status
-        for reply in _with_notice(turn.replies, turn):
+        for reply in turn.replies:
             result.outbox_ids.append(
                 await self.say(s, identity, conv, reply, turn.ctx.locale, campaign=turn.campaign)
             )
@@ -562,20 +562,13 @@ class Engine:
 
 def _mark_marketing(turn: Turn, before: Mapping[str, Any], actions: tuple[object, ...]) -> None:
     """A reply inside a marketing flow (the flow ran when the customer wrote) carries the
-    campaign's mark and stop notice; the confirmation of an opt-out does not."""
+    campaign's mark; the confirmation of an opt-out does not. The stop notice is not
+    repeated: it came with the campaign's opening message, and the answers to a survey
+    the customer chose to answer are no new advertising (issue 21)."""
     mark = before.get(MARKETING_KEY)
     opted_out = any(isinstance(a, SetConsent) and not a.granted for a in actions)
     if isinstance(mark, list) and len(mark) == 2 and not opted_out:
-        turn.campaign, turn.stop_notice = str(mark[0]), str(mark[1])
-
-
-def _with_notice(replies: list[Reply], turn: Turn) -> list[Reply]:
-    """The stop notice under the last reply of the turn (as under the opening message)."""
-    if turn.stop_notice is None or not replies:
-        return replies
-    last = replies[-1]
-    text = f"{last.text}\n\n{turn.ctx.t(turn.stop_notice)}"
-    return [*replies[:-1], Reply(last.key, text, last.buttons, last.meta)]
+        turn.campaign = str(mark[0])
 
 
 def _choice(b: Button) -> Choice:

@@ -233,10 +233,13 @@ async def test_marketing_needs_consent_and_carries_the_stop_notice(rt: Runtime) 
     assert status["skipped"] == {"opted_out": 1, "unreachable": 1, "no_consent": 1}
 
 
-async def test_every_message_of_a_marketing_flow_carries_the_mark_and_the_stop_notice(
+async def test_the_stop_notice_goes_once_with_the_opening_message_the_mark_with_every_one(
     rt: Runtime,
 ) -> None:
-    """Not only the opening message: every bot reply inside the campaign's flow."""
+    """Every bot reply inside the campaign's flow carries the campaign's mark (email: the
+    List-Unsubscribe header); the stop notice comes once, with the opening message.
+    Regression (issue 21): it appeared twice in the win-back survey's first message (its
+    intro said it too) and again on every turn of a survey the customer chose to answer."""
     for user in ("yes", "quitter"):
         await consent(rt, await customer(rt, user), True)
     await rt.campaigns.save(campaign(purpose="marketing", legal_basis="consent"))
@@ -248,9 +251,12 @@ async def test_every_message_of_a_marketing_flow_carries_the_mark_and_the_stop_n
         return [m for m in recorder(rt).sent if m.recipient_id == user]
 
     hello = len(await to("yes")) - 1  # the answers to "hello", then the opening message
+    opening = (await to("yes"))[hello:]
+    assert sum(m.text.count('"stop"') for m in opening) == 1, [m.text for m in opening]
+    assert opening[-1].text.endswith(notice)
     for answer in ("1", "4", "skip", "no"):  # reason, rating, comment, offer → the end
         result = await rt.engine.handle(inbound(answer, user="yes"))
-        assert result.replies and result.replies[-1].endswith(notice), answer
+        assert result.replies and not any(notice in r for r in result.replies), answer
     flow = (await to("yes"))[hello:]
     assert len(flow) >= 5 and all(m.campaign == "t" for m in flow)
     assert all(m.contact_id is not None for m in flow)  # email adds List-Unsubscribe
