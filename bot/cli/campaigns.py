@@ -117,7 +117,7 @@ def preview(
     sample: Annotated[int, typer.Option(help="How many contacts to show.")] = 10,
     as_json: JsonOption = False,
 ) -> None:
-    """The audience size now and a sample of it."""
+    """The audience now and what a run would do to it (the dry run's checks), with a sample."""
 
     async def go(c: Campaigns) -> dict[str, Any]:
         return await c.preview(name, sample)
@@ -126,9 +126,26 @@ def preview(
     if as_json:
         _print_json(data)
         return
-    out.print(f"{name}: {data['audience']} contacts")
+    out.print(
+        f"{escape(name)}: {data['audience']} contacts in the audience now; "
+        f"a run would send to {data['would_send']}",
+        highlight=False,
+    )
+    for outcome, n in data["outcomes"].items():
+        if outcome != "would_send":
+            out.print(f"  {outcome.replace(':', ': ')}  {n}", highlight=False)
+    if data["outcomes"].get("skipped:unreachable"):
+        out.print(
+            f"  (unreachable: on none of the campaign's channels that are configured here: "
+            f"{', '.join(data['channels']) or 'none'})",
+            highlight=False,
+        )
     for row in data["sample"]:
-        out.print(f"  {row['id']}  {escape(str(row['name'] or ''))}  {row['lifecycle_phase']}")
+        out.print(
+            f"  {row['id']}  {escape(str(row['name'] or ''))}  {row['lifecycle_phase']}"
+            f"  → {row['outcome'].replace(':', ': ')}",
+            highlight=False,
+        )
 
 
 @campaigns_app.command()
@@ -184,12 +201,52 @@ def status(name: str, as_json: JsonOption = False) -> None:
     if as_json:
         _print_json(data)
         return
+    from bot.campaigns.figures import RESUME_MINUTES
+
+    # targeted = sent + skipped + deferred + pending (bot/campaigns/figures.py)
     table = Table("figure", "count")
-    for key in ("targeted", "sent", "failed", "responded", "completed", "converted"):
-        table.add_row(key, str(data[key]))
+    table.add_row("targeted", str(data["targeted"]))
+    table.add_row("  sent", str(data["sent"]))
     for reason, n in sorted(data["skipped"].items()):
-        table.add_row(f"skipped: {reason}", str(n))
+        table.add_row(f"  skipped: {reason}", str(n))
     for reason, n in sorted(data["deferred"].items()):
-        table.add_row(f"deferred: {reason}", str(n))
+        table.add_row(f"  deferred: {reason}", str(n))
+    if data["pending"]:
+        table.add_row("  pending (run not finished)", str(data["pending"]))
+    for key in ("failed", "responded", "completed", "converted"):
+        table.add_row(f"{key} (of sent)", str(data[key]))
     out.print(table)
-    out.print(f"runs: {len(data['runs'])}")
+    runs = Table(
+        "run",
+        "status",
+        "started (UTC)",
+        "finished (UTC)",
+        "targeted",
+        "sent",
+        "skipped",
+        "deferred",
+        "pending",
+    )
+    for r in data["runs"]:
+        runs.add_row(
+            r["run_key"],
+            r["status"],
+            _when(r["started_at"]),
+            _when(r["finished_at"]),
+            *(str(r[k]) for k in ("targeted", "sent", "skipped", "deferred", "pending")),
+        )
+    out.print(runs)
+    for r in data["runs"]:
+        if r["retry_until"] and (r["deferred"] or r["pending"]):
+            out.print(
+                f"run {escape(r['run_key'])}: {r['deferred'] + r['pending']} contacts still to "
+                f"reach; `cicbot serve` tries again every {RESUME_MINUTES} minutes until "
+                f"{_when(r['retry_until'])} UTC, or now: "
+                f"cicbot campaigns run {escape(name)} --key {escape(r['run_key'])}",
+                highlight=False,
+                soft_wrap=True,
+            )
+
+
+def _when(iso: str | None) -> str:
+    return iso.replace("T", " ")[:16] if iso else ""

@@ -470,3 +470,76 @@ async def test_the_pace_holds_the_rate_across_deliveries_in_flight() -> None:
 
     await asyncio.gather(*(deliver() for _ in range(21)))
     assert all(t >= k * 0.05 - 0.001 for k, t in enumerate(sorted(at)))  # the k-th turn
+
+
+# ---- preview = dry run = run; figures that add up (issue 21) ---------------------------
+
+
+async def test_preview_dry_run_and_run_agree_and_the_figures_add_up(rt: Runtime) -> None:
+    """Regression: the preview said "1000 contacts" and the dry run then skipped all of
+    them as unreachable; the dry run said 4 no_consent, the run 3 no_consent + 1 busy;
+    `status` showed targeted 5 but skipped 5 + deferred 1 + sent 1."""
+    ids = {u: await customer(rt, u) for u in ("ok", "nocons", "nocons_busy", "busy", "gone", "tg")}
+    for u in ("ok", "busy", "gone", "tg"):
+        await consent(rt, ids[u], True)
+    async with rt.sessions() as s, s.begin():
+        gone = await queries.get_identity(s, "test", "gone")
+        tg = await queries.get_identity(s, "test", "tg")
+        assert gone is not None and tg is not None
+        gone.reachable = False
+        tg.channel = "telegram"  # a channel this runtime does not have
+    for u in ("nocons_busy", "busy"):  # another flow is running in their conversation
+        assert await rt.engine.start_flow("test", u, "consent") is not None
+    await rt.campaigns.save(campaign(purpose="marketing", legal_basis="consent"))
+
+    expected = {
+        "sent": 1,
+        "skipped:no_consent": 2,  # with or without a busy conversation: no consent first
+        "deferred:busy": 1,
+        "skipped:unreachable": 2,  # no reachable identity; only on an absent channel
+    }
+
+    def as_run(outcomes: dict[str, int]) -> dict[str, int]:
+        return {("sent" if k == "would_send" else k): n for k, n in outcomes.items()}
+
+    preview = await rt.campaigns.preview("t", sample=3)
+    assert preview["audience"] == 6 and preview["would_send"] == 1
+    assert as_run(preview["outcomes"]) == expected
+    assert len(preview["sample"]) == 3 and all(r["outcome"] for r in preview["sample"])
+    dry = await rt.campaigns.run("t", dry_run=True)
+    assert as_run(dict(dry.outcomes)) == expected
+    report = await rt.campaigns.run("t", run_key="k")
+    assert dict(report.outcomes) == expected
+
+    def adds_up(f: dict[str, Any]) -> int:
+        return f["sent"] + sum(f["skipped"].values()) + sum(f["deferred"].values()) + f["pending"]
+
+    status = await rt.campaigns.status("t")
+    assert status["targeted"] == 6 == adds_up(status)
+    [run] = status["runs"]
+    assert run["status"] == "deferred" and run["started_at"] and run["finished_at"]
+    assert run["retry_until"] and run["deferred"] == 1
+    assert run["sent"] + run["skipped"] + run["deferred"] + run["pending"] == run["targeted"]
+
+    # the busy one's flow ends; the run resumed (as the scheduler does) sends to them
+    await rt.engine.handle(inbound("cancel", user="busy"))
+    again = await rt.campaigns.run("t", run_key="k")
+    assert again.outcomes["sent"] == 1 and again.targeted == 6
+    status = await rt.campaigns.status("t")
+    assert status["targeted"] == 6 == adds_up(status)
+    assert status["sent"] == 2 and status["deferred"] == {}
+    assert status["runs"][0]["status"] == "done" and status["runs"][0]["retry_until"] is None
+
+
+async def test_a_resumed_run_counts_new_audience_members_once(rt: Runtime) -> None:
+    """A contact who joined the audience between a run and its resumption is targeted
+    once, in addition: targeted stays the sum of the outcomes."""
+    await customer(rt, "first")
+    await rt.campaigns.save(campaign(flow="consent"))
+    assert (await rt.campaigns.run("t", run_key="k")).targeted == 1
+    await customer(rt, "second")
+    resumed = await rt.campaigns.run("t", run_key="k")
+    assert resumed.targeted == 2
+    assert resumed.outcomes == Counter({"sent": 1})  # the first has it: not in the audience
+    status = await rt.campaigns.status("t")
+    assert status["targeted"] == 2 == status["sent"]
