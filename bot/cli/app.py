@@ -17,6 +17,7 @@ from rich.table import Table
 from rich.text import Text
 
 from bot.cli import common
+from bot.cli import help as help_pages
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncSession
@@ -411,3 +412,4 @@ def _add_campaigns() -> None:
 
 
 _add_campaigns()
+help_pages.tidy(app)  # after every command is registered

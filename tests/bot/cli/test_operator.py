@@ -186,3 +186,19 @@ def test_second_instance_is_refused_before_it_starts_anything(
     again = start_serving(["--port", str(port), "--log-level", "warning"], env, tmp_path)
     again.terminate()
     again.wait(timeout=30)
+
+
+def test_help_pages_show_no_type_markers_and_keep_sentences_whole(
+    tmp_path: Path, base_env: dict[str, str]
+) -> None:
+    """Regression: `--json <bool>`, `{name}` in usage lines, and the command list broke
+    the report's description after "SLA," where the docstring's line ended."""
+    pages = [
+        run(*args, "--help", env=base_env, cwd=tmp_path).stdout
+        for args in ([], ["agents", "add"], ["campaigns", "preview"], ["kb", "match"])
+    ]
+    for page in pages:
+        assert "<bool>" not in page and "<str>" not in page and "{name}" not in page, page
+    assert "complaints, SLA, CSAT" in pages[0]
+    assert "Usage: cicbot agents add [OPTIONS] NAME" in pages[1]
+    assert "--role" in pages[1] and "TEXT" in pages[1]
