@@ -85,9 +85,16 @@ def _logging(level: str, log_format: str = "text") -> None:
 
     if log_format == "json":
         handler = logs.json_handler(sys.stderr)
-    else:
+    elif sys.stderr.isatty():
         handler = RichHandler(console=err, show_path=False)
         handler.setFormatter(logging.Formatter("%(message)s", datefmt="[%X]"))
+    else:  # a file or a pipe: one record a line, never wrapped at 80 columns as Rich would
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(
+            logging.Formatter(
+                "%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%Y-%m-%dT%H:%M:%S%z"
+            )
+        )
     logs.install(handler, level)
 
 
@@ -113,7 +120,9 @@ def serve(
     # the port and the database are taken before anything starts: a second instance stops
     # here with one line, instead of starting its workers and the scheduler first
     sock = _listen(h, p)
-    url = common.ready(settings)
+    _logging(log_level, fmt)
+    log = logging.getLogger("cicbot")
+    url = common.ready(settings, say=log.info)
     lock = sqlite_lock(url)
     if lock is not None:
         try:
@@ -123,9 +132,7 @@ def serve(
     from bot.runtime import Runtime
     from bot.web.app import create_app
 
-    _logging(log_level, fmt)
     runtime = Runtime(settings)
-    log = logging.getLogger("cicbot")
     log.info("channels: %s; web chat on http://%s:%s/", ", ".join(sorted(runtime.channels)), h, p)
     log.info("agent console on http://%s:%s/agent, API documentation on /docs", h, p)
     if not _agents_exist(url):

@@ -7,6 +7,7 @@ so a module imports what its command needs inside the command (bench/cli_startup
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import TYPE_CHECKING, NoReturn
 
 import typer
@@ -46,9 +47,10 @@ def database_name(url: str) -> str:
     return parsed.render_as_string(hide_password=True)
 
 
-def ready(settings: Settings) -> str:
+def ready(settings: Settings, say: Callable[[str], object] | None = None) -> str:
     """The database URL, its schema current: migrated now when `database.auto_migrate`
-    allows, else one line saying what to run (never a traceback about missing tables)."""
+    allows, else one line saying what to run (never a traceback about missing tables).
+    `say`: where the note of a migration goes (default: stderr; `serve`: its log)."""
     from storage.migrate import applied, heads, known, upgrade
 
     url = settings.database.url
@@ -73,12 +75,14 @@ def ready(settings: Settings) -> str:
             "(database.auto_migrate is false)",
             1,
         )
-    err.print(
-        f"migrating the database {escape(database_name(url))} from revision {escape(at)} "
-        f"to {', '.join(sorted(wanted))} (database.auto_migrate)",
-        highlight=False,
-        soft_wrap=True,
+    note = (
+        f"migrating the database {database_name(url)} from revision {at} "
+        f"to {', '.join(sorted(wanted))} (database.auto_migrate)"
     )
+    if say is not None:
+        say(note)
+    else:
+        err.print(note, markup=False, highlight=False, soft_wrap=True)
     upgrade(url)
     return url
 

@@ -182,6 +182,13 @@ def test_second_instance_is_refused_before_it_starts_anything(
     finally:
         first.terminate()
         first.wait(timeout=30)
+    # its log went to a pipe: one record a line, not wrapped at 80 columns (Rich did), and
+    # it says where agents work and that one must be created first
+    assert first.stdout is not None
+    lines = first.stdout.read().splitlines()
+    [warning] = [x for x in lines if "no agent yet" in x]
+    assert "cicbot agents add NAME --role admin" in warning and "/agent" in warning
+    assert " WARNING cicbot: " in warning and len(warning) > 100
     # the lock went with the process: the database can be served again
     again = start_serving(["--port", str(port), "--log-level", "warning"], env, tmp_path)
     again.terminate()
