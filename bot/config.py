@@ -6,6 +6,7 @@ Secret fields may only come from the environment; one found in the YAML stops st
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import os
 import re
@@ -528,12 +529,44 @@ def _url_password(url: Any) -> bool:
     return bool(parsed.password) or "password" in {k.lower() for k in parsed.query}
 
 
-def _format_errors(err: ValidationError) -> str:
+def _format_errors(err: ValidationError, model: type[BaseModel] | None = None) -> str:
+    """One line a bad key: its dotted name, what is wrong, a "did you mean" for a
+    misspelt key, and the environment variable when the value came from one."""
     lines = []
     for e in err.errors():
-        key = ".".join(str(p) for p in e["loc"]) or "(top level)"
-        lines.append(f"  {key}: {e['msg']}")
+        loc = [str(p) for p in e["loc"]]
+        key = ".".join(loc) or "(top level)"
+        line = f"  {key}: {e['msg']}"
+        if e["type"] == "extra_forbidden" and model is not None:
+            known = _fields_at(model, loc[:-1])
+            close = difflib.get_close_matches(loc[-1], known, n=1, cutoff=0.6)
+            if close:
+                line += f"; did you mean {'.'.join([*loc[:-1], close[0]])}?"
+        env = "CICBOT_" + "__".join(loc).upper()
+        if loc and env in os.environ:
+            line += f" (the value comes from the environment variable {env})"
+        lines.append(line)
     return "invalid configuration:\n" + "\n".join(lines)
+
+
+def _fields_at(model: type[BaseModel], path: list[str]) -> list[str]:
+    """The keys a section of the settings accepts (list indexes stepped over)."""
+    current: Any = model
+    for part in path:
+        if part.isdigit():
+            continue
+        if not (isinstance(current, type) and issubclass(current, BaseModel)):
+            return []
+        field = current.model_fields.get(part)
+        if field is None:
+            return []
+        current = field.annotation
+        for arg in getattr(current, "__args__", ()):  # X | None, list[X]
+            if isinstance(arg, type) and issubclass(arg, BaseModel):
+                current = arg
+    if isinstance(current, type) and issubclass(current, BaseModel):
+        return list(current.model_fields)
+    return []
 
 
 def load_settings(path: str | Path | None = None, *, knowledge_base: bool = True) -> Settings:
@@ -575,7 +608,7 @@ def load_settings(path: str | Path | None = None, *, knowledge_base: bool = True
     try:
         settings = Settings()
     except ValidationError as exc:
-        raise ConfigError(_format_errors(exc)) from exc
+        raise ConfigError(_format_errors(exc, Settings)) from exc
     _resolve_paths(settings, config_path.absolute().parent)
     return _with_knowledge_base(settings, config_path) if knowledge_base else settings
 
@@ -646,3 +679,15 @@ def channels_on(settings: Settings, exclude: tuple[str, ...] = ("console",)) -> 
 
     names = {ep.name for ep in entry_points(group="cicbot.channels")} - set(exclude)
     return sorted(n for n in names if getattr(getattr(settings, n, None), "enabled", True))
+
+
+def notices(settings: Settings) -> list[str]:
+    """Settings that are valid but do nothing as set: said at start (`cicbot serve`)."""
+    found = []
+    slack = getattr(settings, "slack", None)
+    if getattr(slack, "agent_channel", None) and not getattr(slack, "enabled", False):
+        found.append(
+            "slack.agent_channel is set but the Slack channel is off (no "
+            "CICBOT_SLACK__BOT_TOKEN): escalations reach agents in the console (/agent) only"
+        )
+    return found

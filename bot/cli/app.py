@@ -129,9 +129,12 @@ def serve(
             lock.acquire()
         except AlreadyServed as exc:
             common.fail(str(exc), 1)
+    from bot.config import notices
     from bot.runtime import Runtime
     from bot.web.app import create_app
 
+    for notice in notices(settings):
+        log.warning("%s", notice)
     runtime = Runtime(settings)
     log.info("channels: %s; web chat on http://%s:%s/", ", ".join(sorted(runtime.channels)), h, p)
     log.info("agent console on http://%s:%s/agent, API documentation on /docs", h, p)

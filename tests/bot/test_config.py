@@ -429,3 +429,36 @@ def test_empty_file_names_the_required_sections(tmp_path: Path) -> None:
     path.write_text("", "utf-8")
     message = config_error(path)
     assert "complaint" in message and "winback" in message
+
+
+# --- messages that say what to do (issue 21) -------------------------------------------
+
+
+def test_a_misspelt_key_gets_a_did_you_mean(write: Callable[..., Path]) -> None:
+    message = config_error(write(setting("server.prot", 80)))
+    assert "server.prot: Extra inputs are not permitted; did you mean server.port?" in message
+    message = config_error(write(setting("campains", {})))
+    assert "did you mean campaigns?" in message
+    message = config_error(write(setting("campaigns.definitions", [{"name": "x", "flw": "csat"}])))
+    assert "did you mean campaigns.definitions.0.flow?" in message
+
+
+def test_a_bad_value_from_the_environment_says_so(
+    write: Callable[..., Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CICBOT_SERVER__PORT", "abc")
+    message = config_error(write())
+    assert "server.port:" in message
+    assert "(the value comes from the environment variable CICBOT_SERVER__PORT)" in message
+    monkeypatch.delenv("CICBOT_SERVER__PORT")
+    assert "environment variable" not in config_error(write(setting("server.port", "abc")))
+
+
+def test_a_slack_agent_channel_without_a_token_is_noticed(write: Callable[..., Path]) -> None:
+    """Regression: `slack.agent_channel` without a bot token was silently ignored."""
+    from bot.config import notices
+
+    settings = load_settings(write(setting("slack.agent_channel", "C0123456789")))
+    [notice] = notices(settings)
+    assert "slack.agent_channel" in notice and "CICBOT_SLACK__BOT_TOKEN" in notice
+    assert notices(load_settings(write())) == []
