@@ -207,6 +207,7 @@ def chat(
     from channels.console.adapter import chat as run_chat
 
     settings = _settings(knowledge_base=True)
+    common.ready(settings)  # migrated, or one line saying what to run
     _logging("warning")
 
     async def main() -> None:

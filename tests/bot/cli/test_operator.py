@@ -98,7 +98,14 @@ def test_config_not_found_names_the_folder(tmp_path: Path, base_env: dict[str, s
 
 @pytest.mark.parametrize(
     "command",
-    [["agents", "list"], ["cases", "list"], ["campaigns", "list"], ["contacts", "show", "x:y"]],
+    [
+        ["agents", "list"],
+        ["cases", "list"],
+        ["campaigns", "list"],
+        ["contacts", "show", "x:y"],
+        ["chat"],
+        ["serve", "--port", "free"],
+    ],
 )
 def test_unmigrated_database_without_auto_migrate_says_what_to_run(
     tmp_path: Path, command: list[str], base_env: dict[str, str]
@@ -106,6 +113,7 @@ def test_unmigrated_database_without_auto_migrate_says_what_to_run(
     """Regression: `agents list` printed a 550-line traceback (no such table: agents)."""
     config = write_config(tmp_path, database={"auto_migrate": False})
     db = f"sqlite+aiosqlite:///{tmp_path / 'empty.db'}"
+    command = [str(free_port()) if part == "free" else part for part in command]
     proc = run(*command, env=base_env, cwd=tmp_path, config=config, db_url=db)
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert "Traceback" not in proc.stderr
