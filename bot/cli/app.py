@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import errno
 import logging
 import socket
@@ -217,6 +216,8 @@ def chat(
             await run_chat(runtime, user, lang, sys.stdin)
         finally:
             await runtime.stop()
+
+    import asyncio
 
     asyncio.run(main())
 

@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
@@ -35,6 +34,8 @@ def _with_campaigns(fn: Callable[[Campaigns], Awaitable[T]], *, deliver: bool = 
     run that sends (`deliver`) builds the whole runtime (engine, knowledge base, the
     channels' adapters); listing, previews, dry runs and figures need the database and the
     names of the configured channels, for the channel policy."""
+    import asyncio
+
     from bot.config import channels_on
 
     settings = common.load(knowledge_base=deliver)

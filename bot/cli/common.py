@@ -6,7 +6,6 @@ so a module imports what its command needs inside the command (bench/cli_startup
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 from typing import TYPE_CHECKING, NoReturn
 
@@ -51,6 +50,8 @@ def ready(settings: Settings, say: Callable[[str], object] | None = None) -> str
     """The database URL, its schema current: migrated now when `database.auto_migrate`
     allows, else one line saying what to run (never a traceback about missing tables).
     `say`: where the note of a migration goes (default: stderr; `serve`: its log)."""
+    import asyncio
+
     from storage.migrate import applied, heads, known, upgrade
 
     url = settings.database.url
