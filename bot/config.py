@@ -6,6 +6,7 @@ Secret fields may only come from the environment; one found in the YAML stops st
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import os
 import re
@@ -28,8 +29,6 @@ from pydantic_settings import (
     SettingsConfigDict,
     YamlConfigSettingsSource,
 )
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError
 
 from bot.campaigns.definitions import CampaignSettings
 from flows.hours import BusinessHours
@@ -224,6 +223,11 @@ class TelegramSettings(Section):
             raise ValueError("must be 16-256 characters of A-Z, a-z, 0-9, _ and -")
         return value
 
+    @property
+    def enabled(self) -> bool:
+        """A token is set: the channel starts (the CLI asks this without importing aiogram)."""
+        return bool(_given(self.token))
+
     @model_validator(mode="after")
     def _webhook_needs_secret(self) -> TelegramSettings:
         if (
@@ -390,6 +394,11 @@ class SlackSettings(Section):
             raise ValueError("is not an app-level token (xapp-...)")
         return value
 
+    @property
+    def enabled(self) -> bool:
+        """A bot token is set: the channel starts."""
+        return bool(_given(self.bot_token))
+
     @model_validator(mode="after")
     def _consistent(self) -> SlackSettings:
         if self.agent_channel and self.agent_channel in self.customer_channels:
@@ -510,6 +519,9 @@ def _url_password(url: Any) -> bool:
     """True when a database URL carries a password (user:password@ or ?password=)."""
     if not isinstance(url, str):
         return False
+    from sqlalchemy.engine import make_url  # only here: a second's import for `--help`
+    from sqlalchemy.exc import ArgumentError
+
     try:
         parsed = make_url(url)
     except ArgumentError:
@@ -517,23 +529,63 @@ def _url_password(url: Any) -> bool:
     return bool(parsed.password) or "password" in {k.lower() for k in parsed.query}
 
 
-def _format_errors(err: ValidationError) -> str:
+def _format_errors(err: ValidationError, model: type[BaseModel] | None = None) -> str:
+    """One line a bad key: its dotted name, what is wrong, a "did you mean" for a
+    misspelt key, and the environment variable when the value came from one."""
     lines = []
     for e in err.errors():
-        key = ".".join(str(p) for p in e["loc"]) or "(top level)"
-        lines.append(f"  {key}: {e['msg']}")
+        loc = [str(p) for p in e["loc"]]
+        key = ".".join(loc) or "(top level)"
+        line = f"  {key}: {e['msg']}"
+        if e["type"] == "extra_forbidden" and model is not None:
+            known = _fields_at(model, loc[:-1])
+            close = difflib.get_close_matches(loc[-1], known, n=1, cutoff=0.6)
+            if close:
+                line += f"; did you mean {'.'.join([*loc[:-1], close[0]])}?"
+        env = "CICBOT_" + "__".join(loc).upper()
+        if loc and env in os.environ:
+            line += f" (the value comes from the environment variable {env})"
+        lines.append(line)
     return "invalid configuration:\n" + "\n".join(lines)
 
 
-def load_settings(path: str | Path | None = None) -> Settings:
-    """Read and validate the configuration, or raise ConfigError naming the bad key."""
+def _fields_at(model: type[BaseModel], path: list[str]) -> list[str]:
+    """The keys a section of the settings accepts (list indexes stepped over)."""
+    current: Any = model
+    for part in path:
+        if part.isdigit():
+            continue
+        if not (isinstance(current, type) and issubclass(current, BaseModel)):
+            return []
+        field = current.model_fields.get(part)
+        if field is None:
+            return []
+        current = field.annotation
+        for arg in getattr(current, "__args__", ()):  # X | None, list[X]
+            if isinstance(arg, type) and issubclass(arg, BaseModel):
+                current = arg
+    if isinstance(current, type) and issubclass(current, BaseModel):
+        return list(current.model_fields)
+    return []
+
+
+def load_settings(path: str | Path | None = None, *, knowledge_base: bool = True) -> Settings:
+    """Read and validate the configuration, or raise ConfigError naming the bad key.
+    `knowledge_base=False` leaves the files `knowledge_base.files` names unread (a command
+    that does not answer questions: a base of thousands of examples takes a second)."""
     if path is not None:
         os.environ["CICBOT_CONFIG"] = str(path)
     config_path = Path(os.environ.get("CICBOT_CONFIG", DEFAULT_CONFIG))
     if not config_path.is_file():
-        raise ConfigError(f"config file not found: {config_path} (set CICBOT_CONFIG)")
+        where = config_path.absolute().parent
+        raise ConfigError(
+            f"config file not found: {config_path.name} in {where} "
+            "(run cicbot in the folder of config.yaml, or set CICBOT_CONFIG to its path)"
+        )
     try:
-        raw = yaml.safe_load(config_path.read_text(encoding="utf-8")) or {}
+        text = config_path.read_text(encoding="utf-8")
+        loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml: ten times faster
+        raw = yaml.load(text, Loader=loader) or {}  # noqa: S506 - a safe loader
     except yaml.YAMLError as exc:
         raise ConfigError(f"{config_path} is not valid YAML: {exc}") from exc
     if not isinstance(raw, dict):
@@ -556,8 +608,56 @@ def load_settings(path: str | Path | None = None) -> Settings:
     try:
         settings = Settings()
     except ValidationError as exc:
-        raise ConfigError(_format_errors(exc)) from exc
-    return _with_knowledge_base(settings, config_path)
+        raise ConfigError(_format_errors(exc, Settings)) from exc
+    _resolve_paths(settings, config_path.absolute().parent)
+    return _with_knowledge_base(settings, config_path) if knowledge_base else settings
+
+
+# files named in the configuration, besides the database and the knowledge base's files
+PATH_FIELDS = ("webchat.key_file", "email.imap.ca_file", "email.smtp.ca_file")
+
+
+def _resolve_paths(settings: Settings, folder: Path) -> None:
+    """Relative paths (the SQLite file, the web chat's key, CA files, the matcher cache)
+    are relative to config.yaml's folder, whatever the working directory: `cicbot` run
+    from elsewhere with CICBOT_CONFIG uses the same database, not a new empty one."""
+    settings.database.url = sqlite_url_in(settings.database.url, folder)
+    for dotted in PATH_FIELDS:
+        *parents, name = dotted.split(".")
+        section: Any = settings
+        for part in parents:
+            section = getattr(section, part, None)
+        value = getattr(section, name, None)
+        if isinstance(value, str) and value:
+            setattr(section, name, str(_in(folder, value)))
+    kb = settings.knowledge_base
+    if kb.cache_dir.strip():  # the flows' options are frozen: a copy
+        cache = str(_in(folder, os.path.expandvars(kb.cache_dir)))
+        settings.knowledge_base = kb.model_copy(update={"cache_dir": cache})
+
+
+def _in(folder: Path, value: str) -> Path:
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else folder / path
+
+
+def sqlite_url_in(url: str, folder: Path) -> str:
+    """A SQLite URL with a relative file made absolute against `folder`; others as given."""
+    if not url.startswith("sqlite"):
+        return url
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        return url  # refused with its own message when the database is opened
+    database = parsed.database
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return url
+    if Path(database).is_absolute():
+        return url
+    return parsed.set(database=str(folder / database)).render_as_string(hide_password=False)
 
 
 def _with_knowledge_base(settings: Settings, config_path: Path) -> Settings:
@@ -569,3 +669,25 @@ def _with_knowledge_base(settings: Settings, config_path: Path) -> Settings:
     except KBError as exc:
         raise ConfigError(f"knowledge_base: {exc}") from exc
     return settings.model_copy(update={"knowledge_base": kb})
+
+
+def channels_on(settings: Settings, exclude: tuple[str, ...] = ("console",)) -> list[str]:
+    """The installed channels (entry points `cicbot.channels`) whose section turns them on
+    (`enabled`, where the section has it): the channels a runtime would start, known
+    without importing their adapters (aiogram alone takes seconds)."""
+    from importlib.metadata import entry_points
+
+    names = {ep.name for ep in entry_points(group="cicbot.channels")} - set(exclude)
+    return sorted(n for n in names if getattr(getattr(settings, n, None), "enabled", True))
+
+
+def notices(settings: Settings) -> list[str]:
+    """Settings that are valid but do nothing as set: said at start (`cicbot serve`)."""
+    found = []
+    slack = getattr(settings, "slack", None)
+    if getattr(slack, "agent_channel", None) and not getattr(slack, "enabled", False):
+        found.append(
+            "slack.agent_channel is set but the Slack channel is off (no "
+            "CICBOT_SLACK__BOT_TOKEN): escalations reach agents in the console (/agent) only"
+        )
+    return found

@@ -59,7 +59,11 @@ _INTENTS = TypeAdapter(list[Intent])
 
 @cache
 def builtin() -> tuple[Intent, ...]:
-    return tuple(parse_intents(yaml.safe_load(BUILTIN_FILE.read_text("utf-8")), "intents.yaml"))
+    text = BUILTIN_FILE.read_text("utf-8")
+    # libyaml's parser where PyYAML has it: the pure-Python one takes a visible part of a second
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    data = yaml.load(text, Loader=loader)  # noqa: S506 - a safe loader
+    return tuple(parse_intents(data, "intents.yaml"))
 
 
 def merge(base: Iterable[Intent], extra: Iterable[Intent]) -> list[Intent]:

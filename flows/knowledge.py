@@ -31,16 +31,18 @@ import re
 import unicodedata
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import scipy.sparse as sp
-from sklearn.feature_extraction.text import TfidfVectorizer
-from sklearn.preprocessing import normalize
-from sklearn.svm import LinearSVC
 
 from flows.knowledge_calibration import Calibrator, fit_calibrator
 from flows.options import Intent, KnowledgeEntry
+
+if TYPE_CHECKING:
+    # scipy and scikit-learn are imported where a matcher is fitted or restored: seconds
+    # that every `cicbot` command which only reads the configuration would pay otherwise
+    import scipy.sparse as sp
+    from sklearn.feature_extraction.text import TfidfVectorizer
 
 MAX_QUERY_CHARS = 300
 MODEL_VERSION = 2  # part of the cache key: a change of features or model refits
@@ -99,6 +101,8 @@ def _word_ngrams(folded: str) -> list[str]:
 
 
 def _vectorizers(vocab: tuple[dict[str, int], dict[str, int]] | None = None) -> list[Any]:
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
     word = TfidfVectorizer(
         analyzer=_word_ngrams,
         sublinear_tf=True,
@@ -139,6 +143,8 @@ class Scores:
 
 def _svm(X: Any, labels: np.ndarray, C: float) -> tuple[np.ndarray, np.ndarray]:
     """(coef (features, classes), intercept) of a one-vs-rest linear SVM."""
+    from sklearn.svm import LinearSVC
+
     svm = LinearSVC(C=C, random_state=0)
     svm.fit(X, labels)
     coef = np.asarray(svm.coef_, dtype=np.float32)
@@ -186,6 +192,9 @@ class _Model:
 
     @staticmethod
     def _stack(word: Any, char: Any) -> sp.csr_matrix:
+        import scipy.sparse as sp
+        from sklearn.preprocessing import normalize
+
         X = normalize(sp.hstack([sp.csr_matrix(word), sp.csr_matrix(char)], format="csr"))
         return sp.csr_matrix(X, dtype=np.float32)
 
@@ -254,6 +263,8 @@ class _Model:
         m.word, m.char = _vectorizers((vocab[0], vocab[1]))
         m.word.idf_, m.char.idf_ = s[f"{prefix}word_idf"], s[f"{prefix}char_idf"]
         shape = tuple(int(x) for x in s[f"{prefix}X_shape"])
+        import scipy.sparse as sp
+
         m.X = sp.csr_matrix(
             (s[f"{prefix}X_data"], s[f"{prefix}X_indices"], s[f"{prefix}X_indptr"]), shape=shape
         )

@@ -27,7 +27,6 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
-from sklearn.linear_model import LogisticRegression
 
 MIN_ENTRIES = 3
 # the share of questions with no answer in the base that the calibration assumes: about
@@ -149,6 +148,8 @@ def fit_calibrator(
         w > 0, (1 - OOS_SHARE) * w / max(w_in.sum(), 1e-9), -OOS_SHARE * w / max(w_out.sum(), 1e-9)
     )
     w = w / w.mean()
+    from sklearn.linear_model import LogisticRegression  # only here: slow to import
+
     lr = LogisticRegression(C=1.0)
     lr.fit(np.array(rows), y, sample_weight=w)
     # a small base says little about its scores: lean on the default coefficients until

@@ -11,7 +11,6 @@ from sqlalchemy.orm import aliased
 from sqlalchemy.sql.elements import ColumnElement
 
 from bot.campaigns.definitions import MARKETING, SENT, Audience, CampaignSettings
-from bot.conversation.engine import MARKETING_KEY
 from storage.models import (
     CampaignDelivery,
     Case,
@@ -143,6 +142,8 @@ def _abandoned(
         .scalar_subquery()
     )
     subject = cast(Conversation.id, String).concat(":").concat(cast(last_in, String))
+    from bot.conversation.engine import MARKETING_KEY  # the engine only when a reminder runs
+
     running = state["flow"].as_string()
     q = (
         select(Contact.id, subject, null(), Conversation.id)

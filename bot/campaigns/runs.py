@@ -18,7 +18,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
@@ -35,7 +35,6 @@ from bot.campaigns.definitions import (
     builtin_campaigns,
     in_quiet_hours,
 )
-from bot.conversation.engine import Engine, HandleResult
 from storage.models import (
     CampaignDefinition,
     CampaignDelivery,
@@ -43,10 +42,14 @@ from storage.models import (
     Consent,
     Contact,
     Conversation,
+    ConversationStatus,
     Identity,
     LifecyclePhase,
     utcnow,
 )
+
+if TYPE_CHECKING:
+    from bot.conversation.engine import Engine, HandleResult
 
 CAP_WINDOW = timedelta(days=30)
 CHUNK = 500  # contacts whose channels are looked up in one query
@@ -122,7 +125,7 @@ class Campaigns:
     def __init__(
         self,
         sessions: async_sessionmaker[AsyncSession],
-        engine: Engine,
+        engine: Engine | None,
         configured: Sequence[CampaignSettings] = (),
         *,
         channels: Callable[[], Sequence[str]] = lambda: (),
@@ -136,7 +139,7 @@ class Campaigns:
         self.concurrency = concurrency
         self.reminder_after_hours = reminder_after_hours
         self.sessions = sessions
-        self.engine = engine
+        self.engine = engine  # None: definitions, previews, dry runs and figures only
         self.configured = list(configured)
         self.channels = channels  # the channels that can send now
         self.timezone = timezone
@@ -186,20 +189,42 @@ class Campaigns:
         return out
 
     async def preview(self, name: str, sample: int = 10) -> dict[str, Any]:
+        """The audience now, with what a run would do to each contact: the same checks as
+        the dry run and the real run (channel, consent, cap, cooldown, quiet hours, a busy
+        conversation), so that preview, dry run and run agree on the same audience."""
         c = await self.get(name)
         targets = await self.targets(c, self.clock())
-        ids = [t.contact_id for t in targets[:sample]]
+        outcomes: Counter[str] = Counter()
+        shown: dict[int, str] = {}
+        for i, t in enumerate(targets):
+            outcome = await self._dry(c, t)
+            outcomes[outcome] += 1
+            if i < sample:
+                shown[t.contact_id] = outcome
         async with self.sessions() as s:
             contacts = (
-                (await s.execute(select(Contact).where(Contact.id.in_(ids)).order_by(Contact.id)))
+                (
+                    await s.execute(
+                        select(Contact).where(Contact.id.in_(list(shown))).order_by(Contact.id)
+                    )
+                )
                 .scalars()
                 .all()
             )
         return {
             "campaign": name,
             "audience": len(targets),
+            "would_send": outcomes.get("would_send", 0),
+            "outcomes": dict(sorted(outcomes.items())),
+            "channels": sorted(self.channels()),
             "sample": [
-                {"id": x.id, "name": x.name, "lifecycle_phase": x.lifecycle_phase} for x in contacts
+                {
+                    "id": x.id,
+                    "name": x.name,
+                    "lifecycle_phase": x.lifecycle_phase,
+                    "outcome": shown[x.id],
+                }
+                for x in contacts
             ],
         }
 
@@ -229,7 +254,8 @@ class Campaigns:
                     progress(i + 1, len(targets))
             report.seconds = time.monotonic() - started
             return report
-        report.run_id = run_id = await self._open_run(c.name, key, len(targets))
+        run_id, report.targeted = await self._open_run(c.name, key, targets)
+        report.run_id = run_id
         if limit is not None:
             targets = targets[:limit]
         pace = Pace(c.rate_per_second)
@@ -285,7 +311,9 @@ class Campaigns:
         report.seconds = time.monotonic() - started
         return report
 
-    async def _open_run(self, name: str, key: str, targeted: int) -> int:
+    async def _open_run(self, name: str, key: str, targets: Sequence[Target]) -> tuple[int, int]:
+        """(run id, contacts targeted). A resumed run targets those it recorded before and
+        those its audience holds now: its figures add up to every contact it touched."""
         for _ in range(3):
             try:
                 async with self.sessions() as s, s.begin():
@@ -294,12 +322,21 @@ class Campaigns:
                     )
                     run = (await s.execute(q)).scalar_one_or_none()
                     if run is None:
-                        run = CampaignRun(campaign=name, run_key=key, targeted=targeted)
+                        run = CampaignRun(campaign=name, run_key=key, targeted=len(targets))
                         s.add(run)
                         await s.flush()
                     else:
+                        recorded = (
+                            await s.execute(
+                                select(CampaignDelivery.contact_id).where(
+                                    CampaignDelivery.run_id == run.id
+                                )
+                            )
+                        ).scalars()
+                        run.targeted = len({t.contact_id for t in targets} | set(recorded))
                         run.status = "running"
-                    return run.id
+                        run.finished_at = None
+                    return run.id, run.targeted
             except IntegrityError:  # another scheduler opened it first: use theirs
                 continue
         raise RuntimeError("could not open the campaign run")  # pragma: no cover
@@ -432,9 +469,38 @@ class Campaigns:
             identity = await s.get(Identity, route.identity_id)
             assert identity is not None
             reason = await self.check(s, c, contact, identity, self.clock())
+            if reason is None and not c.reminder and await self._busy(s, route):
+                reason = "busy"
         if reason is None:
             return "would_send"
         return f"{DEFERRED if reason in RETRYABLE else SKIPPED}:{reason}"
+
+    async def _busy(self, s: AsyncSession, route: Route) -> bool:
+        """What makes Engine.start_flow decline: the customer's open conversation on that
+        channel is with an agent (or waits for one), or runs another flow."""
+        conv = (
+            await s.execute(
+                select(Conversation).where(
+                    Conversation.channel == route.channel,
+                    Conversation.thread_key == route.external_id,
+                    Conversation.status != ConversationStatus.CLOSED,
+                )
+            )
+        ).scalar_one_or_none()
+        return conv is not None and (
+            conv.status != ConversationStatus.BOT or bool((conv.flow_state or {}).get("flow"))
+        )
+
+    async def _precheck(self, c: CampaignSettings, t: Target, route: Route) -> str | None:
+        """The send-time checks before the engine is asked, in the dry run's order: a
+        contact without consent is `no_consent` whether or not they are busy just now.
+        They run again inside the delivery's transaction, on locked rows."""
+        async with self.sessions() as s:
+            contact = await s.get(Contact, t.contact_id)
+            identity = await s.get(Identity, route.identity_id)
+            if contact is None or identity is None:
+                return "unreachable"
+            return await self.check(s, c, contact, identity, self.clock())
 
     async def deliver(
         self, c: CampaignSettings, run_id: int, t: Target, route: Route | bool | None = True
@@ -457,7 +523,13 @@ class Campaigns:
         if not isinstance(route, Route):
             return await self._record(c, run_id, t, "unreachable")
         channel, external, identity_id = route.channel, route.external_id, route.identity_id
+        early = await self._precheck(c, t, route)
+        if early is not None:
+            return await self._record(c, run_id, t, early, channel)
         now = self.clock()
+        engine = self.engine
+        if engine is None:
+            raise RuntimeError("campaigns without an engine cannot deliver (preview only)")
 
         async def within(s: AsyncSession, result: HandleResult) -> None:
             contact = (
@@ -510,12 +582,12 @@ class Campaigns:
             if c.reminder:
                 assert c.trigger is not None and t.conversation_id is not None
                 quiet_since = now - timedelta(days=c.trigger.days)
-                started = await self.engine.remind(
+                started = await engine.remind(
                     t.conversation_id, quiet_since=quiet_since, in_transaction=within
                 )
             else:
                 assert c.flow is not None
-                started = await self.engine.start_flow(
+                started = await engine.start_flow(
                     channel,
                     external,
                     c.flow,
@@ -529,7 +601,9 @@ class Campaigns:
                 return ALREADY
             return await self._record(c, run_id, t, skip.reason, channel)
         except IntegrityError:
-            return ALREADY  # another run or worker delivered it first
+            # another run or worker delivered it first: recorded, so that the run's
+            # figures still add up (each targeted contact has its one outcome)
+            return await self._record(c, run_id, t, "already_sent", channel)
         if started is None:
             # a reminder's customer answered, an agent took over, or the flow ended
             reason = "not_abandoned" if c.reminder else "busy"

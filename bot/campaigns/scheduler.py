@@ -32,12 +32,12 @@ from sqlalchemy import URL, create_engine, make_url, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from bot.campaigns.definitions import CampaignSettings, crontab_weekdays
+from bot.campaigns.figures import RESUME_DAYS, RESUME_MINUTES
 from bot.campaigns.runs import Campaigns
 from storage.models import CampaignRun, SchedulerJob, utcnow
 
 log = logging.getLogger(__name__)
 LOCK_ID = 0x43494342  # "CICB"
-RESUME_MINUTES = 15
 SYNC_DRIVERS = {"sqlite": "sqlite", "postgresql": "postgresql+psycopg"}
 # how late a missed run still fires (once: missed runs are coalesced)
 GRACE_SECONDS = {"campaign": 3600, "nightly": 6 * 3600, "resume": 600}
@@ -325,7 +325,7 @@ class CampaignScheduler:
 
     async def resume(self) -> None:
         """Runs a crash left half-done, or that deferred contacts for quiet hours."""
-        since = self.clock().timestamp() - 2 * 86400
+        since = self.clock().timestamp() - RESUME_DAYS * 86400
         async with self.campaigns.sessions() as s:
             runs = (
                 await s.execute(

@@ -2,25 +2,31 @@
 
 from __future__ import annotations
 
-import asyncio
+import errno
 import logging
+import socket
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
-from rich.logging import RichHandler
 from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from bot.config import ConfigError, Settings, load_settings
+from bot.cli import common
+from bot.cli import help as help_pages
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncSession
 
+    from bot.config import Settings
     from storage.models import Case
+
+# every module a command needs is imported inside that command: `cicbot --help` imports
+# typer and rich only, a listing the database layer, never aiogram or scikit-learn unless
+# the command uses them (bench/cli_startup.py)
 
 T = TypeVar("T")
 
@@ -29,6 +35,31 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            print(f"cicbot {version('cicbot')}")
+        except PackageNotFoundError:  # run from a source tree that was never installed
+            print("cicbot (not installed)")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """cicbot: the omnichannel customer interaction center bot."""
+
+
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 contacts_app = typer.Typer(help="Contacts and their history.", no_args_is_help=True)
 cases_app = typer.Typer(help="Complaint cases.", no_args_is_help=True)
@@ -41,23 +72,28 @@ out = Console()
 err = Console(stderr=True)
 
 
-def _settings() -> Settings:
-    try:
-        return load_settings()
-    except ConfigError as exc:
-        err.print(f"[red]error:[/red] {escape(str(exc))}", markup=True, highlight=False)
-        raise typer.Exit(2) from None
+def _settings(*, knowledge_base: bool = False) -> Settings:
+    return common.load(knowledge_base=knowledge_base)
 
 
 def _logging(level: str, log_format: str = "text") -> None:
     """Rich text for a terminal, or JSON lines; redacted either way (bot/ops/logs.py)."""
+    from rich.logging import RichHandler
+
     from bot.ops import logs
 
     if log_format == "json":
         handler = logs.json_handler(sys.stderr)
-    else:
+    elif sys.stderr.isatty():
         handler = RichHandler(console=err, show_path=False)
         handler.setFormatter(logging.Formatter("%(message)s", datefmt="[%X]"))
+    else:  # a file or a pipe: one record a line, never wrapped at 80 columns as Rich would
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(
+            logging.Formatter(
+                "%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%Y-%m-%dT%H:%M:%S%z"
+            )
+        )
     logs.install(handler, level)
 
 
@@ -73,32 +109,91 @@ def serve(
     """Serve the web chat, webhooks and API (FastAPI + uvicorn)."""
     import uvicorn
 
+    from storage.lock import AlreadyServed, sqlite_lock
+
+    settings = _settings(knowledge_base=True)
+    fmt = log_format or settings.server.log_format
+    if fmt not in ("text", "json"):
+        common.fail("--log-format must be text or json")
+    h, p = host or settings.server.host, port or settings.server.port
+    # the port and the database are taken before anything starts: a second instance stops
+    # here with one line, instead of starting its workers and the scheduler first
+    sock = _listen(h, p)
+    _logging(log_level, fmt)
+    log = logging.getLogger("cicbot")
+    url = common.ready(settings, say=log.info)
+    lock = sqlite_lock(url)
+    if lock is not None:
+        try:
+            lock.acquire()
+        except AlreadyServed as exc:
+            common.fail(str(exc), 1)
+    from bot.config import notices
     from bot.runtime import Runtime
     from bot.web.app import create_app
 
-    settings = _settings()
-    fmt = log_format or settings.server.log_format
-    if fmt not in ("text", "json"):
-        err.print("[red]error:[/red] --log-format must be text or json", markup=True)
-        raise typer.Exit(2)
-    _logging(log_level, fmt)
+    for notice in notices(settings):
+        log.warning("%s", notice)
     runtime = Runtime(settings)
-    h, p = host or settings.server.host, port or settings.server.port
-    logging.getLogger("cicbot").info(
-        "channels: %s; web chat on http://%s:%s/", ", ".join(sorted(runtime.channels)), h, p
-    )
+    log.info("channels: %s; web chat on http://%s:%s/", ", ".join(sorted(runtime.channels)), h, p)
+    log.info("agent console on http://%s:%s/agent, API documentation on /docs", h, p)
+    if not _agents_exist(url):
+        log.warning(
+            "no agent yet: create one with `cicbot agents add NAME --role admin`, "
+            "then sign in at /agent with the token it prints"
+        )
     # live event streams of open agent consoles would otherwise hold shutdown forever
-    uvicorn.run(
+    config = uvicorn.Config(
         create_app(runtime),
         timeout_graceful_shutdown=5,
-        host=h,
-        port=p,
         log_level=log_level,
         ws_max_size=1 << 20,
         # X-Forwarded-* are believed in the app, from server.trusted_proxies only
         proxy_headers=False,
         log_config=None,  # uvicorn's loggers, access log included, go through ours (redacted)
     )
+    try:
+        uvicorn.Server(config).run(sockets=[sock])
+    finally:
+        sock.close()
+        if lock is not None:
+            lock.release()
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """The server's socket, bound now (uvicorn listens on it)."""
+    try:
+        info = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        common.fail(f"cannot listen on {host}:{port}: {exc.strerror} (server.host, --host)")
+    family, kind, proto, _, address = info[0]
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT of a restart
+    try:
+        sock.bind(address)
+    except OSError as exc:
+        sock.close()
+        hint = (
+            "another cicbot or another program listens there: stop it, or choose another "
+            "port (--port, server.port)"
+            if exc.errno == errno.EADDRINUSE
+            else "check server.host and --host"
+        )
+        common.fail(f"cannot listen on {host}:{port}: {exc.strerror}; {hint}", 1)
+    sock.set_inheritable(True)
+    return sock
+
+
+def _agents_exist(url: str) -> bool:
+    from sqlalchemy import func, select
+
+    from storage.db import run_in_transaction
+    from storage.models import Agent
+
+    async def count(s: AsyncSession) -> int:
+        return int((await s.execute(select(func.count()).select_from(Agent))).scalar_one())
+
+    return run_in_transaction(url, count) > 0
 
 
 @app.command()
@@ -110,7 +205,8 @@ def chat(
     from bot.runtime import Runtime
     from channels.console.adapter import chat as run_chat
 
-    settings = _settings()
+    settings = _settings(knowledge_base=True)
+    common.ready(settings)  # migrated, or one line saying what to run
     _logging("warning")
 
     async def main() -> None:
@@ -120,6 +216,8 @@ def chat(
             await run_chat(runtime, user, lang, sys.stdin)
         finally:
             await runtime.stop()
+
+    import asyncio
 
     asyncio.run(main())
 
@@ -138,7 +236,7 @@ def _run(coro_fn: Callable[[AsyncSession], Awaitable[T]]) -> T:
     """Run one query function in a transaction against the configured database."""
     from storage.db import run_in_transaction
 
-    return run_in_transaction(_settings().database.url, coro_fn)
+    return run_in_transaction(common.ready(_settings()), coro_fn)
 
 
 @contacts_app.command("show")
@@ -326,3 +424,4 @@ def _add_campaigns() -> None:
 
 
 _add_campaigns()
+help_pages.tidy(app)  # after every command is registered

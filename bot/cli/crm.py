@@ -14,10 +14,12 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from bot.config import ConfigError, Settings, load_settings
+from bot.cli import common
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncSession
+
+    from bot.config import Settings
 
 T = TypeVar("T")
 
@@ -33,11 +35,7 @@ err = Console(stderr=True)
 
 
 def _settings() -> Settings:
-    try:
-        return load_settings()
-    except ConfigError as exc:
-        err.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False)
-        raise typer.Exit(2) from None
+    return common.load()
 
 
 def _fail(message: str, code: int = 1) -> typer.Exit:
@@ -49,7 +47,7 @@ def run_in_session(settings: Settings, fn: Callable[[AsyncSession], Awaitable[T]
     """Run `fn` in one transaction against the configured database."""
     from storage.db import run_in_transaction
 
-    return run_in_transaction(settings.database.url, fn)
+    return run_in_transaction(common.ready(settings), fn)
 
 
 class _Rollback(Exception):
@@ -286,18 +284,38 @@ def _fmt(v: Any) -> str:
     return "-" if v is None else str(v)
 
 
+def duration(seconds: float | None) -> str:
+    """A duration as people read it: 45 s, 3 min 20 s, 2 h 05 min, 3 d 4 h."""
+    if seconds is None:
+        return "-"
+    s = round(seconds)
+    if s < 60:
+        return f"{s} s"
+    if s < 3600:
+        return f"{s // 60} min {s % 60:02d} s"
+    if s < 86400:
+        return f"{s // 3600} h {s % 3600 // 60:02d} min"
+    return f"{s // 86400} d {s % 86400 // 3600} h"
+
+
+def percent(rate: float | None) -> str:
+    """A share as the agent console shows it: 64.3 %."""
+    return "-" if rate is None else f"{rate * 100:.1f} %"
+
+
 def print_report(r: dict[str, Any]) -> None:
     p = r["period"]
     out.print(f"[bold]Report[/bold] {p['since'][:16]} – {p['until'][:16]} UTC")
     t = Table("channel", "in", "out", "internal", title="Channel mix")
     for ch, d in r["channels"].items():
-        t.add_row(ch, str(d["in"]), str(d["out"]), str(d["internal"]))
+        if d["in"] or d["out"]:  # not the CRM's own records (imports, lifecycle changes)
+            t.add_row(ch, str(d["in"]), str(d["out"]), str(d["internal"]))
     out.print(t)
     t = Table("day", "channel", "messages", title="Volume (customer messages)")
     for row in r["volume"][-31:]:
         t.add_row(row["day"], row["channel"], str(row["messages"]))
     out.print(t)
-    t = Table("measure", "count", "mean s", "p50 s", "p90 s", title="Response and resolution")
+    t = Table("measure", "count", "mean", "median", "p90", title="Response and resolution")
     for label, st in (
         ("first response, bot", r["first_response_seconds"]["bot"]),
         ("first response, agent", r["first_response_seconds"]["agent"]),
@@ -305,7 +323,9 @@ def print_report(r: dict[str, Any]) -> None:
         ("resolution, with agent", r["resolution_seconds"]["conversations_agent"]),
         ("resolution, cases", r["resolution_seconds"]["cases"]),
     ):
-        t.add_row(label, str(st["count"]), _fmt(st["mean"]), _fmt(st["p50"]), _fmt(st["p90"]))
+        t.add_row(
+            label, str(st["count"]), duration(st["mean"]), duration(st["p50"]), duration(st["p90"])
+        )
     out.print(t)
     c = r["complaints"]
     t = Table("category", "cases", title=f"Complaints ({c['total']})")
@@ -317,14 +337,20 @@ def print_report(r: dict[str, Any]) -> None:
     t = Table("figure", "value", title="Service level, satisfaction, recovery, self-service")
     sla, csat, wb, ss = r["sla"], r["csat"], r["winback"], r["self_service"]
     rows = [
-        ("SLA breached", f"{sla['breached']} of {sla['cases']} ({_fmt(sla['breach_rate'])})"),
+        ("SLA breached", f"{sla['breached']} of {sla['cases']} ({percent(sla['breach_rate'])})"),
         ("SLA breached, still open", str(sla["open_breached"])),
         ("CSAT average", f"{_fmt(csat['average'])} ({csat['responses']} answers)"),
         ("CSAT 1..5", " ".join(f"{k}:{v}" for k, v in csat["distribution"].items())),
         ("win-back reasons", ", ".join(f"{k}:{v}" for k, v in wb["reasons"].items()) or "-"),
-        ("win-back recovery rate", f"{_fmt(wb['recovery_rate'])} ({wb['offers_accepted']})"),
+        (
+            "win-back recovery rate",
+            f"{percent(wb['recovery_rate'])} ({wb['offers_accepted']} offers accepted)",
+        ),
         ("reactivated contacts", str(wb["reactivated_contacts"])),
-        ("self-service deflection", f"{_fmt(ss['deflection_rate'])} of {ss['conversations']}"),
+        (
+            "self-service deflection",
+            f"{percent(ss['deflection_rate'])} of {ss['conversations']} conversations",
+        ),
     ]
     for k, v in rows:
         t.add_row(k, v)

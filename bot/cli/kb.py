@@ -14,13 +14,16 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from bot.config import ConfigError, Settings, load_settings
-from bot.knowledge.base import KBError, build_matcher, load_files
-from flows.knowledge_eval import label
-from flows.options import Intent, KnowledgeBaseOptions, KnowledgeEntry
+from bot.cli import common
+from bot.knowledge.errors import KBError
 
 if TYPE_CHECKING:
+    from bot.config import Settings
     from flows.knowledge import Matcher
+    from flows.options import KnowledgeBaseOptions
+
+# the knowledge base's modules (numpy, scikit-learn) are imported by the command that
+# uses them, not by every `cicbot` command (bench/cli_startup.py)
 
 kb_app = typer.Typer(help="Knowledge base: match, eval, gaps, import.", no_args_is_help=True)
 out = Console()
@@ -44,6 +47,8 @@ def _fail(message: str, code: int = 2) -> typer.Exit:
 
 
 def _settings(required: bool) -> Settings | None:
+    from bot.config import ConfigError, load_settings
+
     try:
         return load_settings()
     except ConfigError as exc:
@@ -54,6 +59,9 @@ def _settings(required: bool) -> Settings | None:
 
 def _options(kb: list[Path] | None, encoder: str | None) -> KnowledgeBaseOptions:
     """The knowledge base of --kb files, or of config.yaml (files and inline entries)."""
+    from bot.knowledge.base import load_files
+    from flows.options import KnowledgeBaseOptions
+
     settings = _settings(required=not kb)
     base = settings.knowledge_base if settings is not None else KnowledgeBaseOptions()
     if kb:
@@ -68,6 +76,8 @@ def _options(kb: list[Path] | None, encoder: str | None) -> KnowledgeBaseOptions
 
 
 def _matcher(options: KnowledgeBaseOptions) -> Matcher:
+    from bot.knowledge.base import build_matcher
+
     try:
         return build_matcher(options)
     except KBError as exc:
@@ -84,6 +94,8 @@ def kb_match(
 ) -> None:
     """The best entry for a question and its confidence, or none."""
     from flows.intents import floor, recognise
+    from flows.knowledge_eval import label
+    from flows.options import Intent, KnowledgeEntry
 
     options = _options(kb, encoder)
     limit = options.threshold if threshold is None else threshold
@@ -183,7 +195,7 @@ def kb_gaps(
     assert settings is not None
     since = utcnow() - timedelta(days=days)
 
-    rows = run_in_transaction(settings.database.url, lambda s: selfservice_rows(s, since))
+    rows = run_in_transaction(common.ready(settings), lambda s: selfservice_rows(s, since))
     report = gaps_from(rows, limit)
     if as_json:
         print(

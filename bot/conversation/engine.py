@@ -582,15 +582,17 @@ class Engine:
 
 def _mark_marketing(turn: Turn, before: Mapping[str, Any], actions: tuple[object, ...]) -> None:
     """A reply inside a marketing flow (the flow ran when the customer wrote) carries the
-    campaign's mark and stop notice; the confirmation of an opt-out does not."""
+    campaign's mark; the confirmation of an opt-out does not. The stop notice is not
+    repeated: it came with the campaign's opening message, and the answers to a survey
+    the customer chose to answer are no new advertising (issue 21)."""
     mark = before.get(MARKETING_KEY)
     opted_out = any(isinstance(a, SetConsent) and not a.granted for a in actions)
     if isinstance(mark, list) and len(mark) == 2 and not opted_out:
-        turn.campaign, turn.stop_notice = str(mark[0]), str(mark[1])
+        turn.campaign = str(mark[0])
 
 
 def _with_notice(replies: list[Reply], turn: Turn) -> list[Reply]:
-    """The stop notice under the last reply of the turn (as under the opening message)."""
+    """The stop notice under the last opening message of a marketing campaign."""
     if turn.stop_notice is None or not replies:
         return replies
     last = replies[-1]

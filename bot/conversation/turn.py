@@ -26,7 +26,8 @@ class Turn:
     ctx: Context
     replies: list[Reply] = field(default_factory=list)  # before the flow's replies
     after: list[Reply] = field(default_factory=list)  # after them
-    # inside a marketing campaign's flow: every reply carries its mark and the stop notice
+    # inside a marketing campaign's flow: every reply carries its mark (email: the
+    # List-Unsubscribe header); the stop notice goes with the opening message only
     campaign: str | None = None
     stop_notice: str | None = None
 

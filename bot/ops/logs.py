@@ -72,8 +72,9 @@ WIRE_LOGGERS = (
     "psycopg",
 )
 _WIRE_PACKAGES = {name.split(".")[0] for name in WIRE_LOGGERS} - {"channels"}
-# uvicorn: the query string of a web-chat socket carries the visitor's name
-_UVICORN_QUERY = re.compile(r"([?&][^=&\s\"]+=)[^&\s\"]*")
+# uvicorn: the query string of a web-chat socket carries the visitor's name; every value
+# is redacted but the language a page asks for (`lang=de` is no one's data)
+_UVICORN_QUERY = re.compile(r"([?&](?!(?:lang|locale)=)[^=&\s\"]+=)[^&\s\"]*")
 _STANDARD = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {
     "message",
     "asctime",

@@ -82,6 +82,49 @@ def config_error(path: Path) -> str:
     return str(err.value)
 
 
+# --- paths ------------------------------------------------------------------------------
+
+
+def test_relative_paths_are_relative_to_the_config_folder(
+    write: Callable[..., Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Regression: the SQLite path was relative to the working directory, the knowledge
+    base's to the config's folder: run from elsewhere, cicbot made a new empty database."""
+    path = write(setting("email.smtp.ca_file", "certs/ca.pem"))
+    monkeypatch.chdir(Path("/"))
+    s = load_settings(path)
+    assert s.database.url == f"sqlite+aiosqlite:///{tmp_path}/data/cicbot.db"
+    assert s.webchat.key_file == str(tmp_path / "data" / "webchat.key")
+    assert s.email.smtp.ca_file == str(tmp_path / "certs" / "ca.pem")
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "sqlite+aiosqlite:////var/lib/cicbot/cicbot.db",
+        "sqlite+aiosqlite://",
+        "sqlite+aiosqlite:///:memory:",
+        "postgresql+asyncpg://cicbot@db.internal/cicbot",
+    ],
+)
+def test_absolute_memory_and_server_urls_stay_as_given(
+    write: Callable[..., Path], url: str
+) -> None:
+    assert load_settings(write(setting("database.url", url))).database.url == url
+
+
+def test_an_env_database_path_is_relative_to_the_config_folder_too(
+    write: Callable[..., Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CICBOT_DATABASE__URL", "sqlite+aiosqlite:///other.db")
+    assert load_settings(write()).database.url == f"sqlite+aiosqlite:///{tmp_path}/other.db"
+
+
+def test_missing_config_names_the_folder(tmp_path: Path) -> None:
+    message = config_error(tmp_path / "nope.yaml")
+    assert f"config file not found: nope.yaml in {tmp_path}" in message
+
+
 # --- the repository's config ------------------------------------------------------------
 
 
@@ -89,7 +132,7 @@ def test_repo_config_loads() -> None:
     s = load_settings(REPO_CONFIG)
     assert s.company.name == "Beispiel GmbH"
     assert s.company.default_locale == "en"
-    assert s.database.url == "sqlite+aiosqlite:///data/cicbot.db"
+    assert s.database.url == f"sqlite+aiosqlite:///{ROOT}/data/cicbot.db"  # the config's folder
     assert s.server.port == 8000
     assert s.flows.max_failed_answers == 3
     assert s.flows.max_selfservice_misses == 2
@@ -358,7 +401,8 @@ def test_telegram_settings_from_yaml_without_secrets(write: Callable[..., Path])
 def test_missing_file(tmp_path: Path) -> None:
     path = tmp_path / "nope.yaml"
     message = config_error(path)
-    assert "not found" in message and str(path) in message and "CICBOT_CONFIG" in message
+    assert "not found" in message and "CICBOT_CONFIG" in message
+    assert f"{path.name} in {path.parent}" in message  # the folder it looked in
 
 
 def test_missing_file_named_by_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -385,3 +429,36 @@ def test_empty_file_names_the_required_sections(tmp_path: Path) -> None:
     path.write_text("", "utf-8")
     message = config_error(path)
     assert "complaint" in message and "winback" in message
+
+
+# --- messages that say what to do (issue 21) -------------------------------------------
+
+
+def test_a_misspelt_key_gets_a_did_you_mean(write: Callable[..., Path]) -> None:
+    message = config_error(write(setting("server.prot", 80)))
+    assert "server.prot: Extra inputs are not permitted; did you mean server.port?" in message
+    message = config_error(write(setting("campains", {})))
+    assert "did you mean campaigns?" in message
+    message = config_error(write(setting("campaigns.definitions", [{"name": "x", "flw": "csat"}])))
+    assert "did you mean campaigns.definitions.0.flow?" in message
+
+
+def test_a_bad_value_from_the_environment_says_so(
+    write: Callable[..., Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CICBOT_SERVER__PORT", "abc")
+    message = config_error(write())
+    assert "server.port:" in message
+    assert "(the value comes from the environment variable CICBOT_SERVER__PORT)" in message
+    monkeypatch.delenv("CICBOT_SERVER__PORT")
+    assert "environment variable" not in config_error(write(setting("server.port", "abc")))
+
+
+def test_a_slack_agent_channel_without_a_token_is_noticed(write: Callable[..., Path]) -> None:
+    """Regression: `slack.agent_channel` without a bot token was silently ignored."""
+    from bot.config import notices
+
+    settings = load_settings(write(setting("slack.agent_channel", "C0123456789")))
+    [notice] = notices(settings)
+    assert "slack.agent_channel" in notice and "CICBOT_SLACK__BOT_TOKEN" in notice
+    assert notices(load_settings(write())) == []

@@ -14,7 +14,7 @@ from alembic.migration import MigrationContext
 from sqlalchemy import inspect
 
 from storage.db import create_engine
-from storage.migrate import alembic_config, current_head, upgrade
+from storage.migrate import alembic_config, current_head, heads, known, upgrade
 from storage.models import Base
 from tests.conftest import pg_database
 
@@ -51,6 +51,12 @@ async def test_downgrade_and_upgrade_round_trip(sqlite_url: str) -> None:
     tables = {"contacts", "touchpoints", "outbox", "inbox", "cases", "agent_cards"}
     assert tables <= await _tables(sqlite_url)
     assert current_head() == "0010"
+
+
+def test_heads_read_from_the_files_agree_with_alembic() -> None:
+    """Every command compares the database with `heads()`, read without importing alembic."""
+    assert heads() == {current_head()}
+    assert "0001" in known() and heads() <= known()
 
 
 @pytest.mark.postgres

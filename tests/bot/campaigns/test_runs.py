@@ -233,10 +233,13 @@ async def test_marketing_needs_consent_and_carries_the_stop_notice(rt: Runtime) 
     assert status["skipped"] == {"opted_out": 1, "unreachable": 1, "no_consent": 1}
 
 
-async def test_every_message_of_a_marketing_flow_carries_the_mark_and_the_stop_notice(
+async def test_the_stop_notice_goes_once_with_the_opening_message_the_mark_with_every_one(
     rt: Runtime,
 ) -> None:
-    """Not only the opening message: every bot reply inside the campaign's flow."""
+    """Every bot reply inside the campaign's flow carries the campaign's mark (email: the
+    List-Unsubscribe header); the stop notice comes once, with the opening message.
+    Regression (issue 21): it appeared twice in the win-back survey's first message (its
+    intro said it too) and again on every turn of a survey the customer chose to answer."""
     for user in ("yes", "quitter"):
         await consent(rt, await customer(rt, user), True)
     await rt.campaigns.save(campaign(purpose="marketing", legal_basis="consent"))
@@ -248,9 +251,12 @@ async def test_every_message_of_a_marketing_flow_carries_the_mark_and_the_stop_n
         return [m for m in recorder(rt).sent if m.recipient_id == user]
 
     hello = len(await to("yes")) - 1  # the answers to "hello", then the opening message
+    opening = (await to("yes"))[hello:]
+    assert sum(m.text.count('"stop"') for m in opening) == 1, [m.text for m in opening]
+    assert opening[-1].text.endswith(notice)
     for answer in ("1", "4", "skip", "no"):  # reason, rating, comment, offer → the end
         result = await rt.engine.handle(inbound(answer, user="yes"))
-        assert result.replies and result.replies[-1].endswith(notice), answer
+        assert result.replies and not any(notice in r for r in result.replies), answer
     flow = (await to("yes"))[hello:]
     assert len(flow) >= 5 and all(m.campaign == "t" for m in flow)
     assert all(m.contact_id is not None for m in flow)  # email adds List-Unsubscribe
@@ -467,3 +473,76 @@ async def test_the_pace_holds_the_rate_across_deliveries_in_flight() -> None:
 
     await asyncio.gather(*(deliver() for _ in range(21)))
     assert all(t >= k * 0.05 - 0.001 for k, t in enumerate(sorted(at)))  # the k-th turn
+
+
+# ---- preview = dry run = run; figures that add up (issue 21) ---------------------------
+
+
+async def test_preview_dry_run_and_run_agree_and_the_figures_add_up(rt: Runtime) -> None:
+    """Regression: the preview said "1000 contacts" and the dry run then skipped all of
+    them as unreachable; the dry run said 4 no_consent, the run 3 no_consent + 1 busy;
+    `status` showed targeted 5 but skipped 5 + deferred 1 + sent 1."""
+    ids = {u: await customer(rt, u) for u in ("ok", "nocons", "nocons_busy", "busy", "gone", "tg")}
+    for u in ("ok", "busy", "gone", "tg"):
+        await consent(rt, ids[u], True)
+    async with rt.sessions() as s, s.begin():
+        gone = await queries.get_identity(s, "test", "gone")
+        tg = await queries.get_identity(s, "test", "tg")
+        assert gone is not None and tg is not None
+        gone.reachable = False
+        tg.channel = "telegram"  # a channel this runtime does not have
+    for u in ("nocons_busy", "busy"):  # another flow is running in their conversation
+        assert await rt.engine.start_flow("test", u, "consent") is not None
+    await rt.campaigns.save(campaign(purpose="marketing", legal_basis="consent"))
+
+    expected = {
+        "sent": 1,
+        "skipped:no_consent": 2,  # with or without a busy conversation: no consent first
+        "deferred:busy": 1,
+        "skipped:unreachable": 2,  # no reachable identity; only on an absent channel
+    }
+
+    def as_run(outcomes: dict[str, int]) -> dict[str, int]:
+        return {("sent" if k == "would_send" else k): n for k, n in outcomes.items()}
+
+    preview = await rt.campaigns.preview("t", sample=3)
+    assert preview["audience"] == 6 and preview["would_send"] == 1
+    assert as_run(preview["outcomes"]) == expected
+    assert len(preview["sample"]) == 3 and all(r["outcome"] for r in preview["sample"])
+    dry = await rt.campaigns.run("t", dry_run=True)
+    assert as_run(dict(dry.outcomes)) == expected
+    report = await rt.campaigns.run("t", run_key="k")
+    assert dict(report.outcomes) == expected
+
+    def adds_up(f: dict[str, Any]) -> int:
+        return f["sent"] + sum(f["skipped"].values()) + sum(f["deferred"].values()) + f["pending"]
+
+    status = await rt.campaigns.status("t")
+    assert status["targeted"] == 6 == adds_up(status)
+    [run] = status["runs"]
+    assert run["status"] == "deferred" and run["started_at"] and run["finished_at"]
+    assert run["retry_until"] and run["deferred"] == 1
+    assert run["sent"] + run["skipped"] + run["deferred"] + run["pending"] == run["targeted"]
+
+    # the busy one's flow ends; the run resumed (as the scheduler does) sends to them
+    await rt.engine.handle(inbound("cancel", user="busy"))
+    again = await rt.campaigns.run("t", run_key="k")
+    assert again.outcomes["sent"] == 1 and again.targeted == 6
+    status = await rt.campaigns.status("t")
+    assert status["targeted"] == 6 == adds_up(status)
+    assert status["sent"] == 2 and status["deferred"] == {}
+    assert status["runs"][0]["status"] == "done" and status["runs"][0]["retry_until"] is None
+
+
+async def test_a_resumed_run_counts_new_audience_members_once(rt: Runtime) -> None:
+    """A contact who joined the audience between a run and its resumption is targeted
+    once, in addition: targeted stays the sum of the outcomes."""
+    await customer(rt, "first")
+    await rt.campaigns.save(campaign(flow="consent"))
+    assert (await rt.campaigns.run("t", run_key="k")).targeted == 1
+    await customer(rt, "second")
+    resumed = await rt.campaigns.run("t", run_key="k")
+    assert resumed.targeted == 2
+    assert resumed.outcomes == Counter({"sent": 1})  # the first has it: not in the audience
+    status = await rt.campaigns.status("t")
+    assert status["targeted"] == 2 == status["sent"]

@@ -138,6 +138,14 @@ def test_uvicorn_access_log_keeps_no_query_values_nor_unsubscribe_tokens() -> No
     assert "abc123" not in out and "page=2" in out
 
 
+def test_uvicorn_access_log_keeps_the_language_a_page_asks_for() -> None:
+    """Regression (issue 21): `lang=[redacted]`: a language is no one's data."""
+    fmt = '%s - "%s %s HTTP/%s" %d'
+    path = "/ws/chat?lang=de&name=Jane&language=x"
+    out = formatted(emit("uvicorn.access", fmt, "1.2.3.4:5", "GET", path, "1.1", 101))
+    assert "?lang=de&name=[redacted]&language=[redacted]" in out
+
+
 def test_sql_parameters_and_wire_debug_logs() -> None:
     error = "(IntegrityError) dup\n[SQL: INSERT INTO t VALUES (?)]\n[parameters: ('my text',)]"
     assert "my text" not in formatted(emit("bot.delivery.inbox", "failed: %s", error))

@@ -111,3 +111,46 @@ def test_the_command_line(sqlite_url: str, tmp_path: Path, monkeypatch: pytest.M
     assert json.loads(status.stdout)["sent"] == 3
     missing = runner.invoke(cli_app, ["campaigns", "status", "nope"])
     assert missing.exit_code == 1 and "no campaign 'nope'" in missing.output
+
+
+async def test_put_takes_the_name_from_the_path_and_answers_are_typed(
+    api: tuple[Runtime, dict[AgentRole, httpx.AsyncClient]],
+) -> None:
+    """Regression (issue 21): PUT /campaigns/{name} needed the name again in the body, and
+    the OpenAPI schema described every answer as an untyped object."""
+    _, clients = api
+    boss = clients[AgentRole.SUPERVISOR]
+    body = {k: v for k, v in DEFINITION.items() if k != "name"}
+    r = await boss.put("/campaigns/quiet-one", json=body)
+    assert r.status_code == 200, r.text
+    assert r.json()["name"] == "quiet-one" and r.json()["flow"] == "winback"
+    other = await boss.put("/campaigns/quiet-one", json={**body, "name": "other"})
+    assert other.status_code == 422
+    bad = await boss.put("/campaigns/quiet-one", json={**body, "flow": "nope"})
+    assert bad.status_code == 422
+    preview = (await boss.get("/campaigns/quiet-one/preview")).json()
+    assert set(preview) >= {"audience", "would_send", "outcomes", "channels", "sample"}
+
+    schema = (await boss.get("http://t/openapi.json")).json()
+    paths = schema["paths"]
+
+    def answer(path: str, method: str) -> dict[str, object]:
+        ok = next(v for k, v in paths[path][method]["responses"].items() if k.startswith("2"))
+        content: dict[str, object] = ok["content"]["application/json"]["schema"]
+        return content
+
+    for path, method, model in (
+        ("/api/v1/campaigns", "get", "CampaignList"),
+        ("/api/v1/campaigns/{name}", "put", "CampaignSettings"),
+        ("/api/v1/campaigns/{name}/preview", "get", "Preview"),
+        ("/api/v1/campaigns/{name}/status", "get", "Status"),
+    ):
+        assert answer(path, method) == {"$ref": f"#/components/schemas/{model}"}, path
+    run = answer("/api/v1/campaigns/{name}/run", "post")
+    assert {"$ref": "#/components/schemas/RunStarted"} in run["anyOf"]  # type: ignore[operator]
+    status = schema["components"]["schemas"]["Status"]["properties"]
+    assert {"targeted", "pending", "sent", "runs"} <= set(status)
+    put_body = paths["/api/v1/campaigns/{name}"]["put"]["requestBody"]["content"]
+    body_schema = schema["components"]["schemas"]["CampaignBody"]
+    assert put_body["application/json"]["schema"]["$ref"].endswith("CampaignBody")
+    assert "name" not in body_schema.get("required", [])
