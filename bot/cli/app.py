@@ -49,8 +49,9 @@ def _settings() -> Settings:
         raise typer.Exit(2) from None
 
 
-def _logging(level: str, log_format: str = "text") -> None:
-    """Rich text for a terminal, or JSON lines; redacted either way (bot/ops/logs.py)."""
+def _logging(level: str, log_format: str = "text", settings: Settings | None = None) -> None:
+    """Rich text for a terminal, or JSON lines; redacted either way (bot/ops/logs.py), the
+    configured secrets (the channels' too) wherever they appear."""
     from bot.ops import logs
 
     if log_format == "json":
@@ -58,7 +59,7 @@ def _logging(level: str, log_format: str = "text") -> None:
     else:
         handler = RichHandler(console=err, show_path=False)
         handler.setFormatter(logging.Formatter("%(message)s", datefmt="[%X]"))
-    logs.install(handler, level)
+    logs.install(handler, level, logs.secret_values(settings) if settings is not None else ())
 
 
 @app.command()
@@ -81,7 +82,7 @@ def serve(
     if fmt not in ("text", "json"):
         err.print("[red]error:[/red] --log-format must be text or json", markup=True)
         raise typer.Exit(2)
-    _logging(log_level, fmt)
+    _logging(log_level, fmt, settings)
     runtime = Runtime(settings)
     h, p = host or settings.server.host, port or settings.server.port
     logging.getLogger("cicbot").info(
@@ -107,17 +108,21 @@ def chat(
     lang: Annotated[str | None, typer.Option(help="Language hint: de or en.")] = None,
 ) -> None:
     """Chat with the bot in the terminal; scriptable: lines on stdin, replies on stdout."""
+    from bot.channel import Terminal
     from bot.runtime import Runtime
-    from channels.console.adapter import chat as run_chat
 
     settings = _settings()
-    _logging("warning")
+    _logging("warning", settings=settings)
 
     async def main() -> None:
+        # the terminal chat is the `console` channel's entry point like any other channel
         runtime = Runtime(settings, channels=["console"], exclude=())
+        terminal = runtime.channels.get("console")
+        if not isinstance(terminal, Terminal):
+            raise RuntimeError("the console channel is not installed (entry point cicbot.channels)")
         await runtime.start(dispatch=False)
         try:
-            await run_chat(runtime, user, lang, sys.stdin)
+            await terminal.chat(user, lang, sys.stdin)
         finally:
             await runtime.stop()
 

@@ -53,7 +53,6 @@ def create_app(runtime: Runtime) -> FastAPI:
     app.include_router(console.router)
     app.include_router(metrics.router)
     app.include_router(docs.router)
-    for adapter in runtime.channels.values():
-        if adapter.router is not None:
-            app.include_router(adapter.router, max_body_size=adapter.max_body_bytes)
+    for router, max_body_bytes in runtime.routes:  # the channels' (ChannelHost.add_routes)
+        app.include_router(router, max_body_size=max_body_bytes)
     return app
