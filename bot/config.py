@@ -26,7 +26,6 @@ from pydantic import (
     ValidationError,
     create_model,
     field_validator,
-    model_validator,
 )
 from pydantic_settings import (
     BaseSettings,
@@ -38,6 +37,8 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from bot.campaigns.definitions import CampaignSettings
+from bot.crm.settings import CrmSettings
+from bot.delivery.settings import DispatcherSettings
 from flows.hours import BusinessHours
 from flows.options import (
     ComplaintOptions,
@@ -47,6 +48,8 @@ from flows.options import (
 )
 
 DEFAULT_CONFIG = "config.yaml"
+# defined by the packages that use them (which do not import this module); named here too
+__all__ = ["ConfigError", "CrmSettings", "DispatcherSettings", "Settings", "load_settings"]
 
 
 class ConfigError(Exception):
@@ -94,28 +97,6 @@ class CompanySettings(Section):
     timezone: str = "Europe/Berlin"
 
 
-class DispatcherSettings(Section):
-    max_attempts: int = Field(default=8, ge=1, le=100)
-    base_backoff_seconds: float = Field(default=1.0, gt=0)
-    max_backoff_seconds: float = Field(default=300.0, gt=0)
-    poll_interval_seconds: float = Field(default=1.0, gt=0)
-    concurrency: int = Field(default=16, ge=1, le=1000)
-    # an outbox or inbox row's lease (bot/delivery/leases.py): a live worker renews it every
-    # heartbeat, a dead worker's runs out after lease_seconds
-    lease_seconds: float = Field(default=10.0, gt=0)
-    heartbeat_seconds: float = Field(default=2.0, gt=0)
-    # inbox: attempts for a row whose processing raised, and in all once a process died
-    # while handling it (an update that kills the process is parked, not retried forever)
-    inbox_max_attempts: int = Field(default=5, ge=1, le=100)
-    inbox_max_crashes: int = Field(default=3, ge=1, le=100)
-
-    @model_validator(mode="after")
-    def _heartbeat_within_lease(self) -> DispatcherSettings:
-        if self.heartbeat_seconds * 3 > self.lease_seconds:
-            raise ValueError("heartbeat_seconds must be at most a third of lease_seconds")
-        return self
-
-
 class LimitsSettings(Section):
     """Per-identity flood control (bot/delivery/flood.py): `burst` messages at once, then
     `messages_per_second`; faster messages wait, in order, none is dropped."""
@@ -130,28 +111,6 @@ class LimitsSettings(Section):
 class FlowSettings(Section):
     max_failed_answers: int = Field(default=3, ge=1, le=10)
     max_selfservice_misses: int = Field(default=2, ge=1, le=10)
-
-
-class CrmSettings(Section):
-    """Contact history, customer value, lifecycle and privacy (docs/crm.md)."""
-
-    retention_days: int = Field(default=1095, ge=1)  # bot/crm/retention.py, docs/security.md
-    at_risk_after_days: int = Field(default=90, ge=1)  # active → at_risk without order/contact
-    lost_after_days: int = Field(default=180, ge=1)  # → lost without order or contact
-    value_window_days: int = Field(default=730, ge=1)  # orders counted for RFM and CLV
-    clv_horizon_years: float = Field(default=3.0, gt=0)  # the CLV estimate looks this far
-    segment_a_share: float = Field(default=0.2, gt=0, lt=1)  # top share by CLV → A
-    segment_b_share: float = Field(default=0.3, gt=0, lt=1)  # the next share → B; rest C
-    service_need_contacts: int = Field(default=5, ge=1)  # inbound msgs + cases in 90 days → high
-    import_max_rows: int = Field(default=1_000_000, ge=1)
-
-    @model_validator(mode="after")
-    def _order(self) -> CrmSettings:
-        if self.lost_after_days <= self.at_risk_after_days:
-            raise ValueError("lost_after_days must be greater than at_risk_after_days")
-        if self.segment_a_share + self.segment_b_share >= 1:
-            raise ValueError("segment_a_share + segment_b_share must be below 1")
-        return self
 
 
 class CampaignsSection(Section):

@@ -31,7 +31,6 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.crm.history import MergeError, merge_contacts
-from bot.delivery.dispatcher import MASKED_TEXT, masked
 from flows.link import CODE_LENGTH
 from flows.model import Reply
 from flows.options import IdentityLinkOptions
@@ -45,6 +44,7 @@ from storage.models import (
     OutboxMessage,
     OutboxStatus,
 )
+from storage.queries import MASKED_TEXT, masked
 
 if TYPE_CHECKING:
     from bot.conversation.engine import Turn

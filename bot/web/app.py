@@ -9,10 +9,9 @@ from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
-from bot.ops import metrics
 from bot.runtime import Runtime
 from bot.web import agent_console as console
-from bot.web import api, docs
+from bot.web import api, docs, metrics
 from bot.web import crm_api as api_crm
 from bot.web.campaigns_api import router as campaign_router
 
