@@ -33,10 +33,13 @@ test: $(VENV)/.synced
 test-browser: $(VENV)/.synced
 	$(VENV)/bin/python -m pytest tests/browser -v
 
+# lint-imports: the import contracts of pyproject.toml ([tool.importlinter]): layers, no
+# cycles (TYPE_CHECKING imports included), channels only through bot.channel
 lint: $(VENV)/.synced
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports --no-cache
 
 format: $(VENV)/.synced
 	$(VENV)/bin/ruff check --fix .

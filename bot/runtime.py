@@ -1,7 +1,9 @@
 """Wires the application together: database, engine, dispatcher and channels.
 
 Channels are found through the `cicbot.channels` entry points (see pyproject.toml),
-so the core depends on no platform library.
+so the core depends on no platform library. The runtime is the channels' host
+(bot.channel.host.ChannelHost): an adapter gets it typed as that narrow protocol, and
+everything it writes goes through the core's modules.
 """
 
 from __future__ import annotations
@@ -11,18 +13,28 @@ import logging
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from importlib.metadata import entry_points
+from typing import TYPE_CHECKING, Any, TypeVar
 
+from pydantic import BaseModel
 from sqlalchemy import text
 
 from bot.campaigns.runs import Campaigns
 from bot.campaigns.scheduler import CampaignScheduler
 from bot.channel import ChannelAdapter
+from bot.channel.host import Admission, ChannelHost, Said
+from bot.channel.inbound import Parser
+from bot.channel.messages import InboundMessage
 from bot.config import Settings
+from bot.conversation import views
 from bot.conversation.engine import HandleResult
+from bot.conversation.records import MessageRecords
+from bot.crm import consent
+from bot.delivery import flood
 from bot.delivery.dispatcher import Dispatcher
 from bot.delivery.flood import FloodControl
 from bot.delivery.inbox import Inbox
 from bot.delivery.leases import Leases
+from bot.desk.cards import DeskCards
 from bot.desk.events import EventBus
 from bot.desk.service import Desk
 from bot.knowledge.base import build_matcher
@@ -33,8 +45,12 @@ from storage.db import create_engine, is_sqlite, session_factory
 from storage.migrate import upgrade_async
 from storage.models import utcnow
 
+if TYPE_CHECKING:
+    from fastapi import APIRouter
+
 log = logging.getLogger(__name__)
-ChannelFactory = Callable[["Runtime"], ChannelAdapter | None]
+ChannelFactory = Callable[[ChannelHost], ChannelAdapter | None]
+S = TypeVar("S", bound=BaseModel)
 
 
 def channel_factories(
@@ -55,7 +71,7 @@ def flow_options(settings: Settings) -> FlowOptions:
         winback=settings.winback,
         knowledge_base=settings.knowledge_base,
         identity_link=settings.identity_link,
-        email_linking=settings.email.enabled,
+        email_linking=bool(getattr(settings.channel("email"), "enabled", False)),
         max_failed_answers=settings.flows.max_failed_answers,
         max_selfservice_misses=settings.flows.max_selfservice_misses,
     )
@@ -116,8 +132,11 @@ class Runtime:
             poll_interval=settings.dispatcher.poll_interval_seconds,
         )
         self.inbox.observe = self.metrics.inbox
-        # made by bot.delivery.flood.attach when a channel asks
+        # made when the first channel registers a parser (`register_parser`)
         self.flood: FloodControl | None = None
+        self.routes: list[tuple[APIRouter, int | None]] = []  # the channels' (add_routes)
+        self.records = MessageRecords(self.sessions, self.db.dialect.name)
+        self.agent_desk = DeskCards(self.desk)
         self.campaigns = Campaigns(
             self.sessions,
             self.engine,
@@ -132,7 +151,7 @@ class Runtime:
         self.scheduler: CampaignScheduler | None = None
         self._frozen = False  # start() moved the heap out of the collector's reach
         for name, factory in channel_factories(channels, exclude).items():
-            adapter = factory(self)
+            adapter = factory(self)  # the runtime as the channel's host, nothing more
             if adapter is not None:
                 self.channels[name] = adapter
 
@@ -175,6 +194,74 @@ class Runtime:
         for adapter in self.channels.values():
             await adapter.stop()
         await self.db.dispose()
+
+    # ---- the channels' host (bot.channel.host.ChannelHost) ------------------------------
+
+    def settings_of(self, channel: str, model: type[S]) -> S:
+        section = self.settings.channel(channel)
+        if not isinstance(section, model):
+            raise TypeError(f"settings section {channel!r} is not a {model.__name__}")
+        return section
+
+    @property
+    def company_name(self) -> str:
+        return self.settings.company.name
+
+    def register_parser(self, channel: str, parser: Parser) -> None:
+        self.inbox.register(channel, parser)
+        if self.flood is None:  # a channel takes customer input: the inbox paces floods
+            limits = self.settings.limits
+            self.flood = FloodControl(
+                limits.messages_per_second, limits.burst, max_keys=limits.max_identities
+            )
+            self.inbox.flood = (
+                self.limiter(limits.messages_per_second) if self._shared() else self.flood
+            )
+
+    async def accept(
+        self, channel: str, dedupe_key: str, partition_key: str, payload: dict[str, Any]
+    ) -> bool:
+        return await self.inbox.accept(channel, dedupe_key, partition_key, payload)
+
+    async def handle_now(self, message: InboundMessage) -> bool:
+        return (await self.engine.handle(message)).duplicate
+
+    async def deliver_pending(self) -> None:
+        await self.dispatcher.drain()
+
+    def limiter(
+        self, per_second: float, burst: int | None = None, *, shared: bool = True
+    ) -> Admission:
+        limits = self.settings.limits
+        return flood.limiter(
+            self.sessions,
+            per_second,
+            limits.burst if burst is None else burst,
+            shared=shared and self._shared(),
+            max_keys=limits.max_identities,
+        )
+
+    def _shared(self) -> bool:
+        return self.settings.limits.shared and self.db.dialect.name == "postgresql"
+
+    def rate_limited(self, channel: str) -> None:
+        self.metrics.rate_limited(channel)
+
+    def add_routes(self, router: APIRouter, *, max_body_bytes: int | None = None) -> None:
+        self.routes.append((router, max_body_bytes))
+
+    async def conversation_open(
+        self, channel: str, thread_key: str, *, pending: bool = False
+    ) -> bool:
+        return await views.conversation_open(self.sessions, channel, thread_key, pending=pending)
+
+    async def history(self, channel: str, sender_id: str, limit: int) -> list[Said]:
+        return await views.history(self.sessions, channel, sender_id, limit)
+
+    async def withdraw_consent(self, contact_id: int, channel: str, via: str) -> bool:
+        return await consent.withdraw(self.sessions, contact_id, channel, via)
+
+    # ---- live views --------------------------------------------------------------------
 
     def _published(self, result: HandleResult) -> None:
         if result.status in ("queued", "agent"):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import select, update
@@ -140,6 +140,17 @@ def add_touchpoint(
     )
     s.add(tp)
     return tp
+
+
+# an outbox body's text to keep once the message is sent (bot/conversation/linking.py's code
+# mail; the dispatcher swaps it in, bot/delivery/dispatcher.py)
+MASKED_TEXT = "masked_text"
+
+
+def masked(body: Mapping[str, Any]) -> dict[str, Any]:
+    """An outbox body with its masked text in place of the text (see MASKED_TEXT)."""
+    kept = {k: v for k, v in body.items() if k != MASKED_TEXT}
+    return {**kept, "text": body[MASKED_TEXT]}
 
 
 async def enqueue(

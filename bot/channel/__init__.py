@@ -3,14 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import Protocol, TextIO, runtime_checkable
 
+from bot.channel.host import ChannelHost
 from bot.channel.messages import OutboundMessage
-
-if TYPE_CHECKING:
-    from fastapi import APIRouter
-
-    from bot.runtime import Runtime
 
 
 @dataclass(frozen=True)
@@ -51,20 +47,15 @@ class ChannelAdapter:
     """Base of the channel modules in `channels/`, found through the `cicbot.channels`
     entry points so the core never imports a platform library.
 
-    An adapter may add HTTP routes (`router`), run background work between `start`
-    and `stop`, and must implement `send`.
+    An adapter gets the `ChannelHost` (bot/channel/host.py), not the runtime: it may add
+    HTTP routes (`host.add_routes`), run background work between `start` and `stop`, and
+    must implement `send`.
     """
 
     name: str = ""
-    # the request bodies its routes accept; None: the app's (`server.max_body_bytes`)
-    max_body_bytes: int | None = None
 
-    def __init__(self, runtime: Runtime) -> None:
-        self.runtime = runtime
-
-    @property
-    def router(self) -> APIRouter | None:
-        return None
+    def __init__(self, host: ChannelHost) -> None:
+        self.host = host
 
     async def start(self) -> None:
         return None
@@ -74,3 +65,10 @@ class ChannelAdapter:
 
     async def send(self, message: OutboundMessage) -> SendResult:
         raise NotImplementedError
+
+
+@runtime_checkable
+class Terminal(Protocol):
+    """A channel that is itself the user interface (the terminal chat, `cicbot chat`)."""
+
+    async def chat(self, user: str, locale: str | None, stdin: TextIO) -> None: ...

@@ -76,8 +76,9 @@ def _settings(*, knowledge_base: bool = False) -> Settings:
     return common.load(knowledge_base=knowledge_base)
 
 
-def _logging(level: str, log_format: str = "text") -> None:
-    """Rich text for a terminal, or JSON lines; redacted either way (bot/ops/logs.py)."""
+def _logging(level: str, log_format: str = "text", settings: Settings | None = None) -> None:
+    """Rich text for a terminal, one line a record in a file, or JSON lines; redacted either
+    way (bot/ops/logs.py), the configured secrets (the channels' too) wherever they appear."""
     from rich.logging import RichHandler
 
     from bot.ops import logs
@@ -94,7 +95,7 @@ def _logging(level: str, log_format: str = "text") -> None:
                 "%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%Y-%m-%dT%H:%M:%S%z"
             )
         )
-    logs.install(handler, level)
+    logs.install(handler, level, logs.secret_values(settings) if settings is not None else ())
 
 
 @app.command()
@@ -119,7 +120,7 @@ def serve(
     # the port and the database are taken before anything starts: a second instance stops
     # here with one line, instead of starting its workers and the scheduler first
     sock = _listen(h, p)
-    _logging(log_level, fmt)
+    _logging(log_level, fmt, settings)
     log = logging.getLogger("cicbot")
     url = common.ready(settings, say=log.info)
     lock = sqlite_lock(url)
@@ -202,18 +203,22 @@ def chat(
     lang: Annotated[str | None, typer.Option(help="Language hint: de or en.")] = None,
 ) -> None:
     """Chat with the bot in the terminal; scriptable: lines on stdin, replies on stdout."""
+    from bot.channel import Terminal
     from bot.runtime import Runtime
-    from channels.console.adapter import chat as run_chat
 
     settings = _settings(knowledge_base=True)
     common.ready(settings)  # migrated, or one line saying what to run
-    _logging("warning")
+    _logging("warning", settings=settings)
 
     async def main() -> None:
+        # the terminal chat is the `console` channel's entry point like any other channel
         runtime = Runtime(settings, channels=["console"], exclude=())
+        terminal = runtime.channels.get("console")
+        if not isinstance(terminal, Terminal):
+            raise RuntimeError("the console channel is not installed (entry point cicbot.channels)")
         await runtime.start(dispatch=False)
         try:
-            await run_chat(runtime, user, lang, sys.stdin)
+            await terminal.chat(user, lang, sys.stdin)
         finally:
             await runtime.stop()
 

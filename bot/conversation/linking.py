@@ -32,7 +32,6 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.conversation.turn import Turn
 from bot.crm.history import MergeError, merge_contacts
-from bot.delivery.dispatcher import MASKED_TEXT, masked
 from flows.link import CODE_LENGTH
 from flows.model import Reply
 from flows.options import IdentityLinkOptions
@@ -46,6 +45,7 @@ from storage.models import (
     OutboxMessage,
     OutboxStatus,
 )
+from storage.queries import MASKED_TEXT, masked
 
 log = logging.getLogger(__name__)
 EMAIL = "email"

@@ -12,8 +12,8 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from bot.config import CrmSettings
 from bot.crm.history import CRM_CHANNEL
+from bot.crm.settings import CrmSettings
 from storage import queries
 from storage.models import Contact, Direction, LifecyclePhase, Order, Touchpoint, utcnow
 

@@ -21,7 +21,7 @@ from typing import Any
 from sqlalchemy import func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from bot.config import CrmSettings
+from bot.crm.settings import CrmSettings
 from storage.models import Case, Contact, Direction, Order, Touchpoint, utcnow
 
 CLASSES = {

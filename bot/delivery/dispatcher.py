@@ -16,7 +16,6 @@ import logging
 import random
 from collections.abc import Callable, Mapping
 from datetime import timedelta
-from typing import Any
 
 from sqlalchemy import and_, exists, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -24,22 +23,15 @@ from sqlalchemy.orm import aliased
 
 from bot.channel import Channel, PermanentSendError, SendResult, TransientSendError
 from bot.channel.messages import OutboundMessage
-from bot.config import DispatcherSettings
 from bot.delivery.leases import Leases
+from bot.delivery.settings import DispatcherSettings
 from bot.delivery.worker import RoundWorker
 from storage import queries
 from storage.models import Conversation, Direction, OutboxMessage, OutboxStatus, utcnow
+from storage.queries import MASKED_TEXT, masked
 
 log = logging.getLogger(__name__)
-# an outbox body's text to keep once the message is sent (bot/conversation/linking.py's code mail)
-MASKED_TEXT = "masked_text"
 UNFINISHED = (OutboxStatus.PENDING, OutboxStatus.SENDING)
-
-
-def masked(body: Mapping[str, Any]) -> dict[str, Any]:
-    """An outbox body with its masked text in place of the text (see MASKED_TEXT)."""
-    kept = {k: v for k, v in body.items() if k != MASKED_TEXT}
-    return {**kept, "text": body[MASKED_TEXT]}
 
 
 class Dispatcher(RoundWorker):

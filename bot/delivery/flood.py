@@ -34,15 +34,14 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from datetime import timedelta
-from typing import TYPE_CHECKING, Protocol
 
 from sqlalchemy import text, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from bot.channel.host import Admission
 from storage.models import InboxStatus, InboxUpdate, utcnow
 
-if TYPE_CHECKING:
-    from bot.runtime import Runtime
+__all__ = ["Admission", "FloodControl", "SharedFloodControl", "defer", "limiter", "row_key"]
 
 # a partition of updates without a sender (garbage, rejected): not one identity
 NO_IDENTITY = "-"
@@ -89,13 +88,6 @@ class FloodControl:
 
     def __len__(self) -> int:
         return len(self._buckets)
-
-
-class Admission(Protocol):
-    async def admit(self, key: tuple[str, str]) -> float:
-        """0 if a message of `key` may be handled now (and counts it); otherwise the
-        seconds until it may, counting nothing."""
-        ...
 
 
 # GCRA in one statement: a sender's mark (tat) moves on by one interval per message let
@@ -151,23 +143,18 @@ class SharedFloodControl:
         return self.interval if wait is None else float(wait)
 
 
-def attach(runtime: Runtime) -> FloodControl:
-    """The runtime's flood control, made from `settings.limits` on first use; the inbox gets
-    the shared one on PostgreSQL (`limits.shared`), the in-memory one otherwise. Every
-    channel that takes customer input asks for it when it is created; the in-memory one is
-    returned (for a channel's own in-process waits)."""
-    if runtime.flood is None:
-        limits = runtime.settings.limits
-        runtime.flood = FloodControl(
-            limits.messages_per_second, limits.burst, max_keys=limits.max_identities
-        )
-        shared = limits.shared and runtime.db.dialect.name == "postgresql"
-        runtime.inbox.flood = (
-            SharedFloodControl(runtime.sessions, limits.messages_per_second, limits.burst)
-            if shared
-            else runtime.flood
-        )
-    return runtime.flood
+def limiter(
+    sessions: async_sessionmaker[AsyncSession],
+    rate: float,
+    burst: int,
+    *,
+    shared: bool,
+    max_keys: int = 10_000,
+) -> Admission:
+    """The shared limit (all workers, PostgreSQL) when `shared`, else one in memory."""
+    if shared:
+        return SharedFloodControl(sessions, rate, burst)
+    return FloodControl(rate, burst, max_keys=max_keys)
 
 
 def row_key(channel: str, partition_key: str) -> tuple[str, str] | None:

@@ -20,8 +20,7 @@ import asyncio
 import inspect
 import logging
 import traceback
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import and_, exists, or_, select, update
@@ -29,6 +28,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import aliased
 
+from bot.channel.inbound import Deferred, Parsed, ParseError, Parser, Tolerated, Unavailable
 from bot.channel.messages import ChannelEvent, InboundMessage
 from bot.conversation.engine import Engine
 from bot.delivery.flood import Admission, defer, row_key
@@ -39,41 +39,10 @@ from storage.models import DeadLetter, InboxStatus, InboxUpdate, utcnow
 from storage.queries import scrub
 
 log = logging.getLogger(__name__)
-# Work a parser hands back instead of a message, run in the worker in order with the rest:
-# an agent's action in Slack, or a platform look-up before a message is handed to the engine.
-# Its failure is retried like the engine's (and parked as dead after max_attempts).
-Deferred = Callable[[], Awaitable[object]]
-Parsed = Sequence[InboundMessage | ChannelEvent | Deferred]
+# the parser types live in the channel contract (bot/channel/inbound.py); named here too
+__all__ = ["Deferred", "Inbox", "ParseError", "Parsed", "Parser", "Tolerated", "Unavailable"]
 UNFINISHED = (InboxStatus.PENDING, InboxStatus.PROCESSING)
 STOP_SECONDS = 10.0  # at stop, rows being handled get this long to finish
-
-
-@dataclass(frozen=True)
-class Tolerated:
-    """Items a parser read past its library (whose models rejected a valid update): handled
-    as usual, the row done with `note` kept in its error column for an operator."""
-
-    items: Parsed
-    note: str
-
-
-Result = Parsed | Tolerated
-Parser = Callable[[dict[str, Any]], Result | Awaitable[Result]]
-
-
-class Unavailable(Exception):
-    """The database cannot be reached: the update is not persisted, so the webhook must
-    not acknowledge it (503, the platform delivers it again)."""
-
-
-class ParseError(Exception):
-    """The update cannot be understood; it is kept as dead, not retried. `salvaged` is
-    what could still be read from it (the customer's text from the raw JSON): handled all
-    the same, so the customer is answered."""
-
-    def __init__(self, reason: str, salvaged: Parsed = ()) -> None:
-        super().__init__(reason)
-        self.salvaged = salvaged
 
 
 class Inbox(RoundWorker):
@@ -256,18 +225,24 @@ class Inbox(RoundWorker):
         """Hand the items on; False if that failed (the row is then retried or parked)."""
         try:
             for item in items:
-                if isinstance(item, InboundMessage):
-                    await self.engine.handle(item)
-                elif isinstance(item, ChannelEvent):
-                    await self.engine.record_event(item)
-                else:
-                    await item()
+                if isinstance(item, InboundMessage | ChannelEvent):
+                    await self._hand_on(item)
+                else:  # deferred work: what it made goes the same way
+                    for made in await item() or ():
+                        await self._hand_on(made)
         except Exception as exc:
             log.exception("inbox row %s (%s) failed", row.id, row.channel)
             status = InboxStatus.DEAD if row.attempts >= self.max_attempts else InboxStatus.PENDING
             await self._finish(row, status, _error(exc))
             return False
         return True
+
+    async def _hand_on(self, item: InboundMessage | ChannelEvent) -> None:
+        # the engine's one transaction per message (bot/conversation/engine.py)
+        if isinstance(item, InboundMessage):
+            await self.engine.handle(item)
+        else:
+            await self.engine.record_event(item)
 
     async def _finish(self, row: InboxUpdate, status: InboxStatus, error: str | None) -> None:
         self.observe(row.channel, status)

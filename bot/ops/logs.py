@@ -17,6 +17,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import IO, Any
 
+from pydantic import BaseModel, SecretStr
 from pythonjsonlogger.json import JsonFormatter
 
 Sub = tuple[re.Pattern[str], str | Callable[[re.Match[str]], str]]
@@ -88,19 +89,45 @@ def redact(text: str) -> str:
     return text
 
 
-def _redact_value(value: Any) -> Any:
-    if isinstance(value, str):
-        return redact(value)
-    if isinstance(value, dict):
-        return {k: _redact_value(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_redact_value(v) for v in value]
-    if isinstance(value, int | float | bool) or value is None:
-        return value
-    return redact(str(value))
+MIN_SECRET = 8  # shorter configured secrets are not replaced (they would hit ordinary text)
+
+
+def secret_values(model: BaseModel) -> list[str]:
+    """The values of every SecretStr field of the settings, the channels' sections included
+    (each channel's model declares its own secrets), longest first."""
+    found: set[str] = set()
+    for name in type(model).model_fields:
+        value = getattr(model, name, None)
+        if isinstance(value, SecretStr):
+            found.add(value.get_secret_value())
+        elif isinstance(value, BaseModel):
+            found.update(secret_values(value))
+    return sorted((v for v in found if len(v) >= MIN_SECRET), key=len, reverse=True)
 
 
 class RedactFilter(logging.Filter):
+    def __init__(self, secrets: list[str] | tuple[str, ...] = ()) -> None:
+        super().__init__()
+        # the configured secrets themselves, whatever their shape: no pattern needs to know
+        # a channel's token format for it to stay out of the logs
+        self._secrets = re.compile("|".join(re.escape(v) for v in secrets)) if secrets else None
+
+    def _redact(self, text: str) -> str:
+        if self._secrets is not None:
+            text = self._secrets.sub("[secret]", text)
+        return redact(text)
+
+    def _redact_value(self, value: Any) -> Any:
+        if isinstance(value, str):
+            return self._redact(value)
+        if isinstance(value, dict):
+            return {k: self._redact_value(v) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return [self._redact_value(v) for v in value]
+        if isinstance(value, int | float | bool) or value is None:
+            return value
+        return self._redact(str(value))
+
     def filter(self, record: logging.LogRecord) -> bool:
         if record.levelno < logging.INFO and _is_wire(record):
             return False
@@ -114,17 +141,17 @@ class RedactFilter(logging.Filter):
             message = f"{record.msg!r} {record.args!r}"
         if record.name.startswith("uvicorn"):
             message = _UVICORN_QUERY.sub(r"\1[redacted]", message)
-        record.msg, record.args = redact(message), ()
+        record.msg, record.args = self._redact(message), ()
         if record.exc_info:
             text = logging.Formatter().formatException(record.exc_info)
-            record.exc_text, record.exc_info = redact(text), None
+            record.exc_text, record.exc_info = self._redact(text), None
         elif record.exc_text:
-            record.exc_text = redact(record.exc_text)
+            record.exc_text = self._redact(record.exc_text)
         if record.stack_info:
-            record.stack_info = redact(record.stack_info)
+            record.stack_info = self._redact(record.stack_info)
         for key, value in list(record.__dict__.items()):
             if key not in _STANDARD:
-                record.__dict__[key] = _redact_value(value)
+                record.__dict__[key] = self._redact_value(value)
         record.__dict__.pop("color_message", None)
         return True
 
@@ -164,9 +191,12 @@ def json_handler(stream: IO[str] | None = None) -> logging.Handler:
     return handler
 
 
-def install(handler: logging.Handler, level: str | int) -> None:
-    """Make `handler`, redacted, the root logger's only handler."""
-    handler.addFilter(RedactFilter())
+def install(
+    handler: logging.Handler, level: str | int, secrets: list[str] | tuple[str, ...] = ()
+) -> None:
+    """Make `handler`, redacted, the root logger's only handler; `secrets`: the configured
+    secret values (`secret_values(settings)`), replaced wherever they appear."""
+    handler.addFilter(RedactFilter(secrets))
     root = logging.getLogger()
     for old in root.handlers[:]:
         root.removeHandler(old)

@@ -1,4 +1,4 @@
-"""Prometheus metrics: GET /metrics in the text exposition format.
+"""Prometheus metrics in the text exposition format (served at GET /metrics by bot/web/metrics.py).
 
 Each Runtime has its own registry (not prometheus_client's global one): tests and several
 runtimes in one process then never share or double-register a metric. Counters and
@@ -13,17 +13,12 @@ status names; never a contact, a recipient or a text.
 from __future__ import annotations
 
 import asyncio
-import hmac
-import ipaddress
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
-from fastapi import APIRouter, Request
-from fastapi.responses import PlainTextResponse, Response
 from prometheus_client import (
-    CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
     Gauge,
@@ -34,7 +29,7 @@ from prometheus_client import (
     process_collector,
 )
 from sqlalchemy import func, select
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bot.channel.messages import InboundMessage
 from bot.conversation.engine import Engine, HandleResult
@@ -49,9 +44,6 @@ from storage.models import (
     OutboxStatus,
     utcnow,
 )
-
-if TYPE_CHECKING:
-    from bot.runtime import Runtime
 
 log = logging.getLogger(__name__)
 SCRAPE_TIMEOUT = 5.0  # a scrape while the database hangs answers with cicbot_database_up 0
@@ -180,16 +172,18 @@ class Metrics:
 
     # ---- scrape -----------------------------------------------------------------------
 
-    async def render(self, runtime: Runtime) -> bytes:
+    async def render(
+        self, sessions: async_sessionmaker[AsyncSession], leader: Callable[[], bool]
+    ) -> bytes:
+        """The exposition; `leader`: whether this process runs the campaign scheduler."""
         try:
-            async with asyncio.timeout(SCRAPE_TIMEOUT), runtime.sessions() as s:
+            async with asyncio.timeout(SCRAPE_TIMEOUT), sessions() as s:
                 snap = await _snapshot(s)
         except Exception:
             log.warning("metrics: the database could not be queried", exc_info=True)
             snap = None
         # no await from here on: a concurrent scrape never sees half-set gauges
-        leader = runtime.scheduler is not None and runtime.scheduler.leader
-        self.scheduler_leader.set(1 if leader else 0)
+        self.scheduler_leader.set(1 if leader() else 0)
         self.db_up.set(0 if snap is None else 1)
         if snap is not None:
             snap.apply(self)
@@ -285,39 +279,3 @@ class MeteredEngine(Engine):
     def _count(self, channel: str, result: str, start: float) -> None:
         if self.metrics is not None:
             self.metrics.handled(channel, result, time.perf_counter() - start)
-
-
-# ---- GET /metrics ----------------------------------------------------------------------
-
-router = APIRouter()
-
-
-@router.get("/metrics", include_in_schema=False)
-async def metrics(request: Request) -> Response:
-    """Loopback only, unless server.metrics_token is set: then a bearer token from anywhere."""
-    runtime: Runtime = request.app.state.runtime
-    token = runtime.settings.server.metrics_token
-    if token is not None and token.get_secret_value():
-        scheme, _, given = request.headers.get("authorization", "").partition(" ")
-        expected = token.get_secret_value().encode()
-        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), expected):
-            return PlainTextResponse(
-                "send 'Authorization: Bearer <metrics token>'\n",
-                status_code=401,
-                headers={"WWW-Authenticate": 'Bearer realm="metrics"'},
-            )
-    elif not _loopback(request.client.host if request.client else None):
-        return PlainTextResponse(
-            "/metrics answers loopback only; set CICBOT_SERVER__METRICS_TOKEN to scrape from "
-            "elsewhere\n",
-            status_code=403,
-        )
-    body = await runtime.metrics.render(runtime)
-    return Response(body, media_type=CONTENT_TYPE_LATEST)
-
-
-def _loopback(host: str | None) -> bool:
-    try:
-        return host is not None and ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False

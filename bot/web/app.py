@@ -9,10 +9,9 @@ from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
-from bot.ops import metrics
 from bot.runtime import Runtime
 from bot.web import agent_console as console
-from bot.web import api, docs
+from bot.web import api, docs, metrics
 from bot.web import crm_api as api_crm
 from bot.web.campaigns_api import router as campaign_router
 
@@ -53,7 +52,6 @@ def create_app(runtime: Runtime) -> FastAPI:
     app.include_router(console.router)
     app.include_router(metrics.router)
     app.include_router(docs.router)
-    for adapter in runtime.channels.values():
-        if adapter.router is not None:
-            app.include_router(adapter.router, max_body_size=adapter.max_body_bytes)
+    for router, max_body_bytes in runtime.routes:  # the channels' (ChannelHost.add_routes)
+        app.include_router(router, max_body_size=max_body_bytes)
     return app

@@ -13,8 +13,8 @@ import uuid
 from typing import TextIO
 
 from bot.channel import ChannelAdapter, SendResult
+from bot.channel.host import ChannelHost
 from bot.channel.messages import Choice, InboundMessage, OutboundMessage
-from bot.runtime import Runtime
 
 CHANNEL = "console"
 
@@ -22,8 +22,8 @@ CHANNEL = "console"
 class ConsoleChannel(ChannelAdapter):
     name = CHANNEL
 
-    def __init__(self, runtime: Runtime, out: TextIO | None = None) -> None:
-        super().__init__(runtime)
+    def __init__(self, host: ChannelHost, out: TextIO | None = None) -> None:
+        super().__init__(host)
         self.out = out or sys.stdout
         self.last_choices: dict[str, tuple[Choice, ...]] = {}
 
@@ -35,6 +35,23 @@ class ConsoleChannel(ChannelAdapter):
         if message.choices:
             self.last_choices[message.recipient_id] = message.choices
         return SendResult(platform_message_id=f"console-{message.outbox_id}")
+
+    async def chat(self, user: str, locale: str | None, stdin: TextIO) -> None:
+        """The terminal chat (bot.channel.Terminal): one local user, so each line is handled
+        at once (`handle_now`) and its replies delivered before the next line is read."""
+        interactive = stdin.isatty()
+        loop = asyncio.get_running_loop()
+        while True:
+            if interactive:
+                self.out.write("you: ")
+                self.out.flush()
+            line = await loop.run_in_executor(None, stdin.readline)
+            if not line:
+                break
+            if not interactive:
+                self.out.write(f"you: {line.rstrip()}\n")
+            await self.host.handle_now(self.to_inbound(user, line, locale))
+            await self.host.deliver_pending()
 
     def to_inbound(self, user: str, line: str, locale: str | None) -> InboundMessage:
         payload = None
@@ -58,23 +75,5 @@ class ConsoleChannel(ChannelAdapter):
         )
 
 
-def create(runtime: Runtime) -> ConsoleChannel:
-    return ConsoleChannel(runtime)
-
-
-async def chat(runtime: Runtime, user: str, locale: str | None, stdin: TextIO) -> None:
-    adapter = runtime.channels[CHANNEL]
-    assert isinstance(adapter, ConsoleChannel)
-    interactive = stdin.isatty()
-    loop = asyncio.get_running_loop()
-    while True:
-        if interactive:
-            adapter.out.write("you: ")
-            adapter.out.flush()
-        line = await loop.run_in_executor(None, stdin.readline)
-        if not line:
-            break
-        if not interactive:
-            adapter.out.write(f"you: {line.rstrip()}\n")
-        await runtime.engine.handle(adapter.to_inbound(user, line, locale))
-        await runtime.dispatcher.drain()
+def create(host: ChannelHost) -> ConsoleChannel:
+    return ConsoleChannel(host)

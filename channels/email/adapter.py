@@ -36,21 +36,16 @@ from urllib.parse import quote
 
 from fastapi import APIRouter
 from fastapi.responses import HTMLResponse
-from sqlalchemy import select
-from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.channel import ChannelAdapter, SendResult
+from bot.channel.host import ChannelHost
+from bot.channel.inbound import Parsed, ParseError
 from bot.channel.messages import Attachment, ChannelEvent, InboundMessage, OutboundMessage
-from bot.config import EmailSettings
-from bot.delivery import flood
-from bot.delivery.inbox import Parsed, ParseError
-from bot.runtime import Runtime
+from bot.channel.records import MessageRef, Records
 from channels.email.imap import ImapPoller
 from channels.email.parse import Limits, ParsedMail, mail_key, parse_mail, summary
+from channels.email.settings import EmailSettings
 from channels.email.smtp import SmtpSender, compose
-from storage import queries
-from storage.models import Case, Contact, Conversation, Direction, EmailMessageRef, utcnow
 
 log = logging.getLogger(__name__)
 CHANNEL = "email"
@@ -59,105 +54,55 @@ CONSENT_PURPOSE = "marketing"
 MAILTO_UNSUBSCRIBE = re.compile(r"^\s*unsubscribe\s+(\d{1,18}\.[A-Za-z0-9_=-]{8,64})\s*$", re.I)
 
 
-class Threads:
-    """The Message-ID ↔ thread map (table email_messages)."""
+IN, OUT = "in", "out"
 
-    def __init__(self, runtime: Runtime) -> None:
-        self.sessions = runtime.sessions
-        self.dialect = runtime.db.dialect.name
+
+class Threads:
+    """The Message-ID ↔ thread map: the rules here, the rows kept by the core."""
+
+    def __init__(self, records: Records) -> None:
+        self.records = records
 
     async def record(
         self, message_id: str, thread_key: str, address: str, direction: str, subject: str | None
     ) -> None:
-        insert = postgresql.insert if self.dialect == "postgresql" else sqlite.insert
-        stmt = (
-            insert(EmailMessageRef)
-            .values(
-                message_id=message_id[:500],
-                thread_key=thread_key,
-                address=address[:320],
-                direction=direction,
-                subject=(subject or "")[:500] or None,
-                created_at=utcnow(),
-            )
-            .on_conflict_do_nothing(index_elements=["message_id"])
-        )
-        async with self.sessions() as s, s.begin():
-            await s.execute(stmt)
+        await self.records.record(message_id, thread_key, address, direction, subject)
 
     async def resolve(self, mail: ParsedMail) -> str:
         sender = mail.from_address
-        async with self.sessions() as s:
-            own = await _ref(s, [mail.message_id], address=sender)
-            if own is not None:  # handled before (a retry): the same thread again
-                return own.thread_key
-            ids = [*mail.in_reply_to, *reversed(mail.references)]
-            if ids:
-                row = await _ref(s, ids, address=sender)
-                if row is not None:
-                    return row.thread_key
-            if mail.case_reference:
-                key = await _case_thread(s, mail.case_reference, sender)
-                if key is not None:
-                    return key
+        own = await self.records.find([mail.message_id], address=sender)
+        if own is not None:  # handled before (a retry): the same thread again
+            return own.thread_key
+        ids = [*mail.in_reply_to, *reversed(mail.references)]
+        if ids:
+            row = await self.records.find(ids, address=sender)
+            if row is not None:
+                return row.thread_key
+        if mail.case_reference:
+            key = await self.records.case_thread(CHANNEL, mail.case_reference, sender)
+            if key is not None:
+                return key
         basis = f"{sender}\0{mail.message_id}".encode()
         return "m:" + hashlib.sha256(basis).hexdigest()[:40]
 
-    async def sent(self, message_id: str) -> EmailMessageRef | None:
+    async def sent(self, message_id: str) -> MessageRef | None:
         """Our own outgoing mail with this Message-ID, if we sent one."""
-        async with self.sessions() as s:
-            q = select(EmailMessageRef).where(
-                EmailMessageRef.message_id == message_id[:500],
-                EmailMessageRef.direction == Direction.OUT,
-            )
-            return (await s.execute(q)).scalar_one_or_none()
+        return await self.records.sent(message_id)
 
-    async def of_thread(self, thread_key: str) -> list[EmailMessageRef]:
-        async with self.sessions() as s:
-            q = (
-                select(EmailMessageRef)
-                .where(EmailMessageRef.thread_key == thread_key)
-                .order_by(EmailMessageRef.id)
-            )
-            return list((await s.execute(q)).scalars())
-
-
-async def _ref(
-    s: AsyncSession, ids: list[str], address: str | None = None
-) -> EmailMessageRef | None:
-    q = select(EmailMessageRef).where(EmailMessageRef.message_id.in_([i[:500] for i in ids]))
-    if address is not None:
-        q = q.where(EmailMessageRef.address == address)
-    rows = list((await s.execute(q.order_by(EmailMessageRef.id.desc()))).scalars())
-    if not rows:
-        return None
-    order = {mid: n for n, mid in enumerate(ids)}  # In-Reply-To first, then the newest ref
-    return min(rows, key=lambda r: order.get(r.message_id, len(ids)))
-
-
-async def _case_thread(s: AsyncSession, reference: str, sender: str) -> str | None:
-    case = (await s.execute(select(Case).where(Case.reference == reference))).scalar_one_or_none()
-    identity = await queries.get_identity(s, CHANNEL, sender)
-    if case is None or identity is None or case.contact_id != identity.contact_id:
-        return None  # a stranger quoting a reference gets a conversation of their own
-    if case.conversation_id is None:
-        return None
-    conv = await s.get(Conversation, case.conversation_id)
-    if conv is None or conv.channel != CHANNEL:
-        return None
-    return conv.thread_key
+    async def of_thread(self, thread_key: str) -> list[MessageRef]:
+        return await self.records.of_thread(thread_key)
 
 
 class EmailChannel(ChannelAdapter):
     name = CHANNEL
 
-    def __init__(self, runtime: Runtime, settings: EmailSettings) -> None:
-        super().__init__(runtime)
+    def __init__(self, host: ChannelHost, settings: EmailSettings) -> None:
+        super().__init__(host)
         assert settings.address is not None
         self.settings = settings
         self.address = settings.address.lower()
         self.domain = self.address.split("@", 1)[1]
-        self.display_name = settings.display_name or runtime.settings.company.name
+        self.display_name = settings.display_name or host.company_name
         smtp_pw = settings.smtp.password.get_secret_value() if settings.smtp.password else None
         imap_pw = settings.imap.password.get_secret_value() if settings.imap.password else None
         self.smtp = SmtpSender(settings.smtp, smtp_pw)
@@ -167,12 +112,11 @@ class EmailChannel(ChannelAdapter):
             header_line_bytes=settings.max_header_line_bytes,
             attachment_bytes=settings.max_attachment_bytes,
         )
-        self.threads = Threads(runtime)
+        self.threads = Threads(host.records)
         self.poller: ImapPoller | None = None
         if settings.imap.host:
-            self.poller = ImapPoller(settings.imap, imap_pw, runtime.sessions, self.accept)
-        runtime.inbox.register(CHANNEL, self.parse)
-        flood.attach(runtime)  # the inbox slows a flooding sender down
+            self.poller = ImapPoller(settings.imap, imap_pw, host.records, self.accept)
+        host.register_parser(CHANNEL, self.parse)  # the inbox also paces a flooding sender
         self._secret = (
             settings.unsubscribe_secret.get_secret_value().encode()
             if settings.unsubscribe_secret
@@ -185,11 +129,8 @@ class EmailChannel(ChannelAdapter):
         self._router.add_api_route(
             "/unsubscribe/{token}", self.unsubscribe, methods=["POST"], include_in_schema=False
         )
+        host.add_routes(self._router)
         self._task: asyncio.Task[None] | None = None
-
-    @property
-    def router(self) -> APIRouter | None:
-        return self._router
 
     async def start(self) -> None:
         if self.poller is not None:
@@ -217,7 +158,7 @@ class EmailChannel(ChannelAdapter):
             payload.update(raw=base64.b64encode(head + b"\r\n\r\n").decode(), truncated=len(raw))
         else:
             payload["raw"] = base64.b64encode(raw).decode()
-        return await self.runtime.inbox.accept(CHANNEL, message_id, sender, payload)
+        return await self.host.accept(CHANNEL, message_id, sender, payload)
 
     async def parse(self, payload: dict[str, Any]) -> Parsed:
         """What the inbox worker calls. A mail that cannot be read raises: the inbox parks
@@ -232,8 +173,8 @@ class EmailChannel(ChannelAdapter):
                 log.info("email: a bounce quoting no message of ours is ignored")
                 return []
 
-            async def bounced() -> None:
-                await self._bounce(mail)
+            async def bounced() -> list[ChannelEvent]:
+                return await self._bounce(mail)
 
             return [bounced]
         if mail.auto is not None:
@@ -251,19 +192,19 @@ class EmailChannel(ChannelAdapter):
 
             async def withdraw() -> None:
                 await self._withdraw_consent(contact_id, "mailto")
+                return None
 
             return [withdraw]
 
-        async def deliver() -> None:
-            await self._deliver(mail, bool(payload.get("truncated")))
+        async def deliver() -> list[InboundMessage]:
+            return [await self._deliver(mail, bool(payload.get("truncated")))]
 
         return [deliver]
 
-    async def _deliver(self, mail: ParsedMail, truncated: bool) -> None:
+    async def _deliver(self, mail: ParsedMail, truncated: bool) -> InboundMessage:
+        """The mail as a message for the engine, its thread resolved and recorded."""
         thread_key = await self.threads.resolve(mail)
-        await self.threads.record(
-            mail.message_id, thread_key, mail.from_address, Direction.IN, mail.subject
-        )
+        await self.threads.record(mail.message_id, thread_key, mail.from_address, IN, mail.subject)
         raw = summary(mail)
         if truncated:
             raw["truncated"] = True
@@ -274,32 +215,30 @@ class EmailChannel(ChannelAdapter):
         text = mail.reply or mail.text.strip()
         if not text and not mail.attachments and not mail.in_reply_to:
             text = mail.subject  # a mail that is all subject
-        await self.runtime.engine.handle(
-            InboundMessage(
-                channel=CHANNEL,
-                sender_id=mail.from_address,
-                platform_message_id=mail.message_id[:200],
-                thread_key=thread_key,
-                text=text,
-                attachments=tuple(
-                    Attachment(
-                        kind="document",
-                        name=a.name,
-                        mime_type=a.mime_type,
-                        size=a.size,
-                        extra={"over_cap": True} if a.over_cap else {},
-                    )
-                    for a in mail.attachments
-                ),
-                sender_name=mail.from_name,
-                locale_hint=mail.language,
-                raw=raw,
-                contact_updates={"email": mail.from_address},
-                verified=mail.verified,
-            )
+        return InboundMessage(
+            channel=CHANNEL,
+            sender_id=mail.from_address,
+            platform_message_id=mail.message_id[:200],
+            thread_key=thread_key,
+            text=text,
+            attachments=tuple(
+                Attachment(
+                    kind="document",
+                    name=a.name,
+                    mime_type=a.mime_type,
+                    size=a.size,
+                    extra={"over_cap": True} if a.over_cap else {},
+                )
+                for a in mail.attachments
+            ),
+            sender_name=mail.from_name,
+            locale_hint=mail.language,
+            raw=raw,
+            contact_updates={"email": mail.from_address},
+            verified=mail.verified,
         )
 
-    async def _bounce(self, mail: ParsedMail) -> None:
+    async def _bounce(self, mail: ParsedMail) -> list[ChannelEvent]:
         """A bounce counts only for a recipient of a message we sent: its Message-ID in our
         records, sent to that address. Anyone can mail a DSN naming anyone."""
         b = mail.bounce
@@ -308,19 +247,19 @@ class EmailChannel(ChannelAdapter):
         recipients = [r for r in b.recipients if ours is not None and r == ours.address]
         if not recipients:
             log.info("email: a bounce of no message we sent to its recipient is ignored")
-            return
-        for rcpt in recipients:
-            await self.runtime.engine.record_event(
-                ChannelEvent(
-                    channel=CHANNEL,
-                    sender_id=rcpt,
-                    kind="bounce",
-                    platform_event_id=f"{mail.message_id}:{rcpt}"[:200],
-                    reachable=False if b.permanent else None,
-                    reason=f"{b.status} {b.diagnostic}".strip()[:500],
-                    payload={"original_message_id": b.original_message_id},
-                )
+            return []
+        return [
+            ChannelEvent(
+                channel=CHANNEL,
+                sender_id=rcpt,
+                kind="bounce",
+                platform_event_id=f"{mail.message_id}:{rcpt}"[:200],
+                reachable=False if b.permanent else None,
+                reason=f"{b.status} {b.diagnostic}".strip()[:500],
+                payload={"original_message_id": b.original_message_id},
             )
+            for rcpt in recipients
+        ]
 
     # ---- outbound ----------------------------------------------------------------------
 
@@ -337,14 +276,14 @@ class EmailChannel(ChannelAdapter):
         if message.reply_to and message.reply_to in ids:
             in_reply_to: str | None = message.reply_to
         else:
-            inbound = [r for r in refs if r.direction == Direction.IN]
+            inbound = [r for r in refs if r.direction == IN]
             in_reply_to = inbound[-1].message_id if inbound else (ids[-1] if ids else None)
         if message.campaign is not None and message.contact_id is not None:
             # campaign mail: one-click unsubscribe (RFC 8058) besides the how-to-stop text
             extra_headers = {**self.campaign_headers(message.contact_id), **(extra_headers or {})}
         subject = await self._subject(message, refs)
         await self.threads.record(
-            ours, message.thread_key, message.recipient_id.lower(), Direction.OUT, subject
+            ours, message.thread_key, message.recipient_id.lower(), OUT, subject
         )
         mail = compose(
             sender=self.address,
@@ -364,24 +303,13 @@ class EmailChannel(ChannelAdapter):
         await self.smtp.send(mail, message.recipient_id, self.address)
         return SendResult(platform_message_id=ours)
 
-    async def _subject(self, message: OutboundMessage, refs: list[EmailMessageRef]) -> str:
+    async def _subject(self, message: OutboundMessage, refs: list[MessageRef]) -> str:
         first = next((r.subject for r in refs if r.subject), None)
         base = REPLY_PREFIX.sub("", first).strip() if first else self.display_name
         subject = f"Re: {base}" if first else base
         reference = None
         if message.conversation_id is not None:
-            async with self.runtime.sessions() as s:
-                reference = (
-                    await s.execute(
-                        select(Case.reference)
-                        .where(
-                            Case.conversation_id == message.conversation_id,
-                            Case.reference.is_not(None),
-                        )
-                        .order_by(Case.id.desc())
-                        .limit(1)
-                    )
-                ).scalar_one_or_none()
+            reference = await self.host.records.case_reference(message.conversation_id)
         if reference and f"[{reference}]" not in subject:
             subject = f"{subject} [{reference}]"
         return subject[:900]
@@ -414,32 +342,8 @@ class EmailChannel(ChannelAdapter):
         }
 
     async def _withdraw_consent(self, contact_id: int, via: str) -> bool:
-        """Marketing consent withdrawn (storage.queries.add_consent) and a touchpoint."""
-        async with self.runtime.sessions() as s, s.begin():
-            if await s.get(Contact, contact_id) is None:
-                return False
-            await queries.add_consent(
-                s,
-                contact_id=contact_id,
-                purpose=CONSENT_PURPOSE,
-                channel=CHANNEL,
-                granted=False,
-                source="email_list_unsubscribe",
-                text_shown=None,
-            )
-            queries.add_touchpoint(
-                s,
-                contact_id=contact_id,
-                conversation_id=None,
-                channel=CHANNEL,
-                direction=Direction.IN,
-                kind="consent",
-                actor="customer",
-                text=None,
-                payload={"purpose": CONSENT_PURPOSE, "granted": False, "via": via},
-                platform_message_id=None,
-            )
-        return True
+        """Marketing consent withdrawn, written by the core (with its touchpoint)."""
+        return await self.host.withdraw_consent(contact_id, CHANNEL, via)
 
     async def unsubscribe_page(self, token: str) -> HTMLResponse:
         if self._contact_of(token) is None:
@@ -468,8 +372,8 @@ def _page(title: str, body: str) -> str:
     )
 
 
-def create(runtime: Runtime) -> EmailChannel | None:
-    settings = runtime.settings.email
+def create(host: ChannelHost) -> EmailChannel | None:
+    settings = host.settings_of(CHANNEL, EmailSettings)
     if not settings.enabled:
         return None
-    return EmailChannel(runtime, settings)
+    return EmailChannel(host, settings)

@@ -20,12 +20,10 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aioimaplib
-from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from bot.config import EmailImapSettings
+from bot.channel.records import Records
+from channels.email.settings import EmailImapSettings
 from channels.email.tls import tls_context
-from storage.models import EmailMailbox, utcnow
 
 log = logging.getLogger(__name__)
 Accept = Callable[[bytes], Awaitable[bool]]
@@ -73,12 +71,12 @@ class ImapPoller:
         self,
         settings: EmailImapSettings,
         password: str | None,
-        sessions: async_sessionmaker[AsyncSession],
+        records: Records,
         accept: Accept,
     ) -> None:
         self.settings = settings
         self._password = password
-        self.sessions = sessions
+        self.records = records  # the core keeps how far the folder was read
         self.accept = accept
         port = settings.port or (993 if settings.ssl else 143)
         self.port = port
@@ -141,37 +139,21 @@ class ImapPoller:
     # ---- progress ----------------------------------------------------------------------
 
     async def last_uid(self) -> int:
-        async with self.sessions() as s:
-            row = await s.get(EmailMailbox, self.mailbox)
-        if row is None or row.uidvalidity != self.uidvalidity:
+        row = await self.records.position(self.mailbox)
+        if row is None or row[0] != self.uidvalidity:
             if row is not None:
                 log.warning(
                     "email: UIDVALIDITY of %s changed (%s → %s): reading the folder again",
                     self.mailbox,
-                    row.uidvalidity,
+                    row[0],
                     self.uidvalidity,
                 )
             return 0
-        return row.last_uid
+        return row[1]
 
     async def save_progress(self, uid: int) -> None:
         assert self.uidvalidity is not None
-        async with self.sessions() as s, s.begin():
-            row = (
-                await s.execute(select(EmailMailbox).where(EmailMailbox.mailbox == self.mailbox))
-            ).scalar_one_or_none()
-            if row is None:
-                s.add(
-                    EmailMailbox(
-                        mailbox=self.mailbox,
-                        uidvalidity=self.uidvalidity,
-                        last_uid=uid,
-                        updated_at=utcnow(),
-                    )
-                )
-            else:
-                row.uidvalidity = self.uidvalidity
-                row.last_uid = uid
+        await self.records.save_position(self.mailbox, self.uidvalidity, uid)
 
     # ---- one round ---------------------------------------------------------------------
 

@@ -371,6 +371,8 @@ def parse_bounce(msg: Message) -> Bounce | None:
         if ctype == "message/delivery-status":
             blocks = part.get_payload()
             for block in blocks if isinstance(blocks, list) else []:
+                if not isinstance(block, Message):
+                    continue
                 action = str(block.get("Action", "")).strip().lower()
                 rcpt = str(block.get("Final-Recipient", "") or block.get("Original-Recipient", ""))
                 if not rcpt or action not in found:
@@ -399,7 +401,7 @@ def parse_bounce(msg: Message) -> Bounce | None:
 
 def _original_message_id(part: Message) -> str | None:
     inner = part.get_payload()
-    if isinstance(inner, list) and inner:
+    if isinstance(inner, list) and inner and isinstance(inner[0], Message):
         text = str(inner[0].get("Message-ID", ""))
     elif isinstance(inner, str):
         text = _rfc822_header(inner, "Message-ID")

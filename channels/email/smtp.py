@@ -14,6 +14,7 @@ import contextlib
 import html
 import logging
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from email.headerregistry import Address
 from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid
@@ -22,9 +23,8 @@ import aiosmtplib
 
 from bot.channel import PermanentSendError, TransientSendError
 from bot.channel.messages import Choice
-from bot.config import EmailSmtpSettings
+from channels.email.settings import EmailSmtpSettings
 from channels.email.tls import tls_context
-from storage.models import utcnow
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +75,7 @@ def compose(
     msg["From"] = Address(sender_name or "", local, domain)
     msg["To"] = recipient
     msg["Subject"] = subject
-    msg["Date"] = format_datetime(utcnow())
+    msg["Date"] = format_datetime(datetime.now(UTC))
     msg["Message-ID"] = message_id or make_msgid(domain=domain)
     if in_reply_to:
         msg["In-Reply-To"] = in_reply_to

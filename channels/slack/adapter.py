@@ -31,7 +31,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any
 
 import aiohttp
@@ -46,15 +46,12 @@ from slack_bolt.request.internals import (
 from slack_bolt.response import BoltResponse
 from slack_sdk.signature import SignatureVerifier
 from slack_sdk.web.async_client import AsyncWebClient
-from sqlalchemy import select
 
 from bot.channel import ChannelAdapter, PermanentSendError, SendResult
+from bot.channel.host import ChannelHost
+from bot.channel.inbound import Unavailable
 from bot.channel.messages import InboundMessage, OutboundMessage
 from bot.channel.webhooks import read_bounded
-from bot.config import SlackSettings
-from bot.delivery import flood
-from bot.delivery.inbox import Unavailable
-from bot.runtime import Runtime
 from channels.slack.desk import SlackDesk
 from channels.slack.parse import (
     CHANNEL,
@@ -68,8 +65,8 @@ from channels.slack.parse import (
     worth_keeping,
 )
 from channels.slack.send import CHOICE_ACTION, SEND_ERRORS, Sender, answered_blocks
+from channels.slack.settings import SlackSettings
 from channels.slack.users import UserDirectory
-from storage.models import Conversation, ConversationStatus
 
 log = logging.getLogger(__name__)
 EVENTS_PATH = "/webhooks/slack/events"
@@ -89,7 +86,7 @@ def not_persisted(error: Exception) -> BoltResponse:
     return BoltResponse(status=503, body="", headers={"Retry-After": "5"})
 
 
-class _App(AsyncApp):  # type: ignore[misc]
+class _App(AsyncApp):
     """bolt's app, but a payload bolt cannot route is kept and answered 200, not 500 (its
     routing raised) or 404 (no listener): Slack would retry the one and count both as
     failures of the app. HTTP and Socket Mode both dispatch through here."""
@@ -120,20 +117,18 @@ class _App(AsyncApp):  # type: ignore[misc]
 class SlackChannel(ChannelAdapter):
     name = CHANNEL
 
-    def __init__(self, runtime: Runtime, settings: SlackSettings, bot_token: str) -> None:
-        super().__init__(runtime)
+    def __init__(self, host: ChannelHost, settings: SlackSettings, bot_token: str) -> None:
+        super().__init__(host)
         self.settings = settings
         self._token = bot_token
         self.web = self._client(bot_token)
         self.sender = Sender(self.web, settings)
         self.users = UserDirectory(self.web, settings.user_cache_seconds)
         self.desk = (
-            SlackDesk(runtime, settings, self.sender, self.users)
+            SlackDesk(host.agent_desk, settings, self.sender, self.users)
             if settings.agent_channel
             else None
         )
-        if self.desk is not None:
-            runtime.engine.observers.append(self.desk.observe)
         self.me: dict[str, Any] | None = None  # auth.test: team_id, user_id, bot_id
         self._me_lock = asyncio.Lock()
         self.parser = PayloadParser(
@@ -144,8 +139,7 @@ class SlackChannel(ChannelAdapter):
             support_command=settings.support_command,
             support_shortcut=settings.support_shortcut,
         )
-        runtime.inbox.register(CHANNEL, self.parser)
-        flood.attach(runtime)  # the inbox slows a flooding sender down
+        host.register_parser(CHANNEL, self.parser)  # the inbox also paces a flooding sender
         secret = settings.signing_secret.get_secret_value() if settings.signing_secret else ""
         self.verifier = SignatureVerifier(secret) if secret else None
         self.bolt_client = self._client(None)
@@ -153,13 +147,14 @@ class SlackChannel(ChannelAdapter):
         self.socket: Any = None  # AsyncSocketModeHandler when Socket Mode is on
         self._session: aiohttp.ClientSession | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
-        self.max_body_bytes = settings.max_body_bytes  # the webhook checks it exactly
         self._router: APIRouter | None = None
         if self.verifier is not None:
             self._router = APIRouter()
             self._router.add_api_route(
                 EVENTS_PATH, self.events, methods=["POST"], include_in_schema=False
             )
+            # the webhook checks its body limit exactly
+            host.add_routes(self._router, max_body_bytes=settings.max_body_bytes)
 
     def _bolt_app(self, secret: str) -> AsyncApp:
         """Bolt passes arguments by name: its callbacks are plain functions, not methods."""
@@ -294,7 +289,7 @@ class SlackChannel(ChannelAdapter):
             text = body.decode("utf-8")
         except UnicodeDecodeError:
             return Response(status_code=400)
-        headers = dict(request.headers)
+        headers: dict[str, str | Sequence[str]] = dict(request.headers)
         try:  # parsed as bolt will parse it, to check the shape bolt relies on first
             content_type = extract_content_type(build_normalized_headers(headers))
             why = malformed(parse_body(text, content_type))
@@ -333,7 +328,7 @@ class SlackChannel(ChannelAdapter):
         if not worth_keeping(body):
             return False
         partition = partition_key(body, self.settings.agent_channel)
-        new = await self.runtime.inbox.accept(CHANNEL, dedupe_key(body), partition, body)
+        new = await self.host.accept(CHANNEL, dedupe_key(body), partition, body)
         if new and body.get("type") == "block_actions":
             self._spawn(self._answered(body), "slack-answered")
         return new
@@ -343,7 +338,7 @@ class SlackChannel(ChannelAdapter):
         new = await self._persist(body)
         if body.get("type") == "app_rate_limited":
             if new:  # Slack may say it again: one count and one line per minute it names
-                self.runtime.metrics.rate_limited(CHANNEL)
+                self.host.rate_limited(CHANNEL)
                 log.warning(
                     "slack: Slack dropped events for this app in the minute starting %s "
                     "(app_rate_limited: over 30,000 events an hour for one workspace)",
@@ -377,14 +372,15 @@ class SlackChannel(ChannelAdapter):
 
     # ---- deferred work from the inbox worker (slack_parse.Handlers) --------------------
 
-    async def customer(self, item: CustomerInput) -> None:
-        if item.only_if_open and not await self._open(item.thread_key):
-            return
+    async def customer(self, item: CustomerInput) -> list[InboundMessage]:
+        """The customer's input as a message for the core, the sender looked up."""
+        if item.only_if_open and not await self.host.conversation_open(CHANNEL, item.thread_key):
+            return []
         profile = await self.users.get(item.user)
         if profile is not None and profile.is_bot:
-            return
+            return []
         email = profile.email if profile is not None else None
-        await self.runtime.engine.handle(
+        return [
             InboundMessage(
                 channel=CHANNEL,
                 sender_id=item.user,
@@ -399,9 +395,9 @@ class SlackChannel(ChannelAdapter):
                 raw=item.raw,
                 contact_updates={"email": email} if email else {},
             )
-        )
+        ]
 
-    async def support(self, item: SupportRequest) -> None:
+    async def support(self, item: SupportRequest) -> list[InboundMessage]:
         """The support command or shortcut: the conversation is the person's DM with the
         app (conversations.open), whatever channel they used it in."""
         try:
@@ -411,7 +407,7 @@ class SlackChannel(ChannelAdapter):
         dm = str((response.get("channel") or {}).get("id") or "")
         if not dm.startswith("D"):
             raise SlackUnavailable(f"conversations.open gave no DM for {item.user}")
-        await self.customer(
+        return await self.customer(
             CustomerInput(
                 user=item.user,
                 platform_message_id=item.platform_message_id,
@@ -422,15 +418,6 @@ class SlackChannel(ChannelAdapter):
                 raw=item.raw,
             )
         )
-
-    async def _open(self, thread: str) -> bool:
-        async with self.runtime.sessions() as s:
-            q = select(Conversation.id).where(
-                Conversation.channel == CHANNEL,
-                Conversation.thread_key == thread,
-                Conversation.status != ConversationStatus.CLOSED,
-            )
-            return (await s.execute(q)).first() is not None
 
     async def agent_message(self, user: str, thread_ts: str, text: str) -> None:
         if self.desk is not None:
@@ -453,8 +440,8 @@ class SlackChannel(ChannelAdapter):
         return await self.sender.send(message, channel, thread_ts or None)
 
 
-def create(runtime: Runtime) -> SlackChannel | None:
-    settings = runtime.settings.slack
+def create(host: ChannelHost) -> SlackChannel | None:
+    settings = host.settings_of(CHANNEL, SlackSettings)
     if settings.bot_token is None or not settings.bot_token.get_secret_value():
         return None
-    return SlackChannel(runtime, settings, settings.bot_token.get_secret_value())
+    return SlackChannel(host, settings, settings.bot_token.get_secret_value())

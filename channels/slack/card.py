@@ -1,4 +1,5 @@
-"""The escalation card: Block Kit rendered from the database's current state.
+"""The escalation card: Block Kit rendered from the conversation's current state, which the
+core reads (`AgentDesk.card`); nothing here touches the database.
 
 Customer, channel, value segment, case, priority and why it was escalated; the last
 messages; the state (waiting, claimed by, resolved by, back to the bot); and the buttons
@@ -10,20 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncSession
-
+from bot.channel.desk import CardData, CardLine
 from channels.slack.send import escape
-from storage.models import (
-    Agent,
-    Case,
-    Contact,
-    Conversation,
-    ConversationStatus,
-    Direction,
-    Identity,
-    Touchpoint,
-)
 
 REASONS = {
     "customer_request": "asked for a person",
@@ -33,7 +22,6 @@ REASONS = {
     "low_csat": "low satisfaction rating",
     "winback_offer": "accepted a win-back offer",
 }
-STATE_KINDS = ("claimed", "resolved", "handed_back", "transferred", "left_queue")
 MAX_LINE = 280
 MAX_FIELD = 1900
 MAX_SECTION = 2900
@@ -43,40 +31,25 @@ def _cut(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-async def render_card(
-    s: AsyncSession, conv_id: int, n_messages: int
-) -> tuple[str, list[dict[str, Any]]] | None:
-    conv = await s.get(Conversation, conv_id)
-    if conv is None:
-        return None
-    contact = await s.get(Contact, conv.contact_id)
-    assert contact is not None
-    name = await customer_name(s, conv)
-    cases = (
-        (await s.execute(select(Case).where(Case.conversation_id == conv.id).order_by(Case.id)))
-        .scalars()
-        .all()
-    )
-    recent = await _touchpoints(s, conv.id, ("message", "button"), n_messages)
-    escalation = await _touchpoints(s, conv.id, ("escalated",), 1)
-    state = await _touchpoints(s, conv.id, STATE_KINDS, 1)
-    reason = escalation[0].payload.get("reason", "") if escalation else ""
-
+def render_card(card: CardData) -> tuple[str, list[dict[str, Any]]]:
+    """(fallback text, blocks) of the card: what the core read, in Block Kit."""
+    name = card.customer
     case_text = (
         "\n".join(
             f"{escape(c.reference or '?')} · {escape(c.category)} · {escape(c.severity)}"
             f" · {escape(c.status)}"
-            for c in cases[-3:]
+            for c in card.cases[-3:]
         )
         or "–"
     )
+    reason = card.reason
     fields = [
-        ("Customer", escape(name) + (f"\n{escape(contact.email)}" if contact.email else "")),
-        ("Channel", escape(conv.channel)),
-        ("Value segment", escape(contact.value_segment or "–")),
-        ("Priority", str(conv.priority)),
+        ("Customer", escape(name) + (f"\n{escape(card.email)}" if card.email else "")),
+        ("Channel", escape(card.channel)),
+        ("Value segment", escape(card.value_segment or "–")),
+        ("Priority", str(card.priority)),
         ("Case", case_text),
-        ("Reason", escape(REASONS.get(str(reason), str(reason) or "–"))),
+        ("Reason", escape(REASONS.get(reason, reason or "–"))),
     ]
     blocks: list[dict[str, Any]] = [
         {
@@ -90,59 +63,33 @@ async def render_card(
             ],
         },
     ]
-    if recent:
-        lines = [_line(t, name) for t in reversed(recent)]
-        blocks.append(
-            {
-                "type": "section",
-                "text": {"type": "mrkdwn", "text": _last(lines)},
-            }
-        )
-    status_line = await _status(s, conv, state[0] if state else None)
+    if card.recent:
+        lines = [_line(t, name) for t in card.recent]
+        blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": _last(lines)}})
+    status_line = _status(card)
     blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text": status_line}]})
-    buttons = _buttons(conv)
+    buttons = _buttons(card)
     if buttons:
-        blocks.append({"type": "actions", "block_id": f"desk_{conv.id}", "elements": buttons})
+        blocks.append(
+            {"type": "actions", "block_id": f"desk_{card.conversation_id}", "elements": buttons}
+        )
     # the fallback text is mrkdwn too (notifications, clients without blocks): escaped alike
     text = (
-        f"{escape(name)} ({escape(conv.channel)}) needs an agent: priority {conv.priority}, "
+        f"{escape(name)} ({escape(card.channel)}) needs an agent: priority {card.priority}, "
         f"{status_line}"
     )
     return _cut(text, 3000), blocks
 
 
-async def customer_name(s: AsyncSession, conv: Conversation) -> str:
-    contact = await s.get(Contact, conv.contact_id)
-    if contact is not None and contact.name:
-        return contact.name
-    identity = await s.get(Identity, conv.identity_id)
-    if identity is None:
-        return "Customer"
-    return identity.display_name or identity.external_id
+def mirror_text(who: str, channel: str, said: str, files: int) -> str:
+    """A customer's message as the card's thread shows it (bot.channel.desk.MirrorText)."""
+    extra = f" :paperclip: {files} attachment(s)" if files else ""
+    return f"*{escape(who)}* ({escape(channel)}): {escape(said)}{extra}"
 
 
-async def _touchpoints(
-    s: AsyncSession, conv_id: int, kinds: tuple[str, ...], limit: int
-) -> list[Touchpoint]:
-    if limit <= 0:
-        return []
-    q = (
-        select(Touchpoint)
-        .where(Touchpoint.conversation_id == conv_id, Touchpoint.kind.in_(kinds))
-        .order_by(Touchpoint.id.desc())
-        .limit(limit)
-    )
-    return list((await s.execute(q)).scalars())
-
-
-def _line(t: Touchpoint, name: str) -> str:
-    if t.direction == Direction.IN:
-        who = escape(name)
-    elif t.actor.startswith("agent:"):
-        who = "Agent"
-    else:
-        who = "Bot"
-    said = " ".join((t.text or "").split())  # one quoted line per message
+def _line(t: CardLine, name: str) -> str:
+    who = {"customer": escape(name), "agent": "Agent"}.get(t.actor, "Bot")
+    said = " ".join(t.text.split())  # one quoted line per message
     return f"> *{who}:* {escape(_cut(said, MAX_LINE))}"
 
 
@@ -153,47 +100,40 @@ def _last(lines: list[str]) -> str:
     return "\n".join([head, *lines])
 
 
-async def _agent_name(s: AsyncSession, ref: str | None) -> str:
-    if not ref:
-        return "?"
-    agent_id = ref.removeprefix("agent:")
-    agent = await s.get(Agent, int(agent_id)) if agent_id.isdigit() else None
-    return agent.name if agent is not None else ref
-
-
-async def _status(s: AsyncSession, conv: Conversation, last: Touchpoint | None) -> str:
-    if conv.status == ConversationStatus.QUEUED:
-        since = conv.queued_at.strftime("%H:%M UTC") if conv.queued_at else "now"
+def _status(card: CardData) -> str:
+    if card.status == "queued":
+        since = card.queued_at.strftime("%H:%M UTC") if card.queued_at else "now"
         return f":hourglass_flowing_sand: Waiting for an agent since {since}"
-    if conv.status == ConversationStatus.AGENT:
-        owner = escape(await _agent_name(s, conv.assignee))
+    if card.status == "agent":
+        owner = escape(card.owner or "?")
         return (
             f":technologist: Claimed by *{owner}*: replies in this thread go to the customer; "
             "start with `note:` for an internal note"
         )
-    by = escape(await _agent_name(s, last.actor)) if last and last.kind != "left_queue" else ""
-    if conv.status == ConversationStatus.CLOSED:
+    left = card.last_change == "left_queue"
+    by = escape(card.last_by or "") if card.last_change and not left else ""
+    if card.status == "closed":
         return f":white_check_mark: Resolved by *{by}*" if by else ":white_check_mark: Closed"
-    if last is not None and last.kind == "left_queue":
+    if left:
         return ":leftwards_arrow_with_hook: The customer left the queue; back with the bot"
     return f":robot_face: Back to the bot (by *{by}*)" if by else ":robot_face: With the bot"
 
 
-def _buttons(conv: Conversation) -> list[dict[str, Any]]:
+def _buttons(card: CardData) -> list[dict[str, Any]]:
     def button(action: str, label: str, style: str | None = None) -> dict[str, Any]:
         b: dict[str, Any] = {
             "type": "button",
             "action_id": action,
             "text": {"type": "plain_text", "text": label},
-            "value": str(conv.id),
+            "value": str(card.conversation_id),
         }
         if style:
             b["style"] = style
         return b
 
-    if conv.status == ConversationStatus.QUEUED:
+    if card.status == "queued":
         return [button("desk_claim", "Claim", "primary")]
-    if conv.status == ConversationStatus.AGENT:
+    if card.status == "agent":
         return [
             button("desk_resolve", "Resolve", "primary"),
             button("desk_handback", "Back to bot"),

@@ -42,8 +42,8 @@ from slack_bolt.request.payload_utils import (
     to_view,
 )
 
+from bot.channel.inbound import Deferred, Items, ParseError
 from bot.channel.messages import Attachment
-from bot.delivery.inbox import Deferred, ParseError
 from channels.slack.send import CHOICE_ACTION
 
 CHANNEL = "slack"
@@ -81,9 +81,9 @@ class SupportRequest:
 
 
 class Handlers(Protocol):
-    async def customer(self, item: CustomerInput) -> None: ...
+    async def customer(self, item: CustomerInput) -> Items: ...
 
-    async def support(self, item: SupportRequest) -> None: ...
+    async def support(self, item: SupportRequest) -> Items: ...
 
     async def agent_message(self, user: str, thread_ts: str, text: str) -> None: ...
 
@@ -384,9 +384,9 @@ class PayloadParser:
         return [_call(self.handlers.customer, item)]
 
 
-def _call(fn: Callable[..., Awaitable[None]], *args: Any) -> Deferred:
-    async def run() -> None:
-        await fn(*args)
+def _call(fn: Callable[..., Awaitable[Items | None]], *args: Any) -> Deferred:
+    async def run() -> Items | None:
+        return await fn(*args)  # the customer's messages go on to the core
 
     return run
 

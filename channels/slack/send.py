@@ -26,7 +26,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.channel import PermanentSendError, SendError, SendResult, TransientSendError
 from bot.channel.messages import Choice, OutboundMessage
-from bot.config import SlackSettings
+from channels.slack.settings import SlackSettings
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -1,6 +1,6 @@
 """Telegram through aiogram 3: long polling (default) or webhook, into the inbox.
 
-Inbound, both modes end in `runtime.inbox.accept` (persisted, deduped on
+Inbound, both modes end in `host.accept` (persisted, deduped on
 "{bot id}:{update_id}", partitioned by chat); the inbox worker parses the rows later with
 `telegram_parse.UpdateParser` and hands them to the engine.
 
@@ -45,24 +45,16 @@ from aiogram.methods.base import TelegramMethod
 from fastapi import APIRouter, Request, Response
 
 from bot.channel import ChannelAdapter, SendResult
+from bot.channel.host import ChannelHost
+from bot.channel.inbound import Unavailable
 from bot.channel.messages import OutboundMessage
 from bot.channel.sandbox import Sandbox
 from bot.channel.webhooks import read_bounded
-from bot.config import TelegramSettings
-from bot.delivery import flood
-from bot.delivery.inbox import Unavailable
-from bot.runtime import Runtime
 from channels.telegram.inbox import UpdateParser
-from channels.telegram.parse import (
-    CHANNEL,
-    PRIVATE,
-    REJECTED_KEY,
-    SHALLOW_KEY,
-    nesting_exceeds,
-    partition_key,
-)
-from channels.telegram.raw import Bounds, prune
+from channels.telegram.parse import REJECTED_KEY, SHALLOW_KEY, nesting_exceeds, partition_key
+from channels.telegram.raw import CHANNEL, PRIVATE, Bounds, prune
 from channels.telegram.send import Sender
+from channels.telegram.settings import TelegramSettings
 
 log = logging.getLogger(__name__)
 WEBHOOK_PATH = "/webhooks/telegram"
@@ -88,8 +80,8 @@ class _RawGetUpdates(TelegramMethod[list[dict[str, Any]]]):
 class TelegramChannel(ChannelAdapter):
     name = CHANNEL
 
-    def __init__(self, runtime: Runtime, settings: TelegramSettings, token: str) -> None:
-        super().__init__(runtime)
+    def __init__(self, host: ChannelHost, settings: TelegramSettings, token: str) -> None:
+        super().__init__(host)
         self.settings = settings
         self._token = token
         self.bot_id = token.split(":", 1)[0]
@@ -109,18 +101,18 @@ class TelegramChannel(ChannelAdapter):
             max_rich_text_cost=settings.max_rich_text_cost,
         )
         self.parser = UpdateParser(bounds, self.sandbox, settings.parse_budget_seconds)
-        runtime.inbox.register(CHANNEL, self.parser)
-        flood.attach(runtime)  # the inbox slows a flooding sender down
+        host.register_parser(CHANNEL, self.parser)  # the inbox also paces a flooding chat
         secret = settings.webhook_secret.get_secret_value() if settings.webhook_secret else ""
         self._secret = secret.encode()
         self._tasks: set[asyncio.Task[Any]] = set()
-        self.max_body_bytes = settings.max_body_bytes  # the webhook checks it exactly
         self._router: APIRouter | None = None
         if settings.mode == "webhook":
             self._router = APIRouter()
             self._router.add_api_route(
                 WEBHOOK_PATH, self.webhook, methods=["POST"], include_in_schema=False
             )
+            # the webhook checks its body limit exactly
+            host.add_routes(self._router, max_body_bytes=settings.max_body_bytes)
         self.offset: int | None = None  # polling: the next update_id to ask for
 
     # ---- lifecycle ---------------------------------------------------------------------
@@ -179,7 +171,7 @@ class TelegramChannel(ChannelAdapter):
         if nesting_exceeds(update, self.settings.max_depth):
             text = raw if raw is not None else _dump(update)
             return await self._keep_rejected(update_id, text, prune(update, SHALLOW_DEPTH))
-        new = await self.runtime.inbox.accept(
+        new = await self.host.accept(
             CHANNEL, f"{self.bot_id}:{update_id}", partition_key(update), update
         )
         if new:
@@ -278,7 +270,7 @@ class TelegramChannel(ChannelAdapter):
         if shallow is not None:
             payload[SHALLOW_KEY] = shallow
         key = partition_key(shallow) if shallow is not None else "-"
-        return await self.runtime.inbox.accept(CHANNEL, f"{self.bot_id}:{update_id}", key, payload)
+        return await self.host.accept(CHANNEL, f"{self.bot_id}:{update_id}", key, payload)
 
     async def _set_webhook(self, url: str) -> None:
         secret = self._secret.decode() or None
@@ -366,8 +358,8 @@ def _dump(update: dict[str, Any]) -> str:
     return ""
 
 
-def create(runtime: Runtime) -> TelegramChannel | None:
-    settings = runtime.settings.telegram
+def create(host: ChannelHost) -> TelegramChannel | None:
+    settings = host.settings_of(CHANNEL, TelegramSettings)
     if settings.token is None or not settings.token.get_secret_value():
         return None
-    return TelegramChannel(runtime, settings, settings.token.get_secret_value())
+    return TelegramChannel(host, settings, settings.token.get_secret_value())

@@ -17,8 +17,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from bot.channel.inbound import ParseError, Tolerated
 from bot.channel.sandbox import OverBudget, Sandbox, SandboxBroken, WorkerDied
-from bot.delivery.inbox import ParseError, Tolerated
 from channels.telegram.parse import REJECTED_KEY, SHALLOW_KEY, validated
 from channels.telegram.raw import Bounds, Parsed, over_bounds, read_raw
 

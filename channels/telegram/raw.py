@@ -126,7 +126,7 @@ def rich_text_cost(rich: Any, limit: int) -> int:
         is_text = in_text and isinstance(node, dict)
         heights[id(node)] = below + is_text
         if is_text:
-            cost += RICH_FANOUT**below
+            cost += int(RICH_FANOUT**below)
             if cost > limit:
                 return cost
     return cost

@@ -36,8 +36,8 @@ from aiolimiter import AsyncLimiter
 
 from bot.channel import PermanentSendError, SendError, SendResult, TransientSendError
 from bot.channel.messages import Choice, OutboundMessage
-from bot.config import TelegramSettings
 from channels.telegram.raw import HASHED_PREFIX
+from channels.telegram.settings import TelegramSettings
 
 T = TypeVar("T")
 MAX_TEXT = 4096  # UTF-16 code units

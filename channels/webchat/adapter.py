@@ -4,10 +4,12 @@ Protocol (JSON frames):
   client → {"type": "message", "id": "<uuid>", "text": "..."}
            {"type": "button",  "id": "<uuid>", "payload": "...", "label": "..."}
   server → {"type": "history", "messages": [{"direction", "text", "choices", "at"}]}
-           {"type": "ack", "id": "<uuid>", "duplicate": bool}   after the commit
+           {"type": "ack", "id": "<uuid>", "duplicate": bool}   once it is in the inbox
            {"type": "message", "id": <outbox id>, "text", "choices": [{payload, label}]}
            {"type": "error", "error": "...", "retry_after": seconds (limits only)}
-The client's message ids make a resend after a reconnect harmless (dedupe).
+The client's message ids make a resend after a reconnect harmless (dedupe). A message goes
+through the inbox like every channel's (persisted, then acknowledged; handled in order per
+visitor, a flooding visitor paced there); its replies come back through the outbox.
 A reply to a visitor who is offline stays in the history and is shown on return.
 
 Who the visitor is comes from the session cookie the page's GET set
@@ -23,23 +25,20 @@ import asyncio
 import json
 import logging
 import re
+import unicodedata
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 from fastapi import APIRouter, Request, WebSocket, WebSocketDisconnect
 from fastapi.responses import FileResponse, HTMLResponse, Response
-from sqlalchemy import select
 
 from bot.channel import ChannelAdapter, SendResult
+from bot.channel.host import ChannelHost, wait_turn
 from bot.channel.messages import InboundMessage, OutboundMessage
-from bot.delivery import flood
-from bot.runtime import Runtime
 from channels.webchat import session as webchat_session
 from channels.webchat.limits import Limits, Refusal, address_key
-from flows.model import clean_text
-from storage import queries
-from storage.models import Conversation, ConversationStatus, Direction, Touchpoint
+from channels.webchat.settings import WebChatSettings
 
 log = logging.getLogger(__name__)
 CHANNEL = "webchat"
@@ -112,11 +111,11 @@ def origin_allowed(origin: str | None, host: str | None, allowed: set[str]) -> b
 class WebChatChannel(ChannelAdapter):
     name = CHANNEL
 
-    def __init__(self, runtime: Runtime) -> None:
-        super().__init__(runtime)
-        self.settings = runtime.settings.webchat
-        self.flood = flood.attach(runtime)
-        self.limits = Limits(runtime)
+    def __init__(self, host: ChannelHost) -> None:
+        super().__init__(host)
+        self.settings = host.settings_of(CHANNEL, WebChatSettings)
+        host.register_parser(CHANNEL, self.parse)  # the inbox also paces a flooding visitor
+        self.limits = Limits(host, self.settings)
         self.sessions = webchat_session.Sessions(webchat_session.load_key(self.settings))
         self.headers = security_headers(self.settings.allowed_origins)
         self.allowed = {o for o in map(normalize_origin, self.settings.allowed_origins) if o}
@@ -128,10 +127,7 @@ class WebChatChannel(ChannelAdapter):
             "/webchat/static/{name}", self.asset, methods=["GET"], include_in_schema=False
         )
         self._router.add_api_websocket_route("/ws/chat", self.websocket)
-
-    @property
-    def router(self) -> APIRouter:
-        return self._router
+        host.add_routes(self._router)
 
     async def page(self, request: Request) -> HTMLResponse:
         """The page; it also gives a visitor without a valid session cookie a new one."""
@@ -202,7 +198,7 @@ class WebChatChannel(ChannelAdapter):
     async def _serve(self, ws: WebSocket, visitor: str, address: str) -> None:
         locale = ws.query_params.get("lang")
         # control characters (NUL: PostgreSQL refuses it) never reach the contact's name
-        name = clean_text(ws.query_params.get("name") or "")[:100] or None
+        name = _clean(ws.query_params.get("name") or "")[:100] or None
         await ws.accept()
         # register before reading the history, so no reply falls between the two; a reply
         # in both is shown once (the page skips ids it has)
@@ -259,31 +255,31 @@ class WebChatChannel(ChannelAdapter):
         if isinstance(msg, str):
             await ws.send_json({"type": "error", "error": msg})
             return None
-        # a flooding visitor or address waits, nobody else
-        await self.flood.wait((CHANNEL, visitor))
-        await self.limits.messages.wait(address)
-        if not await self._has_open_conversation(visitor):
+        # a flooding address waits, nobody else (a flooding visitor waits in the inbox)
+        await wait_turn(self.limits.messages, (CHANNEL, address))
+        if not await self.host.conversation_open(CHANNEL, visitor, pending=True):
             refusal = await self.limits.new_conversation(address)
             if refusal is not None:
                 return refusal
-        result = await self.runtime.engine.handle(msg)
-        await ws.send_json(
-            {"type": "ack", "id": msg.platform_message_id, "duplicate": result.duplicate}
-        )
+        new = await self.host.accept(CHANNEL, msg.platform_message_id, visitor, _payload(msg))
+        await ws.send_json({"type": "ack", "id": msg.platform_message_id, "duplicate": not new})
         return None
 
-    async def _has_open_conversation(self, visitor: str) -> bool:
-        async with self.runtime.sessions() as s:
-            found = await s.scalar(
-                select(Conversation.id)
-                .where(
-                    Conversation.channel == CHANNEL,
-                    Conversation.thread_key == visitor,
-                    Conversation.status != ConversationStatus.CLOSED,
-                )
-                .limit(1)
+    def parse(self, payload: dict[str, Any]) -> list[InboundMessage]:
+        """An inbox row back into the message (the inbox worker calls it)."""
+        return [
+            InboundMessage(
+                channel=CHANNEL,
+                sender_id=payload["visitor"],
+                platform_message_id=payload["id"],
+                thread_key=payload["visitor"],
+                text=payload.get("text") or "",
+                payload=payload.get("payload"),
+                sender_name=payload.get("name"),
+                locale_hint=payload.get("locale"),
+                kind=payload.get("kind") or "message",
             )
-        return found is not None
+        ]
 
     def to_inbound(
         self, visitor: str, data: Any, locale: str | None, name: str | None
@@ -311,36 +307,38 @@ class WebChatChannel(ChannelAdapter):
         )
 
     async def _history(self, visitor: str) -> list[dict[str, Any]]:
-        """What was said in this visitor's own conversations: after a merge the contact
-        holds other people's web chats too (another device, another visitor), and a
-        visitor's cookie proves only who they are on this one."""
-        async with self.runtime.sessions() as s, s.begin():
-            identity = await queries.get_identity(s, CHANNEL, visitor)
-            if identity is None:
-                return []
-            own = select(Conversation.id).where(Conversation.identity_id == identity.id)
-            q = (
-                select(Touchpoint)
-                .where(
-                    Touchpoint.conversation_id.in_(own),
-                    Touchpoint.channel == CHANNEL,
-                    Touchpoint.direction.in_([Direction.IN, Direction.OUT]),
-                    Touchpoint.kind.in_(["message", "button"]),
-                )
-                .order_by(Touchpoint.id.desc())
-                .limit(HISTORY)
-            )
-            rows = list((await s.execute(q)).scalars())[::-1]
+        """What was said in this visitor's own conversations (the core's history of the
+        sender: a merged contact's other web chats are not this cookie's to see)."""
+        said = await self.host.history(CHANNEL, visitor, HISTORY)
         return [
             {
                 "direction": t.direction,
                 "id": t.outbox_id,
-                "text": t.text or "",
-                "choices": (t.payload or {}).get("buttons", []) if t is rows[-1] else [],
-                "at": t.created_at.isoformat(),
+                "text": t.text,
+                "choices": [{"payload": c.payload, "label": c.label} for c in t.choices]
+                if t is said[-1]
+                else [],
+                "at": t.at.isoformat(),
             }
-            for t in rows
+            for t in said
         ]
+
+
+def _payload(msg: InboundMessage) -> dict[str, Any]:
+    return {
+        "visitor": msg.sender_id,
+        "id": msg.platform_message_id,
+        "text": msg.text,
+        "payload": msg.payload,
+        "name": msg.sender_name,
+        "locale": msg.locale_hint,
+        "kind": msg.kind,
+    }
+
+
+def _clean(text: str) -> str:
+    """Control characters dropped (NUL: PostgreSQL refuses it), newlines and tabs kept."""
+    return "".join(ch for ch in text if ch in "\n\t" or unicodedata.category(ch)[0] != "C").strip()
 
 
 async def _refuse(ws: WebSocket, refusal: Refusal, *, accepted: bool = False) -> None:
@@ -353,5 +351,5 @@ async def _refuse(ws: WebSocket, refusal: Refusal, *, accepted: bool = False) ->
     await ws.close(code=refusal.code, reason=refusal.reason)
 
 
-def create(runtime: Runtime) -> WebChatChannel:
-    return WebChatChannel(runtime)
+def create(host: ChannelHost) -> WebChatChannel:
+    return WebChatChannel(host)

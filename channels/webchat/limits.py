@@ -7,8 +7,8 @@ the server as a whole. A fresh cookie costs nothing, so nothing here is per visi
 * new conversations (each one can reach the agents' queue): a burst of
   `conversations_per_minute` for everybody and `conversations_per_address_hour` per
   address, refilling evenly; on PostgreSQL (`limits.shared`) all workers share them
-  (bot/delivery/flood.py's GCRA in `flood_marks`); the socket is closed with 1013 or 4429 and
-  the page sends the message again after `retry_after` seconds;
+  (the core's GCRA in `flood_marks`, through `ChannelHost.limiter`); the socket is closed
+  with 1013 or 4429 and the page sends the message again after `retry_after` seconds;
 * messages: `messages_per_address_second` per address (a burst of `limits.burst`); faster
   messages wait, in order, like the per-visitor flood limit.
 
@@ -22,8 +22,8 @@ import math
 from collections import Counter
 from dataclasses import dataclass
 
-from bot.delivery import flood
-from bot.runtime import Runtime
+from bot.channel.host import Admission, ChannelHost
+from channels.webchat.settings import WebChatSettings
 
 SERVER_BUSY = 1013  # RFC 6455 "Try Again Later": the server as a whole is at its limit
 TOO_MANY = 4429  # this client address is at its limit (like HTTP 429)
@@ -53,25 +53,16 @@ def address_key(host: str | None) -> str:
 
 
 class Limits:
-    def __init__(self, runtime: Runtime) -> None:
-        s, limits = runtime.settings.webchat, runtime.settings.limits
+    def __init__(self, host: ChannelHost, s: WebChatSettings) -> None:
         self.max_sockets = s.max_sockets
         self.max_per_address = s.max_sockets_per_address
         self.open: Counter[str] = Counter()
         self.total = 0
-        shared = limits.shared and runtime.db.dialect.name == "postgresql"
-
-        def bucket(per_second: float, burst: int) -> flood.Admission:
-            if shared:
-                return flood.SharedFloodControl(runtime.sessions, per_second, burst)
-            return flood.FloodControl(per_second, burst, max_keys=limits.max_identities)
-
-        self.everyone = bucket(s.conversations_per_minute / 60, s.conversations_per_minute)
+        self.everyone = host.limiter(s.conversations_per_minute / 60, s.conversations_per_minute)
         per_hour = s.conversations_per_address_hour
-        self.per_address = bucket(per_hour / 3600, per_hour)
-        self.messages = flood.FloodControl(
-            s.messages_per_address_second, limits.burst, max_keys=limits.max_identities
-        )
+        self.per_address = host.limiter(per_hour / 3600, per_hour)
+        # a socket belongs to this process: its messages wait in memory (limits.burst)
+        self.messages: Admission = host.limiter(s.messages_per_address_second, shared=False)
 
     def open_socket(self, address: str) -> Refusal | None:
         """Count a new socket from `address`, or say why it is refused."""

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from itsdangerous import BadSignature, Signer
 
-from bot.config import WebChatSettings
+from channels.webchat.settings import WebChatSettings
 
 log = logging.getLogger(__name__)
 SALT = "cicbot.webchat.visitor"

@@ -462,3 +462,52 @@ def test_a_slack_agent_channel_without_a_token_is_noticed(write: Callable[..., P
     [notice] = notices(settings)
     assert "slack.agent_channel" in notice and "CICBOT_SLACK__BOT_TOKEN" in notice
     assert notices(load_settings(write())) == []
+
+
+# --- channel sections: the channels' own models, found through their entry points ----------
+
+
+def test_channel_sections_come_from_the_channels_own_models() -> None:
+    from bot.config import Settings, channel_settings_models
+
+    models = channel_settings_models()
+    assert {"webchat", "telegram", "slack", "email"} <= set(models)
+    for name, model in models.items():
+        assert model.__module__ == f"channels.{name}.settings"  # the channel's folder
+        assert Settings.model_fields[name].annotation is model
+    settings = load_settings(REPO_CONFIG)
+    assert type(settings.channel("telegram")) is models["telegram"]
+    assert settings.channel("database") is None  # a core section is no channel's
+
+
+def test_every_channel_secret_is_refused_in_yaml(write: Callable[..., Path]) -> None:
+    """Config errors know the secrets of every channel from its model alone (SecretStr)."""
+    from bot.config import _secret_paths, channel_settings_models
+
+    paths = [
+        f"{name}.{path}"
+        for name, model in channel_settings_models().items()
+        for path in _secret_paths(model)
+    ]
+    assert {"slack.signing_secret", "email.imap.password", "webchat.secret"} <= set(paths)
+    for path in paths:
+        env = "CICBOT_" + path.upper().replace(".", "__")
+        message = config_error(write(setting(path, "x" * 40)))
+        assert path in message and env in message
+
+
+def test_reading_the_settings_imports_no_platform_library() -> None:
+    """The channel settings modules are cheap: pydantic only (aiogram takes seconds)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from bot.config import load_settings; load_settings('config.yaml'); "
+        "heavy = [m for m in sys.modules if m.split('.')[0] in "
+        "('aiogram', 'slack_bolt', 'slack_sdk', 'aioimaplib', 'aiosmtplib', 'nh3')]; "
+        "print(heavy)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == "[]", out.stdout

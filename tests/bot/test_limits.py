@@ -15,12 +15,13 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from bot.channel.webhooks import read_bounded
-from bot.config import SlackSettings, TelegramSettings
 from bot.conversation.engine import MAX_FLOW_TEXT
 from bot.runtime import Runtime
 from channels.email.adapter import EmailChannel
 from channels.slack.adapter import EVENTS_PATH
+from channels.slack.settings import SlackSettings
 from channels.telegram.adapter import SECRET_HEADER, WEBHOOK_PATH
+from channels.telegram.settings import TelegramSettings
 from flows.catalog import default_catalog
 from storage.models import Direction, Touchpoint
 from tests.channels.email.helpers import (

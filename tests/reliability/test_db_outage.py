@@ -24,10 +24,12 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bot.channel import SendResult
-from bot.config import CampaignsSection, DispatcherSettings, SlackSettings, TelegramSettings
+from bot.config import CampaignsSection, DispatcherSettings
 from bot.delivery.inbox import Unavailable
 from bot.runtime import Runtime
 from channels.email.adapter import EmailChannel
+from channels.slack.settings import SlackSettings
+from channels.telegram.settings import TelegramSettings
 from storage.models import InboxUpdate, OutboxMessage
 from tests.channels.email.helpers import (  # noqa: F401 (fixtures)
     Dovecot,

@@ -34,13 +34,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import func, select
 
-from bot.config import EmailSettings, EmailSmtpSettings, SlackSettings, TelegramSettings
 from bot.runtime import Runtime
 from bot.web.app import create_app
 from channels.email.adapter import EmailChannel
 from channels.email.parse import parse_mail
+from channels.email.settings import EmailSettings, EmailSmtpSettings
 from channels.slack.adapter import EVENTS_PATH
+from channels.slack.settings import SlackSettings
 from channels.telegram.adapter import SECRET_HEADER, WEBHOOK_PATH
+from channels.telegram.settings import TelegramSettings
 from storage.models import InboxStatus, InboxUpdate
 from tests.conftest import ROOT, make_settings
 from tests.standins.slack_api import BOT_TOKEN, SIGNING_SECRET, SlackStandIn, sign

@@ -18,7 +18,6 @@ from websockets.asyncio.client import ClientConnection
 
 from bot.channel.messages import ChannelEvent, InboundMessage
 from bot.config import LimitsSettings
-from bot.delivery import flood
 from bot.delivery.flood import Admission, FloodControl, SharedFloodControl, row_key
 from bot.runtime import Runtime
 from storage.db import create_engine, session_factory
@@ -131,7 +130,7 @@ async def inbound_texts(rt: Runtime, channel: str = "test") -> list[str]:
 
 
 def limiter(runtime: Runtime, rate: float, burst: int) -> Admission:
-    """What flood.attach gives the inbox: shared on PostgreSQL, in memory on SQLite."""
+    """What the runtime gives the inbox: shared on PostgreSQL, in memory on SQLite."""
     if runtime.db.dialect.name == "postgresql":
         return SharedFloodControl(runtime.sessions, rate, burst)
     return FloodControl(rate, burst)
@@ -269,13 +268,21 @@ async def test_senders_idle_an_hour_are_forgotten(pg_url: str) -> None:
         await db.dispose()
 
 
-async def test_attach_shares_on_postgresql_only(db_url: str) -> None:
+async def test_a_channel_taking_input_gets_the_inbox_paced_shared_on_postgresql_only(
+    db_url: str,
+) -> None:
+    """The runtime (not the channel) sets the inbox's flood control up when the first
+    channel registers a parser: shared on PostgreSQL (`limits.shared`), in memory else."""
     for shared in (True, False):
         settings = make_settings(db_url, limits=LimitsSettings(shared=shared))
         rt = Runtime(settings, channels=[])
         try:
-            own = flood.attach(rt)
-            assert isinstance(own, FloodControl) and flood.attach(rt) is own
+            assert rt.inbox.flood is None and rt.flood is None  # no channel takes input
+            rt.register_parser("test", parse)
+            own = rt.flood
+            assert isinstance(own, FloodControl)
+            rt.register_parser("other", parse)
+            assert rt.flood is own  # made once
             on_pg = rt.db.dialect.name == "postgresql"
             expected = SharedFloodControl if shared and on_pg else FloodControl
             assert type(rt.inbox.flood) is expected

@@ -278,3 +278,24 @@ async def test_serve_json_lines_with_a_redacted_access_log(tmp_path: Path) -> No
     assert any("/api/v1/events?token=[redacted]&email=[redacted]" in m for m in access), access
     assert token not in output and EMAIL not in output
     assert {"time", "level", "logger", "message"} <= set(lines[0])
+
+
+def test_configured_secrets_of_any_shape_are_redacted(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A channel's secret that no pattern knows (the web chat's key, a signing secret) is
+    redacted because its settings model declares it SecretStr: found, not listed."""
+    from bot.config import load_settings
+
+    chat_key = "f00dfacef00dfacef00dfacef00dfacef00dface"  # hex: no pattern matches it
+    signing = "8f14e45fceea167a5a36dedd4bea2543"
+    monkeypatch.setenv("CICBOT_WEBCHAT__SECRET", chat_key)
+    monkeypatch.setenv("CICBOT_SLACK__SIGNING_SECRET", signing)
+    settings = load_settings(ROOT / "config.yaml")
+    found = logs.secret_values(settings)
+    assert chat_key in found and signing in found
+    assert logs.redact(f"key {chat_key}") == f"key {chat_key}"  # the patterns alone miss it
+    record = logging.getLogger("t").makeRecord(
+        "t", logging.INFO, __file__, 1, "key=%s sig %s", (chat_key, signing), None
+    )
+    assert logs.RedactFilter(found).filter(record)
+    text = logs.JsonLines().format(record)
+    assert chat_key not in text and signing not in text and "[secret]" in text

@@ -264,7 +264,7 @@ def email_settings(
     imap_extra: dict[str, Any] | None = None,
     **email: Any,
 ) -> Any:
-    from bot.config import EmailImapSettings, EmailSettings, EmailSmtpSettings
+    from channels.email.settings import EmailImapSettings, EmailSettings, EmailSmtpSettings
     from tests.conftest import make_settings
 
     imap = EmailImapSettings()

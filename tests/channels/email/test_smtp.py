@@ -127,7 +127,7 @@ async def test_dispatcher_flags_a_refused_address(sqlite_url: str, smtp_sink: Sm
 async def test_tls_and_login(sqlite_url: str, tls_cert: TlsFiles, implicit: bool) -> None:
     """STARTTLS (required by the server) or implicit TLS, verified against a private CA
     (`ca_file`), then AUTH (the server offers it only over TLS)."""
-    from bot.config import EmailSmtpSettings
+    from channels.email.settings import EmailSmtpSettings
 
     with tls_sink(tls_cert, implicit=implicit, user="bot", password="pw") as sink:
         smtp = EmailSmtpSettings(
@@ -169,7 +169,7 @@ async def test_an_unknown_certificate_is_refused(
 ) -> None:
     """Without the CA file the server's certificate is unknown: nothing is sent (and the
     password is not given away) unless verification is turned off for a test server."""
-    from bot.config import EmailSmtpSettings
+    from channels.email.settings import EmailSmtpSettings
 
     with tls_sink(tls_cert, implicit=implicit, user="bot", password="pw") as sink:
         for verify in (True, False):

@@ -9,9 +9,10 @@ from typing import Any
 
 from sqlalchemy import select
 
-from bot.config import Settings, SlackSettings
+from bot.config import Settings
 from bot.runtime import Runtime
 from channels.slack.adapter import EVENTS_PATH, SlackChannel
+from channels.slack.settings import SlackSettings
 from storage.models import (
     Touchpoint,
 )

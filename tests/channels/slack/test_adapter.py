@@ -17,10 +17,11 @@ from sqlalchemy import select
 
 from bot.channel import PermanentSendError, TransientSendError
 from bot.channel.messages import Choice, OutboundMessage
-from bot.config import ConfigError, SlackSettings, load_settings
+from bot.config import ConfigError, load_settings
 from bot.runtime import Runtime
 from channels.slack.adapter import create
 from channels.slack.send import MAX_TEXT, split_text
+from channels.slack.settings import SlackSettings
 from storage.models import Case, Contact, Identity, InboxStatus, InboxUpdate, OutboxStatus
 from tests.channels.slack.helpers import (
     ANNA,

@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from bot.config import TelegramSettings
 from bot.desk.auth import create_agent
 from bot.runtime import Runtime
+from channels.telegram.settings import TelegramSettings
 from storage.models import (
     Agent,
     AgentCard,

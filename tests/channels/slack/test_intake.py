@@ -11,8 +11,8 @@ from collections.abc import AsyncIterator
 import pytest
 from sqlalchemy import select
 
-from bot.config import SlackSettings
 from bot.runtime import Runtime
+from channels.slack.settings import SlackSettings
 from storage.models import InboxStatus, InboxUpdate, Touchpoint
 from tests.channels.slack.helpers import (
     JAMES,

@@ -14,10 +14,11 @@ import httpx
 import uvicorn
 from sqlalchemy import select
 
-from bot.config import Settings, TelegramSettings
+from bot.config import Settings
 from bot.runtime import Runtime
 from bot.web.app import create_app
 from channels.telegram.adapter import SECRET_HEADER, WEBHOOK_PATH, TelegramChannel
+from channels.telegram.settings import TelegramSettings
 from storage.models import InboxUpdate
 from tests.conftest import make_settings
 from tests.conftest import settled as idle

@@ -18,11 +18,12 @@ from sqlalchemy import select
 
 from bot.channel import TransientSendError
 from bot.channel.messages import ChannelEvent, Choice, InboundMessage, OutboundMessage
-from bot.config import ConfigError, TelegramSettings, load_settings
+from bot.config import ConfigError, load_settings
 from bot.runtime import Runtime, flow_options
 from channels.telegram.adapter import SECRET_HEADER, WEBHOOK_PATH, create
 from channels.telegram.parse import REJECTED_KEY, parse_update
 from channels.telegram.send import MAX_CALLBACK_DATA, callback_data, split_text, utf16_len
+from channels.telegram.settings import TelegramSettings
 from flows import dialogue, language, registry
 from flows.catalog import default_catalog
 from flows.model import ContactFacts, Context, button_payload

@@ -25,12 +25,12 @@ from hypothesis import HealthCheck, example, given, settings
 from sqlalchemy import func, select
 
 from bot.channel.messages import ChannelEvent, InboundMessage
-from bot.config import TelegramSettings
 from bot.runtime import Runtime
 from bot.web.app import create_app
 from channels.telegram.adapter import SECRET_HEADER, WEBHOOK_PATH
 from channels.telegram.parse import parse_update
 from channels.telegram.raw import Bounds, over_bounds, read_raw
+from channels.telegram.settings import TelegramSettings
 from storage.models import InboxStatus, InboxUpdate
 from tests.channels.telegram.spec import customer_updates, rich_updates, updates, weighted
 from tests.conftest import make_settings, settled

@@ -3,13 +3,17 @@ the socket with it and with the page's own Origin."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 from urllib.parse import quote
 
 import httpx
+from sqlalchemy import func, select
 from websockets.asyncio.client import ClientConnection, connect
 
+from bot.runtime import Runtime
 from channels.webchat.session import COOKIE
+from storage.models import InboxStatus, InboxUpdate
 
 TIMEOUT = 10.0
 SAME = "same"  # origin=SAME: the page's own origin, as a browser sends it
@@ -53,3 +57,22 @@ async def open_socket(
         additional_headers=headers,
         open_timeout=TIMEOUT,
     )
+
+
+async def handled(runtime: Runtime, timeout: float = TIMEOUT) -> None:
+    """Until the inbox has handled every web-chat message it holds: an ack means the
+    message is persisted in the inbox, the worker handles it a moment later."""
+    async with asyncio.timeout(timeout):
+        while True:
+            async with runtime.sessions() as s:
+                waiting = await s.scalar(
+                    select(func.count())
+                    .select_from(InboxUpdate)
+                    .where(
+                        InboxUpdate.channel == "webchat",
+                        InboxUpdate.status.in_((InboxStatus.PENDING, InboxStatus.PROCESSING)),
+                    )
+                )
+            if not waiting:
+                return
+            await asyncio.sleep(0.02)

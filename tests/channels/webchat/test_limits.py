@@ -18,7 +18,7 @@ from bot.config import Settings
 from bot.runtime import Runtime
 from channels.webchat.limits import SERVER_BUSY, TOO_MANY, address_key
 from storage.models import Conversation, ConversationStatus
-from tests.channels.webchat.helpers import new_session, open_socket
+from tests.channels.webchat.helpers import handled, new_session, open_socket
 from tests.channels.webchat.test_adapter import mid
 from tests.conftest import make_settings
 from tests.server import serve
@@ -69,6 +69,7 @@ async def ask_for_a_person(ws: ClientConnection) -> dict[str, Any]:
 
 
 async def conversations(runtime: Runtime, *status: str) -> int:
+    await handled(runtime)  # an ack: in the inbox; handled a moment later
     async with runtime.sessions() as s:
         q = select(func.count()).select_from(Conversation)
         if status:

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr
 
-from bot.config import WebChatSettings
 from channels.webchat.session import Sessions, load_key
+from channels.webchat.settings import WebChatSettings
 
 
 def test_a_token_names_its_visitor_and_nothing_else_passes() -> None:

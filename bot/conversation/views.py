@@ -1,0 +1,90 @@
+"""What a channel asks the core to show (bot.channel.host.ChannelHost): is a thread's
+conversation open, and what was said on it."""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from bot.channel.host import Said
+from bot.channel.messages import Choice
+from storage import queries
+from storage.models import (
+    Conversation,
+    ConversationStatus,
+    Direction,
+    InboxStatus,
+    InboxUpdate,
+    Touchpoint,
+)
+
+
+async def conversation_open(
+    sessions: async_sessionmaker[AsyncSession],
+    channel: str,
+    thread_key: str,
+    *,
+    pending: bool = False,
+) -> bool:
+    """The thread has a conversation that is not closed; with `pending`, a message of it
+    waiting in the inbox (partitioned by the thread) counts too: it is about to have one."""
+    async with sessions() as s:
+        found = await s.scalar(
+            select(Conversation.id)
+            .where(
+                Conversation.channel == channel,
+                Conversation.thread_key == thread_key,
+                Conversation.status != ConversationStatus.CLOSED,
+            )
+            .limit(1)
+        )
+        if found is None and pending:
+            found = await s.scalar(
+                select(InboxUpdate.id)
+                .where(
+                    InboxUpdate.channel == channel,
+                    InboxUpdate.partition_key == thread_key,
+                    InboxUpdate.status.in_((InboxStatus.PENDING, InboxStatus.PROCESSING)),
+                )
+                .limit(1)
+            )
+    return found is not None
+
+
+async def history(
+    sessions: async_sessionmaker[AsyncSession], channel: str, sender_id: str, limit: int
+) -> list[Said]:
+    """What was said in this sender's own conversations on the channel: after a merge the
+    contact holds other people's conversations too (another device, another web-chat
+    visitor), and a sender proves only who they are on this one."""
+    async with sessions() as s, s.begin():
+        identity = await queries.get_identity(s, channel, sender_id)
+        if identity is None:
+            return []
+        own = select(Conversation.id).where(Conversation.identity_id == identity.id)
+        q = (
+            select(Touchpoint)
+            .where(
+                Touchpoint.conversation_id.in_(own),
+                Touchpoint.channel == channel,
+                Touchpoint.direction.in_([Direction.IN, Direction.OUT]),
+                Touchpoint.kind.in_(["message", "button"]),
+            )
+            .order_by(Touchpoint.id.desc())
+            .limit(limit)
+        )
+        rows = list((await s.execute(q)).scalars())[::-1]
+    return [
+        Said(
+            direction=t.direction,
+            outbox_id=t.outbox_id,
+            text=t.text or "",
+            choices=tuple(
+                Choice(str(c.get("payload", "")), str(c.get("label", "")))
+                for c in (t.payload or {}).get("buttons", [])
+                if isinstance(c, dict)
+            ),
+            at=t.created_at,
+        )
+        for t in rows
+    ]
