@@ -144,6 +144,9 @@ async def test_put_takes_the_name_from_the_path_and_answers_are_typed(
         ("/api/v1/campaigns/{name}", "put", "CampaignSettings"),
         ("/api/v1/campaigns/{name}/preview", "get", "Preview"),
         ("/api/v1/campaigns/{name}/status", "get", "Status"),
+        ("/api/v1/link-locks", "get", "LinkLocks"),
+        ("/api/v1/link-locks/{lock_id}", "delete", "Done"),
+        ("/api/v1/gdpr/retention", "post", "Purged"),
     ):
         assert answer(path, method) == {"$ref": f"#/components/schemas/{model}"}, path
     run = answer("/api/v1/campaigns/{name}/run", "post")
