@@ -109,6 +109,12 @@ def test_the_command_line(sqlite_url: str, tmp_path: Path, monkeypatch: pytest.M
     assert again.exit_code == 0 and "sent" not in again.output
     status = runner.invoke(cli_app, ["campaigns", "status", "reactivate", "--json"])
     assert json.loads(status.stdout)["sent"] == 3
+    text = runner.invoke(cli_app, ["campaigns", "status", "reactivate"], env={"COLUMNS": "200"})
+    assert text.exit_code == 0, text.output
+    # the figures add up, and each run says when it ran
+    assert "targeted" in text.output and "sent" in text.output and "k1" in text.output
+    [run_row] = [line for line in text.output.splitlines() if " k1 " in line]
+    assert "done" in run_row and run_row.count(" 3 ") >= 2  # targeted 3, sent 3
     missing = runner.invoke(cli_app, ["campaigns", "status", "nope"])
     assert missing.exit_code == 1 and "no campaign 'nope'" in missing.output
 
