@@ -34,6 +34,27 @@ class Retention(BaseModel):
     days: int | None = Field(default=None, ge=1)
 
 
+class LinkLock(BaseModel):
+    id: int
+    email: str
+    failures: int
+    locked_at: str | None
+
+
+class LinkLocks(BaseModel):
+    items: list[LinkLock]
+    total: int
+
+
+class Done(BaseModel):
+    ok: bool
+
+
+class Purged(BaseModel):
+    retention_days: int
+    purged: dict[str, int] = Field(description="rows each step touched, by step")
+
+
 @router.post("/contacts/{contact_id}/merge")
 async def merge(
     request: Request, contact_id: int, body: Merge, agent: Supervisor
@@ -55,30 +76,30 @@ async def merge(
 
 
 @router.get("/link-locks")
-async def link_locks(request: Request, agent: Supervisor) -> dict[str, Any]:
+async def link_locks(request: Request, agent: Supervisor) -> LinkLocks:
     """Email addresses locked for linking after too many wrong one-time codes."""
     async with runtime_of(request).sessions() as s:
         rows = await identity_link.locked_addresses(s)
     items = [
-        {
-            "id": r.id,
-            "email": r.email,
-            "failures": r.failures,
-            "locked_at": r.locked_at.isoformat() if r.locked_at else None,
-        }
+        LinkLock(
+            id=r.id,
+            email=r.email,
+            failures=r.failures,
+            locked_at=r.locked_at.isoformat() if r.locked_at else None,
+        )
         for r in rows
     ]
-    return {"items": items, "total": len(items)}
+    return LinkLocks(items=items, total=len(items))
 
 
 @router.delete("/link-locks/{lock_id}")
-async def unlock_link(request: Request, lock_id: int, agent: Supervisor) -> dict[str, Any]:
+async def unlock_link(request: Request, lock_id: int, agent: Supervisor) -> Done:
     """Unlock an address once a person has checked it is the customer's (by phone, in the
     shop): linking it works again, the count of wrong codes starts afresh."""
     async with runtime_of(request).sessions() as s, s.begin():
         if not await identity_link.unlock(s, lock_id=lock_id, actor=actor(agent)):
             raise ApiError(404, "not_found", f"no locked address {lock_id}")
-    return {"ok": True}
+    return Done(ok=True)
 
 
 @router.get("/contacts/{contact_id}/export")
@@ -102,14 +123,14 @@ async def erase(request: Request, contact_id: int, agent: Admin) -> dict[str, An
 
 
 @router.post("/gdpr/retention")
-async def retention_purge(request: Request, body: Retention, agent: Admin) -> dict[str, Any]:
+async def retention_purge(request: Request, body: Retention, agent: Admin) -> Purged:
     """The retention period over every table with personal data (docs/security.md); how
     many rows each step touched."""
     rt = runtime_of(request)
     days = body.days or rt.settings.crm.retention_days
     async with rt.sessions() as s, s.begin():
         purged = await retention.purge(s, days)
-    return {"retention_days": days, "purged": purged}
+    return Purged(retention_days=days, purged=purged)
 
 
 class _BadRows(Exception):

@@ -109,6 +109,12 @@ def test_the_command_line(sqlite_url: str, tmp_path: Path, monkeypatch: pytest.M
     assert again.exit_code == 0 and "sent" not in again.output
     status = runner.invoke(cli_app, ["campaigns", "status", "reactivate", "--json"])
     assert json.loads(status.stdout)["sent"] == 3
+    text = runner.invoke(cli_app, ["campaigns", "status", "reactivate"], env={"COLUMNS": "200"})
+    assert text.exit_code == 0, text.output
+    # the figures add up, and each run says when it ran
+    assert "targeted" in text.output and "sent" in text.output and "k1" in text.output
+    [run_row] = [line for line in text.output.splitlines() if " k1 " in line]
+    assert "done" in run_row and run_row.count(" 3 ") >= 2  # targeted 3, sent 3
     missing = runner.invoke(cli_app, ["campaigns", "status", "nope"])
     assert missing.exit_code == 1 and "no campaign 'nope'" in missing.output
 
@@ -144,6 +150,9 @@ async def test_put_takes_the_name_from_the_path_and_answers_are_typed(
         ("/api/v1/campaigns/{name}", "put", "CampaignSettings"),
         ("/api/v1/campaigns/{name}/preview", "get", "Preview"),
         ("/api/v1/campaigns/{name}/status", "get", "Status"),
+        ("/api/v1/link-locks", "get", "LinkLocks"),
+        ("/api/v1/link-locks/{lock_id}", "delete", "Done"),
+        ("/api/v1/gdpr/retention", "post", "Purged"),
     ):
         assert answer(path, method) == {"$ref": f"#/components/schemas/{model}"}, path
     run = answer("/api/v1/campaigns/{name}/run", "post")
