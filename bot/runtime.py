@@ -9,7 +9,7 @@ from __future__ import annotations
 import gc
 import logging
 from collections.abc import Callable, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from importlib.metadata import entry_points
 
 from sqlalchemy import text
@@ -102,6 +102,8 @@ class Runtime:
             hours=settings.business_hours,
         )
         self.engine.metrics = self.metrics
+        reopen_hours = settings.desk.reopen_hours
+        self.engine.reopen_window = timedelta(hours=reopen_hours) if reopen_hours else None
         self.dispatcher.observe = self.metrics.sent
         self.events = EventBus()
         self.engine.on_handled = self._published

@@ -323,7 +323,11 @@ class SlackDesk:
     async def _assigned_to(self, conv_id: int, agent: Agent) -> bool:
         async with self.sessions() as s:
             conv = await s.get(Conversation, conv_id)
-            return conv is not None and conv.assignee == str(agent.id)
+            return (  # a closed conversation keeps its resolver as assignee
+                conv is not None
+                and conv.status == ConversationStatus.AGENT
+                and conv.assignee == str(agent.id)
+            )
 
     async def _explain(self, conv_id: int, exc: DeskError) -> str:
         """The desk's refusal in words for the agent who was refused."""
