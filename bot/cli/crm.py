@@ -301,8 +301,8 @@ def print_report(r: dict[str, Any]) -> None:
     for label, st in (
         ("first response, bot", r["first_response_seconds"]["bot"]),
         ("first response, agent", r["first_response_seconds"]["agent"]),
-        ("resolution, bot only", r["resolution_seconds"]["conversations_bot"]),
-        ("resolution, with agent", r["resolution_seconds"]["conversations_agent"]),
+        ("resolved by the bot alone", r["resolution_seconds"]["conversations_bot"]),
+        ("resolved with an agent", r["resolution_seconds"]["conversations_agent"]),
         ("resolution, cases", r["resolution_seconds"]["cases"]),
     ):
         t.add_row(label, str(st["count"]), _fmt(st["mean"]), _fmt(st["p50"]), _fmt(st["p90"]))
@@ -324,6 +324,11 @@ def print_report(r: dict[str, Any]) -> None:
         ("win-back reasons", ", ".join(f"{k}:{v}" for k, v in wb["reasons"].items()) or "-"),
         ("win-back recovery rate", f"{_fmt(wb['recovery_rate'])} ({wb['offers_accepted']})"),
         ("reactivated contacts", str(wb["reactivated_contacts"])),
+        (
+            "reopened after an agent resolved",
+            f"{r['resolutions']['reopened']} of {r['resolutions']['agent']}"
+            f" ({_fmt(r['resolutions']['reopen_rate'])})",
+        ),
         ("self-service deflection", f"{_fmt(ss['deflection_rate'])} of {ss['conversations']}"),
     ]
     for k, v in rows:
