@@ -69,5 +69,6 @@ async def reopen_resolved(
 
 
 async def assignee_name(s: AsyncSession, conv: Conversation) -> str:
-    agent = await s.get(Agent, int(conv.assignee)) if (conv.assignee or "").isdigit() else None
+    ref = conv.assignee or ""
+    agent = await s.get(Agent, int(ref)) if ref.isdigit() else None
     return agent.name if agent is not None else ""

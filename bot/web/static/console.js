@@ -11,7 +11,8 @@
 //  * every text from the server (customer messages, names, notes) is inserted with
 //    textContent or as a text node, never as markup (the page's CSP also requires
 //    Trusted Types, so an HTML sink would throw);
-//  * the API token lives in sessionStorage only (this tab), and sign-out forgets it;
+//  * the session token (from email + password, POST /api/v1/auth/login) or an API token
+//    lives in sessionStorage only (this tab); sign-out ends the session and forgets it;
 //  * live updates come from GET /api/v1/events, read with fetch() streaming because it
 //    needs the Authorization header; a timer refreshes as well, because events are per
 //    worker and a change made on another worker only shows up that way.
@@ -185,7 +186,27 @@
     error.textContent = message || "";
     $("login-submit").disabled = false;
     $("login-submit").textContent = t("login.submit");
-    $("token").focus();
+    ($("email").value ? $("password") : $("email")).focus();
+  }
+
+  async function signInWithPassword(email, password) {
+    let res, data = null;
+    try {
+      res = await fetch("/api/v1/auth/login", {
+        method: "POST", cache: "no-store",
+        headers: { "Content-Type": "application/json", Accept: "application/json" },
+        body: JSON.stringify({ email, password }),
+      });
+      try { data = await res.json(); } catch (e) { data = null; }
+    } catch (e) {
+      showLogin(t("login.network"));
+      return;
+    }
+    if (res.status === 401 || res.status === 422) { showLogin(t("login.wrong")); return; }
+    if (res.status === 429) { showLogin(t("login.throttled")); return; }
+    if (!res.ok || !data || !data.token) { showLogin(t("error.generic", { message: res.statusText })); return; }
+    $("password").value = "";
+    signIn(data.token, false);
   }
 
   async function signIn(token, remembered) {
@@ -214,6 +235,10 @@
   }
 
   function signOut(message) {
+    if (state.token && state.token.startsWith("cis_") && !message) {
+      // end the session on the server too (a signed-out tab's token is worthless)
+      fetch("/api/v1/auth/logout", { method: "POST", headers: { Authorization: "Bearer " + state.token } }).catch(() => {});
+    }
     showView("desk");
     supervisor.clear();
     $("views").hidden = true;
@@ -862,10 +887,13 @@
     $("login-form").addEventListener("submit", (e) => {
       e.preventDefault();
       const token = $("token").value.trim();
-      if (!token) { showLogin(t("login.empty")); return; }
+      const email = $("email").value.trim();
+      const password = $("password").value;
+      if (!token && !(email && password)) { showLogin(t("login.empty")); return; }
       $("login-submit").disabled = true;
       $("login-submit").textContent = t("login.checking");
-      signIn(token, false);
+      if (email && password) signInWithPassword(email, password);
+      else signIn(token, false);
     });
     $("signout").addEventListener("click", () => signOut(null));
     $("composer").addEventListener("submit", (e) => { e.preventDefault(); send(); });
