@@ -204,6 +204,7 @@ async def test_agent_console_end_to_end(
             assert conv.status == "queued"
             reference = await open_case(rt, contact_id, conv.id)
 
+            await agent.click("#tab-unassigned")
             await item.click()
             timeline = agent.locator("#timeline")
             await expect(timeline).to_contain_text("Mensch")

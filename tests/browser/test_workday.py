@@ -2,19 +2,23 @@
 Chromium against the real app under uvicorn, on SQLite and PostgreSQL.
 
 Sign-in by email and password and its expiry; a customer's follow-up after the agent
-resolved reaching that agent again. Screenshots go to test-artifacts/.
+resolved reaching that agent again; the All tab, search and a canned reply. Screenshots
+go to test-artifacts/.
 """
 
 from __future__ import annotations
 
 import os
+import uuid
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from sqlalchemy import func, select, update
 
+from bot.channel.messages import InboundMessage
 from bot.desk import auth
 from channels.webchat.session import COOKIE
 from storage.models import AgentRole, AgentSession, utcnow
@@ -75,6 +79,7 @@ async def test_password_sign_in_expiry_and_reopen_after_resolve(
             await chat.goto(f"{base}/")
             await say(chat, "hallo")
             await say(chat, "Mensch")
+            await agent.click("#tab-unassigned")
             await agent.locator("#list-queue .conv-item").click()
             await agent.click("#btn-claim")
             await agent.fill("#text", "Der Ersatz ist unterwegs.")
@@ -138,4 +143,123 @@ async def test_password_sign_in_expiry_and_reopen_after_resolve(
         finally:
             await desk.close()
             await home.close()
+    assert not errors, errors
+
+
+async def web_customer(rt: Any, visitor: str, name: str, *texts: str) -> int:
+    """A web-chat customer who writes (through the engine, as the socket would)."""
+    conv = 0
+    for text in texts:
+        result = await rt.engine.handle(
+            InboundMessage(
+                channel="webchat",
+                sender_id=visitor,
+                platform_message_id=f"{visitor}-{uuid.uuid4()}",
+                thread_key=visitor,
+                text=text,
+                sender_name=name,
+                locale_hint="de",
+            )
+        )
+        conv = result.conversation_id or conv
+    return conv
+
+
+async def test_all_tab_search_and_canned_reply(
+    db_url: str, browser: Any, artifacts: Path, request: pytest.FixtureRequest
+) -> None:
+    variant = request.node.callspec.params.get("db_url", "db")
+    errors: list[str] = []
+    canned_text = "Ihre Sendung ist unterwegs und kommt in ein bis zwei Werktagen an."
+    async with serve(make_settings(db_url)) as (base, rt):
+        async with rt.sessions() as s, s.begin():
+            await auth.create_agent(
+                s, "Sina Schmidt", AgentRole.SUPERVISOR, email="sina@example.com", password=PASSWORD
+            )
+            await auth.create_agent(
+                s, "Anna Agentin", AgentRole.AGENT, email="anna@example.com", password=PASSWORD
+            )
+            ben, _ = await auth.create_agent(s, "Ben Berater", AgentRole.AGENT)
+            _, root_token = await auth.create_agent(s, "Root", AgentRole.ADMIN)
+        headers = {"Authorization": f"Bearer {root_token}"}
+        async with httpx.AsyncClient(base_url=f"{base}/api/v1", headers=headers) as http:
+            r = await http.put(
+                "/canned/lieferung", json={"short_code": "lieferung", "text": canned_text}
+            )
+            assert r.status_code == 200, r.text
+            r = await http.put(
+                "/canned/danke", json={"short_code": "danke", "text": "Vielen Dank!"}
+            )
+            assert r.status_code == 200
+        erika = await web_customer(
+            rt, "visitor-erika", "Erika Muster", "Mein Paket 4711 ist beschädigt", "Mensch"
+        )
+        await rt.desk.claim(ben, erika)
+        max_conv = await web_customer(rt, "visitor-max", "Max Kunde", "hallo", "Mensch")
+
+        ctx = await browser.new_context(locale="de-DE", viewport=DESKTOP)
+        lead, agent = await ctx.new_page(), await ctx.new_page()
+        watch_errors(lead, errors)
+        watch_errors(agent, errors)
+        try:
+            # the team lead sees colleagues' open conversations under All
+            await sign_in(lead, base, "sina@example.com", PASSWORD)
+            await expect(lead.locator("#me-name")).to_have_text("Sina Schmidt")
+            await lead.click("#tab-all")
+            items = lead.locator("#list-all .conv-item")
+            await expect(items).to_have_count(2)
+            await expect(lead.locator("#count-all")).to_have_text("2")
+            await expect(lead.locator(f'#list-all [data-id="{erika}"]')).to_contain_text(
+                "Ben Berater"
+            )
+            await expect(lead.locator(f'#list-all [data-id="{max_conv}"]')).to_contain_text(
+                "wartet"
+            )
+            await lead.screenshot(path=artifacts / f"workday-all-desktop-{variant}.png")
+
+            # search across messages and contacts
+            await lead.fill("#search", "4711")
+            hit = lead.locator("#search-messages .conv-item")
+            await expect(hit).to_have_count(1)
+            await expect(hit.locator("mark")).to_have_text("4711")
+            await expect(lead.locator("#search-results")).to_be_visible()
+            await expect(lead.locator(".list-section[data-list=all]")).to_be_hidden()
+            await lead.screenshot(path=artifacts / f"workday-search-desktop-{variant}.png")
+            await hit.click()
+            await expect(lead.locator("[data-testid=conv-status]")).to_contain_text("Ben Berater")
+            await lead.fill("#search", "max kunde")
+            await expect(lead.locator("#search-contacts .conv-item")).to_have_count(1)
+            await lead.press("#search", "Escape")
+            await expect(lead.locator("#search-results")).to_be_hidden()
+            await expect(lead.locator(".list-section[data-list=all]")).to_be_visible()
+
+            # an agent answers with a canned reply: "/" opens the menu, Enter takes it
+            await sign_in(agent, base, "anna@example.com", PASSWORD)
+            await agent.click("#tab-unassigned")
+            await agent.locator(f'#list-queue [data-id="{max_conv}"]').click()
+            await agent.click("#btn-claim")
+            await expect(agent.locator("#text")).to_be_enabled()
+            await agent.locator("#text").press_sequentially("/lie")
+            menu = agent.locator("#canned-menu")
+            await expect(menu).to_be_visible()
+            await expect(menu.locator(".canned-item")).to_have_count(1)
+            await expect(menu.locator(".canned-item.active")).to_contain_text("/lieferung")
+            await agent.screenshot(path=artifacts / f"workday-canned-desktop-{variant}.png")
+            await agent.press("#text", "Enter")
+            await expect(menu).to_be_hidden()
+            await expect(agent.locator("#text")).to_have_value(canned_text)  # not sent yet
+            await agent.press("#text", "Enter")
+            await expect(
+                agent.locator("#timeline .tp.out.agent", has_text=canned_text)
+            ).to_have_count(1)
+            await agent.locator("#text").press_sequentially("/xyz")
+            await expect(menu).to_contain_text("Keine Vorlage beginnt mit „/xyz“.")
+            await agent.press("#text", "Escape")
+            await expect(menu).to_be_hidden()
+        except BaseException:
+            for n, page in enumerate(ctx.pages):
+                await page.screenshot(path=artifacts / f"FAILED-workday-inbox-{n}-{variant}.png")
+            raise
+        finally:
+            await ctx.close()
     assert not errors, errors

@@ -116,6 +116,9 @@
     queue: [],
     queueTotal: 0,
     mine: [],
+    all: [],
+    allTotal: 0,
+    list: sessionStorage.getItem("cicbot.agent.list") || "mine", // the tab: mine, queue or all
     current: null, // the open conversation's id
     detail: null,
     signature: "",
@@ -254,6 +257,8 @@
     stopEvents();
     $("list-mine").replaceChildren();
     $("list-queue").replaceChildren();
+    $("list-all").replaceChildren();
+    inbox.clear();
     $("timeline").replaceChildren();
     $("text").value = "";
     showConversation(false);
@@ -364,11 +369,15 @@
     if (!state.token) return;
     const seq = ++state.seq.lists;
     try {
-      const [queue, mine] = await Promise.all([api("GET", "/queue?limit=100"), api("GET", "/conversations/mine")]);
+      const [queue, mine, all] = await Promise.all([
+        api("GET", "/queue?limit=100"), api("GET", "/conversations/mine"), api("GET", "/conversations?limit=100"),
+      ]);
       if (seq !== state.seq.lists || !state.token) return;
       state.queue = queue.items;
       state.queueTotal = queue.total;
       state.mine = mine.items;
+      state.all = all.items;
+      state.allTotal = all.total;
       renderLists();
     } catch (e) {
       if (e.status !== 401 && e.status !== 0) failed(e);
@@ -378,8 +387,10 @@
   function renderLists() {
     renderList($("list-mine"), $("empty-mine"), state.mine, "mine");
     renderList($("list-queue"), $("empty-queue"), state.queue, "queue");
+    renderList($("list-all"), $("empty-all"), state.all, "all");
     $("count-mine").textContent = String(state.mine.length);
     $("count-queue").textContent = String(state.queueTotal);
+    $("count-all").textContent = String(state.allTotal);
     document.title = (state.queueTotal ? `(${state.queueTotal}) ` : "") + t("title") + " · cicbot";
   }
 
@@ -403,7 +414,7 @@
     const body = el("div");
     const top = el("div", "conv-row");
     top.append(el("span", "conv-name", name));
-    const since = kind === "queue" ? c.queued_at : c.updated_at;
+    const since = kind === "queue" || (kind === "all" && c.status === "queued") ? c.queued_at : c.updated_at;
     if (since) {
       const ms = Date.now() - new Date(since).getTime();
       const wait = el("span", "wait", duration(ms));
@@ -420,12 +431,24 @@
       bottom.append(seg);
     }
     if (c.priority > 0) bottom.append(priorityChip(c.priority));
+    if (kind === "all") {
+      const owner = c.status === "agent" && c.assignee ? agentName(c.assignee) : t("list.waiting_chip");
+      bottom.append(el("span", "chip owner" + (c.assignee ? "" : " waiting"), owner));
+    }
     bottom.append(el("span", "conv-id", "#" + c.id));
     body.append(top, bottom);
     item.append(body);
     item.addEventListener("click", () => select(c.id));
     li.append(item);
     return li;
+  }
+
+  function showList(which) { // the tabs Mine / Unassigned / All (as in Chatwoot)
+    if (!["mine", "queue", "all"].includes(which)) which = "mine";
+    state.list = which;
+    sessionStorage.setItem("cicbot.agent.list", which);
+    for (const b of document.querySelectorAll(".list-tab")) b.setAttribute("aria-selected", String(b.dataset.list === which));
+    for (const sec of document.querySelectorAll(".list-section[data-list]")) sec.hidden = inbox.searching() || sec.dataset.list !== which;
   }
 
   function classifyWait(node, ms) {
@@ -845,6 +868,13 @@
     currentView: () => state.view,
   });
 
+  const inbox = window.cicbotInbox({
+    $, el, t, api, failed, channelName, contactName, fullFmt,
+    select: (id) => select(id),
+    showList: () => showList(state.list),
+    text: () => $("text"),
+  });
+
   function showView(view) {
     if (view === "supervisor" && !isSupervisor()) view = "desk";
     const changed = state.view !== view;
@@ -872,6 +902,8 @@
     stopEvents();
     loadAgents();
     refreshLists();
+    showList(state.list);
+    inbox.loadCanned();
     const m = /^#\/conversations\/(\d+)$/.exec(location.hash);
     if (m) select(Number(m[1]));
     else showConversation(false);
@@ -898,6 +930,7 @@
     $("signout").addEventListener("click", () => signOut(null));
     $("composer").addEventListener("submit", (e) => { e.preventDefault(); send(); });
     $("text").addEventListener("keydown", (e) => {
+      if (inbox.cannedKey(e)) return; // the canned-reply menu took the key
       if (e.key === "Enter" && !e.shiftKey && !e.isComposing && !e.altKey && !e.ctrlKey && !e.metaKey) {
         e.preventDefault();
         send();
@@ -924,6 +957,8 @@
       if (state.token) showView(location.hash === "#/supervisor" ? "supervisor" : "desk");
     });
     for (const b of document.querySelectorAll(".view-tab")) b.addEventListener("click", () => showView(b.dataset.view));
+    for (const b of document.querySelectorAll(".list-tab")) b.addEventListener("click", () => showList(b.dataset.list));
+    inbox.wire();
     supervisor.wire();
 
     const saved = sessionStorage.getItem(TOKEN_KEY);
