@@ -27,7 +27,7 @@ async def test_all_shows_colleagues_open_conversations(desk: Desk) -> None:  # n
         assert (await c.get("/conversations")).status_code == 401
 
 
-async def _me(desk: Desk, who: str) -> dict[str, object]:
+async def _me(desk: Desk, who: str) -> dict[str, object]:  # noqa: F811
     async with desk.client(who) as c:
         me: dict[str, object] = (await c.get("/me")).json()
         return me
