@@ -67,6 +67,7 @@ async def chat(runtime: Runtime, user: str, locale: str | None, stdin: TextIO) -
     assert isinstance(adapter, ConsoleChannel)
     interactive = stdin.isatty()
     loop = asyncio.get_running_loop()
+    await runtime.dispatcher.drain(recipient=user)  # what was said while they were away
     while True:
         if interactive:
             adapter.out.write("you: ")
@@ -77,4 +78,6 @@ async def chat(runtime: Runtime, user: str, locale: str | None, stdin: TextIO) -
         if not interactive:
             adapter.out.write(f"you: {line.rstrip()}\n")
         await runtime.engine.handle(adapter.to_inbound(user, line, locale))
-        await runtime.dispatcher.drain()
+        # this user's replies only: the channel is shared by every terminal customer, and
+        # an agent's answer to another one must wait for that one's chat (issue 20, #10)
+        await runtime.dispatcher.drain(recipient=user)
