@@ -21,7 +21,7 @@ from sqlalchemy import func, select, update
 from bot.channel.messages import InboundMessage
 from bot.desk import auth
 from channels.webchat.session import COOKIE
-from storage.models import AgentRole, AgentSession, utcnow
+from storage.models import AgentRole, AgentSession, Conversation, utcnow
 from tests.browser.test_agent_console import say, watch_errors
 from tests.channels.webchat.helpers import new_session
 from tests.conftest import make_settings
@@ -262,4 +262,103 @@ async def test_all_tab_search_and_canned_reply(
             raise
         finally:
             await ctx.close()
+    assert not errors, errors
+
+
+# what sticks out of the viewport or has its text cut off (an ellipsis is allowed only
+# where it is meant: names in lists and headers)
+CUT_JS = """() => {
+  const w = window.innerWidth, out = [], page = document.documentElement;
+  if (page.scrollWidth > w) out.push('page scrolls sideways: ' + page.scrollWidth);
+  const all = 'button, a, input, select, textarea, h1, h2, .chip, .count';
+  for (const node of document.querySelectorAll(all)) {
+    const r = node.getBoundingClientRect();
+    if (!r.width || !r.height || node.closest('[hidden]')) continue;
+    const style = getComputedStyle(node);
+    if (style.visibility === 'hidden' || style.display === 'none') continue;
+    const name = node.id || node.dataset.list || node.textContent.trim().slice(0, 30);
+    if (r.left < -0.5 || r.right > w + 0.5) out.push(`outside: ${name} ${r.left}..${r.right}`);
+    const cut = node.matches('button') && node.scrollWidth > node.clientWidth + 1;
+    if (cut) out.push('clipped: ' + name);
+  }
+  return out;
+}"""
+
+
+async def test_console_fits_a_phone(
+    db_url: str, browser: Any, artifacts: Path, request: pytest.FixtureRequest
+) -> None:
+    """Finding 9: at 375 x 812 the header's tabs and Sign out, the lists, a conversation
+    with its actions and the supervisor view fit, nothing cut off; desktop and phone
+    screenshots of each view."""
+    variant = request.node.callspec.params.get("db_url", "db")
+    errors: list[str] = []
+    async with serve(make_settings(db_url)) as (base, rt):
+        async with rt.sessions() as s, s.begin():
+            await auth.create_agent(
+                s, "Sina Schmidt", AgentRole.SUPERVISOR, email="sina@example.com", password=PASSWORD
+            )
+        conv = await web_customer(
+            rt, "visitor-phone", "Erika Mustermann", "Mein Paket ist beschädigt", "Mensch"
+        )
+        for size, viewport in (("phone", PHONE), ("desktop", DESKTOP)):
+            ctx = await browser.new_context(
+                locale="de-DE",
+                viewport=viewport,
+                is_mobile=size == "phone",
+                has_touch=size == "phone",
+            )
+            page = await ctx.new_page()
+            watch_errors(page, errors)
+
+            def shot(view: str, size: str = size) -> Path:
+                return artifacts / f"console-{view}-{size}-{variant}.png"
+
+            try:
+                await page.goto(f"{base}/agent")
+                await expect(page.locator("#email")).to_be_visible()
+                assert await page.evaluate(CUT_JS) == []
+                await page.screenshot(path=shot("login"))
+                await page.fill("#email", "sina@example.com")
+                await page.fill("#password", PASSWORD)
+                await page.press("#password", "Enter")
+                await expect(page.locator("#signout")).to_be_visible()
+                await expect(page.locator("#tab-supervisor")).to_be_visible()
+                await page.click("#tab-unassigned")
+                await expect(page.locator("#list-queue .conv-item")).to_have_count(1)
+                assert await page.evaluate(CUT_JS) == []
+                await page.screenshot(path=shot("lists"))
+                await page.locator(f'#list-queue [data-id="{conv}"]').click()
+                await expect(page.locator("#btn-claim")).to_be_visible()
+                await page.click("#btn-claim")
+                await expect(page.locator("#btn-resolve")).to_be_visible()
+                await expect(page.locator("#text")).to_be_enabled()
+                if size == "phone":
+                    await expect(page.locator(".lists")).to_be_hidden()
+                assert await page.evaluate(CUT_JS) == []
+                await page.screenshot(path=shot("conversation"))
+                if size == "phone":
+                    await page.click("#btn-back")
+                    await expect(page.locator(".lists")).to_be_visible()
+                    await expect(page.locator("#btn-back")).to_be_hidden()
+                    await page.click("#tab-mine")
+                    await expect(page.locator("#list-mine .conv-item")).to_have_count(1)
+                else:
+                    await expect(page.locator("#btn-back")).to_be_hidden()
+                await page.click("#tab-supervisor")
+                await expect(page.locator("#sv-body")).to_be_visible()
+                await expect(page.locator("#supervisor")).not_to_have_attribute("aria-busy", "true")
+                assert await page.evaluate(CUT_JS) == []
+                await page.screenshot(path=shot("supervisor"), full_page=True)
+                await page.click("#tab-desk")
+            except BaseException:
+                await page.screenshot(path=artifacts / f"FAILED-console-{size}-{variant}.png")
+                raise
+            finally:
+                await ctx.close()
+            if size == "phone":  # the desktop round claims it again from the queue
+                async with rt.sessions() as s, s.begin():
+                    row = await s.get(Conversation, conv)
+                    assert row is not None
+                    row.status, row.assignee, row.queued_at = "queued", None, utcnow()
     assert not errors, errors

@@ -467,6 +467,7 @@
   // --- the conversation in the middle ------------------------------------------------
 
   function showConversation(on) {
+    $("app").classList.toggle("has-conv", on); // a phone shows the list or this, not both
     $("conv").hidden = !on;
     $("placeholder").hidden = on;
     $("details-body").hidden = !on;
@@ -942,6 +943,15 @@
     $("btn-resolve").addEventListener("click", () => act("resolve", t("done.resolved")));
     $("btn-handback").addEventListener("click", () => act("handback", t("done.handed_back")));
     $("btn-transfer").addEventListener("click", openTransfer);
+    $("btn-back").addEventListener("click", () => { // a phone: back to the list
+      if (state.current !== null) state.drafts.set(state.current, $("text").value);
+      state.current = null;
+      state.detail = null;
+      state.signature = "";
+      showConversation(false);
+      history.replaceState(null, "", location.pathname);
+      for (const node of document.querySelectorAll(".conv-item.selected")) node.classList.remove("selected");
+    });
     $("transfer-cancel").addEventListener("click", () => $("transfer-dialog").close());
     $("transfer-ok").addEventListener("click", () => {
       const id = Number($("transfer-to").value);
