@@ -107,6 +107,18 @@ class LimitsSettings(Section):
     shared: bool = True
 
 
+class DeskSettings(Section):
+    """The agent desk (README, "Agents")."""
+
+    # a customer who writes again within this many hours of an agent resolving their
+    # conversation reaches that agent again (the conversation reopens, as in Chatwoot);
+    # later, or 0, a new conversation with the bot starts
+    reopen_hours: float = Field(default=72, ge=0, le=24 * 90)
+    # a console sign-in (email + password) lasts this long without use, at most max
+    session_idle_hours: float = Field(default=8, gt=0, le=24 * 30)
+    session_max_hours: float = Field(default=24, gt=0, le=24 * 90)
+
+
 class FlowSettings(Section):
     max_failed_answers: int = Field(default=3, ge=1, le=10)
     max_selfservice_misses: int = Field(default=2, ge=1, le=10)
@@ -137,6 +149,7 @@ class CoreSettings(BaseSettings):
     server: ServerSettings = ServerSettings()
     dispatcher: DispatcherSettings = DispatcherSettings()
     flows: FlowSettings = FlowSettings()
+    desk: DeskSettings = DeskSettings()
     limits: LimitsSettings = LimitsSettings()
     complaint: ComplaintOptions
     winback: WinbackOptions

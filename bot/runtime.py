@@ -11,7 +11,7 @@ from __future__ import annotations
 import gc
 import logging
 from collections.abc import Callable, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -118,6 +118,8 @@ class Runtime:
             hours=settings.business_hours,
         )
         self.engine.metrics = self.metrics
+        reopen_hours = settings.desk.reopen_hours
+        self.engine.reopen_window = timedelta(hours=reopen_hours) if reopen_hours else None
         self.dispatcher.observe = self.metrics.sent
         self.events = EventBus()
         self.engine.on_handled = self._published
@@ -226,8 +228,8 @@ class Runtime:
     async def handle_now(self, message: InboundMessage) -> bool:
         return (await self.engine.handle(message)).duplicate
 
-    async def deliver_pending(self) -> None:
-        await self.dispatcher.drain()
+    async def deliver_pending(self, *, recipient: str | None = None) -> None:
+        await self.dispatcher.drain(recipient=recipient)
 
     def limiter(
         self, per_second: float, burst: int | None = None, *, shared: bool = True

@@ -326,10 +326,40 @@ class Agent(Base):
     email: Mapped[str | None] = mapped_column(String(320))
     role: Mapped[str] = mapped_column(String(16), default=AgentRole.AGENT)
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    # the console's sign-in (email + password): an Argon2id hash, None without a password
+    password_hash: Mapped[str | None] = mapped_column(String(200))
     slack_user_id: Mapped[str | None] = mapped_column(String(64), unique=True)
     active: Mapped[bool] = mapped_column(Boolean, default=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     last_seen_at: Mapped[datetime | None] = mapped_column()
+
+
+class AgentSession(Base):
+    """A console sign-in by password: only the SHA-256 of its random token is stored. It
+    ends when unused for the idle time, at expires_at in any case, on sign-out, and when
+    the agent's password is reset or the agent revoked (bot/desk/auth.py)."""
+
+    __tablename__ = "agent_sessions"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    agent_id: Mapped[int] = mapped_column(ForeignKey("agents.id"), index=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_used_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column()
+
+
+class CannedReply(Base):
+    """A prepared answer agents insert with `/short_code` in the reply box; admins keep them."""
+
+    __tablename__ = "canned_replies"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    short_code: Mapped[str] = mapped_column(String(64), unique=True)
+    text: Mapped[str] = mapped_column(Text)
+    created_by: Mapped[int | None] = mapped_column(BigId)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
 
 class AgentCard(Base):

@@ -78,8 +78,9 @@ class ChannelHost(Protocol):
         True if it was a duplicate."""
         ...
 
-    async def deliver_pending(self) -> None:
-        """Send what the outbox holds now (the terminal chat runs without the dispatcher)."""
+    async def deliver_pending(self, *, recipient: str | None = None) -> None:
+        """Send what the outbox holds now (the terminal chat runs without the dispatcher);
+        with `recipient`, only that recipient's messages."""
         ...
 
     def limiter(

@@ -66,7 +66,7 @@ cases_app = typer.Typer(help="Complaint cases.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(contacts_app, name="contacts")
 app.add_typer(cases_app, name="cases")
-agents_app = typer.Typer(help="Agents and their API tokens.", no_args_is_help=True)
+agents_app = typer.Typer(help="Agents, their API tokens and passwords.", no_args_is_help=True)
 app.add_typer(agents_app, name="agents")
 out = Console()
 err = Console(stderr=True)
@@ -384,6 +384,48 @@ def agents_list() -> None:
             a.last_seen_at.strftime("%Y-%m-%d %H:%M") if a.last_seen_at else "",
         )
     out.print(table)
+
+
+@agents_app.command("password")
+def agents_password(
+    agent_id: int,
+    random: Annotated[
+        bool, typer.Option("--random", help="set a random temporary password and print it")
+    ] = False,
+) -> None:
+    """Set or reset an agent's console password (asked twice, never echoed); the agent's
+    console sessions end. The agent signs in with their email address."""
+    from bot.desk import auth
+    from storage.models import Agent
+
+    password = (
+        auth.new_password()
+        if random
+        else typer.prompt("New password", hide_input=True, confirmation_prompt=True)
+    )
+    try:
+        auth.check_password_rules(password)
+    except auth.PasswordError as exc:
+        err.print(str(exc))
+        raise typer.Exit(2) from None
+
+    async def reset(s: AsyncSession) -> str | None:
+        agent = await s.get(Agent, agent_id)
+        if agent is None:
+            return f"no agent {agent_id}"
+        if not agent.email:
+            return f"agent {agent_id} has no email to sign in with (agents add --email)"
+        await auth.set_password(s, agent, password)
+        return None
+
+    problem = _run(reset)
+    if problem:
+        err.print(problem)
+        raise typer.Exit(1)
+    out.print(f"agent {agent_id}: password set, console sessions ended")
+    if random:
+        out.print("Temporary password, shown only now:", highlight=False)
+        print(password)
 
 
 @agents_app.command("revoke")

@@ -319,8 +319,8 @@ def print_report(r: dict[str, Any]) -> None:
     for label, st in (
         ("first response, bot", r["first_response_seconds"]["bot"]),
         ("first response, agent", r["first_response_seconds"]["agent"]),
-        ("resolution, bot only", r["resolution_seconds"]["conversations_bot"]),
-        ("resolution, with agent", r["resolution_seconds"]["conversations_agent"]),
+        ("resolved by the bot alone", r["resolution_seconds"]["conversations_bot"]),
+        ("resolved with an agent", r["resolution_seconds"]["conversations_agent"]),
         ("resolution, cases", r["resolution_seconds"]["cases"]),
     ):
         t.add_row(
@@ -347,6 +347,11 @@ def print_report(r: dict[str, Any]) -> None:
             f"{percent(wb['recovery_rate'])} ({wb['offers_accepted']} offers accepted)",
         ),
         ("reactivated contacts", str(wb["reactivated_contacts"])),
+        (
+            "reopened after an agent resolved",
+            f"{r['resolutions']['reopened']} of {r['resolutions']['agent']}"
+            f" ({percent(r['resolutions']['reopen_rate'])})",
+        ),
         (
             "self-service deflection",
             f"{percent(ss['deflection_rate'])} of {ss['conversations']} conversations",

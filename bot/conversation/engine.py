@@ -13,13 +13,14 @@ import logging
 import traceback
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import asdict, dataclass, field, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bot.channel.messages import ChannelEvent, Choice, InboundMessage, OutboundMessage
+from bot.conversation import reopen
 from bot.conversation.actions import ActionRunner
 from bot.conversation.locks import KeyedLocks
 from bot.conversation.turn import Turn
@@ -102,6 +103,8 @@ class Engine:
         self.hours = hours
         self.actions = ActionRunner(options, catalog, timezone, hours)
         self.observers: list[ConversationObserver] = []
+        # follow-ups this soon after an agent resolved reopen for that agent (None: never)
+        self.reopen_window: timedelta | None = None
         self._locks = KeyedLocks()
 
     async def notify_observers(
@@ -151,13 +154,19 @@ class Engine:
 
     async def _take_in(
         self, s: AsyncSession, msg: InboundMessage, **extra: Any
-    ) -> tuple[Identity, Contact, Conversation, str] | None:
-        """Dedupe, identity, the locked conversation, the inbound touchpoint; None if the
-        message was taken in before."""
+    ) -> tuple[Identity, Contact, Conversation, str, bool] | None:
+        """Dedupe, identity, the locked conversation, the inbound touchpoint, whether the
+        conversation was reopened for its agent; None if the message was taken in before."""
         if await queries.inbound_exists(s, msg.channel, msg.platform_message_id):
             return None
         identity, contact = await self._identity(s, msg, self.clock())
         conv = await queries.open_conversation_locked(s, msg.channel, msg.thread_key)
+        reopened = False
+        if conv is None:
+            conv = await reopen.reopen_resolved(
+                s, msg.channel, msg.thread_key, self.clock(), self.reopen_window
+            )
+            reopened = conv is not None
         if conv is None:
             conv = await queries.create_conversation(
                 s, contact.id, identity.id, msg.channel, msg.thread_key
@@ -176,7 +185,7 @@ class Engine:
             platform_message_id=msg.platform_message_id,
         )
         await s.flush()  # the dedupe index speaks here if a racing process won
-        return identity, contact, conv, text
+        return identity, contact, conv, text, reopened
 
     async def _dead_letter(
         self, s: AsyncSession, msg: InboundMessage, exc: Exception
@@ -186,7 +195,7 @@ class Engine:
         taken = await self._take_in(s, msg, dead_letter=True)
         if taken is None:
             return HandleResult(duplicate=True)
-        identity, contact, conv, text = taken
+        identity, contact, conv, text, _ = taken
         error = "".join(traceback.format_exception_only(type(exc), exc)).strip()
         letter = DeadLetter(
             source="engine",
@@ -229,12 +238,14 @@ class Engine:
         taken = await self._take_in(s, msg)
         if taken is None:
             return HandleResult(duplicate=True)
-        identity, contact, conv, text = taken
+        identity, contact, conv, text, reopened = taken
         now = self.clock()
         ctx = self._context(contact, now, msg)
         turn = Turn(s, contact, identity, conv, ctx)
         result = HandleResult(contact_id=contact.id, conversation_id=conv.id)
         before = conv.status
+        if reopened:
+            await self._reopened(s, turn, result)
         if before in (ConversationStatus.QUEUED, ConversationStatus.AGENT):
             await self._observe(
                 s, conv, result, "customer_message", text=text, attachments=len(msg.attachments)
@@ -328,6 +339,17 @@ class Engine:
         if self.on_commit:
             self.on_commit()
         return result
+
+    async def _reopened(self, s: AsyncSession, turn: Turn, result: HandleResult) -> None:
+        """A follow-up after an agent resolved (bot.conversation.reopen): the customer hears
+        who has their message; a queued one enters the queue as an escalation would."""
+        conv = turn.conversation
+        if conv.status == ConversationStatus.QUEUED:
+            await self._observe(s, conv, result, "escalated")
+            turn.replies.append(Reply("escalation.queued", turn.ctx.t("escalation.queued")))
+            return
+        agent = await reopen.assignee_name(s, conv)
+        turn.replies.append(Reply("agent.reopened", turn.ctx.t("agent.reopened", agent=agent)))
 
     async def _observe(
         self, s: AsyncSession, conv: Conversation, result: HandleResult, kind: str, **detail: Any

@@ -9,7 +9,7 @@ from collections import Counter
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Date, and_, case, cast, func, select
+from sqlalchemy import Date, and_, case, cast, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from flows import registry
@@ -118,15 +118,32 @@ async def report(
         if esc is not None and fagent is not None and fagent >= esc:
             agent_frt.append((fagent - esc).total_seconds())
 
-    # resolution: conversations closed in the period (with and without an agent), cases
+    # resolution: conversations closed in the period (with and without an agent), cases.
+    # An agent's conversation is one an agent resolved (it keeps its assignee), answered or
+    # took part in; the touchpoints also count those closed before resolve kept the assignee.
+    by_agent = (
+        select(Touchpoint.id)
+        .where(
+            Touchpoint.conversation_id == Conversation.id,
+            Touchpoint.actor.like("agent:%"),
+        )
+        .exists()
+    )
     q_closed: Any = select(
-        Conversation.created_at, Conversation.closed_at, Conversation.assignee
+        Conversation.created_at,
+        Conversation.closed_at,
+        or_(Conversation.assignee.is_not(None), by_agent),
     ).where(Conversation.closed_at >= since, Conversation.closed_at < until)
     conv_bot: list[float] = []
     conv_agent: list[float] = []
-    for created, closed, assignee in (await s.execute(q_closed)).all():
+    for created, closed, with_agent in (await s.execute(q_closed)).all():
         d = (_t(closed) - _t(created)).total_seconds()  # type: ignore[operator]
-        (conv_agent if assignee else conv_bot).append(d)
+        (conv_agent if with_agent else conv_bot).append(d)
+    # follow-ups after an agent resolved that reopened the conversation (bot.conversation.reopen)
+    q_reopened: Any = select(func.count(func.distinct(Touchpoint.conversation_id))).where(
+        in_period, Touchpoint.kind == "reopened"
+    )
+    reopened = int(await s.scalar(q_reopened) or 0)
     q_cases: Any = select(Case).where(Case.created_at >= since, Case.created_at < until)
     cases = (await s.execute(q_cases)).scalars().all()
     by_category: Counter[str] = Counter()
@@ -175,6 +192,12 @@ async def report(
             "conversations_bot": stats(conv_bot),
             "conversations_agent": stats(conv_agent),
             "cases": stats(case_resolution),
+        },
+        "resolutions": {
+            "bot": len(conv_bot),
+            "agent": len(conv_agent),
+            "reopened": reopened,
+            "reopen_rate": _rate(reopened, len(conv_agent)),
         },
         "complaints": {
             "total": len(cases),

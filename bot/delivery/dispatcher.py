@@ -17,7 +17,7 @@ import random
 from collections.abc import Callable, Mapping
 from datetime import timedelta
 
-from sqlalchemy import and_, exists, or_, select, update
+from sqlalchemy import and_, exists, or_, select, true, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import aliased
 
@@ -58,13 +58,14 @@ class Dispatcher(RoundWorker):
     async def round(self) -> int:
         return await self.drain_once()
 
-    async def drain_once(self) -> int:
-        """Claim one batch and send it; returns how many rows were attempted."""
+    async def drain_once(self, recipient: str | None = None) -> int:
+        """Claim one batch and send it; returns how many rows were attempted. With
+        `recipient`, only that recipient's messages (the terminal chat of one user)."""
         with self.leases.held():
-            return await self._drain_once()
+            return await self._drain_once(recipient)
 
-    async def _drain_once(self) -> int:
-        rows = await self._claim()
+    async def _drain_once(self, recipient: str | None = None) -> int:
+        rows = await self._claim(recipient)
         if not rows:
             return 0
         sem = asyncio.Semaphore(self.settings.concurrency)
@@ -89,15 +90,16 @@ class Dispatcher(RoundWorker):
         await asyncio.gather(*(one(r) for r in rows))
         return len(rows)
 
-    async def drain(self, timeout: float = 30.0) -> None:
-        """Send until nothing is due (tests, `cicbot chat`)."""
+    async def drain(self, timeout: float = 30.0, *, recipient: str | None = None) -> None:
+        """Send until nothing is due (tests, `cicbot chat`, which passes its user: the
+        other console users' messages wait for their own chat)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        while await self.drain_once():
+        while await self.drain_once(recipient):
             if loop.time() > deadline:
                 raise TimeoutError("outbox not drained")
 
-    async def _claim(self) -> list[OutboxMessage]:
+    async def _claim(self, recipient: str | None = None) -> list[OutboxMessage]:
         now = utcnow()
         earlier = aliased(OutboxMessage)
         head_of_queue = ~exists().where(
@@ -115,6 +117,7 @@ class Dispatcher(RoundWorker):
         q = (
             select(OutboxMessage)
             .where(due, head_of_queue, OutboxMessage.channel.in_(list(self.channels)))
+            .where(OutboxMessage.recipient_id == recipient if recipient is not None else true())
             .order_by(OutboxMessage.id)
             .limit(self.settings.concurrency * 4)
         )

@@ -40,6 +40,7 @@ from storage.models import (
     Case,
     Contact,
     Conversation,
+    ConversationStatus,
     Identity,
     Touchpoint,
 )
@@ -253,7 +254,11 @@ class DeskCards:
     async def assigned_to(self, conversation_id: int, agent_id: int) -> bool:
         async with self.sessions() as s:
             conv = await s.get(Conversation, conversation_id)
-        return conv is not None and conv.assignee == str(agent_id)
+        return (  # a closed conversation keeps its resolver as assignee
+            conv is not None
+            and conv.status == ConversationStatus.AGENT
+            and conv.assignee == str(agent_id)
+        )
 
     async def _state(self, conversation_id: int) -> tuple[str | None, str | None]:
         async with self.sessions() as s:

@@ -265,7 +265,9 @@ class Desk:
                     status=CaseStatus.RESOLVED,
                 )
             await self._tell(s, conv, "agent.resolved", agent)
-            conv.status, conv.closed_at, conv.assignee = ConversationStatus.CLOSED, now, None
+            # the assignee stays: who resolved it (analytics, and a follow-up reopens for
+            # them, bot.conversation.reopen)
+            conv.status, conv.closed_at = ConversationStatus.CLOSED, now
             self._note(s, agent, conv, "resolved")
             await self._observe(s, conv, "resolved", agent)
             refs = [c.reference or "" for c in cases]

@@ -25,9 +25,11 @@ STATIC = Path(__file__).parent / "static"
 PAGE = STATIC / "console.html"
 ASSETS = {  # path under static/ → media type
     # the page loads the scripts in this order (console.html, all `defer`): Chart.js, the
-    # texts, the supervisor view, then the desk that uses the two before it
+    # texts, the supervisor view, the inbox (search, canned replies), then the desk that
+    # uses those before it
     "console-texts.js": "text/javascript; charset=utf-8",
     "console-supervisor.js": "text/javascript; charset=utf-8",
+    "console-inbox.js": "text/javascript; charset=utf-8",
     "console.js": "text/javascript; charset=utf-8",
     "console.css": "text/css; charset=utf-8",
     # Chart.js for the supervisor view (static/vendor/README.md: version, licence)

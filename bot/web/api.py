@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from datetime import timedelta
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
@@ -63,11 +64,22 @@ async def authenticate(request: Request) -> Agent:
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token:
         raise ApiError(401, "unauthorized", "send 'Authorization: Bearer <token>'")
-    async with runtime_of(request).sessions() as s, s.begin():
-        agent = await auth.agent_by_token(s, token.strip())
-        if agent is None:
-            raise ApiError(401, "unauthorized", "unknown or revoked token")
-        agent.last_seen_at = utcnow()
+    rt = runtime_of(request)
+    token, now = token.strip(), utcnow()
+    agent: Agent | None = None
+    async with rt.sessions() as s, s.begin():  # commits an expired session's deletion too
+        if token.startswith(auth.SESSION_PREFIX):  # a console sign-in by password
+            idle = timedelta(hours=rt.settings.desk.session_idle_hours)
+            found = await auth.agent_by_session(s, token, now, idle)
+            agent = found[0] if found is not None else None
+        else:
+            agent = await auth.agent_by_token(s, token)
+        if agent is not None:
+            agent.last_seen_at = now
+    if agent is None and token.startswith(auth.SESSION_PREFIX):
+        raise ApiError(401, "session_expired", "the session has ended; sign in again")
+    if agent is None:
+        raise ApiError(401, "unauthorized", "unknown or revoked token")
     return agent
 
 
@@ -88,7 +100,10 @@ class BearerRoute(APIRoute):
 
 # the OpenAPI schema's security scheme, so /docs has an "Authorize" button for the token
 BEARER = HTTPBearer(
-    auto_error=False, bearerFormat="cic_…", description="An agent's API token (cicbot agents add)"
+    auto_error=False,
+    bearerFormat="cic_…",
+    description="An agent's API token (cicbot agents add), or a console session's"
+    " (POST /api/v1/auth/login)",
 )
 
 
@@ -202,6 +217,7 @@ def agent_json(a: Agent) -> dict[str, Any]:
         "role": a.role,
         "active": a.active,
         "slack_user_id": a.slack_user_id,
+        "has_password": a.password_hash is not None,
         "last_seen_at": a.last_seen_at.isoformat() if a.last_seen_at else None,
     }
 
@@ -223,6 +239,7 @@ class NewAgent(BaseModel):
     role: AgentRole = AgentRole.AGENT
     email: str | None = Field(default=None, max_length=320)
     slack_user_id: str | None = Field(default=None, max_length=64)
+    password: str | None = Field(default=None, max_length=auth.MAX_PASSWORD)
 
 
 router = APIRouter(prefix="/api/v1", tags=["agent desk"], route_class=BearerRoute)
@@ -469,9 +486,17 @@ async def agents(request: Request, agent: Supervisor) -> dict[str, Any]:
 async def add_agent(request: Request, body: NewAgent, agent: Admin) -> dict[str, Any]:
     """Create an agent; the token is in this answer only."""
     async with runtime_of(request).sessions() as s, s.begin():
-        created, token = await auth.create_agent(
-            s, body.name, body.role, email=body.email, slack_user_id=body.slack_user_id
-        )
+        try:
+            created, token = await auth.create_agent(
+                s,
+                body.name,
+                body.role,
+                email=body.email,
+                slack_user_id=body.slack_user_id,
+                password=body.password,
+            )
+        except auth.PasswordError as exc:
+            raise ApiError(422, "weak_password", str(exc)) from None
     return {**agent_json(created), "token": token}
 
 

@@ -11,7 +11,7 @@ from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from bot.runtime import Runtime
 from bot.web import agent_console as console
-from bot.web import api, docs, metrics
+from bot.web import api, docs, inbox_api, metrics, signin_api
 from bot.web import crm_api as api_crm
 from bot.web.campaigns_api import router as campaign_router
 
@@ -47,6 +47,9 @@ def create_app(runtime: Runtime) -> FastAPI:
         return JSONResponse({"status": "database unavailable"}, status_code=503)
 
     api.install(app)
+    app.include_router(signin_api.public)
+    app.include_router(signin_api.router)
+    app.include_router(inbox_api.router)
     app.include_router(campaign_router)
     app.include_router(api_crm.router)
     app.include_router(console.router)

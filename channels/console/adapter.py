@@ -41,6 +41,7 @@ class ConsoleChannel(ChannelAdapter):
         at once (`handle_now`) and its replies delivered before the next line is read."""
         interactive = stdin.isatty()
         loop = asyncio.get_running_loop()
+        await self.host.deliver_pending(recipient=user)  # what was said while they were away
         while True:
             if interactive:
                 self.out.write("you: ")
@@ -51,7 +52,9 @@ class ConsoleChannel(ChannelAdapter):
             if not interactive:
                 self.out.write(f"you: {line.rstrip()}\n")
             await self.host.handle_now(self.to_inbound(user, line, locale))
-            await self.host.deliver_pending()
+            # this user's replies only: the channel is shared by every terminal customer, and
+            # an agent's answer to another one must wait for that one's chat (issue 20, #10)
+            await self.host.deliver_pending(recipient=user)
 
     def to_inbound(self, user: str, line: str, locale: str | None) -> InboundMessage:
         payload = None

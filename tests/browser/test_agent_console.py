@@ -168,10 +168,12 @@ async def test_agent_console_end_to_end(
         try:
             # sign-in: a wrong token is refused with a clear message
             await agent.goto(f"{base}/agent")
+            await agent.locator("#token-box").evaluate("box => { box.open = true; }")
             await agent.fill("#token", "cic_not-a-real-token")
             await agent.press("#token", "Enter")
             await expect(agent.locator("#login-error")).to_contain_text("ungültig")
             await agent.screenshot(path=shots["login"])
+            await agent.locator("#token-box").evaluate("box => { box.open = true; }")
             await agent.fill("#token", token)
             await agent.click("#login-submit")
             await expect(agent.locator("#me-name")).to_have_text("Anna Agentin")
@@ -202,6 +204,7 @@ async def test_agent_console_end_to_end(
             assert conv.status == "queued"
             reference = await open_case(rt, contact_id, conv.id)
 
+            await agent.click("#tab-unassigned")
             await item.click()
             timeline = agent.locator("#timeline")
             await expect(timeline).to_contain_text("Mensch")

@@ -245,6 +245,12 @@ CHARTS_JS = """() => [...document.querySelectorAll('#sv-charts canvas')].map(c =
   return {card: c.closest('.chart-card').dataset.chart, chart: !!chart,
           type: chart ? chart.config.type : null, width: c.width, height: c.height};
 })"""
+AXIS_JS = """(id) => {
+  const chart = Chart.getChart(document.querySelector(`[data-chart=${id}] canvas`));
+  const axis = chart.options.indexAxis === "y" ? chart.scales.y : chart.scales.x;
+  return {labels: chart.data.labels, rotation: axis.labelRotation,
+          minBar: chart.data.datasets.map(d => d.minBarLength ?? 0)};
+}"""
 KPIS_JS = """() => Object.fromEntries([...document.querySelectorAll('#sv-kpis .kpi')]
   .map(k => [k.dataset.kpi, k.querySelector('.kpi-value').dataset.value]))"""
 
@@ -294,6 +300,7 @@ async def test_supervisor_view(
                 page = await ctx.new_page()
                 watch_errors(page, errors)
                 await page.goto(f"{base}/agent")
+                await page.locator("#token-box").evaluate("box => { box.open = true; }")
                 await page.fill("#token", sv_token)
                 await page.press("#token", "Enter")
                 await expect(page.locator("#me-name")).to_have_text("Sina Schmidt")
@@ -316,6 +323,24 @@ async def test_supervisor_view(
                 assert set(month["channels"]) == {"email", "telegram", "webchat"}
                 assert month["complaints"]["by_severity"] == {"high": 1, "low": 1}
                 assert month["csat"]["distribution"] == {"1": 0, "2": 1, "3": 0, "4": 1, "5": 1}
+                # issue 20, finding 7: the charts read well. Severity in words of the
+                # agent's language; resolution labels on short lines, not rotated or
+                # overlapping; the bot's seconds next to agents' hour still a visible bar
+                severity = await page.evaluate(AXIS_JS, "complaints_severity")
+                assert severity["labels"] == ["Gering", "Hoch"]
+                for chart in ("resolution", "first_response"):
+                    axis = await page.evaluate(AXIS_JS, chart)
+                    assert axis["rotation"] == 0, axis
+                    assert all(len(line) <= 16 for label in axis["labels"] for line in label[:-1])
+                    assert all(m > 0 for m in axis["minBar"]), axis
+                resolution = await page.evaluate(AXIS_JS, "resolution")
+                assert resolution["labels"][0][:2] == ["Vom Bot gelöst", "Median 5 min"]
+                assert month["resolutions"] == {
+                    "bot": 1,
+                    "agent": 1,
+                    "reopened": 0,
+                    "reopen_rate": 0.0,
+                }
                 kpi = page.locator("[data-kpi=deflection] .kpi-value")
                 await expect(kpi).to_have_text("66,7 %")  # German number format
                 await expect(page.locator("[data-chart=csat] .chart-note")).to_contain_text(
@@ -347,6 +372,7 @@ async def test_supervisor_view(
                 other = await ctx.new_page()
                 watch_errors(other, errors)
                 await other.goto(f"{base}/agent#/supervisor")
+                await other.locator("#token-box").evaluate("box => { box.open = true; }")
                 await other.fill("#token", agent_token)
                 await other.press("#token", "Enter")
                 await expect(other.locator("#me-name")).to_have_text("Paul Probst")

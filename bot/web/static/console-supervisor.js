@@ -56,19 +56,32 @@ window.cicbotSupervisor = function cicbotSupervisor(deps) {
     const top = Math.max(0, ...entries.map(([, st]) => st.p90 ?? 0));
     const [unit, div] = top >= 2 * 86400 ? ["d", 86400] : top >= 2 * 3600 ? ["h", 3600] : top >= 120 ? ["min", 60] : ["s", 1];
     const scaled = (x) => (x === null ? null : x / div); // one unit per chart: round ticks
+    // labels on two lines at most (long ones overlapped), with the median under the name:
+    // a bot's 0.4 s next to agents' minutes is a sliver of a bar, so the value is written
+    // out, and every non-empty bar keeps a few pixels (minBarLength)
     const chart = entries.some(([, st]) => st.count > 0) ? {
       type: "bar",
       data: {
-        labels: entries.map(([name]) => name),
+        labels: entries.map(([name, st]) => [...wrap(name), st.count ? t("sv.median") + " " + seconds(st.p50) : "–"]),
         datasets: [
-          { label: t("sv.median"), data: entries.map(([, st]) => scaled(st.p50)), backgroundColor: "#1f6feb" },
-          { label: t("sv.p90"), data: entries.map(([, st]) => scaled(st.p90)), backgroundColor: "#8fb8f6" },
+          { label: t("sv.median"), data: entries.map(([, st]) => scaled(st.p50)), backgroundColor: "#1f6feb", minBarLength: 4 },
+          { label: t("sv.p90"), data: entries.map(([, st]) => scaled(st.p90)), backgroundColor: "#8fb8f6", minBarLength: 4 },
         ],
       },
       options: { scales: { y: { beginAtZero: true, title: { display: true, text: unit } } },
                  plugins: { tooltip: { callbacks: { label: (c) => c.dataset.label + ": " + seconds(c.raw * div) } } } },
     } : null;
     return { chart, head: [t("sv.col.who"), t("sv.col.count"), t("sv.col.mean"), t("sv.median"), t("sv.p90")], rows };
+  }
+
+  function wrap(text, width = 16) { // a chart label as lines (Chart.js draws an array as lines)
+    const lines = [];
+    for (const word of String(text).split(" ")) {
+      const last = lines.length - 1;
+      if (last >= 0 && (lines[last] + " " + word).length <= width) lines[last] += " " + word;
+      else lines.push(word);
+    }
+    return lines;
   }
 
   function countsChart(labels, values, colours, horizontal) {
@@ -129,7 +142,10 @@ window.cicbotSupervisor = function cicbotSupervisor(deps) {
     } },
     { id: "resolution", title: "sv.resolution", build(r) {
       const x = r.resolution_seconds;
-      return statsRows([[t("sv.conv_bot"), x.conversations_bot], [t("sv.conv_agent"), x.conversations_agent], [t("sv.cases"), x.cases]]);
+      const out = statsRows([[t("sv.conv_bot"), x.conversations_bot], [t("sv.conv_agent"), x.conversations_agent], [t("sv.cases"), x.cases]]);
+      const res = r.resolutions;
+      if (res && res.agent) out.note = t("sv.reopened", { n: numFmt.format(res.reopened), of: numFmt.format(res.agent), rate: percent(res.reopen_rate) });
+      return out;
     } },
     { id: "complaints_category", title: "sv.by_category", build(r) {
       const entries = Object.entries(r.complaints.by_category);
@@ -145,9 +161,9 @@ window.cicbotSupervisor = function cicbotSupervisor(deps) {
       const entries = Object.entries(r.complaints.by_severity).sort(([a], [b]) => rank(a) - rank(b) || a.localeCompare(b));
       if (!entries.length) return {};
       return {
-        chart: countsChart(entries.map(([s]) => label("severity", s)), entries.map(([, k]) => k), entries.map(([s], i) => SEVERITY_COLOURS[s] ?? SERIES[i % SERIES.length])),
+        chart: countsChart(entries.map(([s]) => label("sv.sev", s)), entries.map(([, k]) => k), entries.map(([s], i) => SEVERITY_COLOURS[s] ?? SERIES[i % SERIES.length])),
         head: [t("sv.col.severity"), t("sv.col.count")],
-        rows: entries.map(([s, k]) => [cell(label("severity", s), s), n(k)]),
+        rows: entries.map(([s, k]) => [cell(label("sv.sev", s), s), n(k)]),
       };
     } },
     { id: "sla", title: "sv.sla", build(r) {

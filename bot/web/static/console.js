@@ -11,7 +11,8 @@
 //  * every text from the server (customer messages, names, notes) is inserted with
 //    textContent or as a text node, never as markup (the page's CSP also requires
 //    Trusted Types, so an HTML sink would throw);
-//  * the API token lives in sessionStorage only (this tab), and sign-out forgets it;
+//  * the session token (from email + password, POST /api/v1/auth/login) or an API token
+//    lives in sessionStorage only (this tab); sign-out ends the session and forgets it;
 //  * live updates come from GET /api/v1/events, read with fetch() streaming because it
 //    needs the Authorization header; a timer refreshes as well, because events are per
 //    worker and a change made on another worker only shows up that way.
@@ -115,6 +116,9 @@
     queue: [],
     queueTotal: 0,
     mine: [],
+    all: [],
+    allTotal: 0,
+    list: sessionStorage.getItem("cicbot.agent.list") || "mine", // the tab: mine, queue or all
     current: null, // the open conversation's id
     detail: null,
     signature: "",
@@ -185,7 +189,27 @@
     error.textContent = message || "";
     $("login-submit").disabled = false;
     $("login-submit").textContent = t("login.submit");
-    $("token").focus();
+    ($("email").value ? $("password") : $("email")).focus();
+  }
+
+  async function signInWithPassword(email, password) {
+    let res, data = null;
+    try {
+      res = await fetch("/api/v1/auth/login", {
+        method: "POST", cache: "no-store",
+        headers: { "Content-Type": "application/json", Accept: "application/json" },
+        body: JSON.stringify({ email, password }),
+      });
+      try { data = await res.json(); } catch (e) { data = null; }
+    } catch (e) {
+      showLogin(t("login.network"));
+      return;
+    }
+    if (res.status === 401 || res.status === 422) { showLogin(t("login.wrong")); return; }
+    if (res.status === 429) { showLogin(t("login.throttled")); return; }
+    if (!res.ok || !data || !data.token) { showLogin(t("error.generic", { message: res.statusText })); return; }
+    $("password").value = "";
+    signIn(data.token, false);
   }
 
   async function signIn(token, remembered) {
@@ -214,6 +238,10 @@
   }
 
   function signOut(message) {
+    if (state.token && state.token.startsWith("cis_") && !message) {
+      // end the session on the server too (a signed-out tab's token is worthless)
+      fetch("/api/v1/auth/logout", { method: "POST", headers: { Authorization: "Bearer " + state.token } }).catch(() => {});
+    }
     showView("desk");
     supervisor.clear();
     $("views").hidden = true;
@@ -229,6 +257,8 @@
     stopEvents();
     $("list-mine").replaceChildren();
     $("list-queue").replaceChildren();
+    $("list-all").replaceChildren();
+    inbox.clear();
     $("timeline").replaceChildren();
     $("text").value = "";
     showConversation(false);
@@ -339,11 +369,15 @@
     if (!state.token) return;
     const seq = ++state.seq.lists;
     try {
-      const [queue, mine] = await Promise.all([api("GET", "/queue?limit=100"), api("GET", "/conversations/mine")]);
+      const [queue, mine, all] = await Promise.all([
+        api("GET", "/queue?limit=100"), api("GET", "/conversations/mine"), api("GET", "/conversations?limit=100"),
+      ]);
       if (seq !== state.seq.lists || !state.token) return;
       state.queue = queue.items;
       state.queueTotal = queue.total;
       state.mine = mine.items;
+      state.all = all.items;
+      state.allTotal = all.total;
       renderLists();
     } catch (e) {
       if (e.status !== 401 && e.status !== 0) failed(e);
@@ -353,8 +387,10 @@
   function renderLists() {
     renderList($("list-mine"), $("empty-mine"), state.mine, "mine");
     renderList($("list-queue"), $("empty-queue"), state.queue, "queue");
+    renderList($("list-all"), $("empty-all"), state.all, "all");
     $("count-mine").textContent = String(state.mine.length);
     $("count-queue").textContent = String(state.queueTotal);
+    $("count-all").textContent = String(state.allTotal);
     document.title = (state.queueTotal ? `(${state.queueTotal}) ` : "") + t("title") + " · cicbot";
   }
 
@@ -378,7 +414,7 @@
     const body = el("div");
     const top = el("div", "conv-row");
     top.append(el("span", "conv-name", name));
-    const since = kind === "queue" ? c.queued_at : c.updated_at;
+    const since = kind === "queue" || (kind === "all" && c.status === "queued") ? c.queued_at : c.updated_at;
     if (since) {
       const ms = Date.now() - new Date(since).getTime();
       const wait = el("span", "wait", duration(ms));
@@ -395,12 +431,24 @@
       bottom.append(seg);
     }
     if (c.priority > 0) bottom.append(priorityChip(c.priority));
+    if (kind === "all") {
+      const owner = c.status === "agent" && c.assignee ? agentName(c.assignee) : t("list.waiting_chip");
+      bottom.append(el("span", "chip owner" + (c.assignee ? "" : " waiting"), owner));
+    }
     bottom.append(el("span", "conv-id", "#" + c.id));
     body.append(top, bottom);
     item.append(body);
     item.addEventListener("click", () => select(c.id));
     li.append(item);
     return li;
+  }
+
+  function showList(which) { // the tabs Mine / Unassigned / All (as in Chatwoot)
+    if (!["mine", "queue", "all"].includes(which)) which = "mine";
+    state.list = which;
+    sessionStorage.setItem("cicbot.agent.list", which);
+    for (const b of document.querySelectorAll(".list-tab")) b.setAttribute("aria-selected", String(b.dataset.list === which));
+    for (const sec of document.querySelectorAll(".list-section[data-list]")) sec.hidden = inbox.searching() || sec.dataset.list !== which;
   }
 
   function classifyWait(node, ms) {
@@ -419,6 +467,7 @@
   // --- the conversation in the middle ------------------------------------------------
 
   function showConversation(on) {
+    $("app").classList.toggle("has-conv", on); // a phone shows the list or this, not both
     $("conv").hidden = !on;
     $("placeholder").hidden = on;
     $("details-body").hidden = !on;
@@ -820,6 +869,13 @@
     currentView: () => state.view,
   });
 
+  const inbox = window.cicbotInbox({
+    $, el, t, api, failed, channelName, contactName, fullFmt,
+    select: (id) => select(id),
+    showList: () => showList(state.list),
+    text: () => $("text"),
+  });
+
   function showView(view) {
     if (view === "supervisor" && !isSupervisor()) view = "desk";
     const changed = state.view !== view;
@@ -847,6 +903,8 @@
     stopEvents();
     loadAgents();
     refreshLists();
+    showList(state.list);
+    inbox.loadCanned();
     const m = /^#\/conversations\/(\d+)$/.exec(location.hash);
     if (m) select(Number(m[1]));
     else showConversation(false);
@@ -862,14 +920,18 @@
     $("login-form").addEventListener("submit", (e) => {
       e.preventDefault();
       const token = $("token").value.trim();
-      if (!token) { showLogin(t("login.empty")); return; }
+      const email = $("email").value.trim();
+      const password = $("password").value;
+      if (!token && !(email && password)) { showLogin(t("login.empty")); return; }
       $("login-submit").disabled = true;
       $("login-submit").textContent = t("login.checking");
-      signIn(token, false);
+      if (email && password) signInWithPassword(email, password);
+      else signIn(token, false);
     });
     $("signout").addEventListener("click", () => signOut(null));
     $("composer").addEventListener("submit", (e) => { e.preventDefault(); send(); });
     $("text").addEventListener("keydown", (e) => {
+      if (inbox.cannedKey(e)) return; // the canned-reply menu took the key
       if (e.key === "Enter" && !e.shiftKey && !e.isComposing && !e.altKey && !e.ctrlKey && !e.metaKey) {
         e.preventDefault();
         send();
@@ -881,6 +943,15 @@
     $("btn-resolve").addEventListener("click", () => act("resolve", t("done.resolved")));
     $("btn-handback").addEventListener("click", () => act("handback", t("done.handed_back")));
     $("btn-transfer").addEventListener("click", openTransfer);
+    $("btn-back").addEventListener("click", () => { // a phone: back to the list
+      if (state.current !== null) state.drafts.set(state.current, $("text").value);
+      state.current = null;
+      state.detail = null;
+      state.signature = "";
+      showConversation(false);
+      history.replaceState(null, "", location.pathname);
+      for (const node of document.querySelectorAll(".conv-item.selected")) node.classList.remove("selected");
+    });
     $("transfer-cancel").addEventListener("click", () => $("transfer-dialog").close());
     $("transfer-ok").addEventListener("click", () => {
       const id = Number($("transfer-to").value);
@@ -896,6 +967,8 @@
       if (state.token) showView(location.hash === "#/supervisor" ? "supervisor" : "desk");
     });
     for (const b of document.querySelectorAll(".view-tab")) b.addEventListener("click", () => showView(b.dataset.view));
+    for (const b of document.querySelectorAll(".list-tab")) b.addEventListener("click", () => showList(b.dataset.list));
+    inbox.wire();
     supervisor.wire();
 
     const saved = sessionStorage.getItem(TOKEN_KEY);

@@ -197,3 +197,66 @@ def test_db_upgrade_creates_the_tables(tmp_path: Path, base_env: dict[str, str])
     assert again.returncode == 0, again.stderr
     cases = run("cases", "list", env=base_env, cwd=tmp_path, db_url=f"sqlite+aiosqlite:///{db}")
     assert cases.returncode == 0 and "reference" in cases.stdout
+
+
+def test_agents_password_reset(tmp_path: Path, base_env: dict[str, str]) -> None:
+    """An admin sets an agent's console password on the command line (asked twice, read
+    from stdin here), or a random one; the agent then signs in with email and password."""
+    from bot.desk import auth
+    from storage.db import run_in_transaction
+
+    url = f"sqlite+aiosqlite:///{tmp_path / 'cicbot.db'}"
+    assert run("db", "upgrade", env=base_env, cwd=tmp_path, db_url=url).returncode == 0
+    added = run(
+        "agents",
+        "add",
+        "Anna",
+        "--email",
+        "anna@example.com",
+        env=base_env,
+        cwd=tmp_path,
+        db_url=url,
+    )
+    assert added.returncode == 0, added.stderr
+    no_email = run("agents", "add", "Ben", env=base_env, cwd=tmp_path, db_url=url)
+    assert no_email.returncode == 0
+    typed = "ein gutes Passwort"
+    proc = run(
+        "agents",
+        "password",
+        "1",
+        env=base_env,
+        cwd=tmp_path,
+        db_url=url,
+        stdin=f"{typed}\n{typed}\n",
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert typed not in proc.stdout and "console sessions ended" in proc.stdout
+
+    def check(password: str) -> bool:
+        async def verify(s: object) -> bool:
+            return await auth.verify_login(s, "anna@example.com", password) is not None  # type: ignore[arg-type]
+
+        return run_in_transaction(url, verify)
+
+    assert check(typed)
+    short = run(
+        "agents", "password", "1", env=base_env, cwd=tmp_path, db_url=url, stdin="kurz\nkurz\n"
+    )
+    assert short.returncode == 2 and "at least" in short.stderr
+    rand = run("agents", "password", "1", "--random", env=base_env, cwd=tmp_path, db_url=url)
+    assert rand.returncode == 0, rand.stderr
+    temporary = rand.stdout.strip().splitlines()[-1]
+    assert check(temporary) and not check(typed)
+    assert (
+        run(
+            "agents", "password", "2", "--random", env=base_env, cwd=tmp_path, db_url=url
+        ).returncode
+        == 1
+    )  # no email to sign in with
+    assert (
+        run(
+            "agents", "password", "9", "--random", env=base_env, cwd=tmp_path, db_url=url
+        ).returncode
+        == 1
+    )

@@ -4,9 +4,14 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+from sqlalchemy import delete, update
+
 from bot.crm import analytics
+from bot.desk import auth
 from bot.runtime import Runtime
 from storage.models import (
+    Agent,
+    AgentRole,
     Case,
     Contact,
     Conversation,
@@ -189,3 +194,48 @@ async def test_report_over_real_conversations(runtime: Runtime) -> None:
     assert r["self_service"]["conversations"] == 2
     assert r["self_service"]["without_human"] == 1
     assert r["first_response_seconds"]["bot"]["count"] == 2
+
+
+async def test_agent_resolved_bot_resolved_and_reopened(runtime: Runtime) -> None:
+    """Issue 20, finding 7: resolving cleared the assignee, so every conversation an agent
+    resolved was counted as the bot's alone. Now: by the desk's own operations."""
+    async with runtime.sessions() as s, s.begin():
+        anna, _ = await auth.create_agent(s, "Anna", AgentRole.AGENT)
+    desk = runtime.desk
+
+    async def resolved_by_anna(user: str) -> int:
+        await runtime.engine.handle(inbound("hello", user=user))
+        conv = (await runtime.engine.handle(inbound("human", user=user))).conversation_id
+        assert conv is not None
+        await desk.claim(anna, conv)
+        await desk.reply(anna, conv, "Ich kümmere mich darum.")
+        await desk.resolve(anna, conv)
+        return conv
+
+    await resolved_by_anna("a")
+    reopened = await resolved_by_anna("c")
+    follow_up = await runtime.engine.handle(inbound("Der Ersatz ist noch nicht da.", user="c"))
+    assert follow_up.conversation_id == reopened and follow_up.status == "agent"
+    await desk.resolve(anna, reopened)
+    # the bot answered "b" alone; its conversation was closed without a person
+    bot_conv = (await runtime.engine.handle(inbound("hello", user="b"))).conversation_id
+    async with runtime.sessions() as s, s.begin():
+        row = await s.get(Conversation, bot_conv)
+        assert row is not None
+        row.status, row.closed_at = "closed", utcnow()
+
+    async with runtime.sessions() as s:
+        r = await analytics.report(s)
+    assert r["resolutions"] == {"bot": 1, "agent": 2, "reopened": 1, "reopen_rate": 0.5}
+    assert r["resolution_seconds"]["conversations_agent"]["count"] == 2
+    assert r["resolution_seconds"]["conversations_bot"]["count"] == 1
+    assert r["self_service"]["without_human"] == 1
+
+    # a conversation an agent resolved before the assignee was kept counts as the agent's
+    async with runtime.sessions() as s, s.begin():
+        await s.execute(update(Conversation).values(assignee=None))
+    async with runtime.sessions() as s:
+        r = await analytics.report(s)
+    assert r["resolutions"]["agent"] == 2 and r["resolutions"]["bot"] == 1
+    async with runtime.sessions() as s, s.begin():  # PostgreSQL keeps the agents table
+        await s.execute(delete(Agent).where(Agent.id == anna.id))

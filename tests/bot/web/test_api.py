@@ -6,6 +6,7 @@ import asyncio
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import timedelta
 
 import httpx
 import pytest
@@ -221,9 +222,62 @@ async def test_resolve_closes_conversation_and_case(desk: Desk) -> None:
         assert (await c.post(f"/conversations/{conv}/resolve")).status_code == 409
     await desk.settle()
     assert "marked as resolved" in desk.customer.texts("c3")[-1]
-    # the customer writes again: a new conversation with the bot
-    result = await desk.rt.engine.handle(inbound("hello", user="c3"))
+    # the customer writes again: the conversation reopens for Anna, who resolved it
+    result = await desk.rt.engine.handle(inbound("The replacement has not arrived.", user="c3"))
+    assert result.conversation_id == conv and result.status == "agent"
+    assert result.replies == [
+        "Thank you, I've reopened your request. Anna took care of it and will answer you here."
+    ]
+    async with desk.client() as c:
+        mine = (await c.get("/conversations/mine")).json()["items"]
+        assert [m["id"] for m in mine] == [conv]
+        detail = (await c.get(f"/conversations/{conv}")).json()
+        kinds = [(t["kind"], t["text"]) for t in detail["timeline"][-3:]]
+        assert kinds[0] == ("reopened", None)
+        assert kinds[1] == ("message", "The replacement has not arrived.")
+
+
+async def _resolved_by(desk: Desk, user: str, who: str = "anna") -> int:
+    conv = await desk.escalate(user)
+    async with desk.client(who) as c:
+        assert (await c.post(f"/conversations/{conv}/claim")).status_code == 200
+        assert (await c.post(f"/conversations/{conv}/resolve")).status_code == 200
+    return conv
+
+
+async def test_a_follow_up_after_the_reopen_window_starts_with_the_bot(desk: Desk) -> None:
+    conv = await _resolved_by(desk, "c10")
+    async with desk.rt.sessions() as s, s.begin():
+        closed = await s.get(Conversation, conv)
+        assert closed is not None and closed.closed_at is not None
+        closed.closed_at -= timedelta(hours=desk.rt.settings.desk.reopen_hours, minutes=1)
+    result = await desk.rt.engine.handle(inbound("hello again", user="c10"))
     assert result.conversation_id != conv and result.status == "bot"
+
+
+async def test_a_follow_up_for_a_revoked_agent_goes_to_the_queue(desk: Desk) -> None:
+    conv = await _resolved_by(desk, "c11", "ben")
+    async with desk.rt.sessions() as s, s.begin():
+        ben = (await s.execute(select(Agent).where(Agent.name == "Ben"))).scalar_one()
+        await auth.revoke(s, ben.id)
+    result = await desk.rt.engine.handle(inbound("still broken", user="c11"))
+    assert result.conversation_id == conv and result.status == "queued"
+    async with desk.client() as c:
+        assert [q["id"] for q in (await c.get("/queue")).json()["items"]] == [conv]
+
+
+async def test_reopening_can_be_switched_off(db_url: str) -> None:
+    settings = make_settings(db_url)
+    settings = settings.model_copy(
+        update={"desk": settings.desk.model_copy(update={"reopen_hours": 0})}
+    )
+    rt = Runtime(settings, channels=[])
+    rt.channels["test"] = RecordingChannel()
+    await rt.start(dispatch=False)
+    try:
+        assert rt.engine.reopen_window is None
+    finally:
+        await rt.stop()
 
 
 async def test_hand_back_and_transfer(desk: Desk) -> None:

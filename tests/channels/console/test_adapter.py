@@ -272,3 +272,47 @@ def test_numbers_press_only_the_latest_buttons(
     assert inbound[:4] == [("message", a) for a in answers[:4]]
     assert inbound[4][1].startswith("9" * 100)  # the table cuts the long one short
     assert [r[4] for r in rows if r[3] == "internal"][-1] == "escalated"
+
+
+def test_a_chat_prints_only_its_own_users_replies(
+    tmp_path: Path, sqlite_url: str, base_env: dict[str, str]
+) -> None:
+    """Regression (issue 20, finding 10): `cicbot chat --user zed` printed an agent's
+    reply meant for another terminal customer; it now waits for that customer's chat."""
+    ok(
+        cicbot(
+            "chat", "--user", "anna", env=base_env, db_url=sqlite_url, cwd=tmp_path, stdin="hallo\n"
+        )
+    )
+    db = sqlite_url.split("///", 1)[1]
+    reply = "Hallo Anna, hier ist Ben vom Kundenservice."
+    with sqlite3.connect(db) as conn:  # an agent's reply, queued while anna is away
+        conn.execute(
+            "INSERT INTO outbox (channel, recipient_id, thread_key, body, status, attempts,"
+            " next_attempt_at, created_at) VALUES ('console', 'anna', 'anna', ?, 'pending', 0,"
+            " '2000-01-01 00:00:00.000000', '2000-01-01 00:00:00.000000')",
+            (f'{{"text": "{reply}", "choices": [], "locale": "de", "reply_to": null}}',),
+        )
+    zed = ok(
+        cicbot(
+            "chat",
+            "--user",
+            "zed",
+            "--lang",
+            "de",
+            env=base_env,
+            db_url=sqlite_url,
+            cwd=tmp_path,
+            stdin="hallo\n",
+        )
+    )
+    assert reply not in zed and "Hallo zed!" in zed
+    with sqlite3.connect(db) as conn:
+        [(status,)] = conn.execute(
+            "SELECT status FROM outbox WHERE recipient_id = 'anna' AND body LIKE '%Ben%'"
+        ).fetchall()
+    assert status == "pending"
+    anna = ok(
+        cicbot("chat", "--user", "anna", env=base_env, db_url=sqlite_url, cwd=tmp_path, stdin="")
+    )
+    assert anna.splitlines() == [f"bot: {reply}"]  # shown when she is back
