@@ -164,7 +164,9 @@ def serve(
 def _listen(host: str, port: int) -> socket.socket:
     """The server's socket, bound now (uvicorn listens on it)."""
     try:
-        info = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        # the family as uvicorn chooses it: IPv6 for an address with a colon, else IPv4
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        info = socket.getaddrinfo(host, port, family, socket.SOCK_STREAM, 0, socket.AI_PASSIVE)
     except socket.gaierror as exc:
         common.fail(f"cannot listen on {host}:{port}: {exc.strerror} (server.host, --host)")
     family, kind, proto, _, address = info[0]

@@ -452,6 +452,9 @@ def test_a_bad_value_from_the_environment_says_so(
     assert "(the value comes from the environment variable CICBOT_SERVER__PORT)" in message
     monkeypatch.delenv("CICBOT_SERVER__PORT")
     assert "environment variable" not in config_error(write(setting("server.port", "abc")))
+    monkeypatch.setenv("CICBOT_SERVER__PROT", "80")  # a misspelt variable: both hints
+    message = config_error(write())
+    assert "did you mean server.port?" in message and "CICBOT_SERVER__PROT" in message
 
 
 def test_a_slack_agent_channel_without_a_token_is_noticed(write: Callable[..., Path]) -> None:
