@@ -243,12 +243,13 @@ def test_seeded_mutations_of_the_fixtures_parse_or_raise_quickly() -> None:
         raw = mutate(rnd.choice(fixtures), rnd)
         key, sender = mail_key(raw)
         assert key.startswith("<") and sender
-        started = time.monotonic()
+        # CPU time of this thread: a runaway parse shows, other processes' load does not
+        started = time.thread_time()
         try:
             parse_mail(raw, limits=Limits())
         except Exception as exc:
             raised[type(exc).__name__] = raised.get(type(exc).__name__, 0) + 1
-        slowest = max(slowest, time.monotonic() - started)
+        slowest = max(slowest, time.thread_time() - started)
     assert slowest < 3, slowest
     assert sum(raised.values()) < 30, raised  # the rest is read, not parked
 
