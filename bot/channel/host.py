@@ -124,6 +124,3 @@ class ChannelHost(Protocol):
     def agent_desk(self) -> AgentDesk:
         """The desk for an agent-facing channel."""
         ...
-
-
-__all__ = ["Admission", "ChannelHost", "Said", "wait_turn"]
