@@ -3,18 +3,22 @@
 Protocol (JSON frames):
   client → {"type": "message", "id": "<uuid>", "text": "..."}
            {"type": "button",  "id": "<uuid>", "payload": "...", "label": "..."}
-  server → {"type": "history", "messages": [{"direction", "text", "choices", "at"}]}
+  server → {"type": "history", "locale": the contact's language,
+            "messages": [{"direction", "text", "choices", "at", "sender"}]}
            {"type": "ack", "id": "<uuid>", "duplicate": bool}   after the commit
-           {"type": "message", "id": <outbox id>, "text", "choices": [{payload, label}]}
+           {"type": "message", "id": <outbox id>, "text", "choices": [{payload, label}],
+            "sender": an agent's name or null (the bot), "at", "locale"}
            {"type": "error", "error": "...", "retry_after": seconds (limits only)}
 The client's message ids make a resend after a reconnect harmless (dedupe).
 A reply to a visitor who is offline stays in the history and is shown on return.
 
-Who the visitor is comes from the session cookie the page's GET set
-(channels/webchat/session.py); the socket refuses other sites' pages (Origin) and keeps
-to the limits of channels/webchat/limits.py. Close codes: 4401 no valid session (the page
-fetches itself again for a new cookie), 4403 origin not allowed, 4429 this address is over
-a limit, 1013 the server is (retry after the error frame's `retry_after`).
+The socket's query: `lang` (a language hint), `name` and `email` (the page's optional
+pre-chat form; they go into a new contact). Who the visitor is comes from the session
+cookie the page's GET set (channels/webchat/session.py); the socket refuses other sites'
+pages (Origin) and keeps to the limits of channels/webchat/limits.py. Close codes: 4401
+no valid session (the page fetches itself again for a new cookie), 4403 origin not
+allowed, 4429 this address is over a limit, 1013 the server is (retry after the error
+frame's `retry_after`).
 """
 
 from __future__ import annotations
@@ -39,11 +43,19 @@ from channels.webchat import session as webchat_session
 from channels.webchat.limits import Limits, Refusal, address_key
 from flows.model import clean_text
 from storage import queries
-from storage.models import Conversation, ConversationStatus, Direction, Touchpoint
+from storage.models import (
+    Contact,
+    Conversation,
+    ConversationStatus,
+    Direction,
+    Touchpoint,
+    utcnow,
+)
 
 log = logging.getLogger(__name__)
 CHANNEL = "webchat"
 ID_RE = re.compile(r"^[A-Za-z0-9_-]{8,64}$")
+EMAIL_RE = re.compile(r"^[^@\s]{1,64}@[^@\s]{1,255}\.[^@\s.]{2,}$")
 MAX_FRAME = 256 * 1024  # a frame larger than this is refused, not processed
 HISTORY = 200
 STATIC = Path(__file__).parent / "static"
@@ -168,6 +180,10 @@ class WebChatChannel(ChannelAdapter):
             "id": message.outbox_id,
             "text": message.text,
             "choices": [{"payload": c.payload, "label": c.label} for c in message.choices],
+            # the page shows who speaks, when, and follows the customer's language
+            "sender": message.sender_name,
+            "at": utcnow().isoformat(),
+            "locale": message.locale,
         }
         for ws, lock in list(self.sockets.get(message.recipient_id, {}).items()):
             try:
@@ -203,13 +219,17 @@ class WebChatChannel(ChannelAdapter):
         locale = ws.query_params.get("lang")
         # control characters (NUL: PostgreSQL refuses it) never reach the contact's name
         name = clean_text(ws.query_params.get("name") or "")[:100] or None
+        # the pre-chat form's address (optional): only a plausible one, for a new contact
+        email = clean_text(ws.query_params.get("email") or "").strip()[:320]
+        email = email if EMAIL_RE.match(email) else None
         await ws.accept()
         # register before reading the history, so no reply falls between the two; a reply
         # in both is shown once (the page skips ids it has)
         lock = asyncio.Lock()
         async with lock:
             self.sockets.setdefault(visitor, {})[ws] = lock
-            await ws.send_json({"type": "history", "messages": await self._history(visitor)})
+            messages, contact_locale = await self._history(visitor)
+            await ws.send_json({"type": "history", "messages": messages, "locale": contact_locale})
         try:
             while True:
                 message = await ws.receive()
@@ -224,7 +244,7 @@ class WebChatChannel(ChannelAdapter):
                         }
                     )
                     continue
-                refusal = await self._frame(ws, visitor, address, raw, locale, name)
+                refusal = await self._frame(ws, visitor, address, raw, locale, name, email)
                 if refusal is not None:
                     await _refuse(ws, refusal, accepted=True)
                     break
@@ -244,6 +264,7 @@ class WebChatChannel(ChannelAdapter):
         raw: str,
         locale: str | None,
         name: str | None,
+        email: str | None = None,
     ) -> Refusal | None:
         """Handle one frame; a refusal closes the socket (the message stays unacknowledged,
         so the page sends it again later)."""
@@ -255,7 +276,7 @@ class WebChatChannel(ChannelAdapter):
         except (ValueError, RecursionError):  # RecursionError: nested too deeply
             await ws.send_json({"type": "error", "error": "not JSON"})
             return None
-        msg = self.to_inbound(visitor, data, locale, name)
+        msg = self.to_inbound(visitor, data, locale, name, email)
         if isinstance(msg, str):
             await ws.send_json({"type": "error", "error": msg})
             return None
@@ -286,7 +307,12 @@ class WebChatChannel(ChannelAdapter):
         return found is not None
 
     def to_inbound(
-        self, visitor: str, data: Any, locale: str | None, name: str | None
+        self,
+        visitor: str,
+        data: Any,
+        locale: str | None,
+        name: str | None,
+        email: str | None = None,
     ) -> InboundMessage | str:
         """The frame as an InboundMessage, or the reason it is refused."""
         if not isinstance(data, dict) or data.get("type") not in ("message", "button"):
@@ -308,16 +334,18 @@ class WebChatChannel(ChannelAdapter):
             sender_name=name,
             locale_hint=locale,
             kind=data["type"],
+            contact_updates={"email": email} if email else {},
         )
 
-    async def _history(self, visitor: str) -> list[dict[str, Any]]:
+    async def _history(self, visitor: str) -> tuple[list[dict[str, Any]], str | None]:
         """What was said in this visitor's own conversations: after a merge the contact
         holds other people's web chats too (another device, another visitor), and a
         visitor's cookie proves only who they are on this one."""
         async with self.runtime.sessions() as s, s.begin():
             identity = await queries.get_identity(s, CHANNEL, visitor)
             if identity is None:
-                return []
+                return [], None
+            contact = await s.get(Contact, identity.contact_id)
             own = select(Conversation.id).where(Conversation.identity_id == identity.id)
             q = (
                 select(Touchpoint)
@@ -331,16 +359,18 @@ class WebChatChannel(ChannelAdapter):
                 .limit(HISTORY)
             )
             rows = list((await s.execute(q)).scalars())[::-1]
-        return [
+        messages = [
             {
                 "direction": t.direction,
                 "id": t.outbox_id,
                 "text": t.text or "",
                 "choices": (t.payload or {}).get("buttons", []) if t is rows[-1] else [],
                 "at": t.created_at.isoformat(),
+                "sender": (t.payload or {}).get("sender_name"),
             }
             for t in rows
         ]
+        return messages, contact.locale if contact is not None else None
 
 
 async def _refuse(ws: WebSocket, refusal: Refusal, *, accepted: bool = False) -> None:
