@@ -19,7 +19,7 @@ from playwright.async_api import Page, async_playwright, expect
 
 from bot.desk import auth
 from storage.migrate import upgrade_async
-from storage.models import AgentRole, Case, Conversation, utcnow
+from storage.models import Agent, AgentRole, Case, Conversation, utcnow
 from tests.browser.conftest import CHROMIUM_ARGS, chromium_path
 from tests.conftest import make_settings
 from tests.server import serve
@@ -89,11 +89,18 @@ async def take(out: Path, db: Path) -> list[Path]:
             anna, conv.id, "Guten Tag Frau Mustermann, ich sehe mir die Sendung sofort an."
         )
         await expect(chat.locator(".row.out .who", has_text="Anna Berger")).to_have_count(2)
+        async with rt.sessions() as s, s.begin():  # as if her console were open
+            row = await s.get(Agent, anna.id)
+            assert row is not None
+            row.last_seen_at = utcnow()
+        await chat.reload()
+        await expect(chat.locator("#state")).to_have_attribute("data-state", "team_online")
         await chat.fill("#text", "Danke, das ging schnell!")  # to the agent: no bot reply
         await chat.press("#text", "Enter")
         await expect(chat.locator(".msg.in.pending")).to_have_count(0)
         for name, size in (("webchat", DESKTOP), ("webchat-phone", PHONE)):
             await chat.set_viewport_size(size)
+            await chat.evaluate("document.getElementById('log').scrollTop = 1e9")  # the newest
             shots.append(out / f"{name}.png")
             await chat.screenshot(path=shots[-1])
 
@@ -109,6 +116,7 @@ async def take(out: Path, db: Path) -> list[Path]:
         await console.locator("#text").fill("Ich habe beim Versand nachgefragt …")
         for name, size in (("console", DESKTOP), ("console-phone", PHONE)):
             await console.set_viewport_size(size)
+            await console.evaluate("document.getElementById('timeline').scrollTop = 1e9")
             shots.append(out / f"{name}.png")
             await console.screenshot(path=shots[-1])
         await desk.close()
