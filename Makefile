@@ -8,7 +8,7 @@ UV := $(BOOT)/bin/uv
 VENV := .venv
 export UV_PYTHON_DOWNLOADS := never
 
-.PHONY: run test test-browser lint format chat clean
+.PHONY: run test test-browser screenshots lint format chat clean
 
 $(UV):
 	$(PYTHON) -m venv $(BOOT)
@@ -32,6 +32,11 @@ test: $(VENV)/.synced
 # the agent console in headless Chromium (Debian's `chromium`); screenshots in test-artifacts/
 test-browser: $(VENV)/.synced
 	$(VENV)/bin/python -m pytest tests/browser -v
+
+# the README's screenshots of the web chat and the console (docs/img/), from the real app
+# on a throw-away database in headless Chromium
+screenshots: $(VENV)/.synced
+	$(VENV)/bin/python -m tests.browser.readme_screenshots docs/img
 
 # lint-imports: the import contracts of pyproject.toml ([tool.importlinter]): layers, no
 # cycles (TYPE_CHECKING imports included), channels only through bot.channel

@@ -260,6 +260,9 @@ class Runtime:
     async def history(self, channel: str, sender_id: str, limit: int) -> list[Said]:
         return await views.history(self.sessions, channel, sender_id, limit)
 
+    async def contact_locale(self, channel: str, sender_id: str) -> str | None:
+        return await views.contact_locale(self.sessions, channel, sender_id)
+
     async def withdraw_consent(self, contact_id: int, channel: str, via: str) -> bool:
         return await consent.withdraw(self.sessions, contact_id, channel, via)
 

@@ -66,6 +66,11 @@ class ShowCaseStatus:
 
 
 @dataclass(frozen=True)
+class ShowQueuePosition:
+    """Tell a waiting customer where they stand in the queue and when someone answers."""
+
+
+@dataclass(frozen=True)
 class LogSelfService:
     """A self-service attempt, for deflection figures and knowledge-base gaps."""
 
@@ -99,6 +104,7 @@ Action = (
     | SetLocale
     | SetConsent
     | ShowCaseStatus
+    | ShowQueuePosition
     | LogSelfService
     | RequestLinkCode
     | VerifyLinkCode

@@ -12,7 +12,14 @@ from dataclasses import replace
 from typing import Any
 
 from flows import consent, language, registry, trust
-from flows.actions import Escalate, LeaveQueue, LogSelfService, SetLocale, ShowCaseStatus
+from flows.actions import (
+    Escalate,
+    LeaveQueue,
+    LogSelfService,
+    SetLocale,
+    ShowCaseStatus,
+    ShowQueuePosition,
+)
 from flows.commands import CASE_REF_RE, Command, Parsed, parse
 from flows.intents import COMMANDS, SMALL_TALK, Understood, reply_meta, understand
 from flows.model import (
@@ -113,12 +120,24 @@ def _decide(status: str, state: Mapping[str, Any], inp: UserInput, ctx: Context)
     if status == AGENT:
         return Decision(dict(state))  # the agent answers; the engine relays
     if status == QUEUED:
-        return _queued(state, inp, cmd, ctx)
+        return _queued(state, inp, cmd, ctx, understood)
     return _bot(state, inp, cmd, ctx, understood)
 
 
-def _queued(state: Mapping[str, Any], inp: UserInput, cmd: Parsed | None, ctx: Context) -> Decision:
+def _queued(
+    state: Mapping[str, Any],
+    inp: UserInput,
+    cmd: Parsed | None,
+    ctx: Context,
+    understood: Understood,
+) -> Decision:
     if cmd is None or (cmd.command is Command.MENU and inp.payload is None):
+        # a typed "hallo" reads as the menu command: a greeting too
+        asks = cmd is not None or _asks(inp, understood)
+        if asks and not state.get("position_told"):
+            # "Hallo? Ist da jemand?": answered once, with where they stand and when
+            told = {**state, "queue_ack": True, "position_told": True}
+            return Decision(told, (), (ShowQueuePosition(),))
         if state.get("queue_ack"):
             return Decision(dict(state))  # recorded for the agent; no repeated auto-reply
         reply = Reply("escalation.still_waiting", ctx.t("escalation.still_waiting"))
@@ -143,6 +162,12 @@ def _queued(state: Mapping[str, Any], inp: UserInput, cmd: Parsed | None, ctx: C
 def _leaves_queue(cmd: Parsed) -> bool:
     flow = registry.get(cmd.arg or "") if cmd.command is Command.FLOW else None
     return flow is not None and flow.trigger.leaves_queue
+
+
+def _asks(inp: UserInput, understood: Understood) -> bool:
+    """A greeting, a question or a call for a person, while waiting: someone wonders
+    whether anybody is there."""
+    return understood.intent in ("greeting", "human") or "?" in inp.text
 
 
 def _bot(

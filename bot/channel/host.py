@@ -50,6 +50,7 @@ class Said:
     text: str
     choices: tuple[Choice, ...]
     at: datetime
+    sender: str | None = None  # an agent's name; None: the bot or the customer
 
 
 class ChannelHost(Protocol):
@@ -109,6 +110,10 @@ class ChannelHost(Protocol):
 
     async def history(self, channel: str, sender_id: str, limit: int) -> list[Said]:
         """What was said in the sender's own conversations on this channel, oldest first."""
+        ...
+
+    async def contact_locale(self, channel: str, sender_id: str) -> str | None:
+        """The language the sender's contact chose (None: unknown sender, or none chosen)."""
         ...
 
     async def withdraw_consent(self, contact_id: int, channel: str, via: str) -> bool:

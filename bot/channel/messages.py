@@ -73,6 +73,8 @@ class OutboundMessage:
     # set on a campaign's messages: email adds List-Unsubscribe for the contact
     campaign: str | None = None
     contact_id: int | None = None
+    # who speaks: an agent's name (a channel may show it, as the web chat does); None: the bot
+    sender_name: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         data: dict[str, Any] = {
@@ -84,6 +86,8 @@ class OutboundMessage:
         if self.campaign is not None:
             data["campaign"] = self.campaign
             data["contact_id"] = self.contact_id
+        if self.sender_name is not None:
+            data["sender_name"] = self.sender_name
         return data
 
     @classmethod
@@ -109,6 +113,7 @@ class OutboundMessage:
             reply_to=body.get("reply_to"),
             campaign=body.get("campaign"),
             contact_id=body.get("contact_id"),
+            sender_name=body.get("sender_name"),
         )
 
 

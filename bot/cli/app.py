@@ -430,6 +430,53 @@ def agents_password(
         print(password)
 
 
+canned_app = typer.Typer(help="Canned replies for the console (`/code` in the reply box).")
+app.add_typer(canned_app, name="canned")
+
+
+@canned_app.command("set")
+def canned_set(
+    code: Annotated[str, typer.Argument(help="the short code, e.g. lieferung")],
+    text: Annotated[str, typer.Argument(help="the reply's text")],
+) -> None:
+    """Create a canned reply, or replace the text of the one with this code."""
+    from bot.desk import canned
+
+    async def save(s: AsyncSession) -> str:
+        return (await canned.save(s, code, text, None)).short_code
+
+    try:
+        saved = _run(save)
+    except canned.CannedError as exc:
+        err.print(str(exc))
+        raise typer.Exit(2) from None
+    out.print(f"/{saved} saved")
+
+
+@canned_app.command("list")
+def canned_list() -> None:
+    """Every canned reply."""
+    from bot.desk import canned
+
+    table = Table("code", "text")
+    for c in _run(canned.all_replies):
+        table.add_row(f"/{c.short_code}", Text(c.text))
+    out.print(table)
+
+
+@canned_app.command("remove")
+def canned_remove(code: str) -> None:
+    from bot.desk import canned
+
+    async def remove(s: AsyncSession) -> bool:
+        return await canned.remove(s, code)
+
+    if not _run(remove):
+        err.print(f"no canned reply /{code}")
+        raise typer.Exit(1)
+    out.print(f"/{code} removed")
+
+
 @agents_app.command("revoke")
 def agents_revoke(agent_id: int) -> None:
     """Deactivate an agent; its token stops working at once."""

@@ -7,6 +7,7 @@ from dataclasses import replace
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
+from bot.conversation import presence
 from bot.conversation.linking import IdentityLinker
 from bot.conversation.turn import Turn
 from flows.actions import (
@@ -21,6 +22,7 @@ from flows.actions import (
     SetLifecycle,
     SetLocale,
     ShowCaseStatus,
+    ShowQueuePosition,
     VerifyLinkCode,
 )
 from flows.catalog import Catalog
@@ -125,6 +127,8 @@ class ActionRunner:
                 turn.note("consent", purpose=purpose, granted=granted, source=source)
             case ShowCaseStatus(reference=ref):
                 await self._case_status(turn, ref)
+            case ShowQueuePosition():
+                await self._queue_position(turn)
             case RequestLinkCode(email=email):
                 await self.links.request(turn, email)
             case VerifyLinkCode(code=code):
@@ -137,6 +141,22 @@ class ActionRunner:
                     confidence=round(action.confidence, 3),
                     answered=action.answered,
                 )
+
+    async def _queue_position(self, turn: Turn) -> None:
+        """Where the customer stands and when someone answers: the same promise as at the
+        escalation (out of hours: when the team is back)."""
+        ctx = turn.ctx
+        position = await presence.queue_position(turn.session, turn.conversation)
+        if position is None:
+            return
+        there = await presence.availability(turn.session, self.hours, ctx.now)
+        if there.next_open is not None:
+            when = self._local(turn, there.next_open, DATE_FORMATS)
+            key, params = "escalation.position_closed", {"position": position, "next_open": when}
+        else:
+            key, params = "escalation.position", {"position": position}
+        turn.replies.append(Reply(key, ctx.t(key, **params)))
+        turn.note("queue_position", position=position, agents_online=there.agents_online)
 
     async def _open_case(self, turn: Turn, a: OpenCase) -> None:
         ctx = turn.ctx

@@ -562,8 +562,10 @@ class Engine:
         locale: str,
         actor: str = "bot",
         campaign: str | None = None,
+        sender_name: str | None = None,
     ) -> int:
-        """Queue one reply in the outbox and record it in the history (same transaction)."""
+        """Queue one reply in the outbox and record it in the history (same transaction);
+        `sender_name`: the agent who speaks (a channel may show it)."""
         out = OutboundMessage(
             channel=conv.channel,
             recipient_id=identity.external_id,
@@ -573,6 +575,7 @@ class Engine:
             locale=locale,
             campaign=campaign,
             contact_id=conv.contact_id if campaign else None,
+            sender_name=sender_name,
         )
         row = await queries.enqueue(
             s,
@@ -596,6 +599,7 @@ class Engine:
                 "key": reply.key,
                 "buttons": [asdict(b) for b in reply.buttons],
                 **dict(reply.meta),
+                **({"sender_name": sender_name} if sender_name else {}),
             },
             outbox_id=row.id,
         )

@@ -10,6 +10,7 @@ from bot.channel.host import Said
 from bot.channel.messages import Choice
 from storage import queries
 from storage.models import (
+    Contact,
     Conversation,
     ConversationStatus,
     Direction,
@@ -85,6 +86,19 @@ async def history(
                 if isinstance(c, dict)
             ),
             at=t.created_at,
+            sender=(t.payload or {}).get("sender_name"),
         )
         for t in rows
     ]
+
+
+async def contact_locale(
+    sessions: async_sessionmaker[AsyncSession], channel: str, sender_id: str
+) -> str | None:
+    """The language the sender's contact chose, if any."""
+    async with sessions() as s:
+        identity = await queries.get_identity(s, channel, sender_id)
+        if identity is None:
+            return None
+        contact = await s.get(Contact, identity.contact_id)
+        return contact.locale if contact is not None else None

@@ -166,7 +166,9 @@ class Desk:
         assert identity is not None and contact is not None
         locale = contact.locale or self.engine.default_locale
         text = self.engine.catalog.text(locale, key, **params)
-        await self.engine.say(s, identity, conv, Reply(key, text), locale, actor=actor(by))
+        await self.engine.say(
+            s, identity, conv, Reply(key, text), locale, actor=actor(by), sender_name=by.name
+        )
 
     async def _observe(self, s: AsyncSession, conv: Conversation, kind: str, by: Agent) -> None:
         """Tell the engine's observers (an agent channel's card) inside the transaction."""
@@ -219,7 +221,13 @@ class Desk:
             contact = await s.get(Contact, conv.contact_id)
             assert identity is not None and contact is not None
             outbox_id = await self.engine.say(
-                s, identity, conv, Reply("agent.reply", text), contact.locale, actor=actor(agent)
+                s,
+                identity,
+                conv,
+                Reply("agent.reply", text),
+                contact.locale,
+                actor=actor(agent),
+                sender_name=agent.name,
             )
         self._changed(conv_id)
         return outbox_id

@@ -11,7 +11,7 @@ from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from bot.runtime import Runtime
 from bot.web import agent_console as console
-from bot.web import api, docs, inbox_api, metrics, signin_api
+from bot.web import api, chat_info, docs, inbox_api, metrics, signin_api
 from bot.web import crm_api as api_crm
 from bot.web.campaigns_api import router as campaign_router
 
@@ -50,6 +50,7 @@ def create_app(runtime: Runtime) -> FastAPI:
     app.include_router(signin_api.public)
     app.include_router(signin_api.router)
     app.include_router(inbox_api.router)
+    app.include_router(chat_info.router)
     app.include_router(campaign_router)
     app.include_router(api_crm.router)
     app.include_router(console.router)

@@ -3,20 +3,24 @@
 Protocol (JSON frames):
   client → {"type": "message", "id": "<uuid>", "text": "..."}
            {"type": "button",  "id": "<uuid>", "payload": "...", "label": "..."}
-  server → {"type": "history", "messages": [{"direction", "text", "choices", "at"}]}
+  server → {"type": "history", "locale": the contact's language,
+            "messages": [{"direction", "text", "choices", "at", "sender"}]}
            {"type": "ack", "id": "<uuid>", "duplicate": bool}   once it is in the inbox
-           {"type": "message", "id": <outbox id>, "text", "choices": [{payload, label}]}
+           {"type": "message", "id": <outbox id>, "text", "choices": [{payload, label}],
+            "sender": an agent's name or null (the bot), "at", "locale"}
            {"type": "error", "error": "...", "retry_after": seconds (limits only)}
 The client's message ids make a resend after a reconnect harmless (dedupe). A message goes
 through the inbox like every channel's (persisted, then acknowledged; handled in order per
 visitor, a flooding visitor paced there); its replies come back through the outbox.
 A reply to a visitor who is offline stays in the history and is shown on return.
 
-Who the visitor is comes from the session cookie the page's GET set
-(channels/webchat/session.py); the socket refuses other sites' pages (Origin) and keeps
-to the limits of channels/webchat/limits.py. Close codes: 4401 no valid session (the page
-fetches itself again for a new cookie), 4403 origin not allowed, 4429 this address is over
-a limit, 1013 the server is (retry after the error frame's `retry_after`).
+The socket's query: `lang` (a language hint), `name` and `email` (the page's optional
+pre-chat form; they go into a new contact). Who the visitor is comes from the session
+cookie the page's GET set (channels/webchat/session.py); the socket refuses other sites'
+pages (Origin) and keeps to the limits of channels/webchat/limits.py. Close codes: 4401
+no valid session (the page fetches itself again for a new cookie), 4403 origin not
+allowed, 4429 this address is over a limit, 1013 the server is (retry after the error
+frame's `retry_after`).
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import json
 import logging
 import re
 import unicodedata
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -43,6 +48,7 @@ from channels.webchat.settings import WebChatSettings
 log = logging.getLogger(__name__)
 CHANNEL = "webchat"
 ID_RE = re.compile(r"^[A-Za-z0-9_-]{8,64}$")
+EMAIL_RE = re.compile(r"^[^@\s]{1,64}@[^@\s]{1,255}\.[^@\s.]{2,}$")
 MAX_FRAME = 256 * 1024  # a frame larger than this is refused, not processed
 HISTORY = 200
 STATIC = Path(__file__).parent / "static"
@@ -164,6 +170,10 @@ class WebChatChannel(ChannelAdapter):
             "id": message.outbox_id,
             "text": message.text,
             "choices": [{"payload": c.payload, "label": c.label} for c in message.choices],
+            # the page shows who speaks, when, and follows the customer's language
+            "sender": message.sender_name,
+            "at": datetime.now(UTC).isoformat(),
+            "locale": message.locale,
         }
         for ws, lock in list(self.sockets.get(message.recipient_id, {}).items()):
             try:
@@ -199,13 +209,17 @@ class WebChatChannel(ChannelAdapter):
         locale = ws.query_params.get("lang")
         # control characters (NUL: PostgreSQL refuses it) never reach the contact's name
         name = _clean(ws.query_params.get("name") or "")[:100] or None
+        # the pre-chat form's address (optional): only a plausible one, for a new contact
+        given = _clean(ws.query_params.get("email") or "")[:320]
+        email = given if EMAIL_RE.match(given) else None
         await ws.accept()
         # register before reading the history, so no reply falls between the two; a reply
         # in both is shown once (the page skips ids it has)
         lock = asyncio.Lock()
         async with lock:
             self.sockets.setdefault(visitor, {})[ws] = lock
-            await ws.send_json({"type": "history", "messages": await self._history(visitor)})
+            messages, contact_locale = await self._history(visitor)
+            await ws.send_json({"type": "history", "messages": messages, "locale": contact_locale})
         try:
             while True:
                 message = await ws.receive()
@@ -220,7 +234,7 @@ class WebChatChannel(ChannelAdapter):
                         }
                     )
                     continue
-                refusal = await self._frame(ws, visitor, address, raw, locale, name)
+                refusal = await self._frame(ws, visitor, address, raw, locale, name, email)
                 if refusal is not None:
                     await _refuse(ws, refusal, accepted=True)
                     break
@@ -240,6 +254,7 @@ class WebChatChannel(ChannelAdapter):
         raw: str,
         locale: str | None,
         name: str | None,
+        email: str | None = None,
     ) -> Refusal | None:
         """Handle one frame; a refusal closes the socket (the message stays unacknowledged,
         so the page sends it again later)."""
@@ -251,7 +266,7 @@ class WebChatChannel(ChannelAdapter):
         except (ValueError, RecursionError):  # RecursionError: nested too deeply
             await ws.send_json({"type": "error", "error": "not JSON"})
             return None
-        msg = self.to_inbound(visitor, data, locale, name)
+        msg = self.to_inbound(visitor, data, locale, name, email)
         if isinstance(msg, str):
             await ws.send_json({"type": "error", "error": msg})
             return None
@@ -278,11 +293,17 @@ class WebChatChannel(ChannelAdapter):
                 sender_name=payload.get("name"),
                 locale_hint=payload.get("locale"),
                 kind=payload.get("kind") or "message",
+                contact_updates={"email": payload["email"]} if payload.get("email") else {},
             )
         ]
 
     def to_inbound(
-        self, visitor: str, data: Any, locale: str | None, name: str | None
+        self,
+        visitor: str,
+        data: Any,
+        locale: str | None,
+        name: str | None,
+        email: str | None = None,
     ) -> InboundMessage | str:
         """The frame as an InboundMessage, or the reason it is refused."""
         if not isinstance(data, dict) or data.get("type") not in ("message", "button"):
@@ -304,13 +325,15 @@ class WebChatChannel(ChannelAdapter):
             sender_name=name,
             locale_hint=locale,
             kind=data["type"],
+            contact_updates={"email": email} if email else {},
         )
 
-    async def _history(self, visitor: str) -> list[dict[str, Any]]:
+    async def _history(self, visitor: str) -> tuple[list[dict[str, Any]], str | None]:
         """What was said in this visitor's own conversations (the core's history of the
-        sender: a merged contact's other web chats are not this cookie's to see)."""
+        sender: a merged contact's other web chats are not this cookie's to see), and the
+        language their contact chose."""
         said = await self.host.history(CHANNEL, visitor, HISTORY)
-        return [
+        messages = [
             {
                 "direction": t.direction,
                 "id": t.outbox_id,
@@ -319,9 +342,11 @@ class WebChatChannel(ChannelAdapter):
                 if t is said[-1]
                 else [],
                 "at": t.at.isoformat(),
+                "sender": t.sender,
             }
             for t in said
         ]
+        return messages, await self.host.contact_locale(CHANNEL, visitor)
 
 
 def _payload(msg: InboundMessage) -> dict[str, Any]:
@@ -333,6 +358,7 @@ def _payload(msg: InboundMessage) -> dict[str, Any]:
         "name": msg.sender_name,
         "locale": msg.locale_hint,
         "kind": msg.kind,
+        "email": msg.contact_updates.get("email"),
     }
 
 

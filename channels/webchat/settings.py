@@ -30,6 +30,9 @@ class WebChatSettings(ChannelSettings):
     conversations_per_minute: int = Field(default=60, ge=1)  # all visitors together
     conversations_per_address_hour: int = Field(default=10, ge=1)  # from one client address
     messages_per_address_second: float = Field(default=5.0, gt=0)  # faster ones wait
+    # before the first message, the welcome view asks for a name and an email address,
+    # both optional; given, they go into the new contact (as Chatwoot's pre-chat form)
+    prechat_form: bool = True
 
     @field_validator("secret")
     @classmethod

@@ -12,6 +12,7 @@ from flows.actions import (
     SetConsent,
     SetLocale,
     ShowCaseStatus,
+    ShowQueuePosition,
 )
 from flows.dialogue import decide
 from flows.knowledge import features
@@ -146,10 +147,24 @@ def test_queued_acknowledges_once_then_silence(ctx: CtxFactory) -> None:
     first = chat.send("It is urgent, please hurry")
     assert keys(first) == ["escalation.still_waiting"]
     assert first.actions == ()
-    for text in ("hello?", "anyone there", "Hallo"):
+    for text in ("The order number is 4711", "and it was a gift"):
+        decision = chat.send(text)  # details for the agent: recorded, no auto-reply
+        assert decision.replies == () and decision.actions == ()
+    # issue 20: "is anybody there?" is answered once, with the place in the queue
+    asked = chat.send("hello?")
+    assert asked.replies == () and asked.actions == (ShowQueuePosition(),)
+    for text in ("anyone there", "Hallo", "hello??"):
         decision = chat.send(text)
         assert decision.replies == () and decision.actions == ()
-    assert chat.state == {"queue_ack": True}
+    assert chat.state == {"queue_ack": True, "position_told": True}
+
+
+@pytest.mark.parametrize("text", ["Hallo? Ist da jemand?", "hi, is anyone there", "Hallo"])
+def test_queued_is_anybody_there_gets_the_queue_position(ctx: CtxFactory, text: str) -> None:
+    for state in ({}, {"queue_ack": True}):  # the first message while waiting, or later
+        decision = decide("queued", state, UserInput(text), ctx("de"))
+        assert decision.actions == (ShowQueuePosition(),) and decision.replies == ()
+        assert decision.state == {"queue_ack": True, "position_told": True}
 
 
 @pytest.mark.parametrize(

@@ -201,7 +201,7 @@
       "action.back": "← Zurück",
       "list.unassigned": "Wartend", "list.all": "Alle", "list.all_empty": "Keine offenen Gespräche.",
       "list.waiting_chip": "wartet",
-      "search.placeholder": "Kontakte und Nachrichten suchen", "search.contacts": "Kontakte",
+      "search.placeholder": "Kontakte, Nachrichten suchen", "search.contacts": "Kontakte",
       "search.messages": "Nachrichten", "search.none": "Nichts gefunden.", "search.no_conv": "Noch kein Gespräch",
       "canned.label": "Antwortvorlagen", "canned.none": "Keine Vorlage beginnt mit „{q}“.",
       "list.waiting": "wartet {t}",

@@ -260,3 +260,28 @@ def test_agents_password_reset(tmp_path: Path, base_env: dict[str, str]) -> None
         ).returncode
         == 1
     )
+
+
+def test_canned_replies_on_the_command_line(tmp_path: Path, base_env: dict[str, str]) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path / 'cicbot.db'}"
+    assert run("db", "upgrade", env=base_env, cwd=tmp_path, db_url=url).returncode == 0
+    saved = run(
+        "canned",
+        "set",
+        "/Lieferung",
+        "Ihr Paket ist unterwegs.",
+        env=base_env,
+        cwd=tmp_path,
+        db_url=url,
+    )
+    assert saved.returncode == 0 and "/lieferung saved" in saved.stdout, saved.stderr
+    bad = run("canned", "set", "zwei worte", "x", env=base_env, cwd=tmp_path, db_url=url)
+    assert bad.returncode == 2
+    listed = run("canned", "list", env=base_env, cwd=tmp_path, db_url=url)
+    assert "/lieferung" in listed.stdout and "Ihr Paket ist unterwegs." in listed.stdout
+    assert (
+        run("canned", "remove", "lieferung", env=base_env, cwd=tmp_path, db_url=url).returncode == 0
+    )
+    assert (
+        run("canned", "remove", "lieferung", env=base_env, cwd=tmp_path, db_url=url).returncode == 1
+    )

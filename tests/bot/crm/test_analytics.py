@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import timedelta
 
+import pytest
 from sqlalchemy import delete, update
 
 from bot.crm import analytics
@@ -20,7 +22,7 @@ from storage.models import (
     Touchpoint,
     utcnow,
 )
-from tests.conftest import inbound
+from tests.conftest import ROOT, RecordingChannel, inbound, make_settings
 
 NOW = utcnow().replace(microsecond=0)
 
@@ -239,3 +241,42 @@ async def test_agent_resolved_bot_resolved_and_reopened(runtime: Runtime) -> Non
     assert r["resolutions"]["agent"] == 2 and r["resolutions"]["bot"] == 1
     async with runtime.sessions() as s, s.begin():  # PostgreSQL keeps the agents table
         await s.execute(delete(Agent).where(Agent.id == anna.id))
+
+
+def test_cicbot_report_counts_agent_resolved_conversations(
+    sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`cicbot report`: a conversation an agent resolved is in "resolved with an agent",
+    not in the bot's row (issue 20, finding 7)."""
+    from typer.testing import CliRunner
+
+    from bot.cli.app import app
+
+    async def history() -> None:  # the command runs its own event loop: not inside one
+        rt = Runtime(make_settings(sqlite_url), channels=[])
+        rt.channels["test"] = RecordingChannel()
+        await rt.start(dispatch=False)
+        try:
+            async with rt.sessions() as s, s.begin():
+                anna, _ = await auth.create_agent(s, "Anna", AgentRole.AGENT)
+            for text in ("hello", "human"):
+                conv = (await rt.engine.handle(inbound(text, user="r"))).conversation_id
+            assert conv is not None
+            await rt.desk.claim(anna, conv)
+            await rt.desk.resolve(anna, conv)
+            await rt.engine.handle(inbound("one more thing", user="r"))  # reopens
+            await rt.desk.resolve(anna, conv)
+        finally:
+            await rt.stop()
+
+    asyncio.run(history())
+    monkeypatch.setenv("CICBOT_CONFIG", str(ROOT / "config.yaml"))
+    monkeypatch.setenv("CICBOT_DATABASE__URL", sqlite_url)
+    monkeypatch.setenv("COLUMNS", "200")
+    result = CliRunner().invoke(app, ["report"])
+    out = result.output
+    assert result.exit_code == 0, out
+    rows = {line.split("│")[1].strip(): line for line in out.splitlines() if line.count("│") > 2}
+    assert rows["resolved with an agent"].split("│")[2].strip() == "1"
+    assert rows["resolved by the bot alone"].split("│")[2].strip() == "0"
+    assert "1 of 1 (1.0)" in rows["reopened after an agent resolved"]

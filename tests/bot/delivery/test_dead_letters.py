@@ -100,9 +100,13 @@ async def test_later_messages_work_after_an_agent_resolves(runtime: Runtime) -> 
     assert first.conversation_id is not None
     await runtime.desk.claim(agent, first.conversation_id)
     await runtime.desk.resolve(agent, first.conversation_id)
-    # a new conversation with the bot works as usual
+    # the next message is handled as usual: it reopens the conversation for Eva, who
+    # resolved it (issue 20), and once she hands it back the bot answers again
     after = await runtime.engine.handle(inbound("menu", user="bob"))
-    assert after.status == ConversationStatus.BOT and after.replies
+    assert after.status == ConversationStatus.AGENT and "Eva" in after.replies[0]
+    await runtime.desk.hand_back(agent, first.conversation_id)
+    again = await runtime.engine.handle(inbound("menu", user="bob"))
+    assert again.status == ConversationStatus.BOT and again.replies
     assert len(await letters(runtime)) == 1
 
 

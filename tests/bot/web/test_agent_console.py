@@ -20,8 +20,15 @@ SOURCES = [PAGE, *(STATIC / name for name in ASSETS)]
 SCRIPT = STATIC / "console.js"
 TEXTS = STATIC / "console-texts.js"
 SUPERVISOR = STATIC / "console-supervisor.js"
+INBOX = STATIC / "console-inbox.js"
 # the page's scripts in the order they must load: each uses the ones before it
-SCRIPTS = ["vendor/chart.umd.min.js", "console-texts.js", "console-supervisor.js", "console.js"]
+SCRIPTS = [
+    "vendor/chart.umd.min.js",
+    "console-texts.js",
+    "console-supervisor.js",
+    "console-inbox.js",
+    "console.js",
+]
 
 
 @pytest.fixture
@@ -126,20 +133,24 @@ def test_every_script_is_an_asset_and_checked() -> None:
     """A script added to static/ is served (ASSETS) and so in SOURCES, the sink check."""
     scripts = {p.relative_to(STATIC).as_posix() for p in STATIC.rglob("*.js")}
     assert scripts == set(SCRIPTS) and scripts <= set(ASSETS)
-    assert {SCRIPT, TEXTS, SUPERVISOR} <= set(SOURCES)
+    assert {SCRIPT, TEXTS, SUPERVISOR, INBOX} <= set(SOURCES)
 
 
-def test_scripts_share_only_their_two_globals() -> None:
-    """The texts and the supervisor view each publish one global, and console.js holds
-    no texts of its own."""
-    texts, supervisor, desk = (p.read_text("utf-8") for p in (TEXTS, SUPERVISOR, SCRIPT))
+def test_scripts_share_only_their_three_globals() -> None:
+    """The texts, the supervisor view and the inbox each publish one global, and
+    console.js holds no texts of its own."""
+    texts, supervisor, desk, inbox = (
+        p.read_text("utf-8") for p in (TEXTS, SUPERVISOR, SCRIPT, INBOX)
+    )
 
     def published(source: str) -> list[str]:
         return re.findall(r"^\s*window\.(\w+)\s*=", source, re.M)
 
     assert published(texts) == ["CICBOT_TEXTS"] and "Object.freeze(TEXTS)" in texts
     assert published(supervisor) == ["cicbotSupervisor"]
+    assert published(inbox) == ["cicbotInbox"] and '"search.none":' not in inbox
     assert published(desk) == []
+    assert "window.cicbotInbox(" in desk
     assert "window.CICBOT_TEXTS" in desk and "window.cicbotSupervisor(" in desk
     assert '"login.title":' not in desk and '"sv.title":' not in supervisor
 
@@ -155,7 +166,7 @@ def test_texts_exist_in_german_and_english() -> None:
     en, de = catalog("en"), catalog("de")
     assert en == de, {"only en": en - de, "only de": de - en}
     used = set(re.findall(r'data-i18n(?:-placeholder)?="([^"]+)"', PAGE.read_text("utf-8")))
-    for script in (SCRIPT, SUPERVISOR):
+    for script in (SCRIPT, SUPERVISOR, INBOX):
         used |= set(re.findall(r'\bt\("([a-z_]+(?:\.[a-z_]+)*)"', script.read_text("utf-8")))
     used |= set(re.findall(r'\btitle: "([a-z_]+\.[a-z_.]+)"', SUPERVISOR.read_text("utf-8")))
     assert used <= en, used - en

@@ -515,20 +515,40 @@ NODE_HARNESS = textwrap.dedent(r"""
     class El {
       constructor(tag) { this.tag = tag; this.children = []; this.textContent = "";
         this.className = ""; this.dataset = {}; this.listeners = {}; this.value = "";
+        this.parent = null; this.attributes = {};
         const self = this;
         this.classList = {
           add: (c) => { self.className += " " + c; },
           remove: (c) => { self.className = self.className.replace(" " + c, ""); },
         };
       }
-      appendChild(c) { this.children.push(c); return c; }
+      appendChild(c) { c.parent = this; this.children.push(c); return c; }
+      append(...cs) { for (const c of cs) this.appendChild(c); }
       replaceChildren() { this.children = []; }
+      remove() {
+        if (this.parent) this.parent.children.splice(this.parent.children.indexOf(this), 1);
+      }
+      setAttribute(k, v) { this.attributes[k] = String(v); }
+      focus() {}
       addEventListener(t, f) { this.listeners[t] = f; }
+      descendants() { return this.children.flatMap((c) => [c, ...c.descendants()]); }
+      // enough of CSS for the page: ".a", "tag", ".a b", ".a[data-b]", lists with ","
+      matches(sel) {
+        return sel.split(",").some((part) => {
+          const last = part.trim().split(/\s+/).pop();
+          const m = /^([a-z]*)(?:\.([\w-]+))?(?:\[data-(\w+)\])?$/.exec(last);
+          if (!m) return false;
+          const [, tag, cls, data] = m;
+          return (!tag || this.tag === tag) && (!cls || this.className.split(" ").includes(cls))
+            && (!data || data in this.dataset);
+        });
+      }
+      querySelectorAll(sel) { return this.descendants().filter((c) => c.matches(sel)); }
       querySelector(sel) {
         const m = /data-id="(.*)"/.exec(sel);
-        return this.children.find((c) => m && c.dataset.id === m[1]) || null;
+        if (m) return this.descendants().find((c) => c.dataset.id === m[1]) || null;
+        return this.querySelectorAll(sel)[0] || null;
       }
-      querySelectorAll() { return this.children; }
     }
     const ids = {};
     globalThis.document = {
@@ -537,7 +557,7 @@ NODE_HARNESS = textwrap.dedent(r"""
       createElement: (tag) => new El(tag),
     };
     const log = document.getElementById("log");
-    const bubbles = () => log.children.filter((c) => c.className.startsWith("msg"));
+    const bubbles = () => log.descendants().filter((c) => c.className.startsWith("msg"));
     const until = async (cond, what) => {
       for (let i = 0; i < 500 && !cond(); i++) await new Promise((r) => setTimeout(r, 20));
       if (!cond()) { console.error("timeout: " + what); process.exit(3); }
@@ -548,7 +568,9 @@ NODE_HARNESS = textwrap.dedent(r"""
     };
     (async () => {
       new Function(fs.readFileSync(scriptPath, "utf8"))();
-      await until(() => document.getElementById("state").textContent === "online", "online");
+      // refused without a cookie (4401), renewed, connected: the banner goes away
+      const conn = document.getElementById("conn");
+      await until(() => closes.length > 0 && conn.hidden === true, "connected");
       type("hallo");
       await until(() => bubbles().some((b) => b.textContent.startsWith("Hallo")), "greeting");
       const box = log.children.find((c) => c.className === "choices");
@@ -619,7 +641,8 @@ async def test_page_script_chats_in_an_insecure_context(
     assert result["stored"] == []
     assert result["closes"] == [4401]  # no cookie yet: refused, renewed, reconnected
     assert result["cookie"].startswith("cicbot_chat=") and "abc" not in result["cookie"]
-    assert result["state"] == "online"
+    # the header says who is there (no agent signed in: the assistant), not "online"
+    assert result["state"] == "Der digitale Assistent antwortet sofort"
     texts = [text for _, text in result["bubbles"]]
     assert texts[0] == "hallo" and texts[1].startswith("Hallo")
     assert texts[2] == "Beschwerde einreichen"
