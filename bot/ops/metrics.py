@@ -33,8 +33,8 @@ from prometheus_client import (
     platform_collector,
     process_collector,
 )
-from sqlalchemy import func, select
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import event, func, select
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from bot.channel.messages import InboundMessage
 from bot.conversation.engine import Engine, HandleResult
@@ -148,6 +148,11 @@ class Metrics:
         self.queue_length = Gauge(
             "cicbot_queue_length", "Conversations waiting for an agent.", registry=r
         )
+        self.statements = Counter(
+            "cicbot_db_statements",
+            "SQL statements sent to the database (bench/telegram.py divides by messages).",
+            registry=r,
+        )
         self.scheduler_leader = Gauge(
             "cicbot_scheduler_leader",
             "1 if this process leads the campaign scheduler.",
@@ -155,6 +160,15 @@ class Metrics:
         )
 
     # ---- hooks ------------------------------------------------------------------------
+
+    def watch(self, engine: AsyncEngine) -> None:
+        """Count every statement `engine` executes (one increment per cursor execute; an
+        executemany of many rows counts once, as it is one round trip)."""
+
+        def count(*_: object) -> None:
+            self.statements.inc()
+
+        event.listen(engine.sync_engine, "before_cursor_execute", count)
 
     def handled(self, channel: str, result: str, seconds: float) -> None:
         self.inbound.labels(channel, result).inc()
