@@ -37,6 +37,7 @@ import contextlib
 import itertools
 import os
 import re
+import signal
 import socket
 import statistics
 import sys
@@ -541,6 +542,28 @@ async def measure(
     return Run(messages, seconds, load.latencies, load.missing, per_message, cpu)
 
 
+@contextlib.asynccontextmanager
+async def profiled(bot: Bot, folder: str | None, rep: int) -> AsyncIterator[None]:
+    """py-spy (PyPI: py-spy) samples cicbot's process while the run lasts: collapsed stacks
+    in `folder`, one file per bot and repetition (flamegraph.pl or speedscope read them)."""
+    if folder is None or bot.peer:
+        yield
+        return
+    out = Path(folder) / f"{bot.name}-{rep + 1}.txt"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    spy = str(Path(sys.executable).parent / "py-spy")
+    argv = [spy, "record", "--pid", str(bot.pid), "--format", "raw", "--rate", "200"]
+    argv += os.environ.get("BENCH_SPY_ARGS", "").split()
+    proc = await asyncio.create_subprocess_exec(
+        *argv, "--nonblocking", "--output", str(out), stdout=asyncio.subprocess.DEVNULL
+    )
+    try:
+        yield
+    finally:
+        proc.send_signal(signal.SIGINT)
+        await proc.wait()
+
+
 async def main(args: argparse.Namespace) -> None:
     customers = max(1, min(args.customers, 1000))
     names = [n for n in args.bots.split(",") if n]
@@ -562,7 +585,8 @@ async def main(args: argparse.Namespace) -> None:
                 for bot in running:
                     chats = [chat + i for i in range(customers)]
                     chat += 10_000
-                    run = await measure(bot, replies, chats, args, args.open_loop)
+                    async with profiled(bot, args.profile, rep):
+                        run = await measure(bot, replies, chats, args, args.open_loop)
                     results[bot.name].append(run)
                     stmts = f"{run.statements:5.1f}" if run.statements is not None else "   - "
                     print(
@@ -626,6 +650,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--reply-timeout", type=float, default=10.0, help="seconds: else no reply")
     p.add_argument("--run-timeout", type=float, default=300.0, help="seconds per run")
     p.add_argument("--env", action="append", default=[], help="KEY=VALUE for cicbot")
+    p.add_argument("--profile", metavar="DIR", help="py-spy cicbot's runs into DIR")
     p.add_argument("--serve", choices=("echo", "fsm"), help=argparse.SUPPRESS)
     p.add_argument("--port", type=int, help=argparse.SUPPRESS)
     p.add_argument("--api-base", help=argparse.SUPPRESS)

@@ -32,6 +32,7 @@ from sqlalchemy.orm import aliased
 from bot.channel.messages import ChannelEvent, InboundMessage
 from bot.conversation.engine import Engine
 from bot.delivery.flood import Admission, defer, row_key
+from bot.delivery.group import GroupCommit
 from bot.delivery.leases import Leases
 from bot.delivery.worker import RoundWorker
 from storage.db import is_unavailable
@@ -104,6 +105,7 @@ class Inbox(RoundWorker):
         self.leases = leases
         self.parsers: dict[str, Parser] = {}
         self._running: set[asyncio.Task[None]] = set()  # rows the running worker handles
+        self._accepts = GroupCommit("inbox-accept", self._insert)
         # told of arrivals (accepted, duplicate) and of each outcome (an InboxStatus): metrics
         self.observe: Callable[[str, str], None] = lambda channel, event: None
 
@@ -113,33 +115,50 @@ class Inbox(RoundWorker):
     async def accept(
         self, channel: str, dedupe_key: str, partition_key: str, payload: dict[str, Any]
     ) -> bool:
-        """Persist one raw update; False if it was already there (a redelivery)."""
-        insert = postgresql.insert if self.dialect == "postgresql" else sqlite.insert
-        stmt = (
-            insert(InboxUpdate)
-            .values(
-                channel=channel,
-                dedupe_key=scrub(dedupe_key[:200]),
-                partition_key=scrub(partition_key[:200]),
-                payload=scrub(payload),
-                status=InboxStatus.PENDING,
-                attempts=0,
-                created_at=utcnow(),
-            )
-            .on_conflict_do_nothing(index_elements=["channel", "dedupe_key"])
-            .returning(InboxUpdate.id)
-        )
-        try:
-            async with self.sessions() as s, s.begin():
-                new = (await s.execute(stmt)).first() is not None
-        except Exception as exc:
-            if not is_unavailable(exc):
-                raise
-            raise Unavailable(f"{type(exc).__name__}: {exc}"[:500]) from exc
+        """Persist one raw update; False if it was already there (a redelivery). Returns
+        once the row is committed, in one transaction with whatever other updates arrived
+        meanwhile (group commit)."""
+        row = {
+            "channel": channel,
+            "dedupe_key": scrub(dedupe_key[:200]),
+            "partition_key": scrub(partition_key[:200]),
+            "payload": scrub(payload),
+        }
+        new = await self._accepts.submit(row)
         self.observe(channel, "accepted" if new else "duplicate")
         if new:
             self.notify()
         return new
+
+    async def _insert(self, rows: list[dict[str, Any]]) -> list[bool | BaseException]:
+        """One INSERT of many rows, deduped; alone each if the batch fails for another
+        reason than the database's absence, so that one bad row never fails its neighbours."""
+        insert = postgresql.insert if self.dialect == "postgresql" else sqlite.insert
+        now = utcnow()
+        values = [
+            {**r, "status": InboxStatus.PENDING, "attempts": 0, "created_at": now} for r in rows
+        ]
+        stmt = (
+            insert(InboxUpdate)
+            .values(values)
+            .on_conflict_do_nothing(index_elements=["channel", "dedupe_key"])
+            .returning(InboxUpdate.channel, InboxUpdate.dedupe_key)
+        )
+        try:
+            async with self.sessions() as s, s.begin():
+                inserted = {(c, k) for c, k in await s.execute(stmt)}
+        except Exception as exc:
+            if is_unavailable(exc):
+                return [Unavailable(f"{type(exc).__name__}: {exc}"[:500]) for _ in rows]
+            if len(rows) == 1:
+                return [exc]
+            return [(await self._insert([r]))[0] for r in rows]
+        results: list[bool | BaseException] = []
+        for r in rows:  # the same update twice in one batch: the first one is the new one
+            key = (r["channel"], r["dedupe_key"])
+            results.append(key in inserted)
+            inserted.discard(key)
+        return results
 
     async def round(self) -> int:
         """The running worker: claim rows for the free slots and start them, without
@@ -165,6 +184,7 @@ class Inbox(RoundWorker):
 
     async def stop(self) -> None:
         await super().stop()
+        await self._accepts.stop()
         if self._running:  # let rows being handled finish (a validation is bounded)
             _, pending = await asyncio.wait(list(self._running), timeout=STOP_SECONDS)
             for task in pending:  # their leases run out; the next start takes them again
