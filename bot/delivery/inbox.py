@@ -17,20 +17,22 @@ the process is parked as dead instead of killing every process that takes it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import logging
 import traceback
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, exists, or_, select, update
+from sqlalchemy import Update, and_, exists, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import aliased
 
 from bot.channel.messages import ChannelEvent, InboundMessage
-from bot.conversation.engine import Engine
+from bot.conversation.engine import Engine, HandleResult
 from bot.delivery.flood import Admission, defer, row_key
 from bot.delivery.group import GroupCommit
 from bot.delivery.leases import Leases
@@ -106,6 +108,13 @@ class Inbox(RoundWorker):
         self.parsers: dict[str, Parser] = {}
         self._running: set[asyncio.Task[None]] = set()  # rows the running worker handles
         self._accepts = GroupCommit("inbox-accept", self._insert)
+        # PostgreSQL: two batches at once (two connections) while the other's commit waits
+        self._group = GroupCommit(
+            "inbox-rows",
+            self._commit_rows,
+            max_batch=concurrency,
+            workers=2 if dialect == "postgresql" else 1,
+        )
         # told of arrivals (accepted, duplicate) and of each outcome (an InboxStatus): metrics
         self.observe: Callable[[str, str], None] = lambda channel, event: None
 
@@ -185,6 +194,7 @@ class Inbox(RoundWorker):
     async def stop(self) -> None:
         await super().stop()
         await self._accepts.stop()
+        await self._group.stop()
         if self._running:  # let rows being handled finish (a validation is bounded)
             _, pending = await asyncio.wait(list(self._running), timeout=STOP_SECONDS)
             for task in pending:  # their leases run out; the next start takes them again
@@ -269,8 +279,50 @@ class Inbox(RoundWorker):
         )
         if note is not None:
             log.warning("inbox row %s (%s): %s", row.id, row.channel, note[:300])
+        status = InboxStatus.DONE if items else InboxStatus.IGNORED
+        messages = [i for i in items if isinstance(i, InboundMessage)]
+        if messages and len(messages) == len(items):
+            # the common case (customers' messages): handled in a group commit
+            if await self._group.submit(Grouped(row, messages, status, note)):
+                self.observe(row.channel, status)
+                return
         if await self._handle(row, items):
-            await self._finish(row, InboxStatus.DONE if items else InboxStatus.IGNORED, note)
+            await self._finish(row, status, note)
+
+    async def _commit_rows(self, batch: list[Grouped]) -> list[bool]:
+        """The engine's work for many rows in one transaction, each row in a savepoint with
+        its done mark (a message's effects and its row's state commit together). True for
+        the rows committed; a row whose savepoint failed (or all, if the transaction did)
+        goes the single way after (`_handle`: its retries, its dead letter)."""
+        keys = sorted({(m.channel, m.thread_key) for g in batch for m in g.messages})
+        done = [False] * len(batch)
+        results: list[list[HandleResult]] = [[] for _ in batch]
+        async with contextlib.AsyncExitStack() as held:
+            for channel, thread in keys:  # sorted: two batches never wait for each other
+                await held.enter_async_context(self.engine.hold_thread(channel, thread))
+            try:
+                async with self.sessions() as s, s.begin():
+                    now = utcnow()
+                    for i, g in enumerate(batch):
+                        try:
+                            async with s.begin_nested():
+                                for m in g.messages:
+                                    results[i].append(await self.engine.handle_in(s, m))
+                                await s.execute(_finished(g.row.id, g.status, g.note, now))
+                            done[i] = True
+                        except Exception as exc:
+                            if is_unavailable(exc):
+                                raise
+                            results[i] = []
+                            log.info("inbox row %s: %s; handled alone", g.row.id, repr(exc)[:200])
+            except Exception as exc:
+                if not is_unavailable(exc):
+                    log.exception("inbox group commit of %d rows failed", len(batch))
+                return [False] * len(batch)
+        for handled in results:
+            for result in handled:
+                self.engine.handled(result)
+        return done
 
     async def _handle(self, row: InboxUpdate, items: Parsed) -> bool:
         """Hand the items on; False if that failed (the row is then retried or parked)."""
@@ -292,17 +344,7 @@ class Inbox(RoundWorker):
     async def _finish(self, row: InboxUpdate, status: InboxStatus, error: str | None) -> None:
         self.observe(row.channel, status)
         async with self.sessions() as s, s.begin():
-            await s.execute(
-                update(InboxUpdate)
-                .where(InboxUpdate.id == row.id)
-                .values(
-                    status=status,
-                    error=error,
-                    leased_until=None,
-                    leased_by=None,
-                    processed_at=utcnow() if status != InboxStatus.PENDING else None,
-                )
-            )
+            await s.execute(_finished(row.id, status, error, utcnow()))
             if status == InboxStatus.DEAD:
                 s.add(_dead_letter(row, error or ""))
 
@@ -325,6 +367,30 @@ class Inbox(RoundWorker):
         loop.call_later(seconds, self.notify)
         self._not_before = max(self._not_before, loop.time() + seconds)
         return True
+
+
+@dataclass(frozen=True)
+class Grouped:
+    """A parsed row waiting for the group commit."""
+
+    row: InboxUpdate
+    messages: Sequence[InboundMessage]
+    status: InboxStatus
+    note: str | None
+
+
+def _finished(row_id: int, status: InboxStatus, error: str | None, now: datetime) -> Update:
+    return (
+        update(InboxUpdate)
+        .where(InboxUpdate.id == row_id)
+        .values(
+            status=status,
+            error=error,
+            leased_until=None,
+            leased_by=None,
+            processed_at=now if status != InboxStatus.PENDING else None,
+        )
+    )
 
 
 def _dead_letter(row: InboxUpdate, error: str) -> DeadLetter:

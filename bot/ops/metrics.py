@@ -296,6 +296,12 @@ class MeteredEngine(Engine):
         self._count(msg.channel, "duplicate" if result.duplicate else "handled", start)
         return result
 
+    async def handle_in(self, s: AsyncSession, msg: InboundMessage) -> HandleResult:
+        start = time.perf_counter()
+        result = await super().handle_in(s, msg)  # raising, it goes on to `handle`: counted there
+        self._count(msg.channel, "duplicate" if result.duplicate else "handled", start)
+        return result
+
     def _count(self, channel: str, result: str, start: float) -> None:
         if self.metrics is not None:
             self.metrics.handled(channel, result, time.perf_counter() - start)
