@@ -26,10 +26,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Update, and_, exists, or_, select, update
+from sqlalchemy import Update, and_, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
-from sqlalchemy.orm import aliased
 
 from bot.channel.messages import ChannelEvent, InboundMessage
 from bot.conversation.engine import Engine, HandleResult
@@ -221,12 +220,14 @@ class Inbox(RoundWorker):
 
     async def _claim(self, limit: int) -> list[InboxUpdate]:
         now = utcnow()
-        earlier = aliased(InboxUpdate)
-        head = ~exists().where(
-            earlier.channel == InboxUpdate.channel,
-            earlier.partition_key == InboxUpdate.partition_key,
-            earlier.status.in_(UNFINISHED),
-            earlier.id < InboxUpdate.id,
+        # each chat's oldest unfinished row, read from the partial index of unfinished rows
+        # (ix_inbox_unfinished): a busy chat's backlog is one index range, never a probe per
+        # row, and it offers one row at a time like every other chat (oldest first)
+        channels = list(self.parsers)
+        heads = (
+            select(func.min(InboxUpdate.id))
+            .where(InboxUpdate.status.in_(UNFINISHED), InboxUpdate.channel.in_(channels))
+            .group_by(InboxUpdate.channel, InboxUpdate.partition_key)
         )
         due = or_(
             InboxUpdate.status == InboxStatus.PENDING,
@@ -234,7 +235,7 @@ class Inbox(RoundWorker):
         )
         q = (
             select(InboxUpdate)
-            .where(due, head, InboxUpdate.channel.in_(list(self.parsers)))
+            .where(InboxUpdate.id.in_(heads), due)
             .order_by(InboxUpdate.id)
             .limit(limit)
         )
