@@ -564,6 +564,17 @@ async def profiled(bot: Bot, folder: str | None, rep: int) -> AsyncIterator[None
         await proc.wait()
 
 
+async def print_groups(bot: Bot) -> None:
+    """How many items cicbot's group commits put in one transaction, on average."""
+    async with aiohttp.ClientSession() as http, http.get(bot.base + "/metrics") as r:
+        text = await r.text()
+    found = re.findall(r'^cicbot_group_commit_(\w+)\{group="([\w-]+)"\} (\S+)$', text, re.M)
+    figures = {(what, group): float(v) for what, group, v in found}
+    for group in sorted({g for _, g in figures}):
+        n, items = figures.get(("batches", group), 0), figures.get(("items", group), 0)
+        print(f"  {bot.name}: group commit {group}: {items / max(n, 1):.1f} per transaction")
+
+
 async def main(args: argparse.Namespace) -> None:
     customers = max(1, min(args.customers, 1000))
     names = [n for n in args.bots.split(",") if n]
@@ -595,6 +606,9 @@ async def main(args: argparse.Namespace) -> None:
                         f"  no reply {run.missing:4}  stmts/msg {stmts}  cpu {run.cpu:4.2f}",
                         flush=True,
                     )
+            for bot in running:
+                if not bot.peer:
+                    await print_groups(bot)
     print(f"  logs in {tmp}")
     report(results, customers, args)
 

@@ -21,7 +21,7 @@ import contextlib
 import inspect
 import logging
 import traceback
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -116,6 +116,11 @@ class Inbox(RoundWorker):
         )
         # told of arrivals (accepted, duplicate) and of each outcome (an InboxStatus): metrics
         self.observe: Callable[[str, str], None] = lambda channel, event: None
+
+    @property
+    def groups(self) -> tuple[GroupCommit[Any, bool], ...]:
+        """The group commits (their counters go to /metrics)."""
+        return (self._accepts, self._group)
 
     def register(self, channel: str, parser: Parser) -> None:
         self.parsers[channel] = parser
@@ -306,18 +311,21 @@ class Inbox(RoundWorker):
                     now = utcnow()
                     for i, g in enumerate(batch):
                         try:
-                            async with s.begin_nested():
+                            # alone in its transaction, a row needs no savepoint of its own
+                            async with s.begin_nested() if len(batch) > 1 else _no_savepoint():
                                 for m in g.messages:
                                     results[i].append(await self.engine.handle_in(s, m))
                                 await s.execute(_finished(g.row.id, g.status, g.note, now))
                             done[i] = True
                         except Exception as exc:
-                            if is_unavailable(exc):
+                            if is_unavailable(exc) or len(batch) == 1:
                                 raise
                             results[i] = []
                             log.info("inbox row %s: %s; handled alone", g.row.id, repr(exc)[:200])
             except Exception as exc:
-                if not is_unavailable(exc):
+                if len(batch) == 1 and not is_unavailable(exc):
+                    log.info("inbox row %s: %s; handled alone", batch[0].row.id, repr(exc)[:200])
+                elif not is_unavailable(exc):
                     log.exception("inbox group commit of %d rows failed", len(batch))
                 return [False] * len(batch)
         for handled in results:
@@ -378,6 +386,11 @@ class Grouped:
     messages: Sequence[InboundMessage]
     status: InboxStatus
     note: str | None
+
+
+@contextlib.asynccontextmanager
+async def _no_savepoint() -> AsyncIterator[None]:
+    yield
 
 
 def _finished(row_id: int, status: InboxStatus, error: str | None, now: datetime) -> Update:

@@ -153,6 +153,18 @@ class Metrics:
             "SQL statements sent to the database (bench/telegram.py divides by messages).",
             registry=r,
         )
+        self.group_batches = Gauge(
+            "cicbot_group_commit_batches",
+            "Transactions a group commit made since the start (bot/delivery/group.py).",
+            ["group"],
+            registry=r,
+        )
+        self.group_items = Gauge(
+            "cicbot_group_commit_items",
+            "Items (webhook rows, inbox rows) those transactions committed together.",
+            ["group"],
+            registry=r,
+        )
         self.scheduler_leader = Gauge(
             "cicbot_scheduler_leader",
             "1 if this process leads the campaign scheduler.",
@@ -205,6 +217,9 @@ class Metrics:
         leader = runtime.scheduler is not None and runtime.scheduler.leader
         self.scheduler_leader.set(1 if leader else 0)
         self.db_up.set(0 if snap is None else 1)
+        for group in runtime.inbox.groups:
+            self.group_batches.labels(group.name).set(group.batches)
+            self.group_items.labels(group.name).set(group.items)
         if snap is not None:
             snap.apply(self)
         return generate_latest(self.registry)
