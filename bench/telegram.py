@@ -532,7 +532,9 @@ async def measure(
     bot: Bot, replies: Replies, chats: list[int], args: argparse.Namespace, open_rate: float
 ) -> Run:
     load = Load(bot.base, replies, peer=bot.peer, reply_timeout=args.reply_timeout)
-    connector = aiohttp.TCPConnector(limit=max(len(chats), 100))
+    # a connection per request: a kept-alive one sits idle while its customer waits for a
+    # reply, and the server's keep-alive timeout closing it races its reuse (resets)
+    connector = aiohttp.TCPConnector(limit=max(len(chats), 100), force_close=True)
     async with aiohttp.ClientSession(connector=connector) as http:
         s0 = await bot.statements(http)
         s1 = await bot.statements(http)  # the difference: what one scrape itself costs
