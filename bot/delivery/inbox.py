@@ -1,12 +1,17 @@
 """Raw platform updates: persisted first, acknowledged, processed afterwards.
 
-A webhook handler calls `accept` (one INSERT, deduped on the platform's update id)
-and answers 200; the worker parses each row with its channel's parser and hands the
-result to the engine. Per partition (a chat, a thread) only the oldest unfinished
+A webhook handler calls `accept` (an INSERT deduped on the platform's update id) and
+answers 200 once it is committed; the worker parses each row with its channel's parser and
+hands the result to the engine. Per partition (a chat, a thread) only the oldest unfinished
 row is eligible, so a customer's updates are processed in order; partitions run
 concurrently. A parser error (the update is over its bounds or its time budget, or the
 library's models reject it) or repeated failures park the row as `dead` with the error,
 never dropped; what the parser could still read (a customer's text) is handled all the same.
+
+Group commit (bot/delivery/group.py): the accepts arriving while one is committed share the
+next INSERT and commit; parsed customer messages share one engine transaction, each row in
+a savepoint of its own together with its done mark, so a message's effects and its row's
+state commit together and one failing row (handled alone afterwards) never fails the rest.
 
 Leases (bot/delivery/leases.py): a claimed row carries this process's boot id and a short lease
 the heartbeat renews. A row whose holder died (the lease ran out, or the holder is known to
@@ -198,12 +203,12 @@ class Inbox(RoundWorker):
     async def stop(self) -> None:
         await super().stop()
         await self._accepts.stop()
-        await self._group.stop()
         if self._running:  # let rows being handled finish (a validation is bounded)
             _, pending = await asyncio.wait(list(self._running), timeout=STOP_SECONDS)
             for task in pending:  # their leases run out; the next start takes them again
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
+        await self._group.stop()  # a batch in flight commits or rolls back whole
 
     async def process_once(self) -> int:
         """One batch, claimed and finished (tests, `drain`)."""
