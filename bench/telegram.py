@@ -1,25 +1,32 @@
-"""Telegram webhook benchmark: cicbot against a bare aiogram echo bot, on 127.0.0.1 only.
+"""Telegram webhook benchmark: cicbot against the bots a user would write instead, 127.0.0.1 only.
 
-    .venv/bin/python bench/telegram.py [--customers 50] [--repeats 3] [--db URL] [--shaped]
+    .venv/bin/python bench/telegram.py                # 200 customers x 10 turns, 3 repetitions
+    .venv/bin/python bench/telegram.py --quick        # 50 x 5, one repetition
+    .venv/bin/python bench/telegram.py --open-loop 100 --duration 10
+    .venv/bin/python bench/telegram.py --bots cicbot-sqlite,fsm
 
-N simulated customers each go through a multi-turn complaint conversation (text answers
-and button presses as callback queries), POSTing Telegram updates to the webhook of a
-running `cicbot serve` (a subprocess, SQLite in a temporary directory unless --db names
-another database). Each customer waits for the bot's answer to one turn before the next.
-The Bot API is the test stand-in (tests/standins/telegram_api.py) in this process; it
-notes when each reply arrives.
+In one run, with the same load, four bots answer webhooks (each its own process):
 
-Measured per turn: latency from the webhook POST to the arrival of the turn's last reply
-at the stand-in; per run: throughput in customer messages per second (turns / wall time).
-The same load then goes to a bare aiogram webhook echo bot (aiohttp, no database, one
-reply per update), and the ratio is printed. Each figure is the median over --repeats
-runs (the machine is small and noisy).
+* `echo`: a bare aiogram 3 webhook echo bot, no database;
+* `fsm`: an aiogram 3 FSM complaint bot of the kind a user writes instead of cicbot: category,
+  description, reference, severity, resolution, confirmation, each answered with an inline
+  keyboard, every message logged to SQLite (WAL) and the case stored at the end;
+* `cicbot-sqlite` and `cicbot-pg`: `cicbot serve` on a fresh SQLite file and on a fresh
+  PostgreSQL database (--pg-admin names the server; skipped when it is unreachable).
 
-By default cicbot's Telegram rate shaping is lifted (the stand-in has no limits) so that
-the pipeline itself is measured; --shaped keeps the production limits (30 messages/s per
-bot, about 1/s per chat), which then bound the figures by design.
+Closed loop (default): N customers each go through M turns of a complaint conversation (text
+answers and button presses as callback queries), each waiting for the answer to one turn
+before sending the next. Open loop (--open-loop RATE): messages arrive at a fixed rate,
+whether or not earlier ones were answered. The Bot API is the test stand-in
+(tests/standins/telegram_api.py) in this process, which notes when each reply arrives; cicbot's
+rate shaping is lifted (the stand-in never answers 429), so the pipeline itself is measured.
 
-Bounded: at most 500 customers, and every run has a time limit (--run-timeout).
+Per bot: msg/s (customer messages / wall time), p50 and p99 of the time from the webhook POST
+to the turn's last reply, messages without a reply within --reply-timeout, SQL statements per
+message (cicbot: SQLAlchemy's before_cursor_execute, read from /metrics; the FSM bot counts
+its own executes and commits), the share of one core the bot's process tree used, and
+cicbot's ratios against both peers. Each figure is the median over --repeats runs: the
+machine is small and shared.
 """
 
 from __future__ import annotations
@@ -29,13 +36,16 @@ import asyncio
 import contextlib
 import itertools
 import os
+import re
+import signal
 import socket
 import statistics
 import sys
 import tempfile
 import time
+import uuid
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,9 +61,11 @@ from tests.standins.telegram_api import DEFAULT_TOKEN, TelegramStandIn  # noqa: 
 SECRET = "bench-webhook-secret-0123456789"
 HEADER = "X-Telegram-Bot-Api-Secret-Token"
 PATH = "/webhooks/telegram"
+PG_ADMIN = "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
+BOTS = ("echo", "fsm", "cicbot-sqlite", "cicbot-pg")
 UPDATE_IDS = itertools.count(900_000_000)
 CALLBACK_IDS = itertools.count(5_000_000_000)
-# (kind, value, replies cicbot sends for it); the echo bot always sends one
+# (kind, value, replies cicbot sends for it); echo and fsm always send one
 SCRIPT: list[tuple[str, str, int]] = [
     ("say", "complaint", 2),  # intro + the category question
     ("press", "f:complaint:category:delivery", 1),
@@ -65,6 +77,10 @@ SCRIPT: list[tuple[str, str, int]] = [
 ]
 
 
+def turn(i: int) -> tuple[str, str, int]:
+    return SCRIPT[i % len(SCRIPT)]
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
@@ -72,29 +88,121 @@ def free_port() -> int:
         return port
 
 
-# ---- the bare aiogram echo bot (run as a subprocess: --echo-server) -----------------------
+# ---- the peers (each run as a subprocess: --serve echo|fsm) --------------------------------
 
 
-def echo_server(port: int, api_base: str) -> None:
-    from aiogram import Bot, Dispatcher
+def serve_peer(kind: str, port: int, api_base: str, db: str) -> None:
+    """The bare echo bot, or the FSM + SQLite complaint bot."""
+    import sqlite3
+
+    import aiosqlite
+    from aiogram import Bot, Dispatcher, F
     from aiogram.client.session.aiohttp import AiohttpSession
     from aiogram.client.telegram import TelegramAPIServer
-    from aiogram.types import CallbackQuery, Message
+    from aiogram.fsm.context import FSMContext
+    from aiogram.fsm.state import State, StatesGroup
+    from aiogram.fsm.storage.memory import MemoryStorage
+    from aiogram.types import CallbackQuery, InlineKeyboardButton, InlineKeyboardMarkup, Message
     from aiogram.webhook.aiohttp_server import SimpleRequestHandler, setup_application
     from aiohttp import web
 
     bot = Bot(DEFAULT_TOKEN, session=AiohttpSession(api=TelegramAPIServer.from_base(api_base)))
-    dp = Dispatcher()
+    dp = Dispatcher(storage=MemoryStorage())
+    statements = [0]
+    conn: list[aiosqlite.Connection] = []
 
-    @dp.message()
-    async def echo(message: Message) -> None:
-        await message.answer(f"echo: {message.text or ''}")
+    if kind == "echo":
 
-    @dp.callback_query()
-    async def pressed(query: CallbackQuery) -> None:
-        await query.answer()
-        if query.message is not None:
-            await bot.send_message(query.message.chat.id, f"pressed: {query.data}")
+        @dp.message()
+        async def echo(message: Message) -> None:
+            await message.answer(f"echo: {message.text or ''}")
+
+        @dp.callback_query()
+        async def pressed(query: CallbackQuery) -> None:
+            await query.answer()
+            if query.message is not None:
+                await bot.send_message(query.message.chat.id, f"pressed: {query.data}")
+
+    else:
+
+        class Complaint(StatesGroup):
+            category = State()
+            description = State()
+            reference = State()
+            severity = State()
+            resolution = State()
+            confirm = State()
+
+        def keyboard(step: str, *options: str) -> InlineKeyboardMarkup:
+            rows = [
+                [InlineKeyboardButton(text=o.title(), callback_data=f"f:complaint:{step}:{o}")]
+                for o in options
+            ]
+            return InlineKeyboardMarkup(inline_keyboard=rows)
+
+        async def log(chat: int, kind: str, text: str) -> None:
+            db_ = conn[0]
+            await db_.execute(
+                "INSERT INTO messages (chat, kind, text, at) VALUES (?, ?, ?, ?)",
+                (chat, kind, text, time.time()),
+            )
+            await db_.commit()
+            statements[0] += 2
+
+        @dp.message(F.text.lower() == "complaint")
+        async def start(message: Message, state: FSMContext) -> None:
+            await log(message.chat.id, "message", message.text or "")
+            await state.set_state(Complaint.category)
+            await message.answer(
+                "Sorry to hear that. What is it about?",
+                reply_markup=keyboard("category", "delivery", "product", "billing"),
+            )
+
+        @dp.message(Complaint.description)
+        async def described(message: Message, state: FSMContext) -> None:
+            await log(message.chat.id, "message", message.text or "")
+            await state.update_data(description=message.text)
+            await state.set_state(Complaint.reference)
+            await message.answer(
+                "Your order or invoice number?", reply_markup=keyboard("reference", "-")
+            )
+
+        @dp.message()
+        async def other(message: Message) -> None:
+            await log(message.chat.id, "message", message.text or "")
+            await message.answer("Write 'complaint' to file a complaint.")
+
+        steps: dict[str, tuple[State, str, tuple[str, ...]]] = {
+            "category": (Complaint.description, "Please describe what happened.", ()),
+            "reference": (Complaint.severity, "How bad is it?", ("low", "medium", "high")),
+            "severity": (Complaint.resolution, "What would you like?", ("refund", "replace")),
+            "resolution": (Complaint.confirm, "File the complaint?", ("yes", "no")),
+        }
+
+        @dp.callback_query(F.data.startswith("f:complaint:"))
+        async def pressed_step(query: CallbackQuery, state: FSMContext) -> None:
+            await query.answer()
+            _, _, step, value = (query.data or "").split(":", 3)
+            chat = query.message.chat.id if query.message is not None else 0
+            await log(chat, "button", query.data or "")
+            if step == "confirm":
+                data = await state.get_data()
+                cursor = await conn[0].execute(
+                    "INSERT INTO cases (chat, description, created) VALUES (?, ?, ?)",
+                    (chat, str(data.get("description", "")), time.time()),
+                )
+                await conn[0].commit()
+                statements[0] += 2
+                await state.clear()
+                await bot.send_message(chat, f"Thank you. Your case is C-{cursor.lastrowid:06d}.")
+                return
+            if step not in steps:
+                return
+            following, text, options = steps[step]
+            await state.update_data({step: value})
+            await state.set_state(following)
+            markup = keyboard(str(following.state).split(":")[-1], *options) if options else None
+            await bot.send_message(chat, text, reply_markup=markup)
 
     app = web.Application()
     SimpleRequestHandler(dispatcher=dp, bot=bot, secret_token=SECRET).register(app, path=PATH)
@@ -102,7 +210,30 @@ def echo_server(port: int, api_base: str) -> None:
     async def healthz(_: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
 
+    async def stats(_: web.Request) -> web.Response:
+        return web.json_response({"statements": statements[0]})
+
+    async def opened(_: web.Application) -> AsyncIterator[None]:
+        if kind == "fsm":
+            with sqlite3.connect(db) as setup:
+                setup.execute("PRAGMA journal_mode=WAL")
+                setup.execute(
+                    "CREATE TABLE IF NOT EXISTS messages (id INTEGER PRIMARY KEY, chat INTEGER,"
+                    " kind TEXT, text TEXT, at REAL)"
+                )
+                setup.execute(
+                    "CREATE TABLE IF NOT EXISTS cases (id INTEGER PRIMARY KEY, chat INTEGER,"
+                    " description TEXT, created REAL)"
+                )
+            conn.append(await aiosqlite.connect(db))
+            await conn[0].execute("PRAGMA synchronous=NORMAL")
+        yield
+        if conn:
+            await conn[0].close()
+
+    app.cleanup_ctx.append(opened)
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/stats", stats)
     setup_application(app, dp, bot=bot)
     web.run_app(app, host="127.0.0.1", port=port, print=None, access_log=None)
 
@@ -131,40 +262,45 @@ class Replies:
 
         tg._methods["sendmessage"] = (name, hooked)
 
-    async def wait(self, chat: int, count: int) -> float:
-        while len(self.times[chat]) < count:
-            event = self.changed[chat]
-            event.clear()
-            await event.wait()
-        return self.times[chat][count - 1]
+    async def wait(self, chat: int, count: int, timeout: float) -> float | None:
+        """When the chat's `count`-th reply arrived; None if not within `timeout`."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                while len(self.times[chat]) < count:
+                    event = self.changed[chat]
+                    event.clear()
+                    await event.wait()
+        times = self.times[chat]
+        return times[count - 1] if len(times) >= count else None
 
 
 @dataclass
 class Run:
-    turns: int
+    messages: int
     seconds: float
     latencies: list[float]
+    missing: int
+    statements: float | None  # per message
+    cpu: float  # share of one core
 
     @property
     def throughput(self) -> float:
-        return self.turns / self.seconds
+        return self.messages / self.seconds
 
     def pct(self, q: float) -> float:
-        data = sorted(self.latencies)
+        data = sorted(self.latencies) or [float("nan")]
         return data[min(len(data) - 1, int(q * len(data)))]
 
 
 class Load:
-    def __init__(self, base: str, replies: Replies, *, echo: bool) -> None:
-        self.base, self.replies, self.echo = base, replies, echo
+    def __init__(self, base: str, replies: Replies, *, peer: bool, reply_timeout: float) -> None:
+        self.base, self.replies, self.peer = base, replies, peer
+        self.reply_timeout = reply_timeout
+        self.latencies: list[float] = []
+        self.missing = 0
 
     def _user(self, chat: int) -> dict[str, Any]:
-        return {
-            "id": chat,
-            "is_bot": False,
-            "first_name": f"Customer {chat}",
-            "language_code": "en",
-        }
+        return {"id": chat, "is_bot": False, "first_name": f"C{chat}", "language_code": "en"}
 
     def update(self, chat: int, kind: str, value: str, message_id: int) -> dict[str, Any]:
         update_id = next(UPDATE_IDS)  # unique over the whole bench: the inbox dedupes on it
@@ -177,7 +313,12 @@ class Load:
                 "text": value,
             }
             return {"update_id": update_id, "message": message}
-        pressed = self.replies.last[chat]  # the bot's latest message, with its keyboard
+        pressed = self.replies.last.get(chat) or {  # the bot's latest message, its keyboard
+            "message_id": 1,
+            "chat": {"id": chat, "type": "private"},
+            "date": int(time.time()),
+            "text": "?",
+        }
         return {
             "update_id": update_id,
             "callback_query": {
@@ -189,31 +330,54 @@ class Load:
             },
         }
 
-    async def customer(
-        self, http: aiohttp.ClientSession, chat: int, latencies: list[float]
-    ) -> None:
-        expected = 0
-        for i, (kind, value, replies) in enumerate(SCRIPT):
-            expected += 1 if self.echo else replies
-            update = self.update(chat, kind, value, message_id=1000 + i)
-            started = time.monotonic()
-            async with http.post(
-                self.base + PATH, json=update, headers={HEADER: SECRET}
-            ) as response:
-                if response.status != 200:
-                    raise RuntimeError(f"webhook answered {response.status}")
-            arrived = await self.replies.wait(chat, expected)
-            latencies.append(arrived - started)
+    async def one(self, http: aiohttp.ClientSession, chat: int, i: int, expected: int) -> None:
+        """Send turn `i` of `chat` and wait for its last reply (the `expected`-th in all)."""
+        kind, value, _ = turn(i)
+        started = time.monotonic()
+        update = self.update(chat, kind, value, message_id=1000 + i)
+        for attempt in range(3):
+            # a keep-alive connection the server closed (idle while the customer waited for
+            # a reply) fails on reuse: sent again, as Telegram would (the update id dedupes)
+            try:
+                async with http.post(
+                    self.base + PATH, json=update, headers={HEADER: SECRET}
+                ) as resp:
+                    if resp.status != 200:
+                        raise RuntimeError(f"webhook answered {resp.status}")
+                break
+            except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError):
+                if attempt == 2:
+                    raise
+        arrived = await self.replies.wait(chat, expected, self.reply_timeout)
+        if arrived is None:
+            self.missing += 1
+        else:
+            self.latencies.append(arrived - started)
 
-    async def run(self, chats: list[int], timeout: float) -> Run:
-        latencies: list[float] = []
-        connector = aiohttp.TCPConnector(limit=len(chats))
-        async with aiohttp.ClientSession(connector=connector) as http:
-            started = time.monotonic()
-            async with asyncio.timeout(timeout):
-                await asyncio.gather(*(self.customer(http, c, latencies) for c in chats))
-            seconds = time.monotonic() - started
-        return Run(len(chats) * len(SCRIPT), seconds, latencies)
+    def expected(self, i: int) -> int:
+        """Replies in all after turn i."""
+        return i + 1 if self.peer else sum(turn(k)[2] for k in range(i + 1))
+
+    async def closed(self, http: aiohttp.ClientSession, chats: list[int], turns: int) -> None:
+        async def customer(chat: int) -> None:
+            for i in range(turns):
+                await self.one(http, chat, i, self.expected(i))
+
+        await asyncio.gather(*(customer(c) for c in chats))
+
+    async def open(
+        self, http: aiohttp.ClientSession, chats: list[int], turns: int, rate: float
+    ) -> None:
+        """Message k (customer k mod N, its turn k div N) is sent at k / rate, regardless."""
+        start = time.monotonic()
+        tasks = []
+        for k in range(len(chats) * turns):
+            chat, i = chats[k % len(chats)], k // len(chats)
+            delay = start + k / rate - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(self.one(http, chat, i, self.expected(i))))
+        await asyncio.gather(*tasks)
 
 
 # ---- processes ----------------------------------------------------------------------------
@@ -223,8 +387,47 @@ def tail(log: Path) -> str:
     return log.read_text(errors="replace")[-3000:]
 
 
+def cpu_seconds(pid: int) -> float:
+    """CPU time of `pid` and its live descendants (cicbot's validating workers), from /proc."""
+    tick = os.sysconf("SC_CLK_TCK")
+    parents: dict[int, int] = {}
+    used: dict[int, float] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            stat = Path(f"/proc/{entry}/stat").read_text()
+            fields = stat[stat.rindex(")") + 2 :].split()
+            parents[int(entry)] = int(fields[1])
+            used[int(entry)] = (int(fields[11]) + int(fields[12])) / tick
+    tree, total = {pid}, 0.0
+    for _ in range(4):  # descendants a few levels down
+        tree |= {p for p, parent in parents.items() if parent in tree}
+    for p in tree:
+        total += used.get(p, 0.0)
+    return total
+
+
+@dataclass
+class Bot:
+    name: str
+    base: str
+    pid: int
+    peer: bool
+
+    async def statements(self, http: aiohttp.ClientSession) -> float | None:
+        with contextlib.suppress(aiohttp.ClientError, ValueError, KeyError):
+            if self.peer:
+                async with http.get(self.base + "/stats") as r:
+                    return float((await r.json())["statements"])
+            async with http.get(self.base + "/metrics") as r:
+                m = re.search(r"^cicbot_db_statements_total (\S+)$", await r.text(), re.M)
+                return float(m.group(1)) if m else None
+        return None
+
+
 async def wait_healthy(base: str, proc: asyncio.subprocess.Process, log: Path) -> None:
-    async with aiohttp.ClientSession() as http, asyncio.timeout(60):
+    async with aiohttp.ClientSession() as http, asyncio.timeout(300):  # a loaded machine
         while True:
             if proc.returncode is not None:
                 raise RuntimeError(f"server exited:\n{tail(log)}")
@@ -236,7 +439,9 @@ async def wait_healthy(base: str, proc: asyncio.subprocess.Process, log: Path) -
 
 
 @contextlib.asynccontextmanager
-async def process(argv: list[str], env: dict[str, str], log: Path, port: int) -> Any:
+async def process(
+    name: str, argv: list[str], env: dict[str, str], log: Path, port: int
+) -> AsyncIterator[Bot]:
     with log.open("wb") as out:
         proc = await asyncio.create_subprocess_exec(
             *argv, cwd=ROOT, env=env, stdout=out, stderr=asyncio.subprocess.STDOUT
@@ -244,7 +449,7 @@ async def process(argv: list[str], env: dict[str, str], log: Path, port: int) ->
     try:
         base = f"http://127.0.0.1:{port}"
         await wait_healthy(base, proc, log)
-        yield base
+        yield Bot(name, base, proc.pid, peer=not name.startswith("cicbot"))
     finally:
         if proc.returncode is None:
             proc.terminate()
@@ -256,7 +461,7 @@ async def process(argv: list[str], env: dict[str, str], log: Path, port: int) ->
                 await proc.wait()
 
 
-def cicbot_env(api_base: str, db_url: str, shaped: bool) -> dict[str, str]:
+def cicbot_env(api_base: str, db_url: str, extra: list[str]) -> dict[str, str]:
     env = {
         **os.environ,
         "CICBOT_CONFIG": str(ROOT / "config.yaml"),
@@ -265,116 +470,228 @@ def cicbot_env(api_base: str, db_url: str, shaped: bool) -> dict[str, str]:
         "CICBOT_TELEGRAM__WEBHOOK_SECRET": SECRET,
         "CICBOT_TELEGRAM__MODE": "webhook",
         "CICBOT_TELEGRAM__API_BASE": api_base,
+        "CICBOT_TELEGRAM__RATE_PER_SECOND": "100000",
+        "CICBOT_TELEGRAM__CHAT_RATE_PER_SECOND": "100000",
+        "CICBOT_TELEGRAM__CHAT_BURST": "30",
+        "CICBOT_LIMITS__MESSAGES_PER_SECOND": "1000",  # kept on, but the bench is no flood
+        "CICBOT_LIMITS__BURST": "1000",
     }
-    if not shaped:
-        env |= {
-            "CICBOT_TELEGRAM__RATE_PER_SECOND": "100000",
-            "CICBOT_TELEGRAM__CHAT_RATE_PER_SECOND": "100000",
-            "CICBOT_TELEGRAM__CHAT_BURST": "30",
-        }
+    for item in extra:
+        key, _, value = item.partition("=")
+        env[key] = value
     return env
 
 
+async def pg_admin(admin: str, sql: str) -> None:
+    from sqlalchemy import text
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    engine = create_async_engine(admin, isolation_level="AUTOCOMMIT")
+    try:
+        async with engine.connect() as conn:
+            await conn.execute(text(sql))
+    finally:
+        await engine.dispose()
+
+
+@contextlib.asynccontextmanager
+async def bots(
+    names: list[str], api_base: str, tmp: Path, args: argparse.Namespace
+) -> AsyncIterator[list[Bot]]:
+    async with contextlib.AsyncExitStack() as stack:
+        started = []
+        for name in names:
+            port = free_port()
+            log = tmp / f"{name}.log"
+            if name in ("echo", "fsm"):
+                argv = [sys.executable, str(SELF), "--serve", name, "--port", str(port)]
+                argv += ["--api-base", api_base, "--peer-db", str(tmp / "fsm.db")]
+                env = dict(os.environ)
+            else:
+                if name == "cicbot-pg":
+                    db = f"cicbot_bench_{uuid.uuid4().hex[:8]}"
+                    try:
+                        await pg_admin(args.pg_admin, f"CREATE DATABASE {db}")
+                    except Exception as exc:
+                        print(f"  cicbot-pg skipped: PostgreSQL unreachable ({exc})")
+                        continue
+                    url = args.pg_admin.rsplit("/", 1)[0] + f"/{db}"
+                    stack.push_async_callback(
+                        pg_admin, args.pg_admin, f"DROP DATABASE IF EXISTS {db} WITH (FORCE)"
+                    )
+                else:
+                    url = f"sqlite+aiosqlite:///{tmp / 'cicbot.db'}"
+                argv = [str(Path(sys.executable).parent / "cicbot"), "serve", "--port", str(port)]
+                argv += ["--log-level", "warning"]
+                env = cicbot_env(api_base, url, args.env)
+            started.append(await stack.enter_async_context(process(name, argv, env, log, port)))
+        yield started
+
+
+async def measure(
+    bot: Bot, replies: Replies, chats: list[int], args: argparse.Namespace, open_rate: float
+) -> Run:
+    load = Load(bot.base, replies, peer=bot.peer, reply_timeout=args.reply_timeout)
+    # a connection per request: a kept-alive one sits idle while its customer waits for a
+    # reply, and the server's keep-alive timeout closing it races its reuse (resets)
+    connector = aiohttp.TCPConnector(limit=max(len(chats), 100), force_close=True)
+    async with aiohttp.ClientSession(connector=connector) as http:
+        s0 = await bot.statements(http)
+        s1 = await bot.statements(http)  # the difference: what one scrape itself costs
+        cpu0, started = cpu_seconds(bot.pid), time.monotonic()
+        async with asyncio.timeout(args.run_timeout):
+            if open_rate:
+                await load.open(http, chats, args.turns, open_rate)
+            else:
+                await load.closed(http, chats, args.turns)
+        seconds = time.monotonic() - started
+        cpu = (cpu_seconds(bot.pid) - cpu0) / seconds
+        s2 = await bot.statements(http)
+    messages = len(chats) * args.turns
+    per_message = None
+    if s0 is not None and s1 is not None and s2 is not None:
+        per_message = (s2 - s1 - (s1 - s0)) / messages
+    return Run(messages, seconds, load.latencies, load.missing, per_message, cpu)
+
+
+@contextlib.asynccontextmanager
+async def profiled(bot: Bot, folder: str | None, rep: int) -> AsyncIterator[None]:
+    """py-spy (PyPI: py-spy) samples cicbot's process while the run lasts: collapsed stacks
+    in `folder`, one file per bot and repetition (flamegraph.pl or speedscope read them)."""
+    if folder is None or bot.peer:
+        yield
+        return
+    out = Path(folder) / f"{bot.name}-{rep + 1}.txt"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    spy = str(Path(sys.executable).parent / "py-spy")
+    argv = [spy, "record", "--pid", str(bot.pid), "--format", "raw", "--rate", "200"]
+    argv += os.environ.get("BENCH_SPY_ARGS", "").split()
+    proc = await asyncio.create_subprocess_exec(
+        *argv, "--nonblocking", "--output", str(out), stdout=asyncio.subprocess.DEVNULL
+    )
+    try:
+        yield
+    finally:
+        proc.send_signal(signal.SIGINT)
+        await proc.wait()
+
+
+async def print_groups(bot: Bot) -> None:
+    """How many items cicbot's group commits put in one transaction, on average."""
+    async with aiohttp.ClientSession() as http, http.get(bot.base + "/metrics") as r:
+        text = await r.text()
+    found = re.findall(r'^cicbot_group_commit_(\w+)\{group="([\w-]+)"\} (\S+)$', text, re.M)
+    figures = {(what, group): float(v) for what, group, v in found}
+    for group in sorted({g for _, g in figures}):
+        n, items = figures.get(("batches", group), 0), figures.get(("items", group), 0)
+        print(f"  {bot.name}: group commit {group}: {items / max(n, 1):.1f} per transaction")
+
+
 async def main(args: argparse.Namespace) -> None:
-    customers = max(1, min(args.customers, 500))
+    customers = max(1, min(args.customers, 1000))
+    names = [n for n in args.bots.split(",") if n]
+    unknown = set(names) - set(BOTS)
+    if unknown:
+        raise SystemExit(f"unknown bots: {', '.join(sorted(unknown))}")
     tmp = Path(tempfile.mkdtemp(prefix="cicbot-bench-"))
-    db_url = args.db or f"sqlite+aiosqlite:///{tmp / 'bench.db'}"
-    results: dict[str, list[Run]] = {"cicbot": [], "echo": []}
+    results: dict[str, list[Run]] = defaultdict(list)
+    chat = 10_000_000
     async with TelegramStandIn() as tg:
         replies = Replies()
         replies.install(tg)
-        cicbot_port, echo_port = free_port(), free_port()
-        cicbot_argv = [
-            str(Path(sys.executable).parent / "cicbot"),
-            "serve",
-            "--port",
-            str(cicbot_port),
-            "--log-level",
-            "warning",
-        ]
-        echo_argv = [
-            sys.executable,
-            str(SELF),
-            "--echo-server",
-            "--port",
-            str(echo_port),
-            "--api-base",
-            tg.base_url,
-        ]
-        async with (
-            process(
-                cicbot_argv,
-                cicbot_env(tg.base_url, db_url, args.shaped),
-                tmp / "cicbot.log",
-                cicbot_port,
-            ) as cicbot_base,
-            process(echo_argv, dict(os.environ), tmp / "echo.log", echo_port) as echo_base,
-        ):
-            chat = 10_000_000
-            # a short warm-up of both (first requests, caches, SQLite file growth)
-            for name, base in (("cicbot", cicbot_base), ("echo", echo_base)):
+        async with bots(names, tg.base_url, tmp, args) as running:
+            for bot in running:  # a short warm-up (first requests, caches, file growth)
                 warm = [chat + i for i in range(min(5, customers))]
-                chat += 1000
-                await Load(base, replies, echo=name == "echo").run(warm, args.run_timeout)
+                chat += 10_000
+                await measure(bot, replies, warm, args, 0.0)
             for rep in range(args.repeats):
-                for name, base in (("cicbot", cicbot_base), ("echo", echo_base)):
+                for bot in running:
                     chats = [chat + i for i in range(customers)]
-                    chat += 1000
-                    run = await Load(base, replies, echo=name == "echo").run(
-                        chats, args.run_timeout
-                    )
-                    results[name].append(run)
+                    chat += 10_000
+                    async with profiled(bot, args.profile, rep):
+                        run = await measure(bot, replies, chats, args, args.open_loop)
+                    results[bot.name].append(run)
+                    stmts = f"{run.statements:5.1f}" if run.statements is not None else "   - "
                     print(
-                        f"  run {rep + 1} {name:6}: {run.throughput:8.1f} msg/s  "
-                        f"p50 {run.pct(0.5) * 1000:7.1f} ms  p99 {run.pct(0.99) * 1000:7.1f} ms",
+                        f"  run {rep + 1} {bot.name:14}{run.throughput:8.1f} msg/s  "
+                        f"p50 {run.pct(0.5) * 1000:7.1f} ms  p99 {run.pct(0.99) * 1000:7.1f} ms"
+                        f"  no reply {run.missing:4}  stmts/msg {stmts}  cpu {run.cpu:4.2f}",
                         flush=True,
                     )
-    report(results, customers, args, db_url)
+            for bot in running:
+                if not bot.peer:
+                    await print_groups(bot)
+    print(f"  logs in {tmp}")
+    report(results, customers, args)
 
 
-def report(
-    results: dict[str, list[Run]], customers: int, args: argparse.Namespace, db_url: str
-) -> None:
-    def med(name: str, fn: Callable[[Run], float]) -> float:
-        return float(statistics.median(fn(r) for r in results[name]))
+def report(results: dict[str, list[Run]], customers: int, args: argparse.Namespace) -> None:
+    def med(name: str, fn: Callable[[Run], float | None]) -> float | None:
+        values = [v for v in (fn(r) for r in results[name]) if v is not None]
+        return float(statistics.median(values)) if values else None
 
-    figures = {
-        name: (
-            med(name, lambda r: r.throughput),
-            med(name, lambda r: r.pct(0.5)),
-            med(name, lambda r: r.pct(0.99)),
-        )
+    rows = {
+        name: {
+            "msg/s": med(name, lambda r: r.throughput),
+            "p50 ms": med(name, lambda r: r.pct(0.5) * 1000),
+            "p99 ms": med(name, lambda r: r.pct(0.99) * 1000),
+            "no reply": med(name, lambda r: r.missing),
+            "stmts/msg": med(name, lambda r: r.statements),
+            "cpu": med(name, lambda r: r.cpu),
+        }
         for name in results
     }
-    db = "sqlite" if db_url.startswith("sqlite") else db_url.split(":", 1)[0]
+    mode = f"open loop at {args.open_loop:g} msg/s" if args.open_loop else "closed loop"
     print(
-        f"\n{customers} customers x {len(SCRIPT)} turns, {args.repeats} repetitions "
-        f"(medians), database {db}, rate shaping {'on' if args.shaped else 'lifted'}"
+        f"\n{customers} customers x {args.turns} turns, {mode}, {args.repeats} repetition(s) "
+        f"(medians), rate shaping lifted, {os.cpu_count()} cores"
     )
-    print(f"{'':24}{'msg/s':>10}{'p50 ms':>10}{'p99 ms':>10}")
-    for name, label in (("cicbot", "cicbot serve (webhook)"), ("echo", "bare aiogram echo")):
-        tput, p50, p99 = figures[name]
-        print(f"{label:24}{tput:10.1f}{p50 * 1000:10.1f}{p99 * 1000:10.1f}")
-    (ct, c50, c99), (et, e50, e99) = figures["cicbot"], figures["echo"]
-    print(f"{'cicbot / echo':24}{ct / et:10.2f}{c50 / e50:10.2f}{c99 / e99:10.2f}")
+    columns = ["msg/s", "p50 ms", "p99 ms", "no reply", "stmts/msg", "cpu"]
+    print(f"{'':22}" + "".join(f"{c:>11}" for c in columns))
+    for name, row in rows.items():
+        cells = "".join(
+            f"{'-' if row[c] is None else f'{row[c]:.2f}' if c == 'cpu' else f'{row[c]:.1f}':>11}"
+            for c in columns
+        )
+        print(f"{name:22}{cells}")
+    for name in (n for n in rows if n.startswith("cicbot")):
+        for peer in (p for p in ("fsm", "echo") if p in rows):
+            ratio = []
+            for c in ("msg/s", "p50 ms", "p99 ms"):
+                a, b = rows[name][c], rows[peer][c]
+                ratio.append(f"{a / b:11.2f}" if a is not None and b else f"{'-':>11}")
+            print(f"{name + ' / ' + peer:22}{''.join(ratio)}")
 
 
 def parse_args() -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--customers", type=int, default=50)
+    p = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    p.add_argument("--customers", type=int, default=200)
+    p.add_argument("--turns", type=int, default=10)
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--db", help="database URL for cicbot (default: a temporary SQLite file)")
-    p.add_argument("--shaped", action="store_true", help="keep the production rate limits")
-    p.add_argument("--run-timeout", type=float, default=180.0, help="seconds per run")
-    p.add_argument("--echo-server", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--quick", action="store_true", help="50 customers x 5 turns, one run")
+    p.add_argument("--bots", default=",".join(BOTS), help=f"a subset of {','.join(BOTS)}")
+    p.add_argument("--open-loop", type=float, default=0.0, metavar="RATE", help="msg/s")
+    p.add_argument("--duration", type=float, default=10.0, help="seconds of an open-loop run")
+    p.add_argument("--pg-admin", default=os.environ.get("CICBOT_TEST_PG", PG_ADMIN))
+    p.add_argument("--reply-timeout", type=float, default=10.0, help="seconds: else no reply")
+    p.add_argument("--run-timeout", type=float, default=300.0, help="seconds per run")
+    p.add_argument("--env", action="append", default=[], help="KEY=VALUE for cicbot")
+    p.add_argument("--profile", metavar="DIR", help="py-spy cicbot's runs into DIR")
+    p.add_argument("--serve", choices=("echo", "fsm"), help=argparse.SUPPRESS)
     p.add_argument("--port", type=int, help=argparse.SUPPRESS)
     p.add_argument("--api-base", help=argparse.SUPPRESS)
-    return p.parse_args()
+    p.add_argument("--peer-db", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.quick:
+        args.customers, args.turns, args.repeats = 50, 5, 1
+    if args.open_loop:  # customers send every `customers / rate` seconds, for --duration
+        args.turns = max(1, round(args.open_loop * args.duration / args.customers))
+    return args
 
 
 if __name__ == "__main__":
     arguments = parse_args()
-    if arguments.echo_server:
-        echo_server(arguments.port, arguments.api_base)
+    if arguments.serve:
+        serve_peer(arguments.serve, arguments.port, arguments.api_base, arguments.peer_db)
     else:
         asyncio.run(main(arguments))

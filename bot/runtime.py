@@ -106,6 +106,7 @@ class Runtime:
             skip_locked=not is_sqlite(settings.database.url),
         )
         self.metrics = Metrics()
+        self.metrics.watch(self.db)
         self.engine = MeteredEngine(
             self.sessions,
             options,

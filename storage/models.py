@@ -266,6 +266,15 @@ class OutboxMessage(Base):
     __table_args__ = (
         Index("ix_outbox_due", "status", "next_attempt_at"),
         Index("ix_outbox_recipient", "channel", "recipient_id", "status", "id"),
+        # the dispatcher's pick, the oldest unsent row per recipient, reads only these
+        Index(
+            "ix_outbox_unfinished",
+            "channel",
+            "recipient_id",
+            "id",
+            postgresql_where=text("status IN ('pending', 'sending')"),
+            sqlite_where=text("status IN ('pending', 'sending')"),
+        ),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
@@ -294,6 +303,15 @@ class InboxUpdate(Base):
         UniqueConstraint("channel", "dedupe_key"),
         Index("ix_inbox_pending", "status", "id"),
         Index("ix_inbox_partition", "channel", "partition_key", "status", "id"),
+        # the worker's pick, the oldest unfinished row per chat, reads only these
+        Index(
+            "ix_inbox_unfinished",
+            "channel",
+            "partition_key",
+            "id",
+            postgresql_where=text("status IN ('pending', 'processing')"),
+            sqlite_where=text("status IN ('pending', 'processing')"),
+        ),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)

@@ -54,8 +54,20 @@ async def inbound_exists(s: AsyncSession, channel: str, platform_message_id: str
 
 
 async def get_identity(s: AsyncSession, channel: str, external_id: str) -> Identity | None:
-    q = select(Identity).where(Identity.channel == channel, Identity.external_id == external_id)
-    return (await s.execute(q)).scalar_one_or_none()
+    """The identity, its contact loaded with it (one statement: `s.get(Contact, ...)` after
+    it is answered from the session, as the engine does for every message)."""
+    q = (
+        select(Identity, Contact)
+        .join(Contact, Contact.id == Identity.contact_id)
+        .where(Identity.channel == channel, Identity.external_id == external_id)
+    )
+    row = (await s.execute(q)).first()
+    if row is None:
+        return None
+    # the session's identity map holds objects weakly: kept alive here for the session's life
+    s.info.setdefault("kept", []).append(row[1])
+    identity: Identity = row[0]
+    return identity
 
 
 async def create_contact_with_identity(

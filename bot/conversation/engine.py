@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import traceback
 from collections.abc import Awaitable, Callable, Mapping
+from contextlib import AbstractAsyncContextManager
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -126,11 +127,26 @@ class Engine:
                 # the message itself makes the flow fail (a poison message): retrying would
                 # fail again, so it is kept as a dead letter and a person takes over
                 result = await self._in_transaction(self._dead_letter, msg, exc)
+        self.handled(result)
+        return result
+
+    def hold_thread(self, channel: str, thread_key: str) -> AbstractAsyncContextManager[None]:
+        """The in-process lock `handle` holds for a thread; `handle_in`'s caller takes it."""
+        return self._locks.hold((channel, thread_key))
+
+    async def handle_in(self, s: AsyncSession, msg: InboundMessage) -> HandleResult:
+        """`handle`'s work inside the caller's transaction (the inbox's group commit: many
+        messages, one commit). The caller holds `hold_thread`, runs this in a savepoint of
+        its own, and after its commit calls `handled`; if this raises, the savepoint is
+        rolled back and the caller hands the message to `handle` (retries, dead letter)."""
+        return await self._handle(s, msg)
+
+    def handled(self, result: HandleResult) -> None:
+        """After a message's transaction committed: wake the dispatcher, tell live views."""
         if (result.outbox_ids or result.observed) and self.on_commit:
             self.on_commit()
         if not result.duplicate and self.on_handled:
             self.on_handled(result)
-        return result
 
     async def _in_transaction(
         self,

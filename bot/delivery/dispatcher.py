@@ -17,9 +17,8 @@ import random
 from collections.abc import Callable, Mapping
 from datetime import timedelta
 
-from sqlalchemy import and_, exists, or_, select, true, update
+from sqlalchemy import and_, func, or_, select, true, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
-from sqlalchemy.orm import aliased
 
 from bot.channel import Channel, PermanentSendError, SendResult, TransientSendError
 from bot.channel.messages import OutboundMessage
@@ -101,12 +100,15 @@ class Dispatcher(RoundWorker):
 
     async def _claim(self, recipient: str | None = None) -> list[OutboxMessage]:
         now = utcnow()
-        earlier = aliased(OutboxMessage)
-        head_of_queue = ~exists().where(
-            earlier.channel == OutboxMessage.channel,
-            earlier.recipient_id == OutboxMessage.recipient_id,
-            earlier.status.in_(UNFINISHED),
-            earlier.id < OutboxMessage.id,
+        # each recipient's oldest unsent row, from the partial index of unsent rows
+        # (ix_outbox_unfinished): a long queue for one recipient is one index range
+        heads = (
+            select(func.min(OutboxMessage.id))
+            .where(
+                OutboxMessage.status.in_(UNFINISHED),
+                OutboxMessage.channel.in_(list(self.channels)),
+            )
+            .group_by(OutboxMessage.channel, OutboxMessage.recipient_id)
         )
         due = or_(
             and_(
@@ -116,7 +118,7 @@ class Dispatcher(RoundWorker):
         )
         q = (
             select(OutboxMessage)
-            .where(due, head_of_queue, OutboxMessage.channel.in_(list(self.channels)))
+            .where(OutboxMessage.id.in_(heads), due)
             .where(OutboxMessage.recipient_id == recipient if recipient is not None else true())
             .order_by(OutboxMessage.id)
             .limit(self.settings.concurrency * 4)

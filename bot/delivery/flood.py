@@ -39,6 +39,7 @@ from sqlalchemy import text, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bot.channel.host import Admission
+from bot.delivery.group import GroupCommit
 from storage.models import InboxStatus, InboxUpdate, utcnow
 
 __all__ = ["Admission", "FloodControl", "SharedFloodControl", "defer", "limiter", "row_key"]
@@ -127,20 +128,29 @@ class SharedFloodControl:
         self.interval = 1.0 / rate
         self.tolerance = (burst - 1) * self.interval
         self._purge_at = time.monotonic()  # the first admission purges
+        self._group = GroupCommit("flood", self._admit_many, max_batch=64)
 
     async def admit(self, key: tuple[str, str]) -> float:
         digest = hashlib.sha256("\x1f".join(key).encode()).hexdigest()
-        params = {"key": digest, "interval": self.interval, "tolerance": self.tolerance}
+        return await self._group.submit(digest)
+
+    async def _admit_many(self, digests: list[str]) -> list[float]:
+        """The admissions asked for while the last transaction ran, in one transaction
+        (group commit); in key order, so two workers' batches lock marks in one order."""
         purge, now = False, time.monotonic()
         if now >= self._purge_at:
             purge, self._purge_at = True, now + FORGET_EVERY
+        waits: dict[int, float] = {}
         async with self.sessions() as s, s.begin():
-            wait = (await s.execute(_ADMIT, params)).scalar_one_or_none()
+            for i in sorted(range(len(digests)), key=digests.__getitem__):
+                params = {"key": digests[i], "interval": self.interval, "tolerance": self.tolerance}
+                wait = (await s.execute(_ADMIT, params)).scalar_one_or_none()
+                # no row: another worker inserted this sender's mark after our statement
+                # began and the mark was full (its snapshot cannot see it): ask again later
+                waits[i] = self.interval if wait is None else float(wait)
             if purge:
                 await s.execute(_FORGET)
-        # no row: another worker inserted this sender's mark after our statement began and
-        # the mark was full (its snapshot cannot see it): ask again a turn later
-        return self.interval if wait is None else float(wait)
+        return [waits[i] for i in range(len(digests))]
 
 
 def limiter(

@@ -1,12 +1,17 @@
 """Raw platform updates: persisted first, acknowledged, processed afterwards.
 
-A webhook handler calls `accept` (one INSERT, deduped on the platform's update id)
-and answers 200; the worker parses each row with its channel's parser and hands the
-result to the engine. Per partition (a chat, a thread) only the oldest unfinished
+A webhook handler calls `accept` (an INSERT deduped on the platform's update id) and
+answers 200 once it is committed; the worker parses each row with its channel's parser and
+hands the result to the engine. Per partition (a chat, a thread) only the oldest unfinished
 row is eligible, so a customer's updates are processed in order; partitions run
 concurrently. A parser error (the update is over its bounds or its time budget, or the
 library's models reject it) or repeated failures park the row as `dead` with the error,
 never dropped; what the parser could still read (a customer's text) is handled all the same.
+
+Group commit (bot/delivery/group.py): the accepts arriving while one is committed share the
+next INSERT and commit; parsed customer messages share one engine transaction, each row in
+a savepoint of its own together with its done mark, so a message's effects and its row's
+state commit together and one failing row (handled alone afterwards) never fails the rest.
 
 Leases (bot/delivery/leases.py): a claimed row carries this process's boot id and a short lease
 the heartbeat renews. A row whose holder died (the lease ran out, or the holder is known to
@@ -17,21 +22,24 @@ the process is parked as dead instead of killing every process that takes it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import logging
 import traceback
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, exists, or_, select, update
+from sqlalchemy import Update, and_, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
-from sqlalchemy.orm import aliased
 
 from bot.channel.inbound import Deferred, Parsed, ParseError, Parser, Tolerated, Unavailable
 from bot.channel.messages import ChannelEvent, InboundMessage
-from bot.conversation.engine import Engine
+from bot.conversation.engine import Engine, HandleResult
 from bot.delivery.flood import Admission, defer, row_key
+from bot.delivery.group import GroupCommit
 from bot.delivery.leases import Leases
 from bot.delivery.worker import RoundWorker
 from storage.db import is_unavailable
@@ -73,8 +81,21 @@ class Inbox(RoundWorker):
         self.leases = leases
         self.parsers: dict[str, Parser] = {}
         self._running: set[asyncio.Task[None]] = set()  # rows the running worker handles
+        self._accepts = GroupCommit("inbox-accept", self._insert)
+        # PostgreSQL: two batches at once (two connections) while the other's commit waits
+        self._group = GroupCommit(
+            "inbox-rows",
+            self._commit_rows,
+            max_batch=concurrency,
+            workers=2 if dialect == "postgresql" else 1,
+        )
         # told of arrivals (accepted, duplicate) and of each outcome (an InboxStatus): metrics
         self.observe: Callable[[str, str], None] = lambda channel, event: None
+
+    @property
+    def groups(self) -> tuple[GroupCommit[Any, bool], ...]:
+        """The group commits (their counters go to /metrics)."""
+        return (self._accepts, self._group)
 
     def register(self, channel: str, parser: Parser) -> None:
         self.parsers[channel] = parser
@@ -82,33 +103,50 @@ class Inbox(RoundWorker):
     async def accept(
         self, channel: str, dedupe_key: str, partition_key: str, payload: dict[str, Any]
     ) -> bool:
-        """Persist one raw update; False if it was already there (a redelivery)."""
-        insert = postgresql.insert if self.dialect == "postgresql" else sqlite.insert
-        stmt = (
-            insert(InboxUpdate)
-            .values(
-                channel=channel,
-                dedupe_key=scrub(dedupe_key[:200]),
-                partition_key=scrub(partition_key[:200]),
-                payload=scrub(payload),
-                status=InboxStatus.PENDING,
-                attempts=0,
-                created_at=utcnow(),
-            )
-            .on_conflict_do_nothing(index_elements=["channel", "dedupe_key"])
-            .returning(InboxUpdate.id)
-        )
-        try:
-            async with self.sessions() as s, s.begin():
-                new = (await s.execute(stmt)).first() is not None
-        except Exception as exc:
-            if not is_unavailable(exc):
-                raise
-            raise Unavailable(f"{type(exc).__name__}: {exc}"[:500]) from exc
+        """Persist one raw update; False if it was already there (a redelivery). Returns
+        once the row is committed, in one transaction with whatever other updates arrived
+        meanwhile (group commit)."""
+        row = {
+            "channel": channel,
+            "dedupe_key": scrub(dedupe_key[:200]),
+            "partition_key": scrub(partition_key[:200]),
+            "payload": scrub(payload),
+        }
+        new = await self._accepts.submit(row)
         self.observe(channel, "accepted" if new else "duplicate")
         if new:
             self.notify()
         return new
+
+    async def _insert(self, rows: list[dict[str, Any]]) -> list[bool | BaseException]:
+        """One INSERT of many rows, deduped; alone each if the batch fails for another
+        reason than the database's absence, so that one bad row never fails its neighbours."""
+        insert = postgresql.insert if self.dialect == "postgresql" else sqlite.insert
+        now = utcnow()
+        values = [
+            {**r, "status": InboxStatus.PENDING, "attempts": 0, "created_at": now} for r in rows
+        ]
+        stmt = (
+            insert(InboxUpdate)
+            .values(values)
+            .on_conflict_do_nothing(index_elements=["channel", "dedupe_key"])
+            .returning(InboxUpdate.channel, InboxUpdate.dedupe_key)
+        )
+        try:
+            async with self.sessions() as s, s.begin():
+                inserted = {(c, k) for c, k in await s.execute(stmt)}
+        except Exception as exc:
+            if is_unavailable(exc):
+                return [Unavailable(f"{type(exc).__name__}: {exc}"[:500]) for _ in rows]
+            if len(rows) == 1:
+                return [exc]
+            return [(await self._insert([r]))[0] for r in rows]
+        results: list[bool | BaseException] = []
+        for r in rows:  # the same update twice in one batch: the first one is the new one
+            key = (r["channel"], r["dedupe_key"])
+            results.append(key in inserted)
+            inserted.discard(key)
+        return results
 
     async def round(self) -> int:
         """The running worker: claim rows for the free slots and start them, without
@@ -134,11 +172,13 @@ class Inbox(RoundWorker):
 
     async def stop(self) -> None:
         await super().stop()
+        await self._accepts.stop()
         if self._running:  # let rows being handled finish (a validation is bounded)
             _, pending = await asyncio.wait(list(self._running), timeout=STOP_SECONDS)
             for task in pending:  # their leases run out; the next start takes them again
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
+        await self._group.stop()  # a batch in flight commits or rolls back whole
 
     async def process_once(self) -> int:
         """One batch, claimed and finished (tests, `drain`)."""
@@ -160,12 +200,14 @@ class Inbox(RoundWorker):
 
     async def _claim(self, limit: int) -> list[InboxUpdate]:
         now = utcnow()
-        earlier = aliased(InboxUpdate)
-        head = ~exists().where(
-            earlier.channel == InboxUpdate.channel,
-            earlier.partition_key == InboxUpdate.partition_key,
-            earlier.status.in_(UNFINISHED),
-            earlier.id < InboxUpdate.id,
+        # each chat's oldest unfinished row, read from the partial index of unfinished rows
+        # (ix_inbox_unfinished): a busy chat's backlog is one index range, never a probe per
+        # row, and it offers one row at a time like every other chat (oldest first)
+        channels = list(self.parsers)
+        heads = (
+            select(func.min(InboxUpdate.id))
+            .where(InboxUpdate.status.in_(UNFINISHED), InboxUpdate.channel.in_(channels))
+            .group_by(InboxUpdate.channel, InboxUpdate.partition_key)
         )
         due = or_(
             InboxUpdate.status == InboxStatus.PENDING,
@@ -173,7 +215,7 @@ class Inbox(RoundWorker):
         )
         q = (
             select(InboxUpdate)
-            .where(due, head, InboxUpdate.channel.in_(list(self.parsers)))
+            .where(InboxUpdate.id.in_(heads), due)
             .order_by(InboxUpdate.id)
             .limit(limit)
         )
@@ -218,8 +260,53 @@ class Inbox(RoundWorker):
         )
         if note is not None:
             log.warning("inbox row %s (%s): %s", row.id, row.channel, note[:300])
+        status = InboxStatus.DONE if items else InboxStatus.IGNORED
+        messages = [i for i in items if isinstance(i, InboundMessage)]
+        if messages and len(messages) == len(items):
+            # the common case (customers' messages): handled in a group commit
+            if await self._group.submit(Grouped(row, messages, status, note)):
+                self.observe(row.channel, status)
+                return
         if await self._handle(row, items):
-            await self._finish(row, InboxStatus.DONE if items else InboxStatus.IGNORED, note)
+            await self._finish(row, status, note)
+
+    async def _commit_rows(self, batch: list[Grouped]) -> list[bool]:
+        """The engine's work for many rows in one transaction, each row in a savepoint with
+        its done mark (a message's effects and its row's state commit together). True for
+        the rows committed; a row whose savepoint failed (or all, if the transaction did)
+        goes the single way after (`_handle`: its retries, its dead letter)."""
+        keys = sorted({(m.channel, m.thread_key) for g in batch for m in g.messages})
+        done = [False] * len(batch)
+        results: list[list[HandleResult]] = [[] for _ in batch]
+        async with contextlib.AsyncExitStack() as held:
+            for channel, thread in keys:  # sorted: two batches never wait for each other
+                await held.enter_async_context(self.engine.hold_thread(channel, thread))
+            try:
+                async with self.sessions() as s, s.begin():
+                    now = utcnow()
+                    for i, g in enumerate(batch):
+                        try:
+                            # alone in its transaction, a row needs no savepoint of its own
+                            async with s.begin_nested() if len(batch) > 1 else _no_savepoint():
+                                for m in g.messages:
+                                    results[i].append(await self.engine.handle_in(s, m))
+                                await s.execute(_finished(g.row.id, g.status, g.note, now))
+                            done[i] = True
+                        except Exception as exc:
+                            if is_unavailable(exc) or len(batch) == 1:
+                                raise
+                            results[i] = []
+                            log.info("inbox row %s: %s; handled alone", g.row.id, repr(exc)[:200])
+            except Exception as exc:
+                if len(batch) == 1 and not is_unavailable(exc):
+                    log.info("inbox row %s: %s; handled alone", batch[0].row.id, repr(exc)[:200])
+                elif not is_unavailable(exc):
+                    log.exception("inbox group commit of %d rows failed", len(batch))
+                return [False] * len(batch)
+        for handled in results:
+            for result in handled:
+                self.engine.handled(result)
+        return done
 
     async def _handle(self, row: InboxUpdate, items: Parsed) -> bool:
         """Hand the items on; False if that failed (the row is then retried or parked)."""
@@ -247,17 +334,7 @@ class Inbox(RoundWorker):
     async def _finish(self, row: InboxUpdate, status: InboxStatus, error: str | None) -> None:
         self.observe(row.channel, status)
         async with self.sessions() as s, s.begin():
-            await s.execute(
-                update(InboxUpdate)
-                .where(InboxUpdate.id == row.id)
-                .values(
-                    status=status,
-                    error=error,
-                    leased_until=None,
-                    leased_by=None,
-                    processed_at=utcnow() if status != InboxStatus.PENDING else None,
-                )
-            )
+            await s.execute(_finished(row.id, status, error, utcnow()))
             if status == InboxStatus.DEAD:
                 s.add(_dead_letter(row, error or ""))
 
@@ -280,6 +357,35 @@ class Inbox(RoundWorker):
         loop.call_later(seconds, self.notify)
         self._not_before = max(self._not_before, loop.time() + seconds)
         return True
+
+
+@dataclass(frozen=True)
+class Grouped:
+    """A parsed row waiting for the group commit."""
+
+    row: InboxUpdate
+    messages: Sequence[InboundMessage]
+    status: InboxStatus
+    note: str | None
+
+
+@contextlib.asynccontextmanager
+async def _no_savepoint() -> AsyncIterator[None]:
+    yield
+
+
+def _finished(row_id: int, status: InboxStatus, error: str | None, now: datetime) -> Update:
+    return (
+        update(InboxUpdate)
+        .where(InboxUpdate.id == row_id)
+        .values(
+            status=status,
+            error=error,
+            leased_until=None,
+            leased_by=None,
+            processed_at=now if status != InboxStatus.PENDING else None,
+        )
+    )
 
 
 def _dead_letter(row: InboxUpdate, error: str) -> DeadLetter:

@@ -15,8 +15,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from prometheus_client import (
     CollectorRegistry,
@@ -28,11 +29,12 @@ from prometheus_client import (
     platform_collector,
     process_collector,
 )
-from sqlalchemy import func, select
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy import event, func, select
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from bot.channel.messages import InboundMessage
 from bot.conversation.engine import Engine, HandleResult
+from bot.delivery.group import GroupCommit
 from storage.models import (
     CampaignDelivery,
     Conversation,
@@ -140,6 +142,23 @@ class Metrics:
         self.queue_length = Gauge(
             "cicbot_queue_length", "Conversations waiting for an agent.", registry=r
         )
+        self.statements = Counter(
+            "cicbot_db_statements",
+            "SQL statements sent to the database (bench/telegram.py divides by messages).",
+            registry=r,
+        )
+        self.group_batches = Gauge(
+            "cicbot_group_commit_batches",
+            "Transactions a group commit made since the start (bot/delivery/group.py).",
+            ["group"],
+            registry=r,
+        )
+        self.group_items = Gauge(
+            "cicbot_group_commit_items",
+            "Items (webhook rows, inbox rows) those transactions committed together.",
+            ["group"],
+            registry=r,
+        )
         self.scheduler_leader = Gauge(
             "cicbot_scheduler_leader",
             "1 if this process leads the campaign scheduler.",
@@ -147,6 +166,15 @@ class Metrics:
         )
 
     # ---- hooks ------------------------------------------------------------------------
+
+    def watch(self, engine: AsyncEngine) -> None:
+        """Count every statement `engine` executes (one increment per cursor execute; an
+        executemany of many rows counts once, as it is one round trip)."""
+
+        def count(*_: object) -> None:
+            self.statements.inc()
+
+        event.listen(engine.sync_engine, "before_cursor_execute", count)
 
     def handled(self, channel: str, result: str, seconds: float) -> None:
         self.inbound.labels(channel, result).inc()
@@ -173,9 +201,13 @@ class Metrics:
     # ---- scrape -----------------------------------------------------------------------
 
     async def render(
-        self, sessions: async_sessionmaker[AsyncSession], leader: Callable[[], bool]
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        leader: Callable[[], bool],
+        groups: Sequence[GroupCommit[Any, Any]] = (),
     ) -> bytes:
-        """The exposition; `leader`: whether this process runs the campaign scheduler."""
+        """The exposition; `leader`: whether this process runs the campaign scheduler;
+        `groups`: the inbox's group commits (their batch figures)."""
         try:
             async with asyncio.timeout(SCRAPE_TIMEOUT), sessions() as s:
                 snap = await _snapshot(s)
@@ -185,6 +217,9 @@ class Metrics:
         # no await from here on: a concurrent scrape never sees half-set gauges
         self.scheduler_leader.set(1 if leader() else 0)
         self.db_up.set(0 if snap is None else 1)
+        for group in groups:
+            self.group_batches.labels(group.name).set(group.batches)
+            self.group_items.labels(group.name).set(group.items)
         if snap is not None:
             snap.apply(self)
         return generate_latest(self.registry)
@@ -273,6 +308,12 @@ class MeteredEngine(Engine):
         except Exception:  # a cancellation (shutdown) is not the message's error
             self._count(msg.channel, "error", start)
             raise
+        self._count(msg.channel, "duplicate" if result.duplicate else "handled", start)
+        return result
+
+    async def handle_in(self, s: AsyncSession, msg: InboundMessage) -> HandleResult:
+        start = time.perf_counter()
+        result = await super().handle_in(s, msg)  # raising, it goes on to `handle`: counted there
         self._count(msg.channel, "duplicate" if result.duplicate else "handled", start)
         return result
 

@@ -36,7 +36,7 @@ async def metrics(request: Request) -> Response:
         )
     scheduler = runtime.scheduler
     body = await runtime.metrics.render(
-        runtime.sessions, lambda: scheduler is not None and scheduler.leader
+        runtime.sessions, lambda: scheduler is not None and scheduler.leader, runtime.inbox.groups
     )
     return Response(body, media_type=CONTENT_TYPE_LATEST)
 

@@ -1,0 +1,77 @@
+"""kill -9 inside a group commit: `cicbot serve` (PostgreSQL) is killed while one of its
+transactions handles several inbox rows at once (bot/delivery/group.py: each row in a
+savepoint, one commit for all), then started again.
+
+The moment is found from outside: PostgreSQL shows the server's session inside a
+transaction whose last statement was a SAVEPOINT (only a group of more than one row makes
+them). That transaction must be rolled back by the kill, all of it (its xid's status is
+read afterwards), and the rows are handled again after the restart: every acknowledged
+update in the history exactly once, every reply sent, none twice beyond the documented
+window (a send that reached the platform just before the kill).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from tests.reliability.harness import Load, ServerProcess, check, in_flight, server_env, settle
+from tests.standins.slack_api import SlackStandIn
+from tests.standins.telegram_api import TelegramStandIn
+
+pytestmark = pytest.mark.postgres
+
+IN_GROUP = text(
+    "SELECT backend_xid::text FROM pg_stat_activity "
+    "WHERE datname = current_database() AND pid <> pg_backend_pid() "
+    "AND state IN ('idle in transaction', 'active') AND query LIKE 'SAVEPOINT%' "
+    "AND backend_xid IS NOT NULL LIMIT 1"
+)
+
+
+async def test_kill_9_inside_a_group_commit(
+    fresh_pg: str, db: AsyncEngine, tg: TelegramStandIn, slack: SlackStandIn, logs: Path
+) -> None:
+    server = ServerProcess(server_env(fresh_pg, tg, slack), logs / "serve.log")
+    server.start()
+    try:
+        await server.wait_ready()
+        load = Load(tg, slack, tag=f"group{int(time.time())}", telegram=60, slack_users=0)
+        total = len(load.updates)
+        sending = asyncio.create_task(load.run(lambda _: server.base))
+        xid = None
+        async with db.connect() as conn, asyncio.timeout(120):
+            while xid is None:  # polled as fast as the database answers
+                xid = (await conn.execute(IN_GROUP)).scalar()
+                await conn.rollback()
+        server.kill9()
+        window = await in_flight(db)
+        acked_at_kill = sum(u.acked_at is not None for u in load.updates)
+        async with db.connect() as conn:
+            # 32-bit xid of a fresh cluster (epoch 0): its full id is the same number
+            status = (
+                await conn.execute(text("SELECT pg_xact_status(CAST(:x AS xid8))"), {"x": int(xid)})
+            ).scalar()
+        server.start()
+        await server.wait_ready()
+        await sending
+        await settle(db)
+        outcome = await check(db, load)
+    finally:
+        server.stop()
+
+    about = f"killed in transaction {xid} ({status}) after {acked_at_kill}/{total} acks"
+    assert status == "aborted", about  # the group's work vanished whole
+    assert outcome.acknowledged == total, about
+    assert outcome.missing_from_history == [], about
+    assert outcome.twice_in_history == [], about
+    assert outcome.in_history == total, about
+    assert outcome.not_sent == 0, about
+    assert outcome.missing == {}, about
+    for customer, extra in outcome.doubled.items():
+        assert extra <= window.get(customer, 0), f"{customer} got {extra} twice; {about}"
