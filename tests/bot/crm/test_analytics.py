@@ -279,4 +279,4 @@ def test_cicbot_report_counts_agent_resolved_conversations(
     rows = {line.split("│")[1].strip(): line for line in out.splitlines() if line.count("│") > 2}
     assert rows["resolved with an agent"].split("│")[2].strip() == "1"
     assert rows["resolved by the bot alone"].split("│")[2].strip() == "0"
-    assert "1 of 1 (1.0)" in rows["reopened after an agent resolved"]
+    assert "1 of 1 (100.0 %)" in rows["reopened after an agent resolved"]
