@@ -35,10 +35,10 @@ class ComplaintOptions(Strict):
     # business hours until a case is due (flows/service_level.py); Field(gt=0) per value:
     # an error names the key (complaint.sla_hours.high), not just the map
     sla_hours: dict[Severity, Annotated[int, Field(gt=0)]] = {
-        "low": 120,
-        "medium": 72,
-        "high": 24,
-        "critical": 4,
+        "low": 40,
+        "medium": 20,
+        "high": 8,
+        "critical": 2,
     }
     # high severity or a high-value customer goes to an agent with priority
     escalate_severities: list[Severity] = ["high", "critical"]

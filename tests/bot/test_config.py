@@ -143,7 +143,7 @@ def test_repo_config_loads() -> None:
         "service",
         "other",
     ]
-    assert s.complaint.sla_hours == {"low": 120, "medium": 72, "high": 24, "critical": 4}
+    assert s.complaint.sla_hours == {"low": 40, "medium": 20, "high": 8, "critical": 2}
     assert set(s.winback.offers) == {
         "price",
         "quality",

@@ -108,7 +108,7 @@ def test_whole_flow_by_buttons_opens_exactly_one_case(ctx: CtxFactory) -> None:
             desired_resolution="refund",
             escalate=False,
             priority=service_level.case_priority("medium", None),
-            due_at=service_level.due_at(NOW, 72, None),  # no business hours: calendar hours
+            due_at=service_level.due_at(NOW, 20, None),  # medium; no business hours: calendar hours
         ),
     )
 

@@ -78,7 +78,7 @@ def test_the_complaint_flow_decides_due_time_and_escalation(ctx: CtxFactory) -> 
         chat.send(answer)
     done = chat.send("yes")
     case = only(done, OpenCase)
-    assert case.due_at == berlin(2026, 12, 9, 12)  # high: 24 business hours
+    assert case.due_at == berlin(2026, 12, 7, 16)  # high: 8 business hours from Monday 08:00
     assert case.priority == case_priority("high", "C")
     assert only(done, Escalate) == Escalate("complaint", escalation_weight("high"))
     assert keys(done) == ["escalation.priority"]  # after the engine's confirmation

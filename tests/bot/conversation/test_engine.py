@@ -297,13 +297,13 @@ async def test_out_of_hours_the_case_promise_and_the_team_agree(db_url: str) -> 
             await rt.engine.handle(inbound(text))
         await rt.dispatcher.drain()
         opened, priority, outside = ch.texts()[-3:]
-        # high: 24 business hours from Monday 08:00 = Wednesday 12:00
-        assert "09.12.2026, 12:00 Uhr" in opened and "06.12.2026" not in opened
+        # high: 8 business hours from Monday 08:00 = Monday 16:00
+        assert "07.12.2026, 16:00 Uhr" in opened and "06.12.2026" not in opened
         assert priority.startswith("Weil es für Sie dringend ist")
         assert "ab 07.12.2026, 08:00 Uhr" in outside
         async with rt.sessions() as s:
             case = (await s.execute(select(Case))).scalar_one()
-        assert case.sla_due_at == datetime(2026, 12, 9, 11, 0, tzinfo=UTC)
+        assert case.sla_due_at == datetime(2026, 12, 7, 15, 0, tzinfo=UTC)
     finally:
         await rt.stop()
 
