@@ -207,7 +207,7 @@ async def test_stall(bot: Bot, tg: TelegramStandIn) -> None:
     assert 0.45 < time.monotonic() - started < 1.5
     started = time.monotonic()
     await bot.send_message(CHAT, "fast")
-    assert time.monotonic() - started < 0.3
+    assert time.monotonic() - started < 0.4  # the stall was 0.5 s
 
 
 async def test_stall_outliving_client_timeout_is_not_delivered(

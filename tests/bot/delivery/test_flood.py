@@ -88,7 +88,7 @@ async def test_wait_sleeps_only_the_flooder() -> None:
     flooder = loop.time() - start
     start = loop.time()
     await flood.wait("other")
-    assert loop.time() - start < 0.01
+    assert loop.time() - start < 0.05  # the flooder waited 0.18 s or more
     assert flooder >= 10 / 50 * 0.9
 
 

@@ -117,7 +117,11 @@ async def test_rich_text_bomb_never_stops_the_bot(db_url: str, tg: TelegramStand
             await tg.wait_for_messages(2, EVE)
             await settled(rt, tg)
         print(f"webhook answers {[round(t * 1000, 1) for t in took]} ms; {lag.summary()}")
-        assert max(took) < 0.1
+        # Parsed inside the request, a bomb costs seconds (the sandbox cuts it at 3 s); read
+        # from the raw JSON and stored, it costs milliseconds. Wall clock on a shared machine
+        # needs head room (CI once measured 106 ms for the first one); the loop itself is held
+        # to STALL below by CPU time, which other processes do not inflate.
+        assert max(took) < 1.0, took
         assert health.answers and all(status == 200 for status, _ in health.answers)
         assert lag.max_stall < STALL, lag.summary()
         rows = {r.payload["update_id"]: r for r in await inbox_rows(rt)}
@@ -140,6 +144,9 @@ async def test_validation_over_its_budget_is_cut_off(sqlite_url: str, tg: Telegr
     async with serving(quiet(settings)) as (base, rt), httpx.AsyncClient() as client:
         ch = channel(rt)
         await ready(ch)
+        # a warm server, as in the test above: the first request's one-time costs (statement
+        # compilation, the first transaction) are not the parser's
+        assert (await post(client, base, load_fixture("group_message"))).status_code == 200
         async with LoopLag() as lag:
             assert (await post(client, base, bomb(6, 950))).status_code == 200
             assert (await post(client, base, load_fixture("text"))).status_code == 200
