@@ -44,7 +44,7 @@ from channels.slack.settings import SlackSettings
 from channels.telegram.adapter import SECRET_HEADER, WEBHOOK_PATH
 from channels.telegram.settings import TelegramSettings
 from storage.models import InboxStatus, InboxUpdate
-from tests.conftest import ROOT, make_settings
+from tests.conftest import ROOT, TIMED, make_settings
 from tests.standins.slack_api import BOT_TOKEN, SIGNING_SECRET, SlackStandIn, sign
 from tests.standins.telegram_api import DEFAULT_TOKEN, TelegramStandIn
 
@@ -273,6 +273,7 @@ async def test_slack_payloads(app: App, caplog: pytest.LogCaptureFixture) -> Non
     await settle(app, caplog)
 
 
+@TIMED
 @settings(PROFILE, max_examples=150)
 @given(emails())
 def test_email_parser_returns(raw: bytes) -> None:

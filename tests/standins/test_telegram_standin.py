@@ -33,6 +33,8 @@ from aiogram.types import (
 )
 from aiogram.types.update import UpdateTypeLookupError
 
+from tests.conftest import TIMED
+
 from .telegram_api import DEFAULT_TOKEN, FIXTURES_DIR, TelegramStandIn, load_fixture
 
 CHAT = 391047582
@@ -200,6 +202,7 @@ async def test_token_check() -> None:
             await bad.session.close()
 
 
+@TIMED
 async def test_stall(bot: Bot, tg: TelegramStandIn) -> None:
     tg.stall("sendMessage", 0.5)
     started = time.monotonic()

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from bot.channel.sandbox import OverBudget, Sandbox, WorkerDied
+from tests.conftest import TIMED
 from tests.loop_lag import LoopLag
 
 
@@ -42,6 +43,7 @@ async def sandbox() -> AsyncIterator[Sandbox]:
     await box.close()
 
 
+@TIMED
 async def test_over_budget_is_cut_off_and_the_pool_goes_on(sandbox: Sandbox) -> None:
     async with LoopLag() as lag:
         started = time.monotonic()

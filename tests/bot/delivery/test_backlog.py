@@ -12,7 +12,7 @@ from sqlalchemy import func, insert, select
 from bot.channel.messages import InboundMessage
 from bot.runtime import Runtime
 from storage.models import InboxStatus, InboxUpdate, OutboxMessage, utcnow
-from tests.conftest import recorder
+from tests.conftest import TIMED, recorder
 
 BUSY = 99_000  # rows of one flooding chat, older than everyone else's
 OTHERS = 1_000  # chats with one row each
@@ -31,6 +31,7 @@ def parse(payload: dict[str, Any]) -> list[InboundMessage]:
     ]
 
 
+@TIMED
 async def test_claim_is_fast_and_fair_with_100k_pending_rows(runtime: Runtime) -> None:
     runtime.inbox.register("test", parse)
     now = utcnow()

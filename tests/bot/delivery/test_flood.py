@@ -30,7 +30,7 @@ from storage.models import (
 )
 from tests.channels.telegram.helpers import channel, post, serving, settled, tg_settings
 from tests.channels.webchat.helpers import open_socket
-from tests.conftest import make_settings, recorder
+from tests.conftest import TIMED, make_settings, recorder
 from tests.conftest import settled as idle
 from tests.server import serve
 from tests.standins.telegram_api import TelegramStandIn
@@ -79,6 +79,7 @@ def test_settings_and_row_keys() -> None:
     assert row_key("telegram", "42") == ("telegram", "42")
 
 
+@TIMED
 async def test_wait_sleeps_only_the_flooder() -> None:
     flood = FloodControl(rate=50.0, burst=2)
     loop = asyncio.get_running_loop()

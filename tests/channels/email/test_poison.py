@@ -31,6 +31,7 @@ from tests.channels.email.helpers import (  # noqa: F401
     smtp_sink_fixture,
     tls_cert_fixture,
 )
+from tests.conftest import TIMED
 from tests.reliability.test_fuzz import PROFILE, emails
 
 FIXTURES = Path(__file__).parents[2] / "fixtures" / "email"
@@ -161,6 +162,7 @@ async def test_each_malformed_header_ends_and_blocks_nothing(
 HUGE_SUBJECT = b"Subject: " + b"\r\n ".join([b"=?utf-8?q?w=C3=B6rd?="] * 60_000) + b"\r\n"
 
 
+@TIMED
 def test_a_huge_folded_subject_is_cut_before_parsing() -> None:
     """1.3 MB of encoded words: the standard library's header parser is quadratic on them
     (480 kB took 21 s); cut to the header limit it takes well under a second."""
@@ -173,6 +175,7 @@ def test_a_huge_folded_subject_is_cut_before_parsing() -> None:
     assert parsed.subject.startswith("wörd")
 
 
+@TIMED
 async def test_parsing_does_not_stall_the_event_loop(rt: Runtime) -> None:
     """A big mail (attachments up to the message limit) is parsed in a worker thread: the
     loop keeps ticking meanwhile."""
@@ -232,6 +235,7 @@ def mutate(raw: bytes, rnd: random.Random) -> bytes:
     return raw
 
 
+@TIMED
 def test_seeded_mutations_of_the_fixtures_parse_or_raise_quickly() -> None:
     """3,000 mutations: the inbox key never fails, the parser returns or raises (the raise
     is what becomes a dead letter) within a bounded time."""

@@ -22,6 +22,7 @@ from channels.telegram.parse import parse_update
 from channels.telegram.raw import Bounds
 from storage.models import DeadLetter, InboxStatus
 from tests.channels.telegram.helpers import channel, inbox_rows, post, serving, settled, tg_settings
+from tests.conftest import TIMED
 from tests.loop_lag import LoopLag
 from tests.standins.telegram_api import TelegramStandIn, load_fixture
 
@@ -93,6 +94,7 @@ class Prober:
         await asyncio.gather(self._task, return_exceptions=True)
 
 
+@TIMED
 async def test_rich_text_bomb_never_stops_the_bot(db_url: str, tg: TelegramStandIn) -> None:
     async with (
         serving(quiet(tg_settings(db_url, tg, mode="webhook"))) as (base, rt),
@@ -135,6 +137,7 @@ async def test_rich_text_bomb_never_stops_the_bot(db_url: str, tg: TelegramStand
         assert len(tg.sent_messages(EVE)) == 2
 
 
+@TIMED
 async def test_validation_over_its_budget_is_cut_off(sqlite_url: str, tg: TelegramStandIn) -> None:
     """With the shape bounds lifted, the bomb reaches aiogram: the worker process validating
     it is killed at the budget; the other customer is answered meanwhile."""

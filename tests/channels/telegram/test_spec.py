@@ -33,7 +33,7 @@ from channels.telegram.raw import Bounds, over_bounds, read_raw
 from channels.telegram.settings import TelegramSettings
 from storage.models import InboxStatus, InboxUpdate
 from tests.channels.telegram.spec import customer_updates, rich_updates, updates, weighted
-from tests.conftest import make_settings, settled
+from tests.conftest import TIMED, make_settings, settled
 from tests.loop_lag import LoopLag
 from tests.standins.telegram_api import DEFAULT_TOKEN, TelegramStandIn, load_fixture
 
@@ -141,6 +141,7 @@ async def app(
         await runtime.stop()
 
 
+@TIMED
 async def test_spec_updates_never_5xx_never_stall(
     app: tuple[Runtime, httpx.AsyncClient],
 ) -> None:
