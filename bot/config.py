@@ -16,7 +16,7 @@ import os
 from functools import cache
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 import yaml
 from pydantic import (
@@ -36,6 +36,7 @@ from pydantic_settings import (
 )
 
 from bot.campaigns.definitions import CampaignSettings
+from bot.channel.settings import InConfigFolder
 from bot.crm.settings import CrmSettings
 from bot.delivery.settings import DispatcherSettings
 from flows.hours import BusinessHours
@@ -222,6 +223,26 @@ def _secret_paths(model: type[BaseModel], prefix: str = "") -> list[str]:
     return paths
 
 
+def _file_paths(model: type[BaseModel], prefix: str = "") -> list[str]:
+    """Dotted paths of every field marked `ConfigFile` (bot/channel/settings.py)."""
+    paths: list[str] = []
+    for name, field in model.model_fields.items():
+        ann = field.annotation
+        if any(isinstance(m, InConfigFolder) for m in _metadata(ann, field.metadata)):
+            paths.append(prefix + name)
+        elif isinstance(ann, type) and issubclass(ann, BaseModel):
+            paths.extend(_file_paths(ann, f"{prefix}{name}."))
+    return paths
+
+
+def _metadata(ann: Any, metadata: list[Any]) -> list[Any]:
+    """A field's Annotated metadata, also inside an optional (`ConfigFile | None`)."""
+    found = list(metadata)
+    for arg in get_args(ann):
+        found.extend(getattr(arg, "__metadata__", ()))
+    return found
+
+
 def _lookup(data: Any, dotted: str) -> Any:
     for part in dotted.split("."):
         if not isinstance(data, dict) or part not in data:
@@ -328,16 +349,12 @@ def load_settings(path: str | Path | None = None, *, knowledge_base: bool = True
     return _with_knowledge_base(settings, config_path) if knowledge_base else settings
 
 
-# files named in the configuration, besides the database and the knowledge base's files
-PATH_FIELDS = ("webchat.key_file", "email.imap.ca_file", "email.smtp.ca_file")
-
-
 def _resolve_paths(settings: Settings, folder: Path) -> None:
     """Relative paths (the SQLite file, the web chat's key, CA files, the matcher cache)
     are relative to config.yaml's folder, whatever the working directory: `cicbot` run
     from elsewhere with CICBOT_CONFIG uses the same database, not a new empty one."""
     settings.database.url = sqlite_url_in(settings.database.url, folder)
-    for dotted in PATH_FIELDS:
+    for dotted in _file_paths(type(settings)):
         *parents, name = dotted.split(".")
         section: Any = settings
         for part in parents:

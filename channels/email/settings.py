@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
-from bot.channel.settings import ChannelSettings
+from bot.channel.settings import ChannelSettings, ConfigFile
 
 
 class EmailImapSettings(ChannelSettings):
@@ -17,7 +17,7 @@ class EmailImapSettings(ChannelSettings):
     password: SecretStr | None = None  # CICBOT_EMAIL__IMAP__PASSWORD (an app password)
     ssl: bool = True  # implicit TLS (993)
     starttls: bool = False  # with ssl false: STARTTLS on 143, required (never falls back)
-    ca_file: str | None = None  # a private CA's PEM file; default: the system's CAs
+    ca_file: ConfigFile | None = None  # a private CA's PEM file; default: the system's CAs
     verify_certificate: bool = True  # false: a test server's throwaway certificate only
     folder: str = "INBOX"
     # after a mail is committed: "seen" flags it \\Seen; "move" moves it to processed_folder
@@ -36,7 +36,7 @@ class EmailSmtpSettings(ChannelSettings):
     password: SecretStr | None = None  # CICBOT_EMAIL__SMTP__PASSWORD
     starttls: bool = True
     ssl: bool = False  # implicit TLS (465) instead of STARTTLS
-    ca_file: str | None = None  # a private CA's PEM file; default: the system's CAs
+    ca_file: ConfigFile | None = None  # a private CA's PEM file; default: the system's CAs
     verify_certificate: bool = True  # false: a test server's throwaway certificate only
     timeout_seconds: float = Field(default=30.0, gt=0)
     idle_close_seconds: float = Field(default=10.0, gt=0)  # a batch's connection is kept

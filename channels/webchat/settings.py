@@ -6,7 +6,7 @@ import re
 
 from pydantic import Field, SecretStr, field_validator
 
-from bot.channel.settings import ChannelSettings
+from bot.channel.settings import ChannelSettings, ConfigFile
 
 ORIGIN = re.compile(r"^https?://(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+)(:\d{1,5})?$")
 
@@ -21,7 +21,7 @@ class WebChatSettings(ChannelSettings):
     # signs the visitors' session cookies; without it a key is generated once and kept
     # in key_file (one machine); set it when several machines serve the chat
     secret: SecretStr | None = None  # CICBOT_WEBCHAT__SECRET, at least 32 characters
-    key_file: str = "data/webchat.key"
+    key_file: ConfigFile = "data/webchat.key"
     # origins besides the page's own whose pages may open the chat socket and frame the page
     allowed_origins: list[str] = Field(default_factory=list)
     max_sockets: int = Field(default=1000, ge=1)  # open chat sockets of this process

@@ -10,9 +10,11 @@ from typing import Any
 
 import pytest
 import yaml
-from pydantic import SecretStr
+from pydantic import BaseModel, SecretStr
 
-from bot.config import ConfigError, load_settings
+from bot import config
+from bot.channel.settings import ConfigFile
+from bot.config import ConfigError, Settings, load_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 REPO_CONFIG = ROOT / "config.yaml"
@@ -96,6 +98,25 @@ def test_relative_paths_are_relative_to_the_config_folder(
     assert s.database.url == f"sqlite+aiosqlite:///{tmp_path}/data/cicbot.db"
     assert s.webchat.key_file == str(tmp_path / "data" / "webchat.key")
     assert s.email.smtp.ca_file == str(tmp_path / "certs" / "ca.pem")
+
+
+def test_channels_mark_their_file_fields_and_config_finds_them() -> None:
+    """A channel says which of its fields name files (ConfigFile); bot/config.py keeps no
+    list of other packages' field names."""
+
+    class Inner(BaseModel):
+        cert: ConfigFile | None = None
+        name: str | None = None
+
+    class Outer(BaseModel):
+        key: ConfigFile = "k"
+        inner: Inner = Inner()
+        label: str = "x"
+
+    assert config._file_paths(Outer) == ["key", "inner.cert"]
+    assert {"webchat.key_file", "email.imap.ca_file", "email.smtp.ca_file"} <= set(
+        config._file_paths(Settings)
+    )
 
 
 @pytest.mark.parametrize(
