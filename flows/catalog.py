@@ -53,6 +53,24 @@ class Catalog:
     def has(self, key: str) -> bool:
         return key in self.messages[self.default_locale]
 
+    def label(self, locale: str, group: str, code: str) -> str:
+        """A code's label ("reasons.callback" → "callback requested"), or the code made
+        readable when the catalog has none ("new_reason" → "New reason")."""
+        if self.has(f"{group}.{code}"):
+            return self.text(locale, f"{group}.{code}")
+        words = code.replace("_", " ")
+        return words[:1].upper() + words[1:]
+
+    def group(self, locale: str, group: str) -> dict[str, str]:
+        """Every label of a group in one locale, by code (the default locale's where the
+        locale has none)."""
+        prefix = group + "."
+        return {
+            key.removeprefix(prefix): self.text(locale, key)
+            for key in self.messages[self.default_locale]
+            if key.startswith(prefix)
+        }
+
     def text(self, locale: str, key: str, **params: Any) -> str:
         table = self.messages.get(locale) or self.messages[self.default_locale]
         template = table.get(key) or self.messages[self.default_locale].get(key)

@@ -16,7 +16,7 @@ from bot.config import Settings
 from bot.runtime import Runtime
 from bot.web.app import create_app
 
-STARTUP_TIMEOUT = 15.0
+STARTUP_TIMEOUT = 60.0  # a wait, not a speed bound: start-up on a busy 2-core machine
 STOP_TIMEOUT = 10.0
 
 

@@ -56,7 +56,8 @@ class CardData:
     value_segment: str | None
     priority: int
     cases: tuple[CardCase, ...]
-    reason: str
+    reason: str  # the Escalate reason's code ("callback")
+    reason_label: str  # in the catalog's default language ("callback requested")
     recent: tuple[CardLine, ...]  # oldest first
     status: str  # bot, queued, agent, closed
     queued_at: datetime | None

@@ -103,6 +103,8 @@ class DeskCards:
             last = state[0] if state else None
             owner = await _agent_name(s, conv.assignee) if conv.assignee else None
             last_by = await _agent_name(s, last.actor) if last else None
+        reason = str(escalation[0].payload.get("reason", "")) if escalation else ""
+        catalog = self.desk.engine.catalog
         return CardData(
             conversation_id=conv.id,
             customer=name,
@@ -111,7 +113,8 @@ class DeskCards:
             value_segment=contact.value_segment,
             priority=conv.priority,
             cases=tuple(CardCase(c.reference, c.category, c.severity, c.status) for c in cases),
-            reason=str(escalation[0].payload.get("reason", "")) if escalation else "",
+            reason=reason,
+            reason_label=catalog.label(catalog.default_locale, "reasons", reason) if reason else "",
             recent=tuple(CardLine(_actor(t), t.text or "") for t in reversed(recent)),
             status=conv.status,
             queued_at=conv.queued_at,

@@ -19,6 +19,7 @@ from sqlalchemy import select
 
 from bot.desk.service import NotFound
 from bot.web.api import AnyAgent, runtime_of
+from flows.catalog import LOCALES
 from storage.models import Agent
 
 STATIC = Path(__file__).parent / "static"
@@ -93,3 +94,15 @@ async def colleagues(request: Request, agent: AnyAgent) -> dict[str, Any]:
         rows = (await s.execute(select(Agent).order_by(Agent.name, Agent.id))).scalars()
         items = [{"id": a.id, "name": a.name, "role": a.role, "active": a.active} for a in rows]
     return {"items": items, "total": len(items), "limit": len(items), "offset": 0}
+
+
+@router.get("/agent/api/labels")
+async def labels(request: Request, agent: AnyAgent) -> dict[str, dict[str, str]]:
+    """Labels the flows define for codes the console shows, in both languages, from the
+    flows' catalog: why a conversation was escalated (`reasons.<code>`), so a new flow's
+    reason reads right without editing the console."""
+    catalog = runtime_of(request).engine.catalog
+    return {
+        locale: {f"reason.{code}": text for code, text in catalog.group(locale, "reasons").items()}
+        for locale in LOCALES
+    }

@@ -14,14 +14,6 @@ from typing import Any
 from bot.channel.desk import CardData, CardLine
 from channels.slack.send import escape
 
-REASONS = {
-    "customer_request": "asked for a person",
-    "complaint": "complaint",
-    "failed_answers": "answers not understood",
-    "selfservice_misses": "questions without an answer",
-    "low_csat": "low satisfaction rating",
-    "winback_offer": "accepted a win-back offer",
-}
 MAX_LINE = 280
 MAX_FIELD = 1900
 MAX_SECTION = 2900
@@ -42,14 +34,13 @@ def render_card(card: CardData) -> tuple[str, list[dict[str, Any]]]:
         )
         or "–"
     )
-    reason = card.reason
     fields = [
         ("Customer", escape(name) + (f"\n{escape(card.email)}" if card.email else "")),
         ("Channel", escape(card.channel)),
         ("Value segment", escape(card.value_segment or "–")),
         ("Priority", str(card.priority)),
         ("Case", case_text),
-        ("Reason", escape(REASONS.get(reason, reason or "–"))),
+        ("Reason", escape(card.reason_label or "–")),
     ]
     blocks: list[dict[str, Any]] = [
         {

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import re
 from pathlib import Path
 
@@ -87,6 +88,34 @@ def test_every_key_literal_in_the_flows_source_exists(catalog: Catalog) -> None:
         "selfservice.not_sure",
     } <= set(found)
     assert {k: f for k, f in found.items() if not catalog.has(k)} == {}
+
+
+def escalation_reasons() -> dict[str, str]:
+    """The reason of every Escalate(...) in the flows' source, found by its syntax tree."""
+    found: dict[str, str] = {}
+    for path in sources():
+        for node in ast.walk(ast.parse(path.read_text("utf-8"))):
+            if (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Name)
+                and node.func.id == "Escalate"
+                and node.args
+                and isinstance(node.args[0], ast.Constant)
+            ):
+                found[str(node.args[0].value)] = path.name
+    return found
+
+
+def test_every_escalation_reason_has_a_label(catalog: Catalog) -> None:
+    """Agents read why a conversation came to them in their language (console, Slack
+    card): a flow that escalates names its reason in `reasons:` of both catalogs."""
+    reasons = escalation_reasons()
+    assert {"customer_request", "complaint", "callback", "low_csat"} <= set(reasons)
+    assert {r: f for r, f in reasons.items() if not catalog.has(f"reasons.{r}")} == {}
+    assert catalog.label("de", "reasons", "callback") == "Rückruf gewünscht"
+    assert catalog.group("en", "reasons")["callback"] == "callback requested"
+    # a reason without a label (a company's own flow) still reads as words
+    assert catalog.label("en", "reasons", "vip_request") == "Vip request"
 
 
 def test_every_key_prefix_built_in_the_source_exists(catalog: Catalog) -> None:

@@ -49,8 +49,12 @@
     if (text !== undefined && text !== null) node.textContent = String(text);
     return node;
   }
+  // labels the flows define (GET /agent/api/labels, read at sign-in): escalation reasons
+  let LABELS = { en: {}, de: {} };
   function label(group, value) { // a known code in the agent's language, else the code readable
     const key = group + "." + value;
+    const defined = LABELS[LANG]?.[key] ?? LABELS.en[key];
+    if (defined !== undefined) return defined;
     if (key in TEXTS.en) return t(key);
     const words = String(value ?? "").replace(/_/g, " ");
     return words.charAt(0).toUpperCase() + words.slice(1);
@@ -227,6 +231,9 @@
     }
     sessionStorage.setItem(TOKEN_KEY, token);
     state.me = me;
+    try {
+      LABELS = await api("GET", "/agent/api/labels");
+    } catch (e) { /* the codes, made readable, still say it */ }
     $("token").value = "";
     $("login").hidden = true;
     $("app").hidden = false;

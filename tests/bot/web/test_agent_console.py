@@ -105,6 +105,21 @@ async def test_colleagues_need_a_token_and_hide_contact_details(
     assert all(set(a) == {"id", "name", "role", "active"} for a in items)  # no e-mail
 
 
+async def test_labels_come_from_the_flows_catalog_for_agents_only(
+    console: tuple[httpx.AsyncClient, dict[str, str]],
+) -> None:
+    """Why a conversation was escalated, in both languages, from flows/locales: a flow's
+    new reason (the callback flow's) reads right without editing the console."""
+    client, tokens = console
+    assert (await client.get("/agent/api/labels")).status_code == 401
+    bearer = {"Authorization": f"Bearer {tokens['anna']}"}
+    labels = (await client.get("/agent/api/labels", headers=bearer)).json()
+    assert labels["en"]["reason.callback"] == "callback requested"
+    assert labels["de"]["reason.callback"] == "Rückruf gewünscht"
+    assert labels["de"]["reason.customer_request"] == "Kunde möchte einen Menschen"
+    assert set(labels["en"]) == set(labels["de"])
+
+
 @pytest.mark.parametrize("path", SOURCES, ids=lambda p: p.name)
 def test_source_never_turns_data_into_markup(path: Path) -> None:
     """Text from the server goes in with textContent; no HTML sinks, no eval."""
