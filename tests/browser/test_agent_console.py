@@ -209,6 +209,8 @@ async def test_agent_console_end_to_end(
             await item.click()
             timeline = agent.locator("#timeline")
             await expect(timeline).to_contain_text("Mensch")
+            # the reason, labelled by the flows' catalog (GET /agent/api/labels)
+            await expect(timeline).to_contain_text("Kunde möchte einen Menschen")
             await expect(timeline).to_contain_text("Bestellung A-12345 ist seit einer Woche")
             await expect(timeline.locator(".chip.ch-email").first).to_be_visible()
             await expect(agent.locator("#text")).to_be_disabled()
