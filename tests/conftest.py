@@ -26,10 +26,6 @@ from storage.models import Base
 from tests.standins.slack_api import SlackStandIn
 from tests.standins.telegram_api import TelegramStandIn
 
-# A test that bounds wall clock or loop stalls: the machine is shared with other work, so
-# a miss is tried twice more before it counts (a slow path fails all three).
-TIMED = pytest.mark.flaky(reruns=2, reruns_delay=1)
-
 ROOT = Path(__file__).resolve().parent.parent
 PG_ADMIN_URL = os.environ.get("CICBOT_TEST_PG", "postgresql+asyncpg://postgres@127.0.0.1:5432/test")
 REQUIRE_PG = os.environ.get("CICBOT_REQUIRE_POSTGRES") == "1"

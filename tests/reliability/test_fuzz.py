@@ -44,9 +44,10 @@ from channels.slack.settings import SlackSettings
 from channels.telegram.adapter import SECRET_HEADER, WEBHOOK_PATH
 from channels.telegram.settings import TelegramSettings
 from storage.models import InboxStatus, InboxUpdate
-from tests.conftest import ROOT, TIMED, make_settings
+from tests.conftest import ROOT, make_settings
 from tests.standins.slack_api import BOT_TOKEN, SIGNING_SECRET, SlackStandIn, sign
 from tests.standins.telegram_api import DEFAULT_TOKEN, TelegramStandIn
+from tests.timed import TIMED
 
 T = TypeVar("T")
 FIXTURES = ROOT / "tests" / "fixtures"

@@ -33,7 +33,7 @@ from aiogram.types import (
 )
 from aiogram.types.update import UpdateTypeLookupError
 
-from tests.conftest import TIMED
+from tests.timed import TIMED
 
 from .telegram_api import DEFAULT_TOKEN, FIXTURES_DIR, TelegramStandIn, load_fixture
 

@@ -11,8 +11,8 @@ from collections.abc import AsyncIterator
 import pytest
 
 from bot.channel.sandbox import OverBudget, Sandbox, WorkerDied
-from tests.conftest import TIMED
 from tests.loop_lag import LoopLag
+from tests.timed import TIMED
 
 
 def spin(seconds: float) -> int:

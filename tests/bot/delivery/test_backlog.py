@@ -12,7 +12,8 @@ from sqlalchemy import func, insert, select
 from bot.channel.messages import InboundMessage
 from bot.runtime import Runtime
 from storage.models import InboxStatus, InboxUpdate, OutboxMessage, utcnow
-from tests.conftest import TIMED, recorder
+from tests.conftest import recorder
+from tests.timed import TIMED
 
 BUSY = 99_000  # rows of one flooding chat, older than everyone else's
 OTHERS = 1_000  # chats with one row each

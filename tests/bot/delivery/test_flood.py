@@ -30,10 +30,11 @@ from storage.models import (
 )
 from tests.channels.telegram.helpers import channel, post, serving, settled, tg_settings
 from tests.channels.webchat.helpers import open_socket
-from tests.conftest import TIMED, make_settings, recorder
+from tests.conftest import make_settings, recorder
 from tests.conftest import settled as idle
 from tests.server import serve
 from tests.standins.telegram_api import TelegramStandIn
+from tests.timed import TIMED
 
 RATE, BURST = 5.0, 5  # well below what the worker does unpaced (~15/s)
 

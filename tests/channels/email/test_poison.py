@@ -31,8 +31,8 @@ from tests.channels.email.helpers import (  # noqa: F401
     smtp_sink_fixture,
     tls_cert_fixture,
 )
-from tests.conftest import TIMED
 from tests.reliability.test_fuzz import PROFILE, emails
+from tests.timed import TIMED
 
 FIXTURES = Path(__file__).parents[2] / "fixtures" / "email"
 # headers the standard library's parser choked on (IndexError, AttributeError, ValueError)

@@ -22,9 +22,9 @@ from channels.telegram.parse import parse_update
 from channels.telegram.raw import Bounds
 from storage.models import DeadLetter, InboxStatus
 from tests.channels.telegram.helpers import channel, inbox_rows, post, serving, settled, tg_settings
-from tests.conftest import TIMED
 from tests.loop_lag import LoopLag
 from tests.standins.telegram_api import TelegramStandIn, load_fixture
+from tests.timed import TIMED
 
 JAMES = 391047582  # the text fixture's customer
 EVE = 700000042

@@ -33,9 +33,10 @@ from channels.telegram.raw import Bounds, over_bounds, read_raw
 from channels.telegram.settings import TelegramSettings
 from storage.models import InboxStatus, InboxUpdate
 from tests.channels.telegram.spec import customer_updates, rich_updates, updates, weighted
-from tests.conftest import TIMED, make_settings, settled
+from tests.conftest import make_settings, settled
 from tests.loop_lag import LoopLag
 from tests.standins.telegram_api import DEFAULT_TOKEN, TelegramStandIn, load_fixture
+from tests.timed import TIMED
 
 SECRET = "spec-webhook-secret_0123456789"
 STALL = 0.1  # seconds: the most the loop may be held by our code at once
