@@ -171,23 +171,25 @@ async def test_a_crash_inside_a_delivery_transaction_leaves_nothing_half_sent(
     for i in range(6):
         await customer(rt, f"c{i}")
     await rt.campaigns.save(campaign())
-    real_check = rt.campaigns.check
+    real_judge = rt.campaigns.judge
     calls = 0
 
-    async def dying_check(*args: Any) -> str | None:
+    def dying_judge(*args: Any) -> str | None:
         nonlocal calls
         calls += 1
-        if calls == 4:  # the process dies after the flow's messages were queued
+        if calls == 4:  # the process dies after three flows' messages were queued
             raise RuntimeError("killed")
-        return await real_check(*args)
+        return real_judge(*args)
 
-    monkeypatch.setattr(rt.campaigns, "check", dying_check)
+    monkeypatch.setattr(rt.campaigns, "judge", dying_judge)
     with pytest.raises(RuntimeError, match="killed"):
         await rt.campaigns.run("t", run_key="x")
-    # the three checked before, and those already in flight then (no new ones started)
+    # the six are one batch, one transaction: the three started before are undone too
     before = sum((await started_per_contact(rt)).values())
-    assert 3 <= before < 3 + rt.campaigns.concurrency
-    monkeypatch.setattr(rt.campaigns, "check", real_check)
+    assert before == 0
+    async with rt.sessions() as s:
+        assert (await s.execute(select(func.count()).select_from(CampaignDelivery))).scalar() == 0
+    monkeypatch.setattr(rt.campaigns, "judge", real_judge)
     report = await rt.campaigns.run("t", run_key="x")
     assert report.outcomes == Counter(sent=6 - before)  # those sent are in the cooldown
     assert set((await started_per_contact(rt)).values()) == {1}
