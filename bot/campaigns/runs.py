@@ -38,6 +38,7 @@ from bot.campaigns.definitions import (
     in_quiet_hours,
 )
 from bot.conversation.locks import KeyedLocks
+from storage.db import SerialSession
 from storage.models import (
     CampaignDefinition,
     CampaignDelivery,
@@ -55,7 +56,7 @@ if TYPE_CHECKING:
     from bot.conversation.engine import Engine, HandleResult, InTransaction
 
 CAP_WINDOW = timedelta(days=30)
-BATCH = 100  # at most this many contacts' deliveries in one transaction
+BATCH = 50  # at most this many contacts' deliveries in one transaction
 ALREADY = "already"  # the outcome of a delivery the database had already recorded
 RETRYABLE = ("quiet_hours", "busy")  # recorded as deferred: a resumed run tries again
 
@@ -86,19 +87,22 @@ class Pace:
 
 
 def batch_size(rate: float) -> int:
-    """Contacts delivered in one transaction: a tenth of a second's worth at the
+    """Contacts delivered in one transaction: a twentieth of a second's worth at the
     campaign's rate (1 for a slow campaign, at most BATCH)."""
-    return max(1, min(BATCH, int(rate / 10)))
+    return max(1, min(BATCH, int(rate / 20)))
 
 
-def _engine_in(engine: Engine, connection: AsyncConnection) -> Engine:
-    """The engine, working inside the caller's transaction: each of its transactions is a
-    savepoint on `connection` (SQLAlchemy's "join an external transaction"). The caller
+def _engine_in(engine: Engine, connection: AsyncConnection, *, savepoints: bool) -> Engine:
+    """The engine, working inside the caller's transaction on `connection` (SQLAlchemy's
+    "join an external transaction"): each of its transactions a savepoint, or (without
+    `savepoints`) a part of the caller's, which the caller rolls back if it fails. The caller
     holds the chats' locks (the engine's own KeyedLocks are not reentrant) and wakes the
     dispatcher after its commit."""
     inside = copy.copy(engine)
     inside.sessions = async_sessionmaker(
-        bind=connection, expire_on_commit=False, join_transaction_mode="create_savepoint"
+        bind=connection,
+        expire_on_commit=False,
+        join_transaction_mode="create_savepoint" if savepoints else "rollback_only",
     )
     inside.on_commit = None
     inside._locks = KeyedLocks()  # the caller holds the real ones
@@ -297,7 +301,10 @@ class Campaigns:
         if limit is not None:
             targets = targets[:limit]
         pace = Pace(c.rate_per_second)
-        slots = asyncio.Semaphore(self.concurrency)
+        # SQLite's transactions take turns (storage.db.SerialSession): batches in flight
+        # would only queue ahead of the dispatcher, whose sends must go on meanwhile
+        serial = issubclass(self.sessions.class_, SerialSession)
+        slots = asyncio.Semaphore(1 if serial else self.concurrency)
         finished = 0
         failures: list[BaseException] = []
 
@@ -547,15 +554,28 @@ class Campaigns:
     async def deliver_batch(
         self, c: CampaignSettings, run_id: int, targets: Sequence[Target]
     ) -> list[str]:
-        """Contacts of a run (not a reminder's) in one transaction, each contact's flow start
-        and delivery row in a savepoint of its own: the outcome per target, as `deliver`'s.
+        """Contacts of a run (not a reminder's) in one transaction: the outcome per target,
+        as `deliver`'s.
 
         The chats' in-process locks are taken first, in one order (as the inbox's group
         commit takes them), then the transaction locks the contacts and reads, for all at
         once, what the send-time checks need; a contact that passes gets the engine's
         `start_flow` inside the transaction, its delivery row with its outbox rows. Those
         who may not are recorded together at the end. One commit for the batch: a kill
-        leaves all of it or none, and the run, resumed, does the rest."""
+        leaves all of it or none, and the run, resumed, does the rest.
+
+        The flow starts share the transaction without savepoints (two statements fewer
+        each); if one meets a unique constraint (another run delivered that contact's
+        subject first), the batch is undone and done again with a savepoint per contact,
+        where that one is recorded as `already_sent` and the others go out."""
+        try:
+            return await self._deliver_batch(c, run_id, targets, careful=False)
+        except IntegrityError:
+            return await self._deliver_batch(c, run_id, targets, careful=True)
+
+    async def _deliver_batch(
+        self, c: CampaignSettings, run_id: int, targets: Sequence[Target], *, careful: bool
+    ) -> list[str]:
         engine = self.engine
         if engine is None:
             raise RuntimeError("campaigns without an engine cannot deliver (preview only)")
@@ -598,7 +618,7 @@ class Campaigns:
                         )
                     ).all()
                 }
-                inside = _engine_in(engine, await s.connection())
+                inside = _engine_in(engine, await s.connection(), savepoints=careful)
                 for t in targets:
                     if t.contact_id in outcomes:
                         continue
@@ -631,6 +651,8 @@ class Campaigns:
                             campaign=c.name,
                         )
                     except IntegrityError:
+                        if not careful:
+                            raise  # the transaction is undone: again, with savepoints
                         # another run or worker delivered it first (its savepoint is undone)
                         skips.append((t, "already_sent", route.channel))
                         continue

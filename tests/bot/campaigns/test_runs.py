@@ -15,7 +15,7 @@ from sqlalchemy import func, select
 
 from bot.campaigns.audience import audience_query
 from bot.campaigns.definitions import Audience, CampaignSettings, Trigger, in_quiet_hours
-from bot.campaigns.runs import Pace
+from bot.campaigns.runs import Pace, Target
 from bot.campaigns.scheduler import CampaignScheduler
 from bot.runtime import Runtime
 from storage import queries
@@ -430,6 +430,32 @@ async def test_deliveries_are_unique_per_run_and_contact_in_the_database(rt: Run
                 )
     async with rt.sessions() as s:
         assert (await s.execute(select(func.count()).select_from(CampaignDelivery))).scalar() == 1
+
+
+async def test_a_batch_where_one_contact_was_delivered_by_another_run_sends_the_others(
+    rt: Runtime,
+) -> None:
+    """A batch shares one transaction; a unique constraint met half-way undoes it, and the
+    batch is done again with a savepoint per contact: that one is `already_sent`, the
+    others get their message once."""
+    ids = [await customer(rt, f"b{i}") for i in range(4)]
+    await rt.campaigns.save(campaign(cooldown_days=0))
+    c = await rt.campaigns.get("t")
+    first, _ = await rt.campaigns._open_run("t", "first", [])
+    assert await rt.campaigns.deliver_batch(c, first, [Target(ids[0], subject="S1")]) == ["sent"]
+    second, _ = await rt.campaigns._open_run("t", "second", [])
+    batch = [Target(ids[1]), Target(ids[2], subject="S1"), Target(ids[3])]
+    outcomes = await rt.campaigns.deliver_batch(c, second, batch)
+    assert outcomes == ["sent", "skipped:already_sent", "sent"]
+    assert await started_per_contact(rt) == Counter({ids[0]: 1, ids[1]: 1, ids[3]: 1})
+    async with rt.sessions() as s:
+        rows = (await s.execute(select(CampaignDelivery).order_by(CampaignDelivery.id))).scalars()
+        assert [(r.contact_id, r.status) for r in rows] == [
+            (ids[0], "sent"),
+            (ids[1], "sent"),
+            (ids[3], "sent"),
+            (ids[2], "skipped"),
+        ]
 
 
 async def test_became_lost_is_followed_up_once_per_event(rt: Runtime, clock: Clock) -> None:
