@@ -42,7 +42,7 @@ from bot.delivery.flood import Admission, defer, row_key
 from bot.delivery.group import GroupCommit
 from bot.delivery.leases import Leases
 from bot.delivery.worker import RoundWorker
-from storage.db import is_unavailable
+from storage.db import inline, is_unavailable
 from storage.models import DeadLetter, InboxStatus, InboxUpdate, utcnow
 from storage.queries import scrub
 
@@ -133,7 +133,7 @@ class Inbox(RoundWorker):
             .returning(InboxUpdate.channel, InboxUpdate.dedupe_key)
         )
         try:
-            async with self.sessions() as s, s.begin():
+            async with self.sessions() as s, s.begin(), inline(s):
                 inserted = {(c, k) for c, k in await s.execute(stmt)}
         except Exception as exc:
             if is_unavailable(exc):
@@ -282,7 +282,8 @@ class Inbox(RoundWorker):
             for channel, thread in keys:  # sorted: two batches never wait for each other
                 await held.enter_async_context(self.engine.hold_thread(channel, thread))
             try:
-                async with self.sessions() as s, s.begin():
+                # SQLite: the rows' statements on the loop, no thread trip each (storage/db.py)
+                async with self.sessions() as s, s.begin(), inline(s):
                     now = utcnow()
                     for i, g in enumerate(batch):
                         try:
