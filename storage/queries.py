@@ -7,7 +7,7 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import Table, bindparam, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from storage.models import (
@@ -51,6 +51,53 @@ async def inbound_exists(s: AsyncSession, channel: str, platform_message_id: str
         Touchpoint.direction == Direction.IN,
     )
     return (await s.execute(q.limit(1))).first() is not None
+
+
+# A known customer writing in an open conversation (nearly every message): the dedupe check,
+# the identity with its contact and the row-locked conversation in one statement. Built
+# once, with bound parameters: its compiled form is cached, nothing is rebuilt per message.
+_DUPLICATE = (
+    select(Touchpoint.id)
+    .where(
+        Touchpoint.channel == bindparam("channel"),
+        Touchpoint.platform_message_id == bindparam("message_id"),
+        Touchpoint.direction == Direction.IN,
+    )
+    .exists()
+)
+_TURN_ROWS = (
+    select(Identity, Contact, Conversation, _DUPLICATE.label("duplicate"))
+    .join(Contact, Contact.id == Identity.contact_id)
+    .join(
+        Conversation,
+        (Conversation.channel == Identity.channel)
+        & (Conversation.thread_key == bindparam("thread_key"))
+        & (Conversation.status != ConversationStatus.CLOSED),
+    )
+    .where(Identity.channel == bindparam("channel"), Identity.external_id == bindparam("sender"))
+    .with_for_update(of=Conversation)
+    .execution_options(populate_existing=True)
+)
+
+
+async def turn_rows(
+    s: AsyncSession, channel: str, sender_id: str, thread_key: str, platform_message_id: str
+) -> tuple[bool, Identity, Conversation] | None:
+    """(duplicate, identity, open conversation row-locked and freshly read, as
+    `open_conversation_locked` reads it) in one statement; the identity's contact is loaded
+    with it (`s.get(Contact, ...)` answers from the session). None when the sender has no
+    identity or the thread no open conversation: then the step by step way."""
+    params = {
+        "channel": channel,
+        "sender": sender_id,
+        "thread_key": thread_key,
+        "message_id": platform_message_id,
+    }
+    row = (await s.execute(_TURN_ROWS, params)).first()
+    if row is None:
+        return None
+    s.info.setdefault("kept", []).append(row[1])  # the identity map holds objects weakly
+    return bool(row[3]), row[0], row[2]
 
 
 async def get_identity(s: AsyncSession, channel: str, external_id: str) -> Identity | None:
@@ -188,6 +235,42 @@ async def enqueue(
     s.add(row)
     await s.flush()
     return row
+
+
+_OUTBOX: Table = OutboxMessage.__table__  # type: ignore[assignment]
+
+
+async def enqueue_id(
+    s: AsyncSession,
+    *,
+    channel: str,
+    recipient_id: str,
+    thread_key: str,
+    body: dict[str, Any],
+    conversation_id: int | None,
+    identity_id: int | None,
+) -> int:
+    """`enqueue` as one INSERT ... RETURNING id, without flushing the session first (what
+    the session holds is written at its next flush: a turn's touchpoints then go in one
+    multi-row INSERT). The conversation and identity rows must exist already."""
+    stmt = (
+        insert(_OUTBOX)
+        .values(
+            channel=channel,
+            recipient_id=recipient_id,
+            thread_key=thread_key,
+            body=scrub(body),
+            conversation_id=conversation_id,
+            identity_id=identity_id,
+            status=OutboxStatus.PENDING,
+            attempts=0,
+            next_attempt_at=utcnow(),
+            created_at=utcnow(),
+        )
+        .returning(_OUTBOX.c.id)
+    )
+    with s.no_autoflush:
+        return int((await s.execute(stmt)).scalar_one())
 
 
 async def create_case(s: AsyncSession, case: Case) -> Case:
