@@ -1,20 +1,24 @@
 """Campaign benchmark: N recipients through the Telegram stand-in, on 127.0.0.1 only.
 
     .venv/bin/python bench/campaign.py [--recipients 10000] [--limit 300] [--db URL]
-                                       [--concurrency 4]
+                                       [--concurrency 4] [--drain-only]
 
 Seeds N contacts with a reachable Telegram identity (bulk insert, SQLite in a temporary
-directory unless --db names another database), defines a one-message campaign (the
-consent question), then runs it in this process while the runtime's dispatcher sends the
-outbox through the Telegram channel to the stand-in (tests/standins/telegram_api.py).
+directory unless --db names another database; a PostgreSQL URL, e.g.
+postgresql+asyncpg://postgres@127.0.0.1:5432/test, is the admin connection: the bench
+creates a database of its own there and drops it after), defines a one-message campaign
+(the consent question), then runs it in this process while the runtime's dispatcher sends
+the outbox through the Telegram channel to the stand-in (tests/standins/telegram_api.py).
 cicbot's Telegram shaping is set to --limit messages/s for the bot; the stand-in answers
 429 above the same limit (a 1-second sliding window), so a 429 means our shaping let
-through more than the platform allows.
+through more than the platform allows. --drain-only queues the whole campaign with the
+dispatcher stopped, then times the dispatcher alone.
 
 Reported: wall time from the run's start to the last message arriving at the stand-in,
-against the ideal N / limit (the ratio; 1.0 is the rate limit itself), 429s provoked
-(should be 0), duplicates (messages beyond one per recipient; must be 0), and the
-campaign's own figures.
+against the ideal N / limit (the ratio; 1.0 is the rate limit itself), how many were sent
+while the run queued and how fast the rest went, this process's CPU (stand-in included)
+and statements per message, 429s provoked (should be 0), duplicates (messages beyond one
+per recipient; must be 0), the campaign's own figures and the load average.
 """
 
 from __future__ import annotations
@@ -23,9 +27,12 @@ import argparse
 import asyncio
 import json
 import logging
+import os
+import resource
 import sys
 import tempfile
 import time
+import uuid
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -34,7 +41,8 @@ SELF = Path(__file__).resolve()
 ROOT = SELF.parent.parent
 sys.path.insert(0, str(ROOT))
 
-from sqlalchemy import insert, select  # noqa: E402
+from sqlalchemy import event, insert, select, text  # noqa: E402
+from sqlalchemy.ext.asyncio import create_async_engine  # noqa: E402
 
 from bot.campaigns.definitions import CampaignSettings  # noqa: E402
 from bot.config import load_settings  # noqa: E402
@@ -75,11 +83,42 @@ async def seed(rt: Runtime, n: int) -> None:
             )
 
 
+def cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 async def bench(
-    n: int, limit: int, db: str | None, timeout: float, concurrency: int
+    n: int, limit: int, db: str | None, timeout: float, concurrency: int, drain_only: bool = False
 ) -> dict[str, Any]:
     tmp = tempfile.TemporaryDirectory(prefix="cicbot-bench-")
     url = db or f"sqlite+aiosqlite:///{tmp.name}/bench.db"
+    fresh = None
+    if url.startswith("postgresql"):
+        # a database of its own on that server, dropped afterwards (the URL's is the admin's)
+        fresh = f"cicbot_campaign_{uuid.uuid4().hex[:8]}"
+        await pg_admin(url, f"CREATE DATABASE {fresh}")
+        admin, url = url, url.rsplit("/", 1)[0] + f"/{fresh}"
+    try:
+        return await measure(n, limit, url, timeout, concurrency, drain_only)
+    finally:
+        if fresh is not None:
+            await pg_admin(admin, f"DROP DATABASE IF EXISTS {fresh} WITH (FORCE)")
+        tmp.cleanup()
+
+
+async def pg_admin(admin: str, sql: str) -> None:
+    engine = create_async_engine(admin, isolation_level="AUTOCOMMIT")
+    try:
+        async with engine.connect() as conn:
+            await conn.execute(text(sql))
+    finally:
+        await engine.dispose()
+
+
+async def measure(
+    n: int, limit: int, url: str, timeout: float, concurrency: int, drain_only: bool
+) -> dict[str, Any]:
     await upgrade_async(url)
     async with TelegramStandIn() as standin:
         standin.rate_limit(per_chat_per_sec=None, global_per_sec=limit)
@@ -118,18 +157,32 @@ async def bench(
                     frequency_cap=10,
                 )
             )
+            statements = [0]
+
+            def count(*_: object) -> None:
+                statements[0] += 1
+
+            event.listen(rt.db.sync_engine, "before_cursor_execute", count)
+            if drain_only:
+                await rt.dispatcher.stop()  # queued first, sent after: the dispatcher alone
             started = time.monotonic()
+            cpu_before = cpu_seconds()
             report = await rt.campaigns.run("bench", run_key="bench")
+            queued_cpu = cpu_seconds() - cpu_before
+            queued_statements = statements[0]
+            sent_when_queued = len(standin.sent_messages())
+            if drain_only:
+                await rt.dispatcher.start()
             queued = time.monotonic() - started
             deadline = started + timeout
             while len(standin.sent_messages()) < n and time.monotonic() < deadline:  # noqa: ASYNC110
                 await asyncio.sleep(0.05)
             wall = time.monotonic() - started
+            cpu = cpu_seconds() - cpu_before
             per_chat = Counter(p.get("chat_id") for p in standin.sent_messages())
             status = await rt.campaigns.status("bench")
         finally:
             await rt.stop()
-        tmp.cleanup()
         ideal = n / limit
         return {
             "recipients": n,
@@ -140,6 +193,18 @@ async def bench(
             "queue_seconds": round(queued, 2),
             "ideal_seconds": round(ideal, 2),
             "ratio": round(wall / ideal, 2),
+            # the dispatcher alone: how fast what was left when queueing ended went out
+            "sent_when_queued": sent_when_queued,
+            "drain_seconds": round(wall - queued, 2),
+            "drain_per_second": round((n - sent_when_queued) / max(wall - queued, 1e-3), 1),
+            # this process's CPU (the stand-in included), over the run and its queueing
+            "cpu_seconds": round(cpu, 2),
+            "cpu_share": round(cpu / wall, 2),
+            "cpu_ms_per_message": round(cpu * 1000 / max(n, 1), 2),
+            "queue_cpu_ms_per_message": round(queued_cpu * 1000 / max(n, 1), 2),
+            # statements (round trips) per message: queueing it, and in all (sending too)
+            "queue_statements_per_message": round(queued_statements / max(n, 1), 2),
+            "statements_per_message": round(statements[0] / max(n, 1), 2),
             "http_429": standin.count_429,
             "duplicates": sum(c - 1 for c in per_chat.values() if c > 1),
             "outcomes": dict(report.outcomes),
@@ -156,11 +221,17 @@ def main() -> None:
     parser.add_argument(
         "--concurrency", type=int, default=4, help="deliveries in flight (campaigns.concurrency)"
     )
+    parser.add_argument(
+        "--drain-only",
+        action="store_true",
+        help="queue the whole campaign first, then time the dispatcher sending it",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     result = asyncio.run(
-        bench(args.recipients, args.limit, args.db, args.timeout, args.concurrency)
+        bench(args.recipients, args.limit, args.db, args.timeout, args.concurrency, args.drain_only)
     )
+    result["load_average"] = [round(x, 2) for x in os.getloadavg()]
     print(json.dumps(result, indent=2))
 
 

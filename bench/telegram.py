@@ -287,6 +287,12 @@ class Run:
     def throughput(self) -> float:
         return self.messages / self.seconds
 
+    @property
+    def cpu_ms(self) -> float:
+        """CPU milliseconds per message (the process tree's): less noisy than msg/s on a
+        shared machine, since it does not count the time spent waiting for a core."""
+        return self.cpu * self.seconds * 1000 / self.messages
+
     def pct(self, q: float) -> float:
         data = sorted(self.latencies) or [float("nan")]
         return data[min(len(data) - 1, int(q * len(data)))]
@@ -615,7 +621,8 @@ async def main(args: argparse.Namespace) -> None:
                     print(
                         f"  run {rep + 1} {bot.name:14}{run.throughput:8.1f} msg/s  "
                         f"p50 {run.pct(0.5) * 1000:7.1f} ms  p99 {run.pct(0.99) * 1000:7.1f} ms"
-                        f"  no reply {run.missing:4}  stmts/msg {stmts}  cpu {run.cpu:4.2f}",
+                        f"  no reply {run.missing:4}  stmts/msg {stmts}  cpu {run.cpu:4.2f}"
+                        f"  cpu ms/msg {run.cpu_ms:5.2f}  load {os.getloadavg()[0]:.1f}",
                         flush=True,
                     )
             for bot in running:
@@ -623,6 +630,10 @@ async def main(args: argparse.Namespace) -> None:
                     await print_groups(bot)
     print(f"  logs in {tmp}")
     report(results, customers, args)
+
+
+def cell(value: float | None, fine: bool) -> str:
+    return "-" if value is None else f"{value:.2f}" if fine else f"{value:.1f}"
 
 
 def report(results: dict[str, list[Run]], customers: int, args: argparse.Namespace) -> None:
@@ -638,6 +649,7 @@ def report(results: dict[str, list[Run]], customers: int, args: argparse.Namespa
             "no reply": med(name, lambda r: r.missing),
             "stmts/msg": med(name, lambda r: r.statements),
             "cpu": med(name, lambda r: r.cpu),
+            "cpu ms/msg": med(name, lambda r: r.cpu_ms),
         }
         for name in results
     }
@@ -646,13 +658,10 @@ def report(results: dict[str, list[Run]], customers: int, args: argparse.Namespa
         f"\n{customers} customers x {args.turns} turns, {mode}, {args.repeats} repetition(s) "
         f"(medians), rate shaping lifted, {os.cpu_count()} cores"
     )
-    columns = ["msg/s", "p50 ms", "p99 ms", "no reply", "stmts/msg", "cpu"]
+    columns = ["msg/s", "p50 ms", "p99 ms", "no reply", "stmts/msg", "cpu", "cpu ms/msg"]
     print(f"{'':22}" + "".join(f"{c:>11}" for c in columns))
     for name, row in rows.items():
-        cells = "".join(
-            f"{'-' if row[c] is None else f'{row[c]:.2f}' if c == 'cpu' else f'{row[c]:.1f}':>11}"
-            for c in columns
-        )
+        cells = "".join(f"{cell(row[c], c.startswith('cpu')):>11}" for c in columns)
         print(f"{name:22}{cells}")
     for name in (n for n in rows if n.startswith("cicbot")):
         for peer in (p for p in ("fsm", "echo") if p in rows):

@@ -5,7 +5,8 @@ serialized across processes). PostgreSQL: a normal pool; callers lock rows."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any, Self, TypeVar
 
@@ -19,6 +20,8 @@ from sqlalchemy.ext.asyncio import (
     async_sessionmaker,
     create_async_engine,
 )
+
+from storage import sqlite_driver
 
 T = TypeVar("T")
 
@@ -36,8 +39,13 @@ def _prepare_sqlite_path(url: str) -> None:
 def create_engine(url: str, *, echo: bool = False) -> AsyncEngine:
     if is_sqlite(url):
         _prepare_sqlite_path(url)
+        # one trip to aiosqlite's thread per statement, not four (storage/sqlite_driver.py)
         engine = create_async_engine(
-            url, echo=echo, hide_parameters=not echo, connect_args={"timeout": 30}
+            url,
+            echo=echo,
+            hide_parameters=not echo,
+            connect_args={"timeout": 30},
+            module=sqlite_driver.dbapi(),
         )
         _configure_sqlite(engine)
         return engine
@@ -99,6 +107,24 @@ def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
         gated = type("SerialSession", (SerialSession,), {"_gate": asyncio.Lock()})
         return async_sessionmaker(engine, expire_on_commit=False, class_=gated)
     return async_sessionmaker(engine, expire_on_commit=False)
+
+
+@contextlib.asynccontextmanager
+async def inline(s: AsyncSession) -> AsyncIterator[None]:
+    """SQLite: the statements of `s`'s transaction (begun here if it was not) run on the
+    event loop while the transaction holds the write lock, without a trip to aiosqlite's
+    thread each (storage/sqlite_driver.py). For short, index-bounded statements only (the
+    inbox's group commit): a long one would stall the loop. Elsewhere: nothing changes."""
+    conn = await s.connection()
+    adapted = (await conn.get_raw_connection()).dbapi_connection
+    if not isinstance(adapted, sqlite_driver.OneTripConnection) or adapted.inline:
+        yield
+        return
+    adapted.inline = True
+    try:
+        yield
+    finally:
+        adapted.inline = False
 
 
 def run_in_transaction(url: str, fn: Callable[[AsyncSession], Awaitable[T]]) -> T:

@@ -7,8 +7,9 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import Table, bindparam, insert, literal_column, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.sql.elements import ColumnClause
 
 from storage.models import (
     Case,
@@ -24,6 +25,17 @@ from storage.models import (
     Touchpoint,
     utcnow,
 )
+
+# The conditions of the partial indexes the hot path reads, written as SQL literals: a
+# planner can use a partial index only when the query implies its WHERE, and `direction =
+# ?` (a bound parameter) implies nothing, so the dedupe check scanned every touchpoint and
+# the open-conversation lookup every conversation (SQLite; PostgreSQL's generic plans too).
+INBOUND: ColumnClause[str] = literal_column(
+    f"'{Direction.IN.value}'"
+)  # uq_touchpoints_inbound_platform_id
+CLOSED: ColumnClause[str] = literal_column(
+    f"'{ConversationStatus.CLOSED.value}'"
+)  # uq_conversations_open_thread
 
 # what PostgreSQL refuses in text or JSON: NUL, and lone surrogates (a JSON escape such
 # as \ud800 parses in Python); both become U+FFFD
@@ -48,9 +60,56 @@ async def inbound_exists(s: AsyncSession, channel: str, platform_message_id: str
     q = select(Touchpoint.id).where(
         Touchpoint.channel == channel,
         Touchpoint.platform_message_id == platform_message_id,
-        Touchpoint.direction == Direction.IN,
+        Touchpoint.direction == INBOUND,
     )
     return (await s.execute(q.limit(1))).first() is not None
+
+
+# A known customer writing in an open conversation (nearly every message): the dedupe check,
+# the identity with its contact and the row-locked conversation in one statement. Built
+# once, with bound parameters: its compiled form is cached, nothing is rebuilt per message.
+_DUPLICATE = (
+    select(Touchpoint.id)
+    .where(
+        Touchpoint.channel == bindparam("channel"),
+        Touchpoint.platform_message_id == bindparam("message_id"),
+        Touchpoint.direction == INBOUND,
+    )
+    .exists()
+)
+_TURN_ROWS = (
+    select(Identity, Contact, Conversation, _DUPLICATE.label("duplicate"))
+    .join(Contact, Contact.id == Identity.contact_id)
+    .join(
+        Conversation,
+        (Conversation.channel == Identity.channel)
+        & (Conversation.thread_key == bindparam("thread_key"))
+        & (Conversation.status != CLOSED),
+    )
+    .where(Identity.channel == bindparam("channel"), Identity.external_id == bindparam("sender"))
+    .with_for_update(of=Conversation)
+    .execution_options(populate_existing=True)
+)
+
+
+async def turn_rows(
+    s: AsyncSession, channel: str, sender_id: str, thread_key: str, platform_message_id: str
+) -> tuple[bool, Identity, Conversation] | None:
+    """(duplicate, identity, open conversation row-locked and freshly read, as
+    `open_conversation_locked` reads it) in one statement; the identity's contact is loaded
+    with it (`s.get(Contact, ...)` answers from the session). None when the sender has no
+    identity or the thread no open conversation: then the step by step way."""
+    params = {
+        "channel": channel,
+        "sender": sender_id,
+        "thread_key": thread_key,
+        "message_id": platform_message_id,
+    }
+    row = (await s.execute(_TURN_ROWS, params)).first()
+    if row is None:
+        return None
+    s.info.setdefault("kept", []).append(row[1])  # the identity map holds objects weakly
+    return bool(row[3]), row[0], row[2]
 
 
 async def get_identity(s: AsyncSession, channel: str, external_id: str) -> Identity | None:
@@ -99,7 +158,7 @@ async def open_conversation_locked(
         .where(
             Conversation.channel == channel,
             Conversation.thread_key == thread_key,
-            Conversation.status != ConversationStatus.CLOSED,
+            Conversation.status != CLOSED,
         )
         .with_for_update()
         .execution_options(populate_existing=True)
@@ -188,6 +247,39 @@ async def enqueue(
     s.add(row)
     await s.flush()
     return row
+
+
+_OUTBOX: Table = OutboxMessage.__table__  # type: ignore[assignment]
+_ENQUEUE = insert(_OUTBOX).returning(_OUTBOX.c.id)  # built once; the values are parameters
+
+
+async def enqueue_id(
+    s: AsyncSession,
+    *,
+    channel: str,
+    recipient_id: str,
+    thread_key: str,
+    body: dict[str, Any],
+    conversation_id: int | None,
+    identity_id: int | None,
+) -> int:
+    """`enqueue` as one INSERT ... RETURNING id, without flushing the session first (what
+    the session holds is written at its next flush: a turn's touchpoints then go in one
+    multi-row INSERT). The conversation and identity rows must exist already."""
+    params = {
+        "channel": channel,
+        "recipient_id": recipient_id,
+        "thread_key": thread_key,
+        "body": scrub(body),
+        "conversation_id": conversation_id,
+        "identity_id": identity_id,
+        "status": OutboxStatus.PENDING,
+        "attempts": 0,
+        "next_attempt_at": utcnow(),
+        "created_at": utcnow(),
+    }
+    with s.no_autoflush:
+        return int((await s.execute(_ENQUEUE, params)).scalar_one())
 
 
 async def create_case(s: AsyncSession, case: Case) -> Case:

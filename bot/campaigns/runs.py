@@ -13,6 +13,8 @@ again never send anyone a second message.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import copy
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -20,9 +22,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, insert, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, async_sessionmaker
 
 from bot.campaigns import figures as campaign_figures
 from bot.campaigns.audience import audience_query
@@ -35,6 +37,8 @@ from bot.campaigns.definitions import (
     builtin_campaigns,
     in_quiet_hours,
 )
+from bot.conversation.locks import KeyedLocks
+from storage.db import SerialSession
 from storage.models import (
     CampaignDefinition,
     CampaignDelivery,
@@ -49,10 +53,10 @@ from storage.models import (
 )
 
 if TYPE_CHECKING:
-    from bot.conversation.engine import Engine, HandleResult
+    from bot.conversation.engine import Engine, HandleResult, InTransaction
 
 CAP_WINDOW = timedelta(days=30)
-CHUNK = 500  # contacts whose channels are looked up in one query
+BATCH = 50  # at most this many contacts' deliveries in one transaction
 ALREADY = "already"  # the outcome of a delivery the database had already recorded
 RETRYABLE = ("quiet_hours", "busy")  # recorded as deferred: a resumed run tries again
 
@@ -72,8 +76,37 @@ class Pace:
         if at > now:
             await asyncio.sleep(at - now)
 
-    def give_back(self) -> None:
-        self.next_at -= self.interval
+    async def turns(self, n: int) -> None:
+        """`n` turns at once (a batch): waits for the first, the next caller for the one
+        after the last."""
+        await self.turn()
+        self.next_at += self.interval * (n - 1)
+
+    def give_back(self, n: int = 1) -> None:
+        self.next_at -= self.interval * n
+
+
+def batch_size(rate: float) -> int:
+    """Contacts delivered in one transaction: a twentieth of a second's worth at the
+    campaign's rate (1 for a slow campaign, at most BATCH)."""
+    return max(1, min(BATCH, int(rate / 20)))
+
+
+def _engine_in(engine: Engine, connection: AsyncConnection, *, savepoints: bool) -> Engine:
+    """The engine, working inside the caller's transaction on `connection` (SQLAlchemy's
+    "join an external transaction"): each of its transactions a savepoint, or (without
+    `savepoints`) a part of the caller's, which the caller rolls back if it fails. The caller
+    holds the chats' locks (the engine's own KeyedLocks are not reentrant) and wakes the
+    dispatcher after its commit."""
+    inside = copy.copy(engine)
+    inside.sessions = async_sessionmaker(
+        bind=connection,
+        expire_on_commit=False,
+        join_transaction_mode="create_savepoint" if savepoints else "rollback_only",
+    )
+    inside.on_commit = None
+    inside._locks = KeyedLocks()  # the caller holds the real ones
+    return inside
 
 
 class Skip(Exception):
@@ -88,6 +121,15 @@ class Target:
     subject: str | None = None  # e.g. the case reference a CSAT survey is about
     case_reference: str | None = None
     conversation_id: int | None = None  # a reminder's: the conversation with the open flow
+
+
+@dataclass
+class Facts:
+    """What the send-time checks read about contacts (`Campaigns.facts`)."""
+
+    consent: dict[int, bool] = field(default_factory=dict)  # newest marketing consent
+    recent: dict[int, int] = field(default_factory=dict)  # sent deliveries in the cap window
+    cooled: set[int] = field(default_factory=set)  # sent this campaign within its cooldown
 
 
 @dataclass(frozen=True)
@@ -259,51 +301,41 @@ class Campaigns:
         if limit is not None:
             targets = targets[:limit]
         pace = Pace(c.rate_per_second)
-        slots = asyncio.Semaphore(self.concurrency)
+        # SQLite's transactions take turns (storage.db.SerialSession): batches in flight
+        # would only queue ahead of the dispatcher, whose sends must go on meanwhile
+        serial = issubclass(self.sessions.class_, SerialSession)
+        slots = asyncio.Semaphore(1 if serial else self.concurrency)
         finished = 0
         failures: list[BaseException] = []
 
-        async def one(t: Target, done: set[int], routes: dict[int, Route]) -> None:
+        async def some(batch: Sequence[Target]) -> None:
             nonlocal finished
             async with slots:
                 if failures:
-                    return  # a delivery failed: start no more, let those in flight end
-                if t.contact_id in done:
-                    outcome = ALREADY
-                else:
-                    await pace.turn()
-                    try:
-                        outcome = await self.deliver(c, run_id, t, routes.get(t.contact_id))
-                    except BaseException as exc:
-                        failures.append(exc)
-                        raise
-                    if outcome != SENT:
-                        pace.give_back()
-            report.outcomes[outcome] += 1
-            finished += 1
-            if progress:
-                progress(finished, report.targeted)
+                    return  # a batch failed: start no more, let those in flight end
+                await pace.turns(len(batch))
+                try:
+                    if c.reminder:
+                        outcomes = [await self.deliver(c, run_id, t) for t in batch]
+                    else:
+                        outcomes = await self.deliver_batch(c, run_id, batch)
+                except BaseException as exc:
+                    failures.append(exc)
+                    raise
+                pace.give_back(sum(o != SENT for o in outcomes))
+            for outcome in outcomes:
+                report.outcomes[outcome] += 1
+                finished += 1
+                if progress:
+                    progress(finished, report.targeted)
 
-        for start in range(0, len(targets), CHUNK):
-            chunk = targets[start : start + CHUNK]
-            async with self.sessions() as s:
-                done = set(
-                    (
-                        await s.execute(
-                            select(CampaignDelivery.contact_id).where(
-                                CampaignDelivery.run_id == run_id,
-                                CampaignDelivery.status != DEFERRED,
-                                CampaignDelivery.contact_id.in_([t.contact_id for t in chunk]),
-                            )
-                        )
-                    ).scalars()
-                )
-                routes = await self.routes_for(s, c, chunk)
-            # a few deliveries in flight: each is its own transaction on its own contact
-            # (the database keeps one delivery per contact); the pace keeps the rate
-            await asyncio.gather(*(one(t, done, routes) for t in chunk), return_exceptions=True)
-            if failures:
-                raise failures[0]
+        # a few batches in flight, each one transaction on its own contacts (the database
+        # keeps one delivery per contact); the pace keeps the rate. A reminder goes alone.
+        size = 1 if c.reminder else batch_size(c.rate_per_second)
+        batches = [targets[i : i + size] for i in range(0, len(targets), size)]
+        await asyncio.gather(*(some(b) for b in batches), return_exceptions=True)
+        if failures:
+            raise failures[0]
         if limit is not None and limit < report.targeted:
             report.seconds = time.monotonic() - started
             return report  # stopped as a kill would: the run stays open
@@ -401,6 +433,67 @@ class Campaigns:
     async def _channel(self, s: AsyncSession, c: CampaignSettings, t: Target) -> Route | None:
         return (await self.routes_for(s, c, [t])).get(t.contact_id)
 
+    async def facts(
+        self, s: AsyncSession, c: CampaignSettings, contact_ids: Sequence[int], now: datetime
+    ) -> Facts:
+        """What the send-time checks read, for many contacts in a few queries."""
+        ids = list(contact_ids)
+        found = Facts()
+        if c.purpose == MARKETING:
+            rows = await s.execute(
+                select(Consent.contact_id, Consent.granted)
+                .where(Consent.contact_id.in_(ids), Consent.purpose == MARKETING)
+                .order_by(Consent.id)
+            )
+            found.consent = {contact_id: granted for contact_id, granted in rows}  # newest wins
+        recent = await s.execute(
+            select(CampaignDelivery.contact_id, func.count())
+            .where(
+                CampaignDelivery.contact_id.in_(ids),
+                CampaignDelivery.status == SENT,
+                CampaignDelivery.sent_at > now - CAP_WINDOW,
+            )
+            .group_by(CampaignDelivery.contact_id)
+        )
+        found.recent = {contact_id: int(n) for contact_id, n in recent}
+        if c.cooldown_days > 0:
+            found.cooled = set(
+                (
+                    await s.execute(
+                        select(CampaignDelivery.contact_id).where(
+                            CampaignDelivery.contact_id.in_(ids),
+                            CampaignDelivery.campaign == c.name,
+                            CampaignDelivery.status == SENT,
+                            CampaignDelivery.sent_at > now - timedelta(days=c.cooldown_days),
+                        )
+                    )
+                ).scalars()
+            )
+        return found
+
+    def judge(
+        self, c: CampaignSettings, contact: Contact, channel: str, facts: Facts, now: datetime
+    ) -> str | None:
+        """Why this reachable contact may not get this campaign's message now (None: they
+        may), from the facts read for them."""
+        if c.purpose == MARKETING:
+            newest = facts.consent.get(contact.id)
+            if newest is False:
+                return "opted_out"
+            if c.legal_basis == "consent" and newest is not True:
+                return "no_consent"
+            if c.legal_basis == "existing_customer" and channel != "email":
+                return "no_consent"
+            if contact.lifecycle_phase == LifecyclePhase.TERMINATED:
+                return "terminated"
+        if facts.recent.get(contact.id, 0) >= c.frequency_cap:
+            return "capped"
+        if contact.id in facts.cooled:
+            return "cooldown"
+        if in_quiet_hours(c.quiet_hours, now, contact.timezone, self.timezone):
+            return "quiet_hours"
+        return None
+
     async def check(
         self,
         s: AsyncSession,
@@ -412,52 +505,8 @@ class Campaigns:
         """Why this contact may not get this campaign's message now (None: they may)."""
         if not identity.reachable:
             return "unreachable"
-        newest = (
-            await s.execute(
-                select(Consent.granted)
-                .where(Consent.contact_id == contact.id, Consent.purpose == MARKETING)
-                .order_by(Consent.id.desc())
-                .limit(1)
-            )
-        ).scalar_one_or_none()
-        if c.purpose == MARKETING:
-            if newest is False:
-                return "opted_out"
-            if c.legal_basis == "consent" and newest is not True:
-                return "no_consent"
-            if c.legal_basis == "existing_customer" and identity.channel != "email":
-                return "no_consent"
-            if contact.lifecycle_phase == LifecyclePhase.TERMINATED:
-                return "terminated"
-        recent = (
-            await s.execute(
-                select(func.count()).where(
-                    CampaignDelivery.contact_id == contact.id,
-                    CampaignDelivery.status == SENT,
-                    CampaignDelivery.sent_at > now - CAP_WINDOW,
-                )
-            )
-        ).scalar_one()
-        if recent >= c.frequency_cap:
-            return "capped"
-        if c.cooldown_days > 0:
-            again = (
-                await s.execute(
-                    select(CampaignDelivery.id)
-                    .where(
-                        CampaignDelivery.contact_id == contact.id,
-                        CampaignDelivery.campaign == c.name,
-                        CampaignDelivery.status == SENT,
-                        CampaignDelivery.sent_at > now - timedelta(days=c.cooldown_days),
-                    )
-                    .limit(1)
-                )
-            ).first()
-            if again is not None:
-                return "cooldown"
-        if in_quiet_hours(c.quiet_hours, now, contact.timezone, self.timezone):
-            return "quiet_hours"
-        return None
+        facts = await self.facts(s, c, [contact.id], now)
+        return self.judge(c, contact, identity.channel, facts, now)
 
     async def _dry(self, c: CampaignSettings, t: Target) -> str:
         async with self.sessions() as s:
@@ -501,6 +550,221 @@ class Campaigns:
             if contact is None or identity is None:
                 return "unreachable"
             return await self.check(s, c, contact, identity, self.clock())
+
+    async def deliver_batch(
+        self, c: CampaignSettings, run_id: int, targets: Sequence[Target]
+    ) -> list[str]:
+        """Contacts of a run (not a reminder's) in one transaction: the outcome per target,
+        as `deliver`'s.
+
+        The chats' in-process locks are taken first, in one order (as the inbox's group
+        commit takes them), then the transaction locks the contacts and reads, for all at
+        once, what the send-time checks need; a contact that passes gets the engine's
+        `start_flow` inside the transaction, its delivery row with its outbox rows. Those
+        who may not are recorded together at the end. One commit for the batch: a kill
+        leaves all of it or none, and the run, resumed, does the rest.
+
+        The flow starts share the transaction without savepoints (two statements fewer
+        each); if one meets a unique constraint (another run delivered that contact's
+        subject first), the batch is undone and done again with a savepoint per contact,
+        where that one is recorded as `already_sent` and the others go out."""
+        try:
+            return await self._deliver_batch(c, run_id, targets, careful=False)
+        except IntegrityError:
+            return await self._deliver_batch(c, run_id, targets, careful=True)
+
+    async def _deliver_batch(
+        self, c: CampaignSettings, run_id: int, targets: Sequence[Target], *, careful: bool
+    ) -> list[str]:
+        engine = self.engine
+        if engine is None:
+            raise RuntimeError("campaigns without an engine cannot deliver (preview only)")
+        assert c.flow is not None and not c.reminder
+        flow = c.flow
+        ids = sorted({t.contact_id for t in targets})
+        async with self.sessions() as s:
+            guess = await self.routes(s, c, ids)
+        keys = sorted({(r.channel, r.external_id) for r in guess.values()})
+        outcomes: dict[int, str] = {}
+        skips: list[tuple[Target, str, str | None]] = []
+        started_any = False
+        extra_base: dict[str, Any] = {"campaign": c.name, "run_id": run_id}
+        async with contextlib.AsyncExitStack() as held:
+            for channel, thread in keys:  # sorted: no batch and inbox group wait in a ring
+                await held.enter_async_context(engine.hold_thread(channel, thread))
+            async with self.sessions() as s, s.begin():
+                now = self.clock()
+                contacts = {
+                    x.id: x
+                    for x in (
+                        await s.execute(
+                            select(Contact)
+                            .where(Contact.id.in_(ids))
+                            .order_by(Contact.id)
+                            .with_for_update()
+                        )
+                    ).scalars()
+                }
+                routes = await self.routes(s, c, ids)  # reachable now, under the locks
+                facts = await self.facts(s, c, ids, now)
+                recorded: dict[int, str] = {
+                    contact_id: status
+                    for contact_id, status in (
+                        await s.execute(
+                            select(CampaignDelivery.contact_id, CampaignDelivery.status).where(
+                                CampaignDelivery.run_id == run_id,
+                                CampaignDelivery.contact_id.in_(ids),
+                            )
+                        )
+                    ).all()
+                }
+                inside = _engine_in(engine, await s.connection(), savepoints=careful)
+                for t in targets:
+                    if t.contact_id in outcomes:
+                        continue
+                    status = recorded.get(t.contact_id)
+                    if status is not None and status != DEFERRED:
+                        outcomes[t.contact_id] = ALREADY
+                        continue
+                    route = routes.get(t.contact_id)
+                    contact = contacts.get(t.contact_id)
+                    if route is None or contact is None:
+                        skips.append((t, "unreachable", None))
+                        continue
+                    reason = self.judge(c, contact, route.channel, facts, now)
+                    if reason is None and (route.channel, route.external_id) not in keys:
+                        reason = "busy"  # the customer changed channel a moment ago: next run
+                    if reason is not None:
+                        skips.append((t, reason, route.channel))
+                        continue
+                    extra = dict(extra_base)
+                    if t.case_reference:
+                        extra["case_reference"] = t.case_reference
+                    try:
+                        started = await inside.start_flow(
+                            route.channel,
+                            route.external_id,
+                            flow,
+                            extra=extra,
+                            footer_key="campaign.stop_notice" if c.purpose == MARKETING else None,
+                            in_transaction=self._sent_row(c, run_id, t, route, now, status),
+                            campaign=c.name,
+                        )
+                    except IntegrityError:
+                        if not careful:
+                            raise  # the transaction is undone: again, with savepoints
+                        # another run or worker delivered it first (its savepoint is undone)
+                        skips.append((t, "already_sent", route.channel))
+                        continue
+                    if started is None:
+                        skips.append((t, "busy", route.channel))
+                        continue
+                    outcomes[t.contact_id] = SENT
+                    started_any = True
+                await self._record_many(s, c, run_id, skips, recorded, outcomes)
+        if started_any and engine.on_commit:
+            engine.on_commit()  # wake the dispatcher: the batch's messages are committed
+        return [outcomes[t.contact_id] for t in targets]
+
+    def _sent_row(
+        self,
+        c: CampaignSettings,
+        run_id: int,
+        t: Target,
+        route: Route,
+        now: datetime,
+        status: str | None,
+    ) -> InTransaction:
+        """The delivery row of a flow just started, written in its savepoint."""
+
+        async def write(s: AsyncSession, result: HandleResult) -> None:
+            values = {
+                "subject": t.subject,
+                "status": SENT,
+                "reason": None,
+                "channel": route.channel,
+                "flow": c.flow,
+                "conversation_id": result.conversation_id,
+                "outbox_id": result.outbox_ids[0] if result.outbox_ids else None,
+                "sent_at": now,
+            }
+            if status is None:
+                await s.execute(
+                    insert(CampaignDelivery).values(
+                        run_id=run_id, campaign=c.name, contact_id=t.contact_id, **values
+                    )
+                )
+            else:  # deferred before (quiet hours, busy): this run tries again
+                await s.execute(
+                    update(CampaignDelivery)
+                    .where(
+                        CampaignDelivery.run_id == run_id,
+                        CampaignDelivery.contact_id == t.contact_id,
+                    )
+                    .values(**values)
+                )
+
+        return write
+
+    async def _record_many(
+        self,
+        s: AsyncSession,
+        c: CampaignSettings,
+        run_id: int,
+        skips: Sequence[tuple[Target, str, str | None]],
+        recorded: dict[int, str],
+        outcomes: dict[int, str],
+    ) -> None:
+        """The batch's contacts who get nothing now: new rows in one insert, deferred ones
+        updated; in a savepoint, and one by one if a racing run recorded one first."""
+        if not skips:
+            return
+
+        def values(t: Target, reason: str, channel: str | None) -> dict[str, Any]:
+            return {
+                "subject": t.subject,
+                "status": DEFERRED if reason in RETRYABLE else SKIPPED,
+                "reason": reason,
+                "channel": channel,
+                "flow": c.flow,
+            }
+
+        async def write(items: Sequence[tuple[Target, str, str | None]]) -> None:
+            new = [
+                {"run_id": run_id, "campaign": c.name, "contact_id": t.contact_id}
+                | values(t, reason, channel)
+                for t, reason, channel in items
+                if t.contact_id not in recorded
+            ]
+            if new:
+                await s.execute(insert(CampaignDelivery), new)
+            for t, reason, channel in items:
+                if t.contact_id in recorded:
+                    await s.execute(
+                        update(CampaignDelivery)
+                        .where(
+                            CampaignDelivery.run_id == run_id,
+                            CampaignDelivery.contact_id == t.contact_id,
+                        )
+                        .values(**values(t, reason, channel))
+                    )
+
+        try:
+            async with s.begin_nested():
+                await write(skips)
+        except IntegrityError:
+            for item in skips:
+                try:
+                    async with s.begin_nested():
+                        await write([item])
+                except IntegrityError:
+                    outcomes[item[0].contact_id] = ALREADY
+                    continue
+                outcomes.setdefault(item[0].contact_id, "")
+        for t, reason, _ in skips:
+            if not outcomes.get(t.contact_id):
+                status = DEFERRED if reason in RETRYABLE else SKIPPED
+                outcomes[t.contact_id] = f"{status}:{reason}"
 
     async def deliver(
         self, c: CampaignSettings, run_id: int, t: Target, route: Route | bool | None = True

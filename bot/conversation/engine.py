@@ -173,10 +173,20 @@ class Engine:
     ) -> tuple[Identity, Contact, Conversation, str, bool] | None:
         """Dedupe, identity, the locked conversation, the inbound touchpoint, whether the
         conversation was reopened for its agent; None if the message was taken in before."""
-        if await queries.inbound_exists(s, msg.channel, msg.platform_message_id):
-            return None
-        identity, contact = await self._identity(s, msg, self.clock())
-        conv = await queries.open_conversation_locked(s, msg.channel, msg.thread_key)
+        found = await queries.turn_rows(
+            s, msg.channel, msg.sender_id, msg.thread_key, msg.platform_message_id
+        )
+        conv: Conversation | None
+        if found is not None:  # a known customer in an open conversation: one statement
+            duplicate, known, conv = found
+            if duplicate:
+                return None
+            identity, contact = await self._identity(s, msg, self.clock(), known)
+        else:  # a new customer, or a new conversation: step by step
+            if await queries.inbound_exists(s, msg.channel, msg.platform_message_id):
+                return None
+            identity, contact = await self._identity(s, msg, self.clock())
+            conv = await queries.open_conversation_locked(s, msg.channel, msg.thread_key)
         reopened = False
         if conv is None:
             conv = await reopen.reopen_resolved(
@@ -200,7 +210,9 @@ class Engine:
             payload={**_inbound_payload(msg), **extra},
             platform_message_id=msg.platform_message_id,
         )
-        await s.flush()  # the dedupe index speaks here if a racing process won
+        # not flushed here: it goes with the turn's other touchpoints in one INSERT; the
+        # dedupe index speaks then if a racing process won (the transaction, or the
+        # savepoint, rolls back whole, and the retry finds the duplicate)
         return identity, contact, conv, text, reopened
 
     async def _dead_letter(
@@ -518,9 +530,9 @@ class Engine:
         return True
 
     async def _identity(
-        self, s: AsyncSession, msg: InboundMessage, now: datetime
+        self, s: AsyncSession, msg: InboundMessage, now: datetime, known: Identity | None = None
     ) -> tuple[Identity, Contact]:
-        identity = await queries.get_identity(s, msg.channel, msg.sender_id)
+        identity = known or await queries.get_identity(s, msg.channel, msg.sender_id)
         created = identity is None
         if identity is None:
             locale = normalize_locale(msg.locale_hint, self.default_locale)
@@ -593,7 +605,7 @@ class Engine:
             contact_id=conv.contact_id if campaign else None,
             sender_name=sender_name,
         )
-        row = await queries.enqueue(
+        outbox_id = await queries.enqueue_id(
             s,
             channel=conv.channel,
             recipient_id=identity.external_id,
@@ -617,9 +629,9 @@ class Engine:
                 **dict(reply.meta),
                 **({"sender_name": sender_name} if sender_name else {}),
             },
-            outbox_id=row.id,
+            outbox_id=outbox_id,
         )
-        return row.id
+        return outbox_id
 
 
 def _mark_marketing(turn: Turn, before: Mapping[str, Any], actions: tuple[object, ...]) -> None:

@@ -51,6 +51,8 @@ class Dispatcher(RoundWorker):
         self.channels = channels
         self.settings = settings
         self.skip_locked = skip_locked
+        # rows claimed at once: a few rounds of sends in flight
+        self.claim_size = settings.concurrency * 4
         # told of each attempt's result after it is committed: sent, retry, failed (metrics)
         self.observe: Callable[[OutboxMessage, str], None] = lambda row, result: None
 
@@ -86,8 +88,32 @@ class Dispatcher(RoundWorker):
                 done.append(sent)
                 await flush()
 
-        await asyncio.gather(*(one(r) for r in rows))
-        return len(rows)
+        # the next claim is made while the last rows of this one are still sending, so
+        # the channel's rate is kept without a gap between claims; a recipient whose row
+        # is in flight is not claimed again (its row is leased: not due)
+        attempted = len(rows)
+        running = {asyncio.create_task(one(r)) for r in rows}
+        finished: list[asyncio.Task[None]] = []
+        more = len(rows) == self.claim_size
+        try:
+            while running:
+                ended, running = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+                finished.extend(ended)
+                if any(not t.cancelled() and t.exception() for t in ended):
+                    more = False  # as a failed gather would: start no more
+                if more and len(running) <= self.settings.concurrency and not self._stopping:
+                    rows = await self._claim(recipient)
+                    more = len(rows) == self.claim_size
+                    attempted += len(rows)
+                    running |= {asyncio.create_task(one(r)) for r in rows}
+        finally:
+            if running:  # cancelled: the rows in flight end as their leases say
+                for t in running:
+                    t.cancel()
+                await asyncio.gather(*running, return_exceptions=True)
+        for t in finished:
+            t.result()  # the first failure propagates, as gather's did
+        return attempted
 
     async def drain(self, timeout: float = 30.0, *, recipient: str | None = None) -> None:
         """Send until nothing is due (tests, `cicbot chat`, which passes its user: the
@@ -121,7 +147,7 @@ class Dispatcher(RoundWorker):
             .where(OutboxMessage.id.in_(heads), due)
             .where(OutboxMessage.recipient_id == recipient if recipient is not None else true())
             .order_by(OutboxMessage.id)
-            .limit(self.settings.concurrency * 4)
+            .limit(self.claim_size)
         )
         if self.skip_locked:
             q = q.with_for_update(skip_locked=True)

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Update, and_, func, or_, select, update
+from sqlalchemy import Table, Update, and_, bindparam, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -42,7 +42,7 @@ from bot.delivery.flood import Admission, defer, row_key
 from bot.delivery.group import GroupCommit
 from bot.delivery.leases import Leases
 from bot.delivery.worker import RoundWorker
-from storage.db import is_unavailable
+from storage.db import inline, is_unavailable
 from storage.models import DeadLetter, InboxStatus, InboxUpdate, utcnow
 from storage.queries import scrub
 
@@ -133,7 +133,7 @@ class Inbox(RoundWorker):
             .returning(InboxUpdate.channel, InboxUpdate.dedupe_key)
         )
         try:
-            async with self.sessions() as s, s.begin():
+            async with self.sessions() as s, s.begin(), inline(s):
                 inserted = {(c, k) for c, k in await s.execute(stmt)}
         except Exception as exc:
             if is_unavailable(exc):
@@ -282,7 +282,8 @@ class Inbox(RoundWorker):
             for channel, thread in keys:  # sorted: two batches never wait for each other
                 await held.enter_async_context(self.engine.hold_thread(channel, thread))
             try:
-                async with self.sessions() as s, s.begin():
+                # SQLite: the rows' statements on the loop, no thread trip each (storage/db.py)
+                async with self.sessions() as s, s.begin(), inline(s):
                     now = utcnow()
                     for i, g in enumerate(batch):
                         try:
@@ -290,8 +291,10 @@ class Inbox(RoundWorker):
                             async with s.begin_nested() if len(batch) > 1 else _no_savepoint():
                                 for m in g.messages:
                                     results[i].append(await self.engine.handle_in(s, m))
-                                await s.execute(_finished(g.row.id, g.status, g.note, now))
+                                await s.execute(*_finished(g.row.id, g.status, g.note, now))
                             done[i] = True
+                            # inline statements (SQLite) never yield: let the loop breathe
+                            await asyncio.sleep(0)
                         except Exception as exc:
                             if is_unavailable(exc) or len(batch) == 1:
                                 raise
@@ -334,7 +337,7 @@ class Inbox(RoundWorker):
     async def _finish(self, row: InboxUpdate, status: InboxStatus, error: str | None) -> None:
         self.observe(row.channel, status)
         async with self.sessions() as s, s.begin():
-            await s.execute(_finished(row.id, status, error, utcnow()))
+            await s.execute(*_finished(row.id, status, error, utcnow()))
             if status == InboxStatus.DEAD:
                 s.add(_dead_letter(row, error or ""))
 
@@ -374,18 +377,30 @@ async def _no_savepoint() -> AsyncIterator[None]:
     yield
 
 
-def _finished(row_id: int, status: InboxStatus, error: str | None, now: datetime) -> Update:
-    return (
-        update(InboxUpdate)
-        .where(InboxUpdate.id == row_id)
-        .values(
-            status=status,
-            error=error,
-            leased_until=None,
-            leased_by=None,
-            processed_at=now if status != InboxStatus.PENDING else None,
-        )
+_INBOX: Table = InboxUpdate.__table__  # type: ignore[assignment]
+_FINISHED = (
+    update(_INBOX)  # Core, built once: the values are parameters
+    .where(_INBOX.c.id == bindparam("row_id"))
+    .values(
+        status=bindparam("status"),
+        error=bindparam("error"),
+        leased_until=None,
+        leased_by=None,
+        processed_at=bindparam("processed_at"),
     )
+)
+
+
+def _finished(
+    row_id: int, status: InboxStatus, error: str | None, now: datetime
+) -> tuple[Update, dict[str, Any]]:
+    processed = now if status != InboxStatus.PENDING else None
+    return _FINISHED, {
+        "row_id": row_id,
+        "status": status,
+        "error": error,
+        "processed_at": processed,
+    }
 
 
 def _dead_letter(row: InboxUpdate, error: str) -> DeadLetter:

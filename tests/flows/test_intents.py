@@ -64,10 +64,10 @@ def test_the_held_out_set_is_apart_from_the_examples() -> None:
 def test_held_out_phrasings_are_routed_right_by_the_light_matcher(
     ctx: CtxFactory, lang: str
 ) -> None:
-    # measured: 82-83 % (docs/knowledge-base.md); the e5 extra does better (next test)
+    # measured: en 90.6 %, de 90.1 % (docs/knowledge-base.md); the e5 extra does better
     share, right, wrong = routed(ctx(lang), lang)
-    assert share >= 0.80, "\n".join(wrong)
-    assert min(right.values()) >= 18, right  # no intent is left behind (measured 19-31)
+    assert share >= 0.90, "\n".join(wrong)
+    assert min(right.values()) >= 22, right  # no intent is left behind (measured 24-32)
 
 
 @pytest.fixture(scope="module")
@@ -79,13 +79,13 @@ def e5_matcher(options: FlowOptions, matcher_cache: Path) -> Matcher:
     return build_matcher(kb)
 
 
-@pytest.mark.parametrize(("lang", "floor"), [("en", 0.90), ("de", 0.85)])
+@pytest.mark.parametrize("lang", ["en", "de"])
 def test_held_out_phrasings_are_routed_right_with_e5(
-    ctx: CtxFactory, e5_matcher: Matcher, lang: str, floor: float
+    ctx: CtxFactory, e5_matcher: Matcher, lang: str
 ) -> None:
-    # measured: en 91.2 %, de 86.1 %
+    # measured: en 93.8 %, de 92.6 %
     share, _, wrong = routed(replace(ctx(lang), matcher=e5_matcher), lang)
-    assert share >= floor, "\n".join(wrong)
+    assert share >= 0.90, "\n".join(wrong)
 
 
 def ordinary_questions() -> list[str]:
@@ -103,8 +103,11 @@ def test_ordinary_questions_are_never_taken_for_a_request_for_a_person(ctx: CtxF
     c = ctx()
     texts = ordinary_questions()
     assert len(texts) >= 100
-    human = [t for t in texts if understand(UserInput(t), c).intent == "human"]
-    assert not human
+    got = {t: understand(UserInput(t), c).intent for t in texts}
+    assert not [t for t, intent in got.items() if intent == "human"]
+    # nor for "stop", which withdraws consent in any state ("Ich weiß mein Passwort nicht
+    # mehr" did, before "other" had counter-examples that say "nicht mehr")
+    assert not [t for t, intent in got.items() if intent == "stop"]
 
 
 @pytest.mark.parametrize(

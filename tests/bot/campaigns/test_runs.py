@@ -15,7 +15,7 @@ from sqlalchemy import func, select
 
 from bot.campaigns.audience import audience_query
 from bot.campaigns.definitions import Audience, CampaignSettings, Trigger, in_quiet_hours
-from bot.campaigns.runs import Pace
+from bot.campaigns.runs import Pace, Target
 from bot.campaigns.scheduler import CampaignScheduler
 from bot.runtime import Runtime
 from storage import queries
@@ -171,23 +171,25 @@ async def test_a_crash_inside_a_delivery_transaction_leaves_nothing_half_sent(
     for i in range(6):
         await customer(rt, f"c{i}")
     await rt.campaigns.save(campaign())
-    real_check = rt.campaigns.check
+    real_judge = rt.campaigns.judge
     calls = 0
 
-    async def dying_check(*args: Any) -> str | None:
+    def dying_judge(*args: Any) -> str | None:
         nonlocal calls
         calls += 1
-        if calls == 4:  # the process dies after the flow's messages were queued
+        if calls == 4:  # the process dies after three flows' messages were queued
             raise RuntimeError("killed")
-        return await real_check(*args)
+        return real_judge(*args)
 
-    monkeypatch.setattr(rt.campaigns, "check", dying_check)
+    monkeypatch.setattr(rt.campaigns, "judge", dying_judge)
     with pytest.raises(RuntimeError, match="killed"):
         await rt.campaigns.run("t", run_key="x")
-    # the three checked before, and those already in flight then (no new ones started)
+    # the six are one batch, one transaction: the three started before are undone too
     before = sum((await started_per_contact(rt)).values())
-    assert 3 <= before < 3 + rt.campaigns.concurrency
-    monkeypatch.setattr(rt.campaigns, "check", real_check)
+    assert before == 0
+    async with rt.sessions() as s:
+        assert (await s.execute(select(func.count()).select_from(CampaignDelivery))).scalar() == 0
+    monkeypatch.setattr(rt.campaigns, "judge", real_judge)
     report = await rt.campaigns.run("t", run_key="x")
     assert report.outcomes == Counter(sent=6 - before)  # those sent are in the cooldown
     assert set((await started_per_contact(rt)).values()) == {1}
@@ -428,6 +430,32 @@ async def test_deliveries_are_unique_per_run_and_contact_in_the_database(rt: Run
                 )
     async with rt.sessions() as s:
         assert (await s.execute(select(func.count()).select_from(CampaignDelivery))).scalar() == 1
+
+
+async def test_a_batch_where_one_contact_was_delivered_by_another_run_sends_the_others(
+    rt: Runtime,
+) -> None:
+    """A batch shares one transaction; a unique constraint met half-way undoes it, and the
+    batch is done again with a savepoint per contact: that one is `already_sent`, the
+    others get their message once."""
+    ids = [await customer(rt, f"b{i}") for i in range(4)]
+    await rt.campaigns.save(campaign(cooldown_days=0))
+    c = await rt.campaigns.get("t")
+    first, _ = await rt.campaigns._open_run("t", "first", [])
+    assert await rt.campaigns.deliver_batch(c, first, [Target(ids[0], subject="S1")]) == ["sent"]
+    second, _ = await rt.campaigns._open_run("t", "second", [])
+    batch = [Target(ids[1]), Target(ids[2], subject="S1"), Target(ids[3])]
+    outcomes = await rt.campaigns.deliver_batch(c, second, batch)
+    assert outcomes == ["sent", "skipped:already_sent", "sent"]
+    assert await started_per_contact(rt) == Counter({ids[0]: 1, ids[1]: 1, ids[3]: 1})
+    async with rt.sessions() as s:
+        rows = (await s.execute(select(CampaignDelivery).order_by(CampaignDelivery.id))).scalars()
+        assert [(r.contact_id, r.status) for r in rows] == [
+            (ids[0], "sent"),
+            (ids[1], "sent"),
+            (ids[3], "sent"),
+            (ids[2], "skipped"),
+        ]
 
 
 async def test_became_lost_is_followed_up_once_per_event(rt: Runtime, clock: Clock) -> None:

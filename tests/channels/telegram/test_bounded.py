@@ -17,7 +17,7 @@ from sqlalchemy import select
 from bot.channel.sandbox import Sandbox
 from bot.config import Settings
 from channels.telegram.adapter import TelegramChannel
-from channels.telegram.inbox import UpdateParser
+from channels.telegram.inbox import UpdateParser, small
 from channels.telegram.parse import parse_update
 from channels.telegram.raw import Bounds
 from storage.models import DeadLetter, InboxStatus
@@ -227,5 +227,27 @@ async def test_first_updates_after_a_start_do_not_wait_for_the_workers() -> None
         for name in ("text", "callback_query", "my_chat_member_blocked", "group_message"):
             update = load_fixture(name)
             assert await parser(update) == parse_update(update), name
+    finally:
+        await sandbox.close()
+
+
+async def test_small_plain_updates_are_validated_in_process_the_rest_in_a_worker() -> None:
+    """Customers' everyday updates skip the trip to a worker; a bomb, a big or a deep update
+    never runs aiogram in this process."""
+    sandbox = Sandbox(workers=1)  # never started: an update sent to it would be read raw
+    parser = UpdateParser(Bounds(), sandbox, budget=2.0)
+    try:
+        for name in ("text", "callback_query", "my_chat_member_blocked", "group_message"):
+            update = load_fixture(name)
+            assert small(update), name
+            assert await parser(update) == parse_update(update), name  # not a Tolerated
+        assert not small(bomb(2, 1))  # a rich_message: always the worker
+        wide = load_fixture("text")
+        wide["message"]["entities"] = [{"type": "bold", "offset": 0, "length": 1}] * 64
+        assert not small(wide)
+        deep: Any = {"chat": {"id": 1}}
+        for _ in range(8):
+            deep = {"reply_to_message": deep}
+        assert not small({"update_id": 1, "message": deep})
     finally:
         await sandbox.close()

@@ -1,0 +1,38 @@
+"""The hot path's lookups read the partial indexes they were made for (SQLite's planner
+uses one only when the query implies its WHERE: a bound parameter implies nothing)."""
+
+from __future__ import annotations
+
+import sqlite3
+
+from sqlalchemy import Select, select
+from sqlalchemy.dialects import sqlite
+
+from storage import queries
+from storage.models import Conversation, Direction, Touchpoint
+
+
+def plan(url: str, stmt: Select[tuple[object, ...]]) -> str:
+    sql = str(stmt.compile(dialect=sqlite.dialect())).replace("?", "'x'")
+    with sqlite3.connect(url.split("///", 1)[1]) as conn:
+        return "\n".join(row[-1] for row in conn.execute(f"EXPLAIN QUERY PLAN {sql}"))
+
+
+def test_dedupe_and_open_conversation_lookups_use_their_indexes(sqlite_url: str) -> None:
+    turn = plan(sqlite_url, queries._TURN_ROWS)
+    assert "uq_touchpoints_inbound_platform_id" in turn, turn
+    assert "uq_conversations_open_thread" in turn, turn
+    assert "SCAN" not in turn, turn
+    # what the literals replaced: a bound parameter, and the whole table is read
+    bound = select(Touchpoint.id).where(
+        Touchpoint.channel == "x",
+        Touchpoint.platform_message_id == "x",
+        Touchpoint.direction == Direction.IN,
+    )
+    assert "SCAN touchpoints" in plan(sqlite_url, bound)
+    literal = select(Conversation.id).where(
+        Conversation.channel == "x",
+        Conversation.thread_key == "x",
+        Conversation.status != queries.CLOSED,
+    )
+    assert "uq_conversations_open_thread" in plan(sqlite_url, literal)
