@@ -25,6 +25,7 @@ from tests.standins.slack_api import SlackStandIn
 from tests.standins.telegram_api import TelegramStandIn
 
 pytestmark = pytest.mark.postgres
+ATTEMPTS = 5  # kills, until one lands inside a group's transaction
 
 IN_GROUP = text(
     "SELECT backend_xid::text FROM pg_stat_activity "
@@ -44,28 +45,38 @@ async def test_kill_9_inside_a_group_commit(
         load = Load(tg, slack, tag=f"group{int(time.time())}", telegram=60, slack_users=0)
         total = len(load.updates)
         sending = asyncio.create_task(load.run(lambda _: server.base))
-        xid = None
-        async with db.connect() as conn, asyncio.timeout(120):
-            while xid is None:  # polled as fast as the database answers
-                xid = (await conn.execute(IN_GROUP)).scalar()
-                await conn.rollback()
-        server.kill9()
-        window = await in_flight(db)
-        acked_at_kill = sum(u.acked_at is not None for u in load.updates)
-        async with db.connect() as conn:
-            # 32-bit xid of a fresh cluster (epoch 0): its full id is the same number
-            status = (
-                await conn.execute(text("SELECT pg_xact_status(CAST(:x AS xid8))"), {"x": int(xid)})
-            ).scalar()
-        server.start()
-        await server.wait_ready()
+        # the SAVEPOINT is seen from outside, the kill lands a moment later: a group that
+        # committed meanwhile proves nothing, so the next group is tried (the load goes on)
+        tries: list[str] = []
+        window: dict[str, int] = {}
+        status = xid = None
+        while status != "aborted" and len(tries) < ATTEMPTS:
+            xid = None
+            async with db.connect() as conn, asyncio.timeout(120):
+                while xid is None:  # polled as fast as the database answers
+                    xid = (await conn.execute(IN_GROUP)).scalar()
+                    await conn.rollback()
+            server.kill9()
+            for customer, n in (await in_flight(db)).items():  # each kill's send window
+                window[customer] = window.get(customer, 0) + n
+            acked_at_kill = sum(u.acked_at is not None for u in load.updates)
+            async with db.connect() as conn:
+                # 32-bit xid of a fresh cluster (epoch 0): its full id is the same number
+                status = (
+                    await conn.execute(
+                        text("SELECT pg_xact_status(CAST(:x AS xid8))"), {"x": int(xid)}
+                    )
+                ).scalar()
+            tries.append(f"{xid} {status} after {acked_at_kill}/{total} acks")
+            server.start()
+            await server.wait_ready()
         await sending
         await settle(db)
         outcome = await check(db, load)
     finally:
         server.stop()
 
-    about = f"killed in transaction {xid} ({status}) after {acked_at_kill}/{total} acks"
+    about = f"killed in transactions: {'; '.join(tries)}"
     assert status == "aborted", about  # the group's work vanished whole
     assert outcome.acknowledged == total, about
     assert outcome.missing_from_history == [], about

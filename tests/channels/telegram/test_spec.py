@@ -26,7 +26,7 @@ from sqlalchemy import func, select
 
 from bot.channel.messages import ChannelEvent, InboundMessage
 from bot.runtime import Runtime
-from bot.web.app import create_app
+from bot.web.app import create_app, warm_routes
 from channels.telegram.adapter import SECRET_HEADER, WEBHOOK_PATH
 from channels.telegram.parse import parse_update
 from channels.telegram.raw import Bounds, over_bounds, read_raw
@@ -136,7 +136,9 @@ async def app(
         async with asyncio.timeout(120):  # the model path, not the start-up fallback
             while not sandbox.ready:
                 await asyncio.sleep(0.05)
-        transport = httpx.ASGITransport(app=create_app(runtime), raise_app_exceptions=False)
+        web = create_app(runtime)
+        await warm_routes(web)  # as serve's start does: ASGITransport runs no lifespan
+        transport = httpx.ASGITransport(app=web, raise_app_exceptions=False)
         async with httpx.AsyncClient(transport=transport, base_url="http://cicbot") as client:
             yield runtime, client
         await runtime.stop()
