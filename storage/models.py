@@ -367,6 +367,18 @@ class AgentSession(Base):
     expires_at: Mapped[datetime] = mapped_column()
 
 
+class SignInAttempt(Base):
+    """A console sign-in attempt by email and password, kept for the throttle's window so
+    that every worker counts the same attempts; the address only as a SHA-256 hash (people
+    type passwords into the email field). A successful sign-in removes its address's rows."""
+
+    __tablename__ = "sign_in_attempts"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    address_hash: Mapped[str] = mapped_column(String(64), index=True)
+    attempted_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+
+
 class CannedReply(Base):
     """A prepared answer agents insert with `/short_code` in the reply box; admins keep them."""
 

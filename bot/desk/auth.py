@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from argon2 import PasswordHasher
@@ -14,7 +15,7 @@ from argon2.exceptions import InvalidHashError, VerificationError
 from sqlalchemy import delete, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from storage.models import Agent, AgentRole, AgentSession, utcnow
+from storage.models import Agent, AgentRole, AgentSession, SignInAttempt, utcnow
 
 TOKEN_PREFIX = "cic_"  # noqa: S105 (a prefix, not a secret)
 
@@ -184,34 +185,41 @@ async def end_session(s: AsyncSession, token: str) -> bool:
     return bool(result.rowcount)  # type: ignore[attr-defined]
 
 
+@dataclass(frozen=True)
 class LoginThrottle:
-    """Failed sign-ins per email address: after `limit` within `window`, the address waits
-    until the oldest failure is `window` old (per process; Argon2 slows each guess too)."""
+    """Sign-in attempts per email address: after `limit` unsuccessful ones within `window`
+    the address waits until the oldest is `window` old. The attempts are rows in the
+    database (`SignInAttempt`), so every worker counts the same ones; an attempt is
+    recorded before its password is checked, so guesses sent in parallel count too."""
 
-    def __init__(self, limit: int = 5, window: timedelta = timedelta(minutes=15)) -> None:
-        self.limit, self.window = limit, window
-        self._failures: dict[str, list[datetime]] = {}
+    limit: int = 5
+    window: timedelta = timedelta(minutes=15)
 
-    def _recent(self, email: str, now: datetime) -> list[datetime]:
-        key = email.strip().lower()
-        recent = [t for t in self._failures.get(key, []) if now - t < self.window]
-        if recent:
-            self._failures[key] = recent
-        else:
-            self._failures.pop(key, None)
-        return recent
-
-    def wait(self, email: str, now: datetime) -> float:
-        """Seconds until this address may try again (0: now)."""
-        recent = self._recent(email, now)
+    def wait(self, attempts: Sequence[datetime], now: datetime) -> float:
+        """Seconds until the address may try again (0: now), given its recorded attempts."""
+        recent = sorted(t for t in attempts if now - t < self.window)
         if len(recent) < self.limit:
             return 0.0
-        return max(0.0, (recent[0] + self.window - now).total_seconds())
+        return max(0.0, (recent[-self.limit] + self.window - now).total_seconds())
 
-    def failed(self, email: str, now: datetime) -> None:
-        if len(self._failures) > 100_000:  # a flood of made-up addresses: forget, not grow
-            self._failures.clear()
-        self._failures.setdefault(email.strip().lower(), []).append(now)
+    async def attempt(self, s: AsyncSession, email: str, now: datetime) -> float:
+        """Record an attempt and answer 0, or answer the seconds to wait (nothing recorded)."""
+        key = address_hash(email)
+        # old attempts of every address go: the table holds one window's worth at most
+        await s.execute(
+            delete(SignInAttempt).where(SignInAttempt.attempted_at <= now - self.window)
+        )
+        q = select(SignInAttempt.attempted_at).where(SignInAttempt.address_hash == key)
+        wait = self.wait(list((await s.scalars(q)).all()), now)
+        if wait == 0:
+            s.add(SignInAttempt(address_hash=key, attempted_at=now))
+        return wait
 
-    def succeeded(self, email: str) -> None:
-        self._failures.pop(email.strip().lower(), None)
+    async def succeeded(self, s: AsyncSession, email: str) -> None:
+        await s.execute(
+            delete(SignInAttempt).where(SignInAttempt.address_hash == address_hash(email))
+        )
+
+
+def address_hash(email: str) -> str:
+    return hashlib.sha256(email.strip().casefold().encode("utf-8")).hexdigest()

@@ -4,7 +4,8 @@
 bearer token, like an API token; it ends after `desk.session_idle_hours` unused, after
 `desk.session_max_hours` in any case, on `POST /api/v1/auth/logout`, and when the
 password is reset or the agent revoked. API tokens (`cic_…`) stay for integrations.
-Failed sign-ins are throttled per email address; every answer to a wrong email or
+Failed sign-ins are throttled per email address, counted in the database so every
+worker sees the same attempts; every answer to a wrong email or
 password is the same 401, after the same Argon2 work.
 """
 
@@ -40,22 +41,15 @@ class PasswordChange(BaseModel):
 
 public = APIRouter(prefix="/api/v1/auth", tags=["sign-in"])
 router = APIRouter(prefix="/api/v1", tags=["sign-in"], route_class=BearerRoute)
-THROTTLE_KEY = "login_throttle"
-
-
-def _throttle(request: Request) -> auth.LoginThrottle:
-    state = request.app.state
-    if not hasattr(state, THROTTLE_KEY):
-        setattr(state, THROTTLE_KEY, auth.LoginThrottle())
-    throttle: auth.LoginThrottle = getattr(state, THROTTLE_KEY)
-    return throttle
+THROTTLE = auth.LoginThrottle()
 
 
 @public.post("/login", response_model=None)
 async def login(request: Request, body: Login) -> dict[str, Any] | JSONResponse:
     """Email and password → a console session token (and when it ends if unused)."""
-    rt, now, throttle = runtime_of(request), utcnow(), _throttle(request)
-    wait = throttle.wait(body.email, now)
+    rt, now = runtime_of(request), utcnow()
+    async with rt.sessions() as s, s.begin():
+        wait = await THROTTLE.attempt(s, body.email, now)
     if wait > 0:
         return JSONResponse(
             {"error": {"code": "too_many_attempts", "message": "too many failed sign-ins"}},
@@ -65,15 +59,14 @@ async def login(request: Request, body: Login) -> dict[str, Any] | JSONResponse:
     desk = rt.settings.desk
     async with rt.sessions() as s, s.begin():
         agent = await auth.verify_login(s, body.email, body.password)
-        if agent is None:
-            throttle.failed(body.email, now)
+        if agent is None:  # the attempt stays recorded
             raise ApiError(401, "unauthorized", "wrong email or password")
         token, session = await auth.start_session(
             s, agent, now, timedelta(hours=desk.session_max_hours)
         )
         agent.last_seen_at = now
         expires = auth.session_expiry(session, timedelta(hours=desk.session_idle_hours))
-    throttle.succeeded(body.email)
+        await THROTTLE.succeeded(s, body.email)
     return {"token": token, "expires_at": expires.isoformat(), "agent": agent_json(agent)}
 
 

@@ -5,10 +5,11 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
+from sqlalchemy import select
 
 from bot.desk import auth
 from bot.runtime import Runtime
-from storage.models import Agent, AgentRole, AgentSession, utcnow
+from storage.models import Agent, AgentRole, AgentSession, SignInAttempt, utcnow
 
 IDLE = timedelta(hours=8)
 
@@ -63,14 +64,31 @@ async def test_sessions_expire_when_idle_at_their_end_and_on_reset(runtime: Runt
         assert await auth.agent_by_session(s, token, now, IDLE) is None
 
 
-def test_login_throttle() -> None:
+def test_login_throttle_waits_for_the_oldest_of_the_last_attempts() -> None:
+    throttle, now = auth.LoginThrottle(limit=3, window=timedelta(minutes=15)), utcnow()
+    minute = timedelta(minutes=1)
+    assert throttle.wait([now, now], now) == 0
+    assert throttle.wait([now - 2 * minute, now - minute, now], now) == 13 * 60
+    # attempts older than the window do not count
+    assert throttle.wait([now - 20 * minute, now - minute, now], now) == 0
+    assert throttle.wait([now, now, now], now + 15 * minute) == 0
+
+
+async def test_login_attempts_are_counted_in_the_database(runtime: Runtime) -> None:
     throttle, now = auth.LoginThrottle(limit=3, window=timedelta(minutes=15)), utcnow()
     for _ in range(3):
-        assert throttle.wait("A@x.org", now) == 0
-        throttle.failed("a@x.org", now)
-    assert throttle.wait("a@x.org", now + timedelta(minutes=1)) == 14 * 60
-    assert throttle.wait("b@x.org", now) == 0
-    assert throttle.wait("a@x.org", now + timedelta(minutes=15)) == 0
-    throttle.failed("c@x.org", now)
-    throttle.succeeded("c@x.org")
-    assert throttle._failures.get("c@x.org") is None
+        async with runtime.sessions() as s, s.begin():
+            assert await throttle.attempt(s, "A@x.org ", now) == 0
+    async with runtime.sessions() as s, s.begin():
+        assert await throttle.attempt(s, "a@X.org", now + timedelta(minutes=1)) == 14 * 60
+        assert await throttle.attempt(s, "b@x.org", now) == 0
+        await throttle.succeeded(s, "b@x.org")
+    async with runtime.sessions() as s, s.begin():
+        rows = (await s.scalars(select(SignInAttempt.address_hash))).all()
+        assert rows == [auth.address_hash("a@x.org")] * 3  # only hashes, never the address
+        # a window later the old attempts are gone from the table
+        assert await throttle.attempt(s, "c@x.org", now + timedelta(minutes=15)) == 0
+    async with runtime.sessions() as s:
+        assert (await s.scalars(select(SignInAttempt.address_hash))).all() == [
+            auth.address_hash("c@x.org")
+        ]

@@ -90,6 +90,26 @@ async def test_failed_sign_ins_are_throttled(site: Site) -> None:
     assert (await login(site, "root@example.com", "guess guess")).status_code == 401
 
 
+async def test_two_workers_share_the_throttle(site: Site) -> None:
+    """Attempts are counted in the database: a second worker on the same database does
+    not grant five more guesses (it did while each process counted its own)."""
+    async with serve(make_settings(site.rt.settings.database.url)) as (url, _):
+        second = Site(url, site.rt, site.tokens, site.ids)
+        for worker in [site, second, site, second, site]:
+            assert (await login(worker, "anna@example.com", "guess guess")).status_code == 401
+        for worker in [second, site]:
+            assert (await login(worker, "anna@example.com", PASSWORD)).status_code == 429
+
+
+async def test_a_successful_sign_in_clears_the_attempts(site: Site) -> None:
+    for _ in range(4):
+        assert (await login(site, "anna@example.com", "guess guess")).status_code == 401
+    assert (await login(site, "anna@example.com", PASSWORD)).status_code == 200
+    for _ in range(4):
+        assert (await login(site, "anna@example.com", "guess guess")).status_code == 401
+    assert (await login(site, "anna@example.com", PASSWORD)).status_code == 200
+
+
 async def test_an_idle_or_old_session_ends(site: Site) -> None:
     desk = site.rt.settings.desk
     token = (await login(site, "anna@example.com", PASSWORD)).json()["token"]
