@@ -21,6 +21,7 @@ from bot.channel import ChannelAdapter, SendResult
 from bot.channel.messages import InboundMessage, OutboundMessage
 from bot.config import DatabaseSettings, DispatcherSettings, Settings, load_settings
 from bot.runtime import Runtime
+from storage import scratch
 from storage.migrate import upgrade
 from storage.models import Base
 from tests.standins.slack_api import SlackStandIn
@@ -51,33 +52,22 @@ def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-async def _pg_admin(sql: str) -> None:
-    engine = create_async_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    try:
-        async with engine.connect() as conn:
-            await conn.execute(text(sql))
-    finally:
-        await engine.dispose()
-
-
 @contextmanager
 def pg_database(prefix: str, *, migrate: bool = True) -> Iterator[str]:
     """A PostgreSQL database of its own, dropped afterwards; skipped (or, in CI, failed)
     when the server is unreachable."""
-    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
     try:
-        asyncio.run(_pg_admin(f"CREATE DATABASE {name}"))
+        url = asyncio.run(scratch.create(PG_ADMIN_URL, prefix))
     except Exception as exc:
         if REQUIRE_PG:
             pytest.fail(f"PostgreSQL required (CICBOT_REQUIRE_POSTGRES=1) but unreachable: {exc}")
         pytest.skip(f"PostgreSQL not reachable at {PG_ADMIN_URL}: {exc}")
-    url = PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
     try:
         if migrate:
             upgrade(url)
         yield url
     finally:
-        asyncio.run(_pg_admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        asyncio.run(scratch.drop(PG_ADMIN_URL, url))
 
 
 @pytest.fixture(scope="session")
