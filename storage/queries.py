@@ -7,7 +7,17 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import Table, bindparam, insert, literal_column, select, update
+from sqlalchemy import (
+    Table,
+    TextualSelect,
+    bindparam,
+    column,
+    insert,
+    literal_column,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql.elements import ColumnClause
 
@@ -20,6 +30,7 @@ from storage.models import (
     ConversationStatus,
     Direction,
     Identity,
+    InboxStatus,
     OutboxMessage,
     OutboxStatus,
     Touchpoint,
@@ -36,6 +47,41 @@ INBOUND: ColumnClause[str] = literal_column(
 CLOSED: ColumnClause[str] = literal_column(
     f"'{ConversationStatus.CLOSED.value}'"
 )  # uq_conversations_open_thread
+
+
+def _literals(*values: str) -> list[ColumnClause[str]]:
+    return [literal_column(f"'{v}'") for v in values]
+
+
+# ix_inbox_unfinished and ix_outbox_unfinished: `status IN (?, ?)` implied nothing, so the
+# claims read every row of the channel (ix_*_partition), done ones too: a cost that grew
+# with the table
+INBOX_UNFINISHED = _literals(InboxStatus.PENDING.value, InboxStatus.PROCESSING.value)
+OUTBOX_UNFINISHED = _literals(OutboxStatus.PENDING.value, OutboxStatus.SENDING.value)
+
+
+def heads(dialect: str, table: str, key: str, channels: Sequence[str]) -> TextualSelect:
+    """The id of each partition's oldest unfinished row (`key`: the inbox's partition_key,
+    the outbox's recipient_id) in `channels` (not empty), read from the partial
+    index of unfinished rows. SQLite's planner, without statistics, preferred the full
+    index on (channel, key, status, id) even with the statuses as literals: it read every
+    row the channel ever had, so the claim grew with the table; INDEXED BY names the one
+    index whose size is the backlog. PostgreSQL picks it from its statistics."""
+    index, unfinished = {
+        ("inbox", "partition_key"): ("ix_inbox_unfinished", INBOX_UNFINISHED),
+        ("outbox", "recipient_id"): ("ix_outbox_unfinished", OUTBOX_UNFINISHED),
+    }[(table, key)]
+    statuses = ", ".join(str(v) for v in unfinished)  # the literals, as the index has them
+    hint = f" INDEXED BY {index}" if dialect == "sqlite" else ""
+    return (
+        text(
+            f"SELECT min(id) FROM {table}{hint} WHERE status IN ({statuses}) "  # noqa: S608 (constants)
+            f"AND channel IN :channels GROUP BY channel, {key}"
+        )
+        .bindparams(bindparam("channels", list(channels), expanding=True))
+        .columns(column("id"))
+    )
+
 
 # what PostgreSQL refuses in text or JSON: NUL, and lone surrogates (a JSON escape such
 # as \ud800 parses in Python); both become U+FFFD
