@@ -101,6 +101,7 @@ class Dispatcher(RoundWorker):
         failed = False
         woken: asyncio.Task[None] | None = None
         wanted = False  # notified, and no claim made since
+        claim_failed: Exception | None = None
         try:
             while running:
                 if woken is None and not (wanted or self._stopping or failed):
@@ -121,7 +122,14 @@ class Dispatcher(RoundWorker):
                 ):
                     wanted = False
                     self._wake.clear()  # before the claim: a notify during it is not lost
-                    rows = await self._claim(recipient)
+                    try:
+                        rows = await self._claim(recipient)
+                    except Exception as exc:
+                        # the rows in flight finish first (a sent one must get its sent
+                        # mark, or its lease runs out and it goes out twice); then the
+                        # round fails as before
+                        claim_failed, more, failed = exc, False, True
+                        continue
                     more = len(rows) == self.claim_size
                     attempted += len(rows)
                     running |= {asyncio.create_task(one(r)) for r in rows}
@@ -134,6 +142,8 @@ class Dispatcher(RoundWorker):
                 await asyncio.gather(*running, return_exceptions=True)
         for t in finished:
             t.result()  # the first failure propagates, as gather's did
+        if claim_failed is not None:
+            raise claim_failed
         return attempted
 
     async def _woken(self) -> None:

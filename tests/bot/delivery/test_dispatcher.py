@@ -168,3 +168,32 @@ async def test_a_reply_committed_during_a_slow_send_goes_out_at_once(db_url: str
     finally:
         ch.release.set()
         await rt.stop()
+
+
+async def test_a_failed_claim_lets_the_sends_in_flight_finish(db_url: str) -> None:
+    # regression: a notify's claim failing (the database away) cancelled the batch's sends
+    # in flight; one already delivered lost its sent mark and went out again after its lease
+    rt = Runtime(make_settings(db_url), channels=[])
+    ch = rt.channels["test"] = SlowFor(slow="slow")
+    await rt.start()
+    real = rt.dispatcher._claim
+    try:
+        await rt.engine.handle(inbound("hello", user="slow"))
+        await asyncio.sleep(0.2)  # its send is in flight, held
+
+        async def away(recipient: str | None = None) -> list[OutboxMessage]:
+            raise OSError("the database is away")
+
+        rt.dispatcher._claim = away  # type: ignore[method-assign]
+        rt.dispatcher.notify()
+        await asyncio.sleep(0.1)  # the claim failed; the send is still held
+        rt.dispatcher._claim = real  # type: ignore[method-assign]
+        ch.release.set()
+        await ch.wait_for(1)
+        async with asyncio.timeout(5):
+            while {r.status for r in await outbox(rt)} != {OutboxStatus.SENT}:
+                await asyncio.sleep(0.05)
+        assert len(ch.sent) == 1
+    finally:
+        ch.release.set()
+        await rt.stop()
