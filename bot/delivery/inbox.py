@@ -284,8 +284,9 @@ class Inbox(RoundWorker):
             await self._finish(row, status, note)
 
     async def _commit_rows(self, batch: list[Grouped]) -> list[bool]:
-        """The engine's work for many rows in one transaction, each row in a savepoint with
-        its done mark (a message's effects and its row's state commit together). True for
+        """The engine's work for many rows in one transaction, each row in a savepoint; the
+        done marks of the rows that succeeded at the end, in the same transaction (a
+        message's effects and its row's state commit together). True for
         the rows committed; a row whose savepoint failed (or all, if the transaction did)
         goes the single way after (`_handle`: its retries, its dead letter)."""
         keys = sorted({(m.channel, m.thread_key) for g in batch for m in g.messages})
@@ -298,13 +299,23 @@ class Inbox(RoundWorker):
                 # SQLite: the rows' statements on the loop, no thread trip each (storage/db.py)
                 async with self.sessions() as s, s.begin(), inline(s):
                     now = utcnow()
+                    # the senders' seen marks, written for the whole group at its end in
+                    # one statement per table (queries.defer_seen), as are the done marks
+                    seen = queries.defer_seen(s)
+                    # a row's touchpoints in one INSERT, inside its savepoint (the dedupe
+                    # index speaks there if a racing process took the message in first)
+                    queries.defer_touchpoints(s)
                     for i, g in enumerate(batch):
+                        mark = len(seen)
                         try:
                             # alone in its transaction, a row needs no savepoint of its own
                             async with s.begin_nested() if len(batch) > 1 else _no_savepoint():
-                                for m in g.messages:
-                                    results[i].append(await self.engine.handle_in(s, m))
-                                await s.execute(*_finished(g.row.id, g.status, g.note, now))
+                                try:
+                                    for m in g.messages:
+                                        results[i].append(await self.engine.handle_in(s, m))
+                                    await queries.flush_touchpoints(s)
+                                finally:
+                                    queries.drop_touchpoints(s)  # written, or rolled back
                             done[i] = True
                             # inline statements (SQLite) never yield: let the loop breathe
                             await asyncio.sleep(0)
@@ -312,7 +323,17 @@ class Inbox(RoundWorker):
                             if is_unavailable(exc) or len(batch) == 1:
                                 raise
                             results[i] = []
+                            del seen[mark:]  # rolled back with its savepoint
                             log.info("inbox row %s: %s; handled alone", g.row.id, repr(exc)[:200])
+                    # in the same transaction as the rows' effects: they commit together
+                    finished = [
+                        _finished(g.row.id, g.status, g.note, now)[1]
+                        for g, ok in zip(batch, done, strict=True)
+                        if ok
+                    ]
+                    if finished:
+                        await s.execute(_FINISHED, finished)
+                    await queries.mark_seen(s, seen)
             except Exception as exc:
                 if len(batch) == 1 and not is_unavailable(exc):
                     log.info("inbox row %s: %s; handled alone", batch[0].row.id, repr(exc)[:200])
