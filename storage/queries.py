@@ -5,9 +5,20 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping, Sequence
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Table, bindparam, insert, literal_column, select, update
+from sqlalchemy import (
+    Table,
+    TextualSelect,
+    bindparam,
+    column,
+    insert,
+    literal_column,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql.elements import ColumnClause
 
@@ -20,6 +31,7 @@ from storage.models import (
     ConversationStatus,
     Direction,
     Identity,
+    InboxStatus,
     OutboxMessage,
     OutboxStatus,
     Touchpoint,
@@ -36,6 +48,41 @@ INBOUND: ColumnClause[str] = literal_column(
 CLOSED: ColumnClause[str] = literal_column(
     f"'{ConversationStatus.CLOSED.value}'"
 )  # uq_conversations_open_thread
+
+
+def _literals(*values: str) -> list[ColumnClause[str]]:
+    return [literal_column(f"'{v}'") for v in values]
+
+
+# ix_inbox_unfinished and ix_outbox_unfinished: `status IN (?, ?)` implied nothing, so the
+# claims read every row of the channel (ix_*_partition), done ones too: a cost that grew
+# with the table
+INBOX_UNFINISHED = _literals(InboxStatus.PENDING.value, InboxStatus.PROCESSING.value)
+OUTBOX_UNFINISHED = _literals(OutboxStatus.PENDING.value, OutboxStatus.SENDING.value)
+
+
+def heads(dialect: str, table: str, key: str, channels: Sequence[str]) -> TextualSelect:
+    """The id of each partition's oldest unfinished row (`key`: the inbox's partition_key,
+    the outbox's recipient_id) in `channels` (not empty), read from the partial
+    index of unfinished rows. SQLite's planner, without statistics, preferred the full
+    index on (channel, key, status, id) even with the statuses as literals: it read every
+    row the channel ever had, so the claim grew with the table; INDEXED BY names the one
+    index whose size is the backlog. PostgreSQL picks it from its statistics."""
+    index, unfinished = {
+        ("inbox", "partition_key"): ("ix_inbox_unfinished", INBOX_UNFINISHED),
+        ("outbox", "recipient_id"): ("ix_outbox_unfinished", OUTBOX_UNFINISHED),
+    }[(table, key)]
+    statuses = ", ".join(str(v) for v in unfinished)  # the literals, as the index has them
+    hint = f" INDEXED BY {index}" if dialect == "sqlite" else ""
+    return (
+        text(
+            f"SELECT min(id) FROM {table}{hint} WHERE status IN ({statuses}) "  # noqa: S608 (constants)
+            f"AND channel IN :channels GROUP BY channel, {key}"
+        )
+        .bindparams(bindparam("channels", list(channels), expanding=True))
+        .columns(column("id"))
+    )
+
 
 # what PostgreSQL refuses in text or JSON: NUL, and lone surrogates (a JSON escape such
 # as \ud800 parses in Python); both become U+FFFD
@@ -182,6 +229,47 @@ async def create_conversation(
     return conv
 
 
+_SEEN = "deferred_seen"  # session.info: the seen marks a group commit writes at its end
+_IDENTITIES: Table = Identity.__table__  # type: ignore[assignment]
+_CONTACTS: Table = Contact.__table__  # type: ignore[assignment]
+_IDENTITY_SEEN = (
+    update(_IDENTITIES)
+    .where(_IDENTITIES.c.id == bindparam("identity_id"))
+    .values(last_seen_at=bindparam("now"))
+)
+_CONTACT_SEEN = (
+    update(_CONTACTS)
+    .where(_CONTACTS.c.id == bindparam("contact_id"))
+    .values(last_contact_at=bindparam("now"), updated_at=bindparam("now"))
+)
+
+
+def defer_seen(s: AsyncSession) -> list[tuple[int, int, datetime]]:
+    """From now on in `s`, a message's sender is marked seen (identity.last_seen_at,
+    contact.last_contact_at) by `mark_seen`, for all senders at once, instead of by two
+    UPDATEs per message. The list (identity id, contact id, when) is the caller's to trim
+    when a savepoint rolls back."""
+    seen: list[tuple[int, int, datetime]] = s.info.setdefault(_SEEN, [])
+    return seen
+
+
+def deferred_seen(s: AsyncSession) -> list[tuple[int, int, datetime]] | None:
+    """The list `defer_seen` made for `s`, or None: mark the sender seen on the rows."""
+    return s.info.get(_SEEN)
+
+
+async def mark_seen(s: AsyncSession, seen: Sequence[tuple[int, int, datetime]]) -> None:
+    """The deferred seen marks: one executemany per table (the latest mark per row)."""
+    identities = {i: now for i, _, now in seen}
+    contacts = {c: now for _, c, now in seen}
+    if identities:
+        await s.execute(
+            _IDENTITY_SEEN, [{"identity_id": i, "now": t} for i, t in identities.items()]
+        )
+    if contacts:
+        await s.execute(_CONTACT_SEEN, [{"contact_id": c, "now": t} for c, t in contacts.items()])
+
+
 def add_touchpoint(
     s: AsyncSession,
     *,
@@ -209,8 +297,43 @@ def add_touchpoint(
         outbox_id=outbox_id,
         created_at=utcnow(),
     )
-    s.add(tp)
+    deferred = s.info.get(_TOUCHPOINTS)
+    if deferred is None:
+        s.add(tp)
+    else:  # written by flush_touchpoints, with the others of the turn (see defer_touchpoints)
+        deferred.append({c: getattr(tp, c) for c in _TOUCHPOINT_COLUMNS})
     return tp
+
+
+_TOUCHPOINTS = "deferred_touchpoints"  # session.info: rows flush_touchpoints writes
+_TOUCHPOINT_TABLE: Table = Touchpoint.__table__  # type: ignore[assignment]
+_TOUCHPOINT_COLUMNS = tuple(c.name for c in _TOUCHPOINT_TABLE.c if c.name != "id")
+
+
+def defer_touchpoints(s: AsyncSession) -> None:
+    """From now on in `s`, `add_touchpoint` keeps its rows for `flush_touchpoints`, which
+    writes them in one executemany INSERT. The ORM wrote a turn's touchpoints one INSERT
+    each on SQLite (RETURNING the ids in order is not batched there), and nobody needs
+    their ids: the object `add_touchpoint` returns is then not in the session and has no
+    id. The caller flushes before the transaction (or its savepoint) ends, and before
+    anything reads touchpoints in it (Engine.notify_observers does)."""
+    s.info.setdefault(_TOUCHPOINTS, [])
+
+
+async def flush_touchpoints(s: AsyncSession) -> None:
+    """Write the touchpoints `defer_touchpoints` kept (no-op otherwise)."""
+    rows = s.info.get(_TOUCHPOINTS)
+    if rows:
+        batch = rows[:]
+        rows.clear()
+        await s.execute(insert(_TOUCHPOINT_TABLE), batch)
+
+
+def drop_touchpoints(s: AsyncSession) -> None:
+    """Forget the kept touchpoints (their savepoint rolled back)."""
+    rows = s.info.get(_TOUCHPOINTS)
+    if rows:
+        rows.clear()
 
 
 # an outbox body's text to keep once the message is sent (bot/conversation/linking.py's code

@@ -112,6 +112,8 @@ class Engine:
         self, s: AsyncSession, conv: Conversation, kind: str, **detail: Any
     ) -> bool:
         """Tell the observers (inside the caller's transaction); True if there were any."""
+        if self.observers:  # they read the conversation's touchpoints: written first
+            await queries.flush_touchpoints(s)
         for observer in self.observers:
             await observer(s, conv, kind, detail)
         return bool(self.observers)
@@ -546,12 +548,17 @@ class Engine:
             )
         contact = await s.get(Contact, identity.contact_id)
         assert contact is not None
-        identity.last_seen_at = now
-        identity.reachable = True  # they just wrote to us
-        identity.unreachable_reason = None
+        seen = queries.deferred_seen(s)
+        if seen is None:
+            identity.last_seen_at = now
+            contact.last_contact_at = now
+        else:  # the inbox's group commit marks all its senders at once
+            seen.append((identity.id, contact.id, now))
+        if not identity.reachable or identity.unreachable_reason is not None:
+            identity.reachable = True  # they just wrote to us
+            identity.unreachable_reason = None
         if msg.sender_name and not identity.display_name:
             identity.display_name = queries.scrub(msg.sender_name)
-        contact.last_contact_at = now
         if not (msg.verified or created):
             return identity, contact  # an unvouched sender's word changes no profile
         for key in ("phone", "email"):

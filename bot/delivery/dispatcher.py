@@ -17,8 +17,9 @@ import random
 from collections.abc import Callable, Mapping
 from datetime import timedelta
 
-from sqlalchemy import and_, func, or_, select, true, update
+from sqlalchemy import and_, or_, select, true, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.orm.attributes import set_committed_value
 
 from bot.channel import Channel, PermanentSendError, SendResult, TransientSendError
 from bot.channel.messages import OutboundMessage
@@ -90,30 +91,63 @@ class Dispatcher(RoundWorker):
 
         # the next claim is made while the last rows of this one are still sending, so
         # the channel's rate is kept without a gap between claims; a recipient whose row
-        # is in flight is not claimed again (its row is leased: not due)
+        # is in flight is not claimed again (its row is leased: not due). A notify (a
+        # turn committed replies) claims at once too: a reply does not wait for the
+        # slowest send of the batch before it
         attempted = len(rows)
         running = {asyncio.create_task(one(r)) for r in rows}
         finished: list[asyncio.Task[None]] = []
         more = len(rows) == self.claim_size
+        failed = False
+        woken: asyncio.Task[None] | None = None
+        wanted = False  # notified, and no claim made since
+        claim_failed: Exception | None = None
         try:
             while running:
-                ended, running = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+                if woken is None and not (wanted or self._stopping or failed):
+                    woken = asyncio.create_task(self._woken())
+                waited = running | {woken} if woken is not None else running
+                ended, _ = await asyncio.wait(waited, return_when=asyncio.FIRST_COMPLETED)
+                notified = woken is not None and woken in ended
+                if notified:
+                    ended.discard(woken)
+                    woken, wanted = None, True
+                running -= ended
                 finished.extend(ended)
                 if any(not t.cancelled() and t.exception() for t in ended):
-                    more = False  # as a failed gather would: start no more
-                if more and len(running) <= self.settings.concurrency and not self._stopping:
-                    rows = await self._claim(recipient)
+                    more, failed = False, True  # as a failed gather would: start no more
+                room = len(running) <= self.settings.concurrency
+                if ((more and room) or (wanted and len(running) < self.claim_size)) and not (
+                    self._stopping or failed
+                ):
+                    wanted = False
+                    self._wake.clear()  # before the claim: a notify during it is not lost
+                    try:
+                        rows = await self._claim(recipient)
+                    except Exception as exc:
+                        # the rows in flight finish first (a sent one must get its sent
+                        # mark, or its lease runs out and it goes out twice); then the
+                        # round fails as before
+                        claim_failed, more, failed = exc, False, True
+                        continue
                     more = len(rows) == self.claim_size
                     attempted += len(rows)
                     running |= {asyncio.create_task(one(r)) for r in rows}
         finally:
+            if woken is not None:
+                woken.cancel()
             if running:  # cancelled: the rows in flight end as their leases say
                 for t in running:
                     t.cancel()
                 await asyncio.gather(*running, return_exceptions=True)
         for t in finished:
             t.result()  # the first failure propagates, as gather's did
+        if claim_failed is not None:
+            raise claim_failed
         return attempted
+
+    async def _woken(self) -> None:
+        await self._wake.wait()
 
     async def drain(self, timeout: float = 30.0, *, recipient: str | None = None) -> None:
         """Send until nothing is due (tests, `cicbot chat`, which passes its user: the
@@ -125,17 +159,13 @@ class Dispatcher(RoundWorker):
                 raise TimeoutError("outbox not drained")
 
     async def _claim(self, recipient: str | None = None) -> list[OutboxMessage]:
+        if not self.channels:
+            return []
         now = utcnow()
         # each recipient's oldest unsent row, from the partial index of unsent rows
         # (ix_outbox_unfinished): a long queue for one recipient is one index range
-        heads = (
-            select(func.min(OutboxMessage.id))
-            .where(
-                OutboxMessage.status.in_(UNFINISHED),
-                OutboxMessage.channel.in_(list(self.channels)),
-            )
-            .group_by(OutboxMessage.channel, OutboxMessage.recipient_id)
-        )
+        dialect = self.leases.db.dialect.name
+        heads = queries.heads(dialect, "outbox", "recipient_id", list(self.channels))
         due = or_(
             and_(
                 OutboxMessage.status == OutboxStatus.PENDING, OutboxMessage.next_attempt_at <= now
@@ -154,11 +184,23 @@ class Dispatcher(RoundWorker):
         lease = self.leases.until()
         async with self.sessions() as s, s.begin():
             rows = list((await s.execute(q)).scalars().all())
-            for row in rows:
-                row.status = OutboxStatus.SENDING
-                row.leased_until = lease
-                row.leased_by = self.leases.boot_id
-                row.attempts += 1
+            if rows:  # one UPDATE for the batch, not one per row from the unit of work
+                await s.execute(
+                    update(OutboxMessage)
+                    .where(OutboxMessage.id.in_([r.id for r in rows]))
+                    .values(
+                        status=OutboxStatus.SENDING,
+                        leased_until=lease,
+                        leased_by=self.leases.boot_id,
+                        attempts=OutboxMessage.attempts + 1,
+                    )
+                    .execution_options(synchronize_session=False)
+                )
+            for row in rows:  # what the row now is, without making it dirty
+                set_committed_value(row, "status", OutboxStatus.SENDING)
+                set_committed_value(row, "leased_until", lease)
+                set_committed_value(row, "leased_by", self.leases.boot_id)
+                set_committed_value(row, "attempts", row.attempts + 1)
         return rows
 
     async def _deliver(self, row: OutboxMessage) -> tuple[OutboxMessage, SendResult] | None:

@@ -31,9 +31,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Table, Update, and_, bindparam, func, or_, select, update
+from sqlalchemy import Table, Update, and_, bindparam, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.orm.attributes import set_committed_value
 
 from bot.channel.inbound import Deferred, Parsed, ParseError, Parser, Tolerated, Unavailable
 from bot.channel.messages import ChannelEvent, InboundMessage
@@ -42,6 +43,7 @@ from bot.delivery.flood import Admission, defer, row_key
 from bot.delivery.group import GroupCommit
 from bot.delivery.leases import Leases
 from bot.delivery.worker import RoundWorker
+from storage import queries
 from storage.db import inline, is_unavailable
 from storage.models import DeadLetter, InboxStatus, InboxUpdate, utcnow
 from storage.queries import scrub
@@ -199,16 +201,13 @@ class Inbox(RoundWorker):
             await asyncio.sleep(0.01 if deferred else 0)
 
     async def _claim(self, limit: int) -> list[InboxUpdate]:
+        if not self.parsers:
+            return []
         now = utcnow()
         # each chat's oldest unfinished row, read from the partial index of unfinished rows
         # (ix_inbox_unfinished): a busy chat's backlog is one index range, never a probe per
         # row, and it offers one row at a time like every other chat (oldest first)
-        channels = list(self.parsers)
-        heads = (
-            select(func.min(InboxUpdate.id))
-            .where(InboxUpdate.status.in_(UNFINISHED), InboxUpdate.channel.in_(channels))
-            .group_by(InboxUpdate.channel, InboxUpdate.partition_key)
-        )
+        heads = queries.heads(self.dialect, "inbox", "partition_key", list(self.parsers))
         due = or_(
             InboxUpdate.status == InboxStatus.PENDING,
             and_(InboxUpdate.status == InboxStatus.PROCESSING, InboxUpdate.leased_until < now),
@@ -235,11 +234,25 @@ class Inbox(RoundWorker):
                         f"parked after {r.attempts} attempts",
                     )
                     continue
-                r.status = InboxStatus.PROCESSING
-                r.leased_until = self.leases.until()
-                r.leased_by = self.leases.boot_id
-                r.attempts += 1
                 claimed.append(r)
+            if claimed:  # one UPDATE for the batch, not one per row from the unit of work
+                lease = self.leases.until()
+                await s.execute(
+                    update(InboxUpdate)
+                    .where(InboxUpdate.id.in_([r.id for r in claimed]))
+                    .values(
+                        status=InboxStatus.PROCESSING,
+                        leased_until=lease,
+                        leased_by=self.leases.boot_id,
+                        attempts=InboxUpdate.attempts + 1,
+                    )
+                    .execution_options(synchronize_session=False)
+                )
+                for r in claimed:  # what the row now is, without making it dirty
+                    set_committed_value(r, "status", InboxStatus.PROCESSING)
+                    set_committed_value(r, "leased_until", lease)
+                    set_committed_value(r, "leased_by", self.leases.boot_id)
+                    set_committed_value(r, "attempts", r.attempts + 1)
         return claimed
 
     async def _process(self, row: InboxUpdate) -> None:
@@ -271,8 +284,9 @@ class Inbox(RoundWorker):
             await self._finish(row, status, note)
 
     async def _commit_rows(self, batch: list[Grouped]) -> list[bool]:
-        """The engine's work for many rows in one transaction, each row in a savepoint with
-        its done mark (a message's effects and its row's state commit together). True for
+        """The engine's work for many rows in one transaction, each row in a savepoint; the
+        done marks of the rows that succeeded at the end, in the same transaction (a
+        message's effects and its row's state commit together). True for
         the rows committed; a row whose savepoint failed (or all, if the transaction did)
         goes the single way after (`_handle`: its retries, its dead letter)."""
         keys = sorted({(m.channel, m.thread_key) for g in batch for m in g.messages})
@@ -285,13 +299,23 @@ class Inbox(RoundWorker):
                 # SQLite: the rows' statements on the loop, no thread trip each (storage/db.py)
                 async with self.sessions() as s, s.begin(), inline(s):
                     now = utcnow()
+                    # the senders' seen marks, written for the whole group at its end in
+                    # one statement per table (queries.defer_seen), as are the done marks
+                    seen = queries.defer_seen(s)
+                    # a row's touchpoints in one INSERT, inside its savepoint (the dedupe
+                    # index speaks there if a racing process took the message in first)
+                    queries.defer_touchpoints(s)
                     for i, g in enumerate(batch):
+                        mark = len(seen)
                         try:
                             # alone in its transaction, a row needs no savepoint of its own
                             async with s.begin_nested() if len(batch) > 1 else _no_savepoint():
-                                for m in g.messages:
-                                    results[i].append(await self.engine.handle_in(s, m))
-                                await s.execute(*_finished(g.row.id, g.status, g.note, now))
+                                try:
+                                    for m in g.messages:
+                                        results[i].append(await self.engine.handle_in(s, m))
+                                    await queries.flush_touchpoints(s)
+                                finally:
+                                    queries.drop_touchpoints(s)  # written, or rolled back
                             done[i] = True
                             # inline statements (SQLite) never yield: let the loop breathe
                             await asyncio.sleep(0)
@@ -299,7 +323,17 @@ class Inbox(RoundWorker):
                             if is_unavailable(exc) or len(batch) == 1:
                                 raise
                             results[i] = []
+                            del seen[mark:]  # rolled back with its savepoint
                             log.info("inbox row %s: %s; handled alone", g.row.id, repr(exc)[:200])
+                    # in the same transaction as the rows' effects: they commit together
+                    finished = [
+                        _finished(g.row.id, g.status, g.note, now)[1]
+                        for g, ok in zip(batch, done, strict=True)
+                        if ok
+                    ]
+                    if finished:
+                        await s.execute(_FINISHED, finished)
+                    await queries.mark_seen(s, seen)
             except Exception as exc:
                 if len(batch) == 1 and not is_unavailable(exc):
                     log.info("inbox row %s: %s; handled alone", batch[0].row.id, repr(exc)[:200])

@@ -88,3 +88,34 @@ async def test_connection_lost_while_being_set_up(
         assert is_unavailable(caught.value), repr(caught.value)
     finally:
         await engine.dispose()
+
+
+@pytest.mark.postgres
+async def test_after_a_restart_one_statement_fails_and_the_pool_is_renewed(pg_url: str) -> None:
+    """No pre-ping at checkout (a round trip per transaction): when the server dropped the
+    pooled connections, the first statement fails as unavailable and the disconnect renews
+    the whole pool, so the next checkouts get fresh connections instead of failing too."""
+    engine = create_engine(pg_url)
+    admin = create_engine(pg_url)
+    try:
+        held = [await engine.connect() for _ in range(3)]
+        pids = [(await c.execute(text("SELECT pg_backend_pid()"))).scalar() for c in held]
+        for conn in held:
+            await conn.close()  # back into the pool, alive
+        async with admin.connect() as conn:
+            for pid in pids:
+                await conn.execute(text(f"SELECT pg_terminate_backend({int(pid)})"))
+        with pytest.raises(Exception) as caught:
+            async with engine.connect() as conn:
+                await conn.execute(text("SELECT 1"))
+        assert is_unavailable(caught.value), repr(caught.value)
+        fresh = [await engine.connect() for _ in range(3)]
+        try:
+            for conn in fresh:
+                assert (await conn.execute(text("SELECT 1"))).scalar() == 1
+        finally:
+            for conn in fresh:
+                await conn.close()
+    finally:
+        await engine.dispose()
+        await admin.dispose()

@@ -5,15 +5,16 @@ from __future__ import annotations
 
 import sqlite3
 
-from sqlalchemy import Select, select
+from sqlalchemy import Select, TextualSelect, select
 from sqlalchemy.dialects import sqlite
 
 from storage import queries
 from storage.models import Conversation, Direction, Touchpoint
 
 
-def plan(url: str, stmt: Select[tuple[object, ...]]) -> str:
-    sql = str(stmt.compile(dialect=sqlite.dialect())).replace("?", "'x'")
+def plan(url: str, stmt: Select[tuple[object, ...]] | TextualSelect) -> str:
+    compiled = stmt.compile(dialect=sqlite.dialect(), compile_kwargs={"render_postcompile": True})
+    sql = str(compiled).replace("?", "'x'")
     with sqlite3.connect(url.split("///", 1)[1]) as conn:
         return "\n".join(row[-1] for row in conn.execute(f"EXPLAIN QUERY PLAN {sql}"))
 
@@ -36,3 +37,19 @@ def test_dedupe_and_open_conversation_lookups_use_their_indexes(sqlite_url: str)
         Conversation.status != queries.CLOSED,
     )
     assert "uq_conversations_open_thread" in plan(sqlite_url, literal)
+
+
+def test_claims_read_the_partial_indexes_of_unfinished_rows(sqlite_url: str) -> None:
+    # the bound statuses and the plain planner read ix_inbox_partition / ix_outbox_recipient:
+    # every row the channel ever had, done ones too (a claim that grew with the table)
+    for table, key, index in (
+        ("inbox", "partition_key", "ix_inbox_unfinished"),
+        ("outbox", "recipient_id", "ix_outbox_unfinished"),
+    ):
+        heads = queries.heads("sqlite", table, key, ["telegram", "webchat"])
+        found = plan(sqlite_url, heads)
+        assert index in found, found
+        assert "SCAN" not in found, found
+        assert "INDEXED BY" not in str(
+            queries.heads("postgresql", table, key, ["telegram"]).compile()
+        )

@@ -7,12 +7,23 @@ import asyncio
 import time
 from typing import Any
 
-from sqlalchemy import func, insert, select
+from sqlalchemy import event, func, insert, select, update
 
 from bot.channel.messages import InboundMessage
 from bot.runtime import Runtime
-from storage.models import InboxStatus, InboxUpdate, OutboxMessage, utcnow
-from tests.conftest import recorder
+from storage.models import (
+    Contact,
+    Conversation,
+    ConversationStatus,
+    Direction,
+    Identity,
+    InboxStatus,
+    InboxUpdate,
+    OutboxMessage,
+    Touchpoint,
+    utcnow,
+)
+from tests.conftest import inbound, recorder
 from tests.timed import TIMED
 
 BUSY = 99_000  # rows of one flooding chat, older than everyone else's
@@ -110,3 +121,81 @@ async def test_a_failing_message_does_not_fail_its_group(runtime: Runtime) -> No
     # all done: the poison row went the single way (the engine's dead letter answers it)
     assert statuses == [InboxStatus.DONE] * 8
     assert outbox is not None and outbox >= 8
+
+
+async def test_a_group_marks_its_senders_seen_in_one_statement(runtime: Runtime) -> None:
+    # two UPDATEs per message (identity.last_seen_at, contact.last_contact_at) became one
+    # executemany per table for the whole group, and one for the rows' done marks
+    runtime.inbox.register("test", parse)
+    for i in range(8):  # the customers exist: their turns are the hot path's
+        await runtime.engine.handle(inbound("hi", user=f"u{i}", mid=f"first-{i}"))
+    async with runtime.sessions() as s, s.begin():
+        await s.execute(update(Identity).values(last_seen_at=None))
+        await s.execute(update(Contact).values(last_contact_at=None))
+    statements: list[str] = []
+
+    def seen(conn: Any, cursor: Any, sql: str, *args: Any) -> None:
+        statements.append(sql.split(" WHERE")[0])
+
+    event.listen(runtime.db.sync_engine, "before_cursor_execute", seen)
+    try:
+        await asyncio.gather(
+            *(
+                runtime.inbox.accept(
+                    "test", str(i), f"u{i}", {"id": i, "user": f"u{i}", "text": "1"}
+                )
+                for i in range(8)
+            )
+        )
+        await runtime.inbox.drain()
+    finally:
+        event.remove(runtime.db.sync_engine, "before_cursor_execute", seen)
+    assert runtime.inbox._group.batches <= 2
+    marks = [q for q in statements if q.startswith(("UPDATE identities", "UPDATE contacts"))]
+    assert len(marks) <= 2 * runtime.inbox._group.batches, marks
+    done = [q for q in statements if q.startswith("UPDATE inbox SET status")]
+    assert len(done) <= runtime.inbox._group.batches + 1, done  # + the claim's
+    # a row's touchpoints (the message, the reply) in one INSERT, not one each
+    written = [q for q in statements if q.startswith("INSERT INTO touchpoints")]
+    assert len(written) == 8, written
+    async with runtime.sessions() as s:
+        assert None not in (await s.execute(select(Identity.last_seen_at))).scalars().all()
+        assert None not in (await s.execute(select(Contact.last_contact_at))).scalars().all()
+        statuses = (await s.execute(select(InboxUpdate.status))).scalars().all()
+        taken = (
+            await s.execute(
+                select(Touchpoint.platform_message_id).where(Touchpoint.direction == Direction.IN)
+            )
+        ).scalars()
+        replies = await s.scalar(
+            select(func.count())
+            .select_from(Touchpoint)
+            .where(Touchpoint.direction == Direction.OUT)
+        )
+    assert statuses == [InboxStatus.DONE] * 8
+    assert {f"msg-{i}" for i in range(8)} <= set(taken)
+    assert replies is not None and replies >= 16  # the first turns' and the group's
+
+
+async def test_observers_read_the_touchpoints_of_the_turn(runtime: Runtime) -> None:
+    # the group commit writes a row's touchpoints at its end: an observer (an agent's card
+    # shows the last messages) running inside the turn must see the customer's message
+    runtime.inbox.register("test", parse)
+    await runtime.engine.handle(inbound("hi", user="q", mid="first"))
+    async with runtime.sessions() as s, s.begin():
+        await s.execute(update(Conversation).values(status=ConversationStatus.QUEUED))
+    seen: list[list[str | None]] = []
+
+    async def observer(s: Any, conv: Any, kind: str, detail: Any) -> None:
+        texts = await s.execute(
+            select(Touchpoint.text).where(Touchpoint.conversation_id == conv.id)
+        )
+        seen.append(list(texts.scalars()))
+
+    runtime.engine.observers.append(observer)
+    await asyncio.gather(
+        runtime.inbox.accept("test", "q1", "q", {"id": "q1", "user": "q", "text": "anyone?"}),
+        runtime.inbox.accept("test", "o1", "o", {"id": "o1", "user": "o", "text": "hi"}),
+    )
+    await runtime.inbox.drain()
+    assert seen and "anyone?" in seen[-1], seen

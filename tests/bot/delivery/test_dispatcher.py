@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import timedelta
 
 from sqlalchemy import select, update
 
-from bot.channel import PermanentSendError, TransientSendError
+from bot.channel import PermanentSendError, SendResult, TransientSendError
+from bot.channel.messages import OutboundMessage
 from bot.runtime import Runtime
 from storage.models import Identity, OutboxMessage, OutboxStatus, Touchpoint, utcnow
 from tests.conftest import RecordingChannel, inbound, make_settings, recorder
@@ -131,3 +133,67 @@ async def test_unknown_channel_rows_wait(runtime: Runtime) -> None:
     del runtime.channels["test"]
     assert await runtime.dispatcher.drain_once() == 0
     assert (await outbox(runtime))[0].status == OutboxStatus.PENDING
+
+
+class SlowFor(RecordingChannel):
+    """Holds the sends to one recipient until released."""
+
+    def __init__(self, slow: str) -> None:
+        super().__init__()
+        self.slow = slow
+        self.release = asyncio.Event()
+
+    async def send(self, message: OutboundMessage) -> SendResult:
+        if message.recipient_id == self.slow:
+            await self.release.wait()
+        return await super().send(message)
+
+
+async def test_a_reply_committed_during_a_slow_send_goes_out_at_once(db_url: str) -> None:
+    # the batch's claim waited for its slowest send before the next claim: a reply committed
+    # meanwhile waited with it (the dispatcher's notify is now a claim of its own)
+    rt = Runtime(make_settings(db_url), channels=[])
+    ch = rt.channels["test"] = SlowFor(slow="slow")
+    await rt.start()
+    try:
+        await rt.engine.handle(inbound("hello", user="slow"))
+        await asyncio.sleep(0.2)  # its send is in flight, held
+        assert ch.sent == []
+        await rt.engine.handle(inbound("hello", user="quick"))
+        await ch.wait_for(1, timeout=2.0)
+        assert ch.sent[0].recipient_id == "quick"
+        ch.release.set()
+        await ch.wait_for(2)
+        assert [m.recipient_id for m in ch.sent] == ["quick", "slow"]
+    finally:
+        ch.release.set()
+        await rt.stop()
+
+
+async def test_a_failed_claim_lets_the_sends_in_flight_finish(db_url: str) -> None:
+    # regression: a notify's claim failing (the database away) cancelled the batch's sends
+    # in flight; one already delivered lost its sent mark and went out again after its lease
+    rt = Runtime(make_settings(db_url), channels=[])
+    ch = rt.channels["test"] = SlowFor(slow="slow")
+    await rt.start()
+    real = rt.dispatcher._claim
+    try:
+        await rt.engine.handle(inbound("hello", user="slow"))
+        await asyncio.sleep(0.2)  # its send is in flight, held
+
+        async def away(recipient: str | None = None) -> list[OutboxMessage]:
+            raise OSError("the database is away")
+
+        rt.dispatcher._claim = away  # type: ignore[method-assign]
+        rt.dispatcher.notify()
+        await asyncio.sleep(0.1)  # the claim failed; the send is still held
+        rt.dispatcher._claim = real  # type: ignore[method-assign]
+        ch.release.set()
+        await ch.wait_for(1)
+        async with asyncio.timeout(5):
+            while {r.status for r in await outbox(rt)} != {OutboxStatus.SENT}:
+                await asyncio.sleep(0.05)
+        assert len(ch.sent) == 1
+    finally:
+        ch.release.set()
+        await rt.stop()
