@@ -1,7 +1,7 @@
 """Campaign benchmark: N recipients through the Telegram stand-in, on 127.0.0.1 only.
 
     .venv/bin/python bench/campaign.py [--recipients 10000] [--limit 300] [--db URL]
-                                       [--concurrency 4] [--drain-only]
+                                       [--concurrency 4] [--drain-only] [--workers N]
 
 Seeds N contacts with a reachable Telegram identity (bulk insert, SQLite in a temporary
 directory unless --db names another database; a PostgreSQL URL, e.g.
@@ -12,7 +12,10 @@ the outbox through the Telegram channel to the stand-in (tests/standins/telegram
 cicbot's Telegram shaping is set to --limit messages/s for the bot; the stand-in answers
 429 above the same limit (a 1-second sliding window), so a 429 means our shaping let
 through more than the platform allows. --drain-only queues the whole campaign with the
-dispatcher stopped, then times the dispatcher alone.
+dispatcher stopped, then times the dispatcher alone. --workers N (PostgreSQL only) sends
+with N `cicbot serve` processes on the same database instead of this process's dispatcher
+(the campaign still runs here, its dispatcher not started); the platform's limit is the
+bot's, so each worker shapes to --limit / N (--worker-rate to choose otherwise).
 
 Reported: wall time from the run's start to the last message arriving at the stand-in,
 against the ideal N / limit (the ratio; 1.0 is the rate limit itself), how many were sent
@@ -29,6 +32,8 @@ import json
 import logging
 import os
 import resource
+import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -83,13 +88,86 @@ async def seed(rt: Runtime, n: int) -> None:
             )
 
 
-def cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
+def cpu_seconds(who: int = resource.RUSAGE_SELF) -> float:
+    usage = resource.getrusage(who)
     return usage.ru_utime + usage.ru_stime
 
 
+WEBHOOK_SECRET = "bench-webhook-secret-0123456789"
+WORKER_PORT = 18_700
+
+
+def spawn_workers(n: int, url: str, api_base: str, rate: float) -> list[subprocess.Popen[bytes]]:
+    """N `cicbot serve` processes on the database, sending through the stand-in (their
+    logs in the temporary directory, cicbot-bench-worker-<i>.log)."""
+    env = {
+        **os.environ,
+        "CICBOT_DATABASE__URL": url,
+        "CICBOT_DATABASE__AUTO_MIGRATE": "false",
+        "CICBOT_TELEGRAM__TOKEN": DEFAULT_TOKEN,
+        "CICBOT_TELEGRAM__MODE": "webhook",
+        "CICBOT_TELEGRAM__WEBHOOK_SECRET": WEBHOOK_SECRET,
+        "CICBOT_TELEGRAM__API_BASE": api_base,
+        "CICBOT_TELEGRAM__RATE_PER_SECOND": str(rate),
+        "CICBOT_CAMPAIGNS__SCHEDULER": "false",
+    }
+    cicbot = str(Path(sys.executable).parent / "cicbot")
+    procs = []
+    for i in range(n):
+        with open(Path(tempfile.gettempdir()) / f"cicbot-bench-worker-{i}.log", "wb") as log:
+            procs.append(
+                subprocess.Popen(
+                    [cicbot, "serve", "--host", "127.0.0.1", "--port", str(WORKER_PORT + i)],
+                    cwd=ROOT,
+                    env=env,
+                    stdout=subprocess.DEVNULL,
+                    stderr=log,
+                )
+            )
+    return procs
+
+
+async def wait_ready(procs: list[subprocess.Popen[bytes]]) -> None:
+    """Until each worker answers /healthz."""
+    import httpx
+
+    async with httpx.AsyncClient() as http:
+        for i, proc in enumerate(procs):
+            for _ in range(600):
+                if proc.poll() is not None:
+                    raise RuntimeError(f"worker {i} exited with {proc.returncode}")
+                try:
+                    r = await http.get(f"http://127.0.0.1:{WORKER_PORT + i}/healthz")
+                    if r.status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                await asyncio.sleep(0.1)
+            else:
+                raise RuntimeError(f"worker {i} did not come up")
+
+
+def stop_workers(procs: list[subprocess.Popen[bytes]]) -> None:
+    for proc in procs:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    for proc in procs:
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 async def bench(
-    n: int, limit: int, db: str | None, timeout: float, concurrency: int, drain_only: bool = False
+    n: int,
+    limit: int,
+    db: str | None,
+    timeout: float,
+    concurrency: int,
+    drain_only: bool = False,
+    workers: int = 0,
+    worker_rate: float | None = None,
 ) -> dict[str, Any]:
     tmp = tempfile.TemporaryDirectory(prefix="cicbot-bench-")
     url = db or f"sqlite+aiosqlite:///{tmp.name}/bench.db"
@@ -100,7 +178,7 @@ async def bench(
         await pg_admin(url, f"CREATE DATABASE {fresh}")
         admin, url = url, url.rsplit("/", 1)[0] + f"/{fresh}"
     try:
-        return await measure(n, limit, url, timeout, concurrency, drain_only)
+        return await measure(n, limit, url, timeout, concurrency, drain_only, workers, worker_rate)
     finally:
         if fresh is not None:
             await pg_admin(admin, f"DROP DATABASE IF EXISTS {fresh} WITH (FORCE)")
@@ -117,7 +195,14 @@ async def pg_admin(admin: str, sql: str) -> None:
 
 
 async def measure(
-    n: int, limit: int, url: str, timeout: float, concurrency: int, drain_only: bool
+    n: int,
+    limit: int,
+    url: str,
+    timeout: float,
+    concurrency: int,
+    drain_only: bool,
+    workers: int = 0,
+    worker_rate: float | None = None,
 ) -> dict[str, Any]:
     await upgrade_async(url)
     async with TelegramStandIn() as standin:
@@ -128,7 +213,7 @@ async def measure(
             **base["telegram"],
             "token": DEFAULT_TOKEN,
             "mode": "webhook",
-            "webhook_secret": "bench-webhook-secret-0123456789",
+            "webhook_secret": WEBHOOK_SECRET,
             "api_base": standin.base_url,
             "rate_per_second": limit,
         }
@@ -142,7 +227,9 @@ async def measure(
 
         settings = Settings(**base)
         rt = Runtime(settings, channels=["telegram"])
-        await rt.start()
+        await rt.start(dispatch=not workers)
+        procs: list[subprocess.Popen[bytes]] = []
+        children_before = cpu_seconds(resource.RUSAGE_CHILDREN)
         try:
             await seed(rt, n)
             await rt.campaigns.save(
@@ -163,6 +250,11 @@ async def measure(
                 statements[0] += 1
 
             event.listen(rt.db.sync_engine, "before_cursor_execute", count)
+            if workers:
+                procs = spawn_workers(
+                    workers, url, standin.base_url, worker_rate or limit / workers
+                )
+                await wait_ready(procs)
             if drain_only:
                 await rt.dispatcher.stop()  # queued first, sent after: the dispatcher alone
             started = time.monotonic()
@@ -182,12 +274,15 @@ async def measure(
             per_chat = Counter(p.get("chat_id") for p in standin.sent_messages())
             status = await rt.campaigns.status("bench")
         finally:
+            stop_workers(procs)
             await rt.stop()
+        workers_cpu = cpu_seconds(resource.RUSAGE_CHILDREN) - children_before
         ideal = n / limit
         return {
             "recipients": n,
             "limit_per_second": limit,
             "concurrency": concurrency,
+            "workers": workers,  # 0: this process's dispatcher sent
             "delivered": len(per_chat),
             "wall_seconds": round(wall, 2),
             "queue_seconds": round(queued, 2),
@@ -201,6 +296,8 @@ async def measure(
             "cpu_seconds": round(cpu, 2),
             "cpu_share": round(cpu / wall, 2),
             "cpu_ms_per_message": round(cpu * 1000 / max(n, 1), 2),
+            # the worker processes' CPU, start-up included (--workers)
+            "workers_cpu_ms_per_message": round(workers_cpu * 1000 / max(n, 1), 2),
             "queue_cpu_ms_per_message": round(queued_cpu * 1000 / max(n, 1), 2),
             # statements (round trips) per message: queueing it, and in all (sending too)
             "queue_statements_per_message": round(queued_statements / max(n, 1), 2),
@@ -226,10 +323,30 @@ def main() -> None:
         action="store_true",
         help="queue the whole campaign first, then time the dispatcher sending it",
     )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        help="send with N `cicbot serve` processes (PostgreSQL only; 0: this process)",
+    )
+    parser.add_argument(
+        "--worker-rate", type=float, default=None, help="each worker's rate (default limit / N)"
+    )
     args = parser.parse_args()
+    if args.workers and not (args.db or "").startswith("postgresql"):
+        parser.error("--workers needs --db postgresql+asyncpg://...")
     logging.basicConfig(level=logging.WARNING)
     result = asyncio.run(
-        bench(args.recipients, args.limit, args.db, args.timeout, args.concurrency, args.drain_only)
+        bench(
+            args.recipients,
+            args.limit,
+            args.db,
+            args.timeout,
+            args.concurrency,
+            args.drain_only,
+            args.workers,
+            args.worker_rate,
+        )
     )
     result["load_average"] = [round(x, 2) for x in os.getloadavg()]
     print(json.dumps(result, indent=2))

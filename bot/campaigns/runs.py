@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import copy
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -22,9 +21,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import Table, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bot.campaigns import figures as campaign_figures
 from bot.campaigns.audience import audience_query
@@ -37,7 +36,7 @@ from bot.campaigns.definitions import (
     builtin_campaigns,
     in_quiet_hours,
 )
-from bot.conversation.locks import KeyedLocks
+from bot.conversation.engine import FlowStart
 from storage.db import SerialSession
 from storage.models import (
     CampaignDefinition,
@@ -53,12 +52,14 @@ from storage.models import (
 )
 
 if TYPE_CHECKING:
-    from bot.conversation.engine import Engine, HandleResult, InTransaction
+    from bot.conversation.engine import Engine, HandleResult
 
 CAP_WINDOW = timedelta(days=30)
 BATCH = 50  # at most this many contacts' deliveries in one transaction
 ALREADY = "already"  # the outcome of a delivery the database had already recorded
 RETRYABLE = ("quiet_hours", "busy")  # recorded as deferred: a resumed run tries again
+_DELIVERIES: Table = CampaignDelivery.__table__  # type: ignore[assignment]
+_NEW_DELIVERIES = insert(_DELIVERIES)  # built once: its compilation is cached
 
 
 class Pace:
@@ -90,23 +91,6 @@ def batch_size(rate: float) -> int:
     """Contacts delivered in one transaction: a twentieth of a second's worth at the
     campaign's rate (1 for a slow campaign, at most BATCH)."""
     return max(1, min(BATCH, int(rate / 20)))
-
-
-def _engine_in(engine: Engine, connection: AsyncConnection, *, savepoints: bool) -> Engine:
-    """The engine, working inside the caller's transaction on `connection` (SQLAlchemy's
-    "join an external transaction"): each of its transactions a savepoint, or (without
-    `savepoints`) a part of the caller's, which the caller rolls back if it fails. The caller
-    holds the chats' locks (the engine's own KeyedLocks are not reentrant) and wakes the
-    dispatcher after its commit."""
-    inside = copy.copy(engine)
-    inside.sessions = async_sessionmaker(
-        bind=connection,
-        expire_on_commit=False,
-        join_transaction_mode="create_savepoint" if savepoints else "rollback_only",
-    )
-    inside.on_commit = None
-    inside._locks = KeyedLocks()  # the caller holds the real ones
-    return inside
 
 
 class Skip(Exception):
@@ -580,7 +564,6 @@ class Campaigns:
         if engine is None:
             raise RuntimeError("campaigns without an engine cannot deliver (preview only)")
         assert c.flow is not None and not c.reminder
-        flow = c.flow
         ids = sorted({t.contact_id for t in targets})
         async with self.sessions() as s:
             guess = await self.routes(s, c, ids)
@@ -588,7 +571,6 @@ class Campaigns:
         outcomes: dict[int, str] = {}
         skips: list[tuple[Target, str, str | None]] = []
         started_any = False
-        extra_base: dict[str, Any] = {"campaign": c.name, "run_id": run_id}
         async with contextlib.AsyncExitStack() as held:
             for channel, thread in keys:  # sorted: no batch and inbox group wait in a ring
                 await held.enter_async_context(engine.hold_thread(channel, thread))
@@ -618,7 +600,7 @@ class Campaigns:
                         )
                     ).all()
                 }
-                inside = _engine_in(engine, await s.connection(), savepoints=careful)
+                going: list[tuple[Target, Route, str | None]] = []  # (.., recorded status)
                 for t in targets:
                     if t.contact_id in outcomes:
                         continue
@@ -629,55 +611,85 @@ class Campaigns:
                     route = routes.get(t.contact_id)
                     contact = contacts.get(t.contact_id)
                     if route is None or contact is None:
+                        outcomes[t.contact_id] = ""  # recorded with the skips below
                         skips.append((t, "unreachable", None))
                         continue
                     reason = self.judge(c, contact, route.channel, facts, now)
                     if reason is None and (route.channel, route.external_id) not in keys:
                         reason = "busy"  # the customer changed channel a moment ago: next run
                     if reason is not None:
+                        outcomes[t.contact_id] = ""
                         skips.append((t, reason, route.channel))
                         continue
-                    extra = dict(extra_base)
-                    if t.case_reference:
-                        extra["case_reference"] = t.case_reference
-                    try:
-                        started = await inside.start_flow(
-                            route.channel,
-                            route.external_id,
-                            flow,
-                            extra=extra,
-                            footer_key="campaign.stop_notice" if c.purpose == MARKETING else None,
-                            in_transaction=self._sent_row(c, run_id, t, route, now, status),
-                            campaign=c.name,
-                        )
-                    except IntegrityError:
-                        if not careful:
-                            raise  # the transaction is undone: again, with savepoints
-                        # another run or worker delivered it first (its savepoint is undone)
-                        skips.append((t, "already_sent", route.channel))
-                        continue
-                    if started is None:
-                        skips.append((t, "busy", route.channel))
-                        continue
-                    outcomes[t.contact_id] = SENT
-                    started_any = True
+                    outcomes[t.contact_id] = ""
+                    going.append((t, route, status))
+                if careful:
+                    # one savepoint per contact: another run or worker that delivered one
+                    # first undoes that one's start alone
+                    for item in going:
+                        t, route, _ = item
+                        try:
+                            async with s.begin_nested():
+                                [started] = await engine.start_flows_in(
+                                    s, [self._flow_start(c, run_id, t, route)]
+                                )
+                                if started is not None:
+                                    await self._write_sent(s, c, run_id, [(item, started)], now)
+                        except IntegrityError:
+                            skips.append((t, "already_sent", route.channel))
+                            continue
+                        if started is None:
+                            skips.append((t, "busy", route.channel))
+                            continue
+                        outcomes[t.contact_id] = SENT
+                        started_any = True
+                elif going:
+                    results = await engine.start_flows_in(
+                        s, [self._flow_start(c, run_id, t, route) for t, route, _ in going]
+                    )
+                    sent: list[tuple[tuple[Target, Route, str | None], HandleResult]] = []
+                    for item, started in zip(going, results, strict=True):
+                        t, route, _ = item
+                        if started is None:
+                            skips.append((t, "busy", route.channel))
+                            continue
+                        sent.append((item, started))
+                        outcomes[t.contact_id] = SENT
+                    # a unique constraint met here undoes the batch: again, with savepoints
+                    await self._write_sent(s, c, run_id, sent, now)
+                    started_any = bool(sent)
                 await self._record_many(s, c, run_id, skips, recorded, outcomes)
         if started_any and engine.on_commit:
             engine.on_commit()  # wake the dispatcher: the batch's messages are committed
         return [outcomes[t.contact_id] for t in targets]
 
-    def _sent_row(
+    def _flow_start(self, c: CampaignSettings, run_id: int, t: Target, route: Route) -> FlowStart:
+        assert c.flow is not None
+        extra: dict[str, Any] = {"campaign": c.name, "run_id": run_id}
+        if t.case_reference:
+            extra["case_reference"] = t.case_reference
+        return FlowStart(
+            route.channel,
+            route.external_id,
+            c.flow,
+            extra=extra,
+            footer_key="campaign.stop_notice" if c.purpose == MARKETING else None,
+            campaign=c.name,
+        )
+
+    async def _write_sent(
         self,
+        s: AsyncSession,
         c: CampaignSettings,
         run_id: int,
-        t: Target,
-        route: Route,
+        sent: Sequence[tuple[tuple[Target, Route, str | None], HandleResult]],
         now: datetime,
-        status: str | None,
-    ) -> InTransaction:
-        """The delivery row of a flow just started, written in its savepoint."""
-
-        async def write(s: AsyncSession, result: HandleResult) -> None:
+    ) -> None:
+        """The delivery rows of flows just started, in their transaction: new ones in one
+        multi-row insert, those deferred before (quiet hours, busy) updated: this run tried
+        again. The unique constraints speak here."""
+        new: list[dict[str, Any]] = []
+        for (t, route, status), result in sent:
             values = {
                 "subject": t.subject,
                 "status": SENT,
@@ -689,12 +701,12 @@ class Campaigns:
                 "sent_at": now,
             }
             if status is None:
-                await s.execute(
-                    insert(CampaignDelivery).values(
-                        run_id=run_id, campaign=c.name, contact_id=t.contact_id, **values
-                    )
+                new.append(
+                    {"run_id": run_id, "campaign": c.name, "contact_id": t.contact_id}
+                    | values
+                    | {"created_at": utcnow()}
                 )
-            else:  # deferred before (quiet hours, busy): this run tries again
+            else:
                 await s.execute(
                     update(CampaignDelivery)
                     .where(
@@ -703,8 +715,8 @@ class Campaigns:
                     )
                     .values(**values)
                 )
-
-        return write
+        if new:
+            await s.execute(_NEW_DELIVERIES, new)
 
     async def _record_many(
         self,

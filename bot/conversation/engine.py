@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import logging
 import traceback
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
+from sqlalchemy import Table, bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -41,6 +42,9 @@ from storage.models import (
     DeadLetter,
     Direction,
     Identity,
+    OutboxMessage,
+    OutboxStatus,
+    Touchpoint,
     utcnow,
 )
 
@@ -77,6 +81,23 @@ Locate = Callable[[AsyncSession], Awaitable[tuple[Identity, Contact, Conversatio
 # what to say, from the flow state, and the payload of the touchpoint that records it
 Decide = Callable[[Mapping[str, Any], Context], tuple[Decision, Mapping[str, Any]] | None]
 InTransaction = Callable[[AsyncSession, HandleResult], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class FlowStart:
+    """One flow `Engine.start_flows_in` opens: `start_flow`'s arguments."""
+
+    channel: str
+    external_id: str
+    flow: str
+    thread_key: str | None = None
+    extra: Mapping[str, Any] | None = None
+    footer_key: str | None = None
+    campaign: str | None = None
+
+    @property
+    def thread(self) -> str:
+        return self.thread_key or self.external_id
 
 
 class Engine:
@@ -444,6 +465,186 @@ class Engine:
             in_transaction=in_transaction,
         )
 
+    async def start_flows_in(
+        self, s: AsyncSession, starts: Sequence[FlowStart]
+    ) -> list[HandleResult | None]:
+        """`start_flow` for many customers inside the caller's transaction `s`, in a few
+        statements whatever their number (Core statements built once, their compilation
+        cached): the identities with their contacts in one read and the open conversations,
+        locked, in another (per channel); then one multi-row INSERT each for the new
+        conversations, the outbox rows and the touchpoints, and one UPDATE (executemany)
+        for the flow state of conversations that were open. Each start writes what
+        `start_flow` writes; its result is `start_flow`'s (None: busy, nothing said; a
+        second start for the same thread in one call is busy too).
+
+        The caller holds `hold_thread` for every thread, owns the transaction (what raises
+        here, e.g. a unique constraint, leaves the transaction to roll back whole: the
+        caller redoes its starts one by one, each in a savepoint) and wakes the dispatcher
+        (`on_commit`) after its commit. LookupError for a customer without that identity,
+        before anything is written. A flow whose opening has actions is refused
+        (ValueError): flows.model.start opens every flow with replies only."""
+        if not starts:
+            return []
+        now = self.clock()
+        people: dict[tuple[str, str], Any] = {}
+        for channel, externals in _by_channel((x.channel, x.external_id) for x in starts):
+            for found in await s.execute(_PEOPLE, {"channel": channel, "externals": externals}):
+                people[(channel, found.external_id)] = found
+        open_now: dict[tuple[str, str], Any] = {}
+        for channel, threads in _by_channel((x.channel, x.thread) for x in starts):
+            for row in await s.execute(_OPEN_LOCKED, {"channel": channel, "threads": threads}):
+                open_now[(channel, row.thread_key)] = row
+        results: list[HandleResult | None] = []
+        plans: list[_Planned] = []
+        taken: set[tuple[str, str]] = set()
+        for x in starts:
+            person = people.get((x.channel, x.external_id))
+            if person is None:
+                raise LookupError(f"no identity {x.channel}:{x.external_id}")
+            key = (x.channel, x.thread)
+            conv = open_now.get(key)
+            if key in taken or (
+                conv is not None
+                and (conv.status != ConversationStatus.BOT or (conv.flow_state or {}).get("flow"))
+            ):
+                results.append(None)
+                continue
+            taken.add(key)
+            ctx = Context(
+                locale=person.locale or self.default_locale,
+                options=self.options,
+                catalog=self.catalog,
+                contact=ContactFacts(
+                    name=person.name,
+                    value_segment=person.value_segment,
+                    lifecycle_phase=person.lifecycle_phase,
+                ),
+                now=now,
+                matcher=self.matcher,
+                hours=self.hours,
+            )
+            decision = dialogue.begin(x.flow, ctx, x.extra)
+            if decision.actions:
+                raise ValueError(f"flow {x.flow!r} opens with actions: use start_flow")
+            state = dict(decision.state)
+            if x.campaign and x.footer_key:  # marketing: the flow's later replies marked too
+                state[MARKETING_KEY] = [x.campaign, x.footer_key]
+            replies = list(decision.replies)
+            if x.footer_key and replies:  # the stop notice under the last opening message
+                last = replies[-1]
+                text = f"{last.text}\n\n{ctx.t(x.footer_key)}"
+                replies[-1] = Reply(last.key, text, last.buttons, last.meta)
+            result = HandleResult(
+                contact_id=person.contact_id, conversation_id=None if conv is None else conv.id
+            )
+            results.append(result)
+            plans.append(_Planned(x, person, state, replies, ctx.locale, result))
+        if not plans:
+            return results
+        fresh = [p for p in plans if p.result.conversation_id is None]
+        if fresh:
+            rows = await s.execute(
+                _NEW_CONVERSATIONS,
+                [
+                    {
+                        "contact_id": p.person.contact_id,
+                        "identity_id": p.person.id,
+                        "channel": p.start.channel,
+                        "thread_key": p.start.thread,
+                        "status": ConversationStatus.BOT.value,
+                        "flow_state": p.state,
+                        "priority": 0,
+                        "created_at": now,
+                        "updated_at": now,
+                    }
+                    for p in fresh
+                ],
+            )
+            made = {(r.channel, r.thread_key): r.id for r in rows}
+            for p in fresh:
+                p.result.conversation_id = made[(p.start.channel, p.start.thread)]
+        known = [p for p in plans if p not in fresh]
+        if known:
+            await s.execute(
+                _SET_FLOW_STATE,
+                [
+                    {"b_id": p.result.conversation_id, "b_state": p.state, "b_now": now}
+                    for p in known
+                ],
+            )
+        queued = utcnow()
+        outbox = [
+            {
+                "channel": p.start.channel,
+                "recipient_id": p.person.external_id,
+                "thread_key": p.start.thread,
+                "body": queries.scrub(
+                    OutboundMessage(
+                        channel=p.start.channel,
+                        recipient_id=p.person.external_id,
+                        thread_key=p.start.thread,
+                        text=reply.text,
+                        choices=tuple(_choice(b) for b in reply.buttons),
+                        locale=p.locale,
+                        campaign=p.start.campaign,
+                        contact_id=p.person.contact_id if p.start.campaign else None,
+                    ).to_json()
+                ),
+                "conversation_id": p.result.conversation_id,
+                "identity_id": p.person.id,
+                "status": OutboxStatus.PENDING.value,
+                "attempts": 0,
+                "next_attempt_at": queued,
+                "created_at": queued,
+            }
+            for p in plans
+            for reply in p.replies
+        ]
+        ids = iter(await _insert_outbox(s, outbox) if outbox else [])
+        touchpoints: list[dict[str, Any]] = []
+        for p in plans:
+            common = {
+                "contact_id": p.person.contact_id,
+                "conversation_id": p.result.conversation_id,
+                "channel": p.start.channel,
+                "platform_message_id": None,
+                "created_at": queued,
+            }
+            touchpoints.append(
+                common
+                | {
+                    "direction": Direction.INTERNAL.value,
+                    "kind": "flow_started",
+                    "actor": "system",
+                    "text": None,
+                    "payload": queries.scrub({"flow": p.start.flow, **(p.start.extra or {})}),
+                    "outbox_id": None,
+                }
+            )
+            for reply in p.replies:
+                outbox_id = next(ids)
+                touchpoints.append(
+                    common
+                    | {
+                        "direction": Direction.OUT.value,
+                        "kind": "message",
+                        "actor": "bot",
+                        "text": queries.scrub(reply.text),
+                        "payload": queries.scrub(
+                            {
+                                "key": reply.key,
+                                "buttons": [asdict(b) for b in reply.buttons],
+                                **dict(reply.meta),
+                            }
+                        ),
+                        "outbox_id": outbox_id,
+                    }
+                )
+                p.result.outbox_ids.append(outbox_id)
+                p.result.replies.append(reply.text)
+        await s.execute(_NEW_TOUCHPOINTS, touchpoints)
+        return results
+
     async def remind(
         self,
         conversation_id: int,
@@ -686,3 +887,91 @@ def _inbound_payload(msg: InboundMessage) -> dict[str, Any]:
 def _is_retryable(exc: OperationalError) -> bool:
     text = str(exc.orig).lower() if exc.orig else str(exc).lower()
     return "locked" in text or "deadlock" in text or "serializ" in text
+
+
+# ---- Engine.start_flows_in: Core statements, built once (their compilation is cached) ----
+
+_IDENTITIES: Table = Identity.__table__  # type: ignore[assignment]
+_CONTACTS: Table = Contact.__table__  # type: ignore[assignment]
+_CONVERSATIONS: Table = Conversation.__table__  # type: ignore[assignment]
+_OUTBOX: Table = OutboxMessage.__table__  # type: ignore[assignment]
+_TOUCHPOINTS: Table = Touchpoint.__table__  # type: ignore[assignment]
+
+_PEOPLE = (
+    select(
+        _IDENTITIES.c.id,
+        _IDENTITIES.c.contact_id,
+        _IDENTITIES.c.external_id,
+        _CONTACTS.c.name,
+        _CONTACTS.c.locale,
+        _CONTACTS.c.value_segment,
+        _CONTACTS.c.lifecycle_phase,
+    )
+    .join_from(_IDENTITIES, _CONTACTS, _CONTACTS.c.id == _IDENTITIES.c.contact_id)
+    .where(
+        _IDENTITIES.c.channel == bindparam("channel"),
+        _IDENTITIES.c.external_id.in_(bindparam("externals", expanding=True)),
+    )
+)
+_OPEN_LOCKED = (  # the open conversations of threads, row-locked (PostgreSQL), in id order
+    select(
+        _CONVERSATIONS.c.id,
+        _CONVERSATIONS.c.thread_key,
+        _CONVERSATIONS.c.status,
+        _CONVERSATIONS.c.flow_state,
+    )
+    .where(
+        _CONVERSATIONS.c.channel == bindparam("channel"),
+        _CONVERSATIONS.c.thread_key.in_(bindparam("threads", expanding=True)),
+        _CONVERSATIONS.c.status != queries.CLOSED,  # a literal: the partial index applies
+    )
+    .order_by(_CONVERSATIONS.c.id)
+    .with_for_update()
+)
+_NEW_CONVERSATIONS = insert(_CONVERSATIONS).returning(
+    _CONVERSATIONS.c.id, _CONVERSATIONS.c.channel, _CONVERSATIONS.c.thread_key
+)
+_SET_FLOW_STATE = (
+    update(_CONVERSATIONS)
+    .where(_CONVERSATIONS.c.id == bindparam("b_id"))
+    .values(flow_state=bindparam("b_state"), updated_at=bindparam("b_now"))
+)
+# the ids in the order of the rows given: each touchpoint names its outbox row. PostgreSQL
+# orders them in the statement; SQLite would go row by row for that, but numbers the rows
+# of one INSERT in their order: there the ids are sorted per conversation
+_NEW_OUTBOX_ORDERED = insert(_OUTBOX).returning(_OUTBOX.c.id, sort_by_parameter_order=True)
+_NEW_OUTBOX = insert(_OUTBOX).returning(_OUTBOX.c.id, _OUTBOX.c.conversation_id)
+
+
+async def _insert_outbox(s: AsyncSession, rows: list[dict[str, Any]]) -> list[int]:
+    """Outbox rows in one multi-row INSERT; their ids in the order of `rows`."""
+    if s.get_bind().dialect.name != "sqlite":
+        return [int(i) for i in (await s.execute(_NEW_OUTBOX_ORDERED, rows)).scalars()]
+    per_conversation: dict[int, list[int]] = {}
+    for outbox_id, conversation_id in await s.execute(_NEW_OUTBOX, rows):
+        per_conversation.setdefault(conversation_id, []).append(int(outbox_id))
+    ordered = {c: iter(sorted(ids)) for c, ids in per_conversation.items()}
+    return [next(ordered[row["conversation_id"]]) for row in rows]
+
+
+_NEW_TOUCHPOINTS = insert(_TOUCHPOINTS)
+
+
+@dataclass
+class _Planned:
+    """A start that goes ahead (Engine.start_flows_in)."""
+
+    start: FlowStart
+    person: Any  # a row of _PEOPLE
+    state: dict[str, Any]
+    replies: list[Reply]
+    locale: str
+    result: HandleResult
+
+
+def _by_channel(pairs: Iterable[tuple[str, str]]) -> list[tuple[str, list[str]]]:
+    """(channel, sorted distinct keys) per channel, channels sorted."""
+    found: dict[str, set[str]] = {}
+    for channel, key in pairs:
+        found.setdefault(channel, set()).add(key)
+    return [(channel, sorted(keys)) for channel, keys in sorted(found.items())]
