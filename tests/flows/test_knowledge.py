@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from flows.knowledge import MAX_QUERY_CHARS, Matcher, build, features
+from flows.knowledge import MAX_QUERY_CHARS, WORD_WEIGHT, Matcher, build, features
 from flows.options import FlowOptions, KnowledgeEntry, LocalizedText
 
 
@@ -105,3 +105,16 @@ def test_a_small_custom_base() -> None:
     assert hit is not None and hit.entry.id == "a"
     hit = m.best("I moved, new address")
     assert hit is not None and hit.entry.id == "b"
+
+
+def test_a_restored_matcher_answers_as_the_fitted_one(matcher: Matcher) -> None:
+    """The state keeps what the features were fitted with (the word block's weight too):
+    a restored matcher scores every question as the fitted one."""
+    restored = Matcher.restore(matcher.entries, matcher.state())
+    assert restored.model is not None and matcher.model is not None
+    assert restored.model.word_weight == matcher.model.word_weight == WORD_WEIGHT
+    questions = ["Wann habt ihr offen", "Rücksendung", "my cat is sick", "Abo kündigen"]
+    for a, b in zip(matcher.best_many(questions), restored.best_many(questions), strict=True):
+        assert a is not None and b is not None
+        assert (a.entry.id, a.example) == (b.entry.id, b.example)
+        assert a.confidence == pytest.approx(b.confidence, abs=1e-6)

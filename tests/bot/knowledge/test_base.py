@@ -30,6 +30,7 @@ from bot.knowledge.base import (
     resolve,
 )
 from flows.intents import builtin
+from flows.knowledge import WORD_WEIGHT
 from flows.options import KnowledgeBaseOptions
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -443,6 +444,9 @@ def test_a_cached_matcher_answers_as_the_fitted_one(kb: Path, tmp_path: Path) ->
         assert a.confidence == pytest.approx(b.confidence, abs=1e-6)
     assert restored.intents is not None and fitted.intents is not None
     assert restored.intents.calibrator.coef == pytest.approx(fitted.intents.calibrator.coef)
+    # the base's words weigh less than its character n-grams, the intents' as much: kept
+    assert restored.model.word_weight == WORD_WEIGHT < 1.0
+    assert restored.intents.model is not None and restored.intents.model.word_weight == 1.0
     # a changed base is another key: fitted anew, not served stale
     changed = options.model_copy(update={"entries": options.entries[:2]})
     assert [e.id for e in build_matcher(changed).entries] == ["hours", "returns"]
