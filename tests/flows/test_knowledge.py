@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from flows.knowledge import MAX_QUERY_CHARS, WORD_WEIGHT, Matcher, build, features
@@ -113,8 +114,38 @@ def test_a_restored_matcher_answers_as_the_fitted_one(matcher: Matcher) -> None:
     restored = Matcher.restore(matcher.entries, matcher.state())
     assert restored.model is not None and matcher.model is not None
     assert restored.model.word_weight == matcher.model.word_weight == WORD_WEIGHT
+    # a small base without encoder: a logistic regression picks, restored with the rest
+    assert restored.model.rank_coef is not None and matcher.model.rank_coef is not None
     questions = ["Wann habt ihr offen", "Rücksendung", "my cat is sick", "Abo kündigen"]
     for a, b in zip(matcher.best_many(questions), restored.best_many(questions), strict=True):
         assert a is not None and b is not None
         assert (a.entry.id, a.example) == (b.entry.id, b.example)
         assert a.confidence == pytest.approx(b.confidence, abs=1e-6)
+
+
+def test_the_logistic_regression_picks_and_the_svm_scores() -> None:
+    """The jointly learnt regression chooses the entry; the confidence comes from the
+    SVM's values for that choice, so an unrelated question stays unsure."""
+    entries = [
+        KnowledgeEntry(id=i, answer=LocalizedText(de=i, en=i), examples=ex)
+        for i, ex in (
+            ("card", ["my card was stolen", "I lost my card", "block my card please"]),
+            ("refund", ["where is my refund", "refund not received", "money back please"]),
+            ("pin", ["I forgot my PIN", "change my PIN", "PIN is blocked"]),
+            ("top_up", ["top up failed", "how do I top up", "top-up by bank transfer"]),
+        )
+    ]
+    m = Matcher(entries)
+    assert m.model is not None and m.model.rank_coef is not None
+    questions = ["someone stole my card", "refund still missing", "what's the weather like"]
+    Q = m.model.vectors(questions)
+    rank = np.asarray(Q @ m.model.rank_coef) + m.model.rank_intercept
+    for s, r, q in zip(m.scores(questions), rank, questions, strict=True):
+        assert s is not None
+        assert s.index == int(m.model.classes[int(np.argmax(r))]), q
+        svm = np.asarray(m.model.vectors([q]) @ m.model.coef)[0] + m.model.intercept
+        assert s.decision == pytest.approx(float(svm[s.index]), abs=1e-5)
+    card, refund, weather = m.best_many(questions)
+    assert card is not None and card.entry.id == "card"
+    assert refund is not None and refund.entry.id == "refund"
+    assert weather is None or weather.confidence < min(card.confidence, refund.confidence)

@@ -447,6 +447,7 @@ def test_a_cached_matcher_answers_as_the_fitted_one(kb: Path, tmp_path: Path) ->
     # the base's words weigh less than its character n-grams, the intents' as much: kept
     assert restored.model.word_weight == WORD_WEIGHT < 1.0
     assert restored.intents.model is not None and restored.intents.model.word_weight == 1.0
+    assert restored.intents.model.rank_coef is None  # the intents: the SVM alone
     # a changed base is another key: fitted anew, not served stale
     changed = options.model_copy(update={"entries": options.entries[:2]})
     assert [e.id for e in build_matcher(changed).entries] == ["hours", "returns"]
