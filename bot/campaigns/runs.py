@@ -1,10 +1,11 @@
 """Campaigns: scheduled follow-ups (docs/campaigns.md).
 
 A run selects its audience with one SQL query (bot.campaigns.definitions.Audience compiled by
-`audience_query`), then delivers to each contact through `Engine.start_flow`. The
-delivery row is written inside start_flow's transaction, after the send-time checks
-(reachability, consent / opt-out, frequency cap, cooldown, quiet hours) ran on freshly
-read, locked rows: the outbox rows and the delivery commit together or not at all. The
+`audience_query`), then delivers in batches through `Engine.start_flows_in` (a reminder,
+one by one, through `Engine.remind`). The delivery row is written in the transaction that
+starts the flow, after the send-time checks (reachability, consent / opt-out, frequency
+cap, cooldown, quiet hours) ran on freshly read, locked rows: the outbox rows and the
+delivery commit together or not at all. The
 database allows one delivery per (run, contact) and one sent delivery per (campaign,
 subject), so a scheduler firing twice, two workers, or a run killed half-way and run
 again never send anyone a second message.
@@ -543,15 +544,16 @@ class Campaigns:
 
         The chats' in-process locks are taken first, in one order (as the inbox's group
         commit takes them), then the transaction locks the contacts and reads, for all at
-        once, what the send-time checks need; a contact that passes gets the engine's
-        `start_flow` inside the transaction, its delivery row with its outbox rows. Those
-        who may not are recorded together at the end. One commit for the batch: a kill
-        leaves all of it or none, and the run, resumed, does the rest.
+        once, what the send-time checks need; the contacts that pass get their flows
+        started together (`Engine.start_flows_in`: a few multi-row statements for the whole
+        batch) and their delivery rows in one insert, in the same transaction. Those who
+        may not are recorded together at the end. One commit for the batch: a kill leaves
+        all of it or none, and the run, resumed, does the rest.
 
-        The flow starts share the transaction without savepoints (two statements fewer
-        each); if one meets a unique constraint (another run delivered that contact's
-        subject first), the batch is undone and done again with a savepoint per contact,
-        where that one is recorded as `already_sent` and the others go out."""
+        The flow starts share the transaction without savepoints; if one meets a unique
+        constraint (another run delivered that contact's subject first), the batch is
+        undone and done again with a savepoint per contact (its start and its delivery
+        row), where that one is recorded as `already_sent` and the others go out."""
         try:
             return await self._deliver_batch(c, run_id, targets, careful=False)
         except IntegrityError:

@@ -541,6 +541,7 @@ class Engine:
             plans.append(_Planned(x, person, state, replies, ctx.locale, result))
         if not plans:
             return results
+        queued = utcnow()  # the rows' own times are the real time, as the ORM's defaults
         fresh = [p for p in plans if p.result.conversation_id is None]
         if fresh:
             rows = await s.execute(
@@ -554,8 +555,8 @@ class Engine:
                         "status": ConversationStatus.BOT.value,
                         "flow_state": p.state,
                         "priority": 0,
-                        "created_at": now,
-                        "updated_at": now,
+                        "created_at": queued,
+                        "updated_at": queued,
                     }
                     for p in fresh
                 ],
@@ -568,11 +569,10 @@ class Engine:
             await s.execute(
                 _SET_FLOW_STATE,
                 [
-                    {"b_id": p.result.conversation_id, "b_state": p.state, "b_now": now}
+                    {"b_id": p.result.conversation_id, "b_state": p.state, "b_now": queued}
                     for p in known
                 ],
             )
-        queued = utcnow()
         outbox = [
             {
                 "channel": p.start.channel,

@@ -3,6 +3,7 @@ statements, writing what start_flow writes start by start."""
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -12,7 +13,7 @@ from sqlalchemy.exc import IntegrityError
 from bot.conversation.engine import FlowStart, HandleResult
 from bot.runtime import Runtime
 from storage import queries
-from storage.models import Conversation, ConversationStatus, OutboxMessage, Touchpoint
+from storage.models import Conversation, ConversationStatus, OutboxMessage, Touchpoint, utcnow
 from tests.conftest import inbound
 
 
@@ -106,6 +107,18 @@ async def test_each_start_writes_what_start_flow_writes(rt: Runtime) -> None:
         assert b.conversation_id is not None and b.outbox_ids and b.replies == a.replies
         assert len(b.outbox_ids) == len(a.outbox_ids)
         assert await written(rt, user_b) == await written(rt, user_a)
+    # the rows' times are the real time, as the ORM's defaults make them on start_flow's
+    # path (the runtime's clock is a fortnight off here)
+    async with rt.sessions() as s:
+        times = (
+            await s.execute(
+                select(Conversation.created_at, Conversation.updated_at).where(
+                    Conversation.thread_key.in_(["a1", "a2", "b1", "b2"])
+                )
+            )
+        ).all()
+    assert len(times) == 4
+    assert all(abs(t - utcnow()) < timedelta(minutes=1) for row in times for t in row)
     # the stop notice under the last opening message, the campaign's mark on every one
     three = await written(rt, "b3")
     opening = three["bodies"][-len(many[2].outbox_ids) :]  # type: ignore[union-attr]
