@@ -65,7 +65,7 @@ class Inbox(RoundWorker):
         leases: Leases,
         *,
         dialect: str,
-        concurrency: int = 32,
+        concurrency: int | None = None,
         max_attempts: int = 5,
         max_crashes: int = 3,
         poll_interval: float = 1.0,
@@ -77,7 +77,11 @@ class Inbox(RoundWorker):
         self.sessions = sessions
         self.engine = engine
         self.dialect = dialect
-        self.concurrency = concurrency
+        # rows in flight at once, and the most in one group commit. PostgreSQL: 64 (its
+        # batches overlap, each waiting for the server; 200 customers at once went from
+        # 0.18x to 0.28x of the FSM bot's throughput with it); SQLite: 32 (a group holds
+        # the one writer lock and, inline, the event loop)
+        self.concurrency = concurrency or (64 if dialect == "postgresql" else 32)
         self.max_attempts = max_attempts
         self.max_crashes = max_crashes  # attempts in all once a holder died with the row
         self.leases = leases
@@ -91,7 +95,7 @@ class Inbox(RoundWorker):
         self._group = GroupCommit(
             "inbox-rows",
             self._commit_rows,
-            max_batch=concurrency,
+            max_batch=self.concurrency,
             workers=4 if postgres else 1,
         )
         # told of arrivals (accepted, duplicate) and of each outcome (an InboxStatus): metrics
