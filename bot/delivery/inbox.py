@@ -227,7 +227,7 @@ class Inbox(RoundWorker):
         )
         if self.dialect == "postgresql":
             q = q.with_for_update(skip_locked=True)
-        async with self.sessions() as s, s.begin():
+        async with self.sessions() as s, s.begin(), inline(s):  # index-bounded
             rows = list((await s.execute(q)).scalars())
             claimed = []
             for r in rows:
