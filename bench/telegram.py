@@ -420,6 +420,7 @@ class Bot:
     base: str
     pid: int
     peer: bool
+    db_url: str | None = None  # cicbot's database (stage timings)
 
     async def statements(self, http: aiohttp.ClientSession) -> float | None:
         with contextlib.suppress(aiohttp.ClientError, ValueError, KeyError):
@@ -530,7 +531,10 @@ async def bots(
                 argv = [str(Path(sys.executable).parent / "cicbot"), "serve", "--port", str(port)]
                 argv += ["--log-level", "warning"]
                 env = cicbot_env(api_base, url, args.env)
-            started.append(await stack.enter_async_context(process(name, argv, env, log, port)))
+            bot = await stack.enter_async_context(process(name, argv, env, log, port))
+            if not bot.peer:
+                bot.db_url = url
+            started.append(bot)
         yield started
 
 
@@ -582,6 +586,43 @@ async def profiled(bot: Bot, folder: str | None, rep: int) -> AsyncIterator[None
         await proc.wait()
 
 
+async def print_stages(bot: Bot) -> None:
+    """Where a message waited, from cicbot's own rows (all runs of the bot together):
+    webhook accepted → its turn's transaction began (inbox created_at → processed_at), and
+    a reply's row written → sent (outbox created_at → sent_at)."""
+    from sqlalchemy import select
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    from storage.models import InboxUpdate, OutboxMessage
+
+    if bot.db_url is None:
+        return
+    engine = create_async_engine(bot.db_url)
+    try:
+        async with engine.connect() as conn:
+            stages = {
+                "inbox accepted -> turn began": await conn.execute(
+                    select(InboxUpdate.created_at, InboxUpdate.processed_at).where(
+                        InboxUpdate.processed_at.is_not(None)
+                    )
+                ),
+                "reply written -> sent": await conn.execute(
+                    select(OutboxMessage.created_at, OutboxMessage.sent_at).where(
+                        OutboxMessage.sent_at.is_not(None)
+                    )
+                ),
+            }
+            for stage, rows in stages.items():
+                waits = sorted((b - a).total_seconds() for a, b in rows)
+                if waits:
+                    p50, p99 = waits[len(waits) // 2], waits[int(len(waits) * 0.99)]
+                    print(
+                        f"  {bot.name}: {stage}: p50 {p50 * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms"
+                    )
+    finally:
+        await engine.dispose()
+
+
 async def print_groups(bot: Bot) -> None:
     """How many items cicbot's group commits put in one transaction, on average."""
     async with aiohttp.ClientSession() as http, http.get(bot.base + "/metrics") as r:
@@ -628,6 +669,7 @@ async def main(args: argparse.Namespace) -> None:
             for bot in running:
                 if not bot.peer:
                     await print_groups(bot)
+                    await print_stages(bot)
     print(f"  logs in {tmp}")
     report(results, customers, args)
 

@@ -27,6 +27,7 @@ from bot.delivery.leases import Leases
 from bot.delivery.settings import DispatcherSettings
 from bot.delivery.worker import RoundWorker
 from storage import queries
+from storage.db import inline
 from storage.models import Conversation, Direction, OutboxMessage, OutboxStatus, utcnow
 from storage.queries import MASKED_TEXT, masked
 
@@ -182,7 +183,7 @@ class Dispatcher(RoundWorker):
         if self.skip_locked:
             q = q.with_for_update(skip_locked=True)
         lease = self.leases.until()
-        async with self.sessions() as s, s.begin():
+        async with self.sessions() as s, s.begin(), inline(s):  # index-bounded
             rows = list((await s.execute(q)).scalars().all())
             if rows:  # one UPDATE for the batch, not one per row from the unit of work
                 await s.execute(
@@ -255,7 +256,7 @@ class Dispatcher(RoundWorker):
         if not done:
             return
         now = utcnow()
-        async with self.sessions() as s, s.begin():
+        async with self.sessions() as s, s.begin(), inline(s):  # by primary key
             await s.execute(
                 update(OutboxMessage),
                 [

@@ -3,8 +3,10 @@ transactions handles several inbox rows at once (bot/delivery/group.py: each row
 savepoint, one commit for all), then started again.
 
 The moment is found from outside: PostgreSQL shows the server's session inside a
-transaction whose last statement was a SAVEPOINT (only a group of more than one row makes
-them). That transaction must be rolled back by the kill, all of it (its xid's status is
+transaction whose last statement wrote a turn's touchpoints (the group commit writes each
+row's in one INSERT; a group runs without savepoints unless one of its rows fails, so a
+SAVEPOINT is no longer the mark, and with 60 customers at once a group holds several rows).
+That transaction must be rolled back by the kill, all of it (its xid's status is
 read afterwards), and the rows are handled again after the restart: every acknowledged
 update in the history exactly once, every reply sent, none twice beyond the documented
 window (a send that reached the platform just before the kill).
@@ -30,7 +32,7 @@ ATTEMPTS = 5  # kills, until one lands inside a group's transaction
 IN_GROUP = text(
     "SELECT backend_xid::text FROM pg_stat_activity "
     "WHERE datname = current_database() AND pid <> pg_backend_pid() "
-    "AND state IN ('idle in transaction', 'active') AND query LIKE 'SAVEPOINT%' "
+    "AND state IN ('idle in transaction', 'active') AND query LIKE 'INSERT INTO touchpoints%' "
     "AND backend_xid IS NOT NULL LIMIT 1"
 )
 
@@ -45,7 +47,7 @@ async def test_kill_9_inside_a_group_commit(
         load = Load(tg, slack, tag=f"group{int(time.time())}", telegram=60, slack_users=0)
         total = len(load.updates)
         sending = asyncio.create_task(load.run(lambda _: server.base))
-        # the SAVEPOINT is seen from outside, the kill lands a moment later: a group that
+        # the INSERT is seen from outside, the kill lands a moment later: a group that
         # committed meanwhile proves nothing, so the next group is tried (the load goes on)
         tries: list[str] = []
         window: dict[str, int] = {}
