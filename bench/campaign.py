@@ -37,7 +37,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -46,12 +45,12 @@ SELF = Path(__file__).resolve()
 ROOT = SELF.parent.parent
 sys.path.insert(0, str(ROOT))
 
-from sqlalchemy import event, insert, select, text  # noqa: E402
-from sqlalchemy.ext.asyncio import create_async_engine  # noqa: E402
+from sqlalchemy import event, insert, select  # noqa: E402
 
 from bot.campaigns.definitions import CampaignSettings  # noqa: E402
 from bot.config import load_settings  # noqa: E402
 from bot.runtime import Runtime  # noqa: E402
+from storage import scratch  # noqa: E402
 from storage.migrate import upgrade_async  # noqa: E402
 from storage.models import Contact, Identity  # noqa: E402
 from tests.standins.telegram_api import DEFAULT_TOKEN, TelegramStandIn  # noqa: E402
@@ -171,27 +170,16 @@ async def bench(
 ) -> dict[str, Any]:
     tmp = tempfile.TemporaryDirectory(prefix="cicbot-bench-")
     url = db or f"sqlite+aiosqlite:///{tmp.name}/bench.db"
-    fresh = None
+    admin = None
     if url.startswith("postgresql"):
         # a database of its own on that server, dropped afterwards (the URL's is the admin's)
-        fresh = f"cicbot_campaign_{uuid.uuid4().hex[:8]}"
-        await pg_admin(url, f"CREATE DATABASE {fresh}")
-        admin, url = url, url.rsplit("/", 1)[0] + f"/{fresh}"
+        admin, url = url, await scratch.create(url, "cicbot_campaign")
     try:
         return await measure(n, limit, url, timeout, concurrency, drain_only, workers, worker_rate)
     finally:
-        if fresh is not None:
-            await pg_admin(admin, f"DROP DATABASE IF EXISTS {fresh} WITH (FORCE)")
+        if admin is not None:
+            await scratch.drop(admin, url)
         tmp.cleanup()
-
-
-async def pg_admin(admin: str, sql: str) -> None:
-    engine = create_async_engine(admin, isolation_level="AUTOCOMMIT")
-    try:
-        async with engine.connect() as conn:
-            await conn.execute(text(sql))
-    finally:
-        await engine.dispose()
 
 
 async def measure(

@@ -43,7 +43,6 @@ import statistics
 import sys
 import tempfile
 import time
-import uuid
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -489,18 +488,6 @@ def cicbot_env(api_base: str, db_url: str, extra: list[str]) -> dict[str, str]:
     return env
 
 
-async def pg_admin(admin: str, sql: str) -> None:
-    from sqlalchemy import text
-    from sqlalchemy.ext.asyncio import create_async_engine
-
-    engine = create_async_engine(admin, isolation_level="AUTOCOMMIT")
-    try:
-        async with engine.connect() as conn:
-            await conn.execute(text(sql))
-    finally:
-        await engine.dispose()
-
-
 @contextlib.asynccontextmanager
 async def bots(
     names: list[str], api_base: str, tmp: Path, args: argparse.Namespace
@@ -516,16 +503,14 @@ async def bots(
                 env = dict(os.environ)
             else:
                 if name == "cicbot-pg":
-                    db = f"cicbot_bench_{uuid.uuid4().hex[:8]}"
+                    from storage import scratch
+
                     try:
-                        await pg_admin(args.pg_admin, f"CREATE DATABASE {db}")
+                        url = await scratch.create(args.pg_admin, "cicbot_bench")
                     except Exception as exc:
                         print(f"  cicbot-pg skipped: PostgreSQL unreachable ({exc})")
                         continue
-                    url = args.pg_admin.rsplit("/", 1)[0] + f"/{db}"
-                    stack.push_async_callback(
-                        pg_admin, args.pg_admin, f"DROP DATABASE IF EXISTS {db} WITH (FORCE)"
-                    )
+                    stack.push_async_callback(scratch.drop, args.pg_admin, url)
                 else:
                     url = f"sqlite+aiosqlite:///{tmp / 'cicbot.db'}"
                 argv = [str(Path(sys.executable).parent / "cicbot"), "serve", "--port", str(port)]

@@ -61,6 +61,10 @@ MAX_TEXT = 4096  # UTF-16 code units
 MAX_CALLBACK_DATA = 64  # bytes
 MAX_CHAT_LIMITERS = 10_000
 SAFETY = 0.9  # shape a little below the limits: request latency jitters
+# the bot's limit is what campaigns run at: a small burst and 97 % of the rest keep any one
+# second under the limit (burst + rate·1 s) with room for ~30 ms of jitter; 0.9 and a burst
+# of a tenth used only 81 % of it (a 10,000-message campaign took ≥ 1.23× its ideal time)
+BOT_SAFETY = 0.97
 # 400 answers that mean the chat is gone for good, like a 403
 GONE = (
     "chat not found",
@@ -154,9 +158,9 @@ class RateShaper:
 
     def __init__(self, settings: TelegramSettings) -> None:
         rate = settings.rate_per_second
-        burst = max(1.0, rate // 10)
+        burst = max(1.0, rate // 50)
         # a leaky bucket lets burst + rate·T through in T seconds: keep that ≤ rate per second
-        self.bot = leaky_bucket(burst, max(rate - burst, 0.1) * SAFETY)
+        self.bot = leaky_bucket(burst, max(rate - burst, 0.1) * BOT_SAFETY)
         self.chat_burst = float(settings.chat_burst)
         self.chat_rate = settings.chat_rate_per_second * SAFETY
         self.chats: OrderedDict[str, AsyncLimiter] = OrderedDict()

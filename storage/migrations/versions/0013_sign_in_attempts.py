@@ -1,6 +1,6 @@
 """console sign-in attempts in the database: the throttle counts them across workers
 
-Revision ID: 0015
+Revision ID: 0013
 Revises: 0012
 Create Date: 2026-12-05 18:00:00
 """
@@ -12,7 +12,7 @@ from alembic import op
 
 from storage.models import UTCDateTime
 
-revision: str = "0015"
+revision: str = "0013"
 down_revision: str | None = "0012"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
