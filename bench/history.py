@@ -24,16 +24,15 @@ import os
 import statistics
 import tempfile
 import time
-import uuid
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import create_async_engine
 
 from bot.crm import analytics
 from bot.crm.history import timeline_page
+from storage import scratch
 from storage.db import create_engine, session_factory
 from storage.migrate import upgrade_async
 from storage.models import utcnow
@@ -116,15 +115,6 @@ def pct(xs: list[float], p: float) -> float:
     return xs[min(len(xs) - 1, int(p * len(xs)))]
 
 
-async def _admin(sql: str) -> None:
-    engine = create_async_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
-    try:
-        async with engine.connect() as conn:
-            await conn.execute(text(sql))
-    finally:
-        await engine.dispose()
-
-
 async def bench(url: str, kind: str, args: argparse.Namespace) -> dict[str, Any]:
     await upgrade_async(url)
     engine = create_engine(url)
@@ -198,12 +188,8 @@ async def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             result = await bench(f"sqlite+aiosqlite:///{tmp}/bench.db", "sqlite", args)
     else:
-        name = f"cicbot_bench_{uuid.uuid4().hex[:8]}"
-        await _admin(f"CREATE DATABASE {name}")
-        try:
-            result = await bench(PG_ADMIN.rsplit("/", 1)[0] + f"/{name}", "postgres", args)
-        finally:
-            await _admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        async with scratch.database(PG_ADMIN, "cicbot_bench") as url:
+            result = await bench(url, "postgres", args)
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")
 

@@ -19,7 +19,6 @@ from datetime import timedelta
 
 from sqlalchemy import and_, or_, select, true, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
-from sqlalchemy.orm.attributes import set_committed_value
 
 from bot.channel import Channel, PermanentSendError, SendResult, TransientSendError
 from bot.channel.messages import OutboundMessage
@@ -182,26 +181,9 @@ class Dispatcher(RoundWorker):
         )
         if self.skip_locked:
             q = q.with_for_update(skip_locked=True)
-        lease = self.leases.until()
         async with self.sessions() as s, s.begin(), inline(s):  # index-bounded
             rows = list((await s.execute(q)).scalars().all())
-            if rows:  # one UPDATE for the batch, not one per row from the unit of work
-                await s.execute(
-                    update(OutboxMessage)
-                    .where(OutboxMessage.id.in_([r.id for r in rows]))
-                    .values(
-                        status=OutboxStatus.SENDING,
-                        leased_until=lease,
-                        leased_by=self.leases.boot_id,
-                        attempts=OutboxMessage.attempts + 1,
-                    )
-                    .execution_options(synchronize_session=False)
-                )
-            for row in rows:  # what the row now is, without making it dirty
-                set_committed_value(row, "status", OutboxStatus.SENDING)
-                set_committed_value(row, "leased_until", lease)
-                set_committed_value(row, "leased_by", self.leases.boot_id)
-                set_committed_value(row, "attempts", row.attempts + 1)
+            await self.leases.take(s, OutboxMessage, rows, OutboxStatus.SENDING)
         return rows
 
     async def _deliver(self, row: OutboxMessage) -> tuple[OutboxMessage, SendResult] | None:

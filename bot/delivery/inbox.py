@@ -34,7 +34,6 @@ from typing import Any
 from sqlalchemy import Table, Update, and_, bindparam, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
-from sqlalchemy.orm.attributes import set_committed_value
 
 from bot.channel.inbound import Deferred, Parsed, ParseError, Parser, Tolerated, Unavailable
 from bot.channel.messages import ChannelEvent, InboundMessage
@@ -242,24 +241,7 @@ class Inbox(RoundWorker):
                     )
                     continue
                 claimed.append(r)
-            if claimed:  # one UPDATE for the batch, not one per row from the unit of work
-                lease = self.leases.until()
-                await s.execute(
-                    update(InboxUpdate)
-                    .where(InboxUpdate.id.in_([r.id for r in claimed]))
-                    .values(
-                        status=InboxStatus.PROCESSING,
-                        leased_until=lease,
-                        leased_by=self.leases.boot_id,
-                        attempts=InboxUpdate.attempts + 1,
-                    )
-                    .execution_options(synchronize_session=False)
-                )
-                for r in claimed:  # what the row now is, without making it dirty
-                    set_committed_value(r, "status", InboxStatus.PROCESSING)
-                    set_committed_value(r, "leased_until", lease)
-                    set_committed_value(r, "leased_by", self.leases.boot_id)
-                    set_committed_value(r, "attempts", r.attempts + 1)
+            await self.leases.take(s, InboxUpdate, claimed, InboxStatus.PROCESSING)
         return claimed
 
     async def _process(self, row: InboxUpdate) -> None:

@@ -28,6 +28,7 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import and_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.orm.attributes import set_committed_value
 
 from storage.models import InboxStatus, InboxUpdate, OutboxMessage, OutboxStatus, utcnow
 
@@ -67,6 +68,35 @@ class Leases:
     def until(self) -> datetime:
         """The end of a lease taken now."""
         return utcnow() + self.ttl
+
+    async def take(
+        self,
+        s: AsyncSession,
+        model: type[InboxUpdate] | type[OutboxMessage],
+        rows: Sequence[InboxUpdate] | Sequence[OutboxMessage],
+        status: InboxStatus | OutboxStatus,
+    ) -> None:
+        """Lease claimed rows to this process: one UPDATE for the batch (not one per row
+        from the unit of work), and the loaded rows told what they now are, not dirtied."""
+        if not rows:
+            return
+        lease = self.until()
+        await s.execute(
+            update(model)
+            .where(model.id.in_([r.id for r in rows]))
+            .values(
+                status=status,
+                leased_until=lease,
+                leased_by=self.boot_id,
+                attempts=model.attempts + 1,
+            )
+            .execution_options(synchronize_session=False)
+        )
+        for r in rows:
+            set_committed_value(r, "status", status)
+            set_committed_value(r, "leased_until", lease)
+            set_committed_value(r, "leased_by", self.boot_id)
+            set_committed_value(r, "attempts", r.attempts + 1)
 
     @contextlib.contextmanager
     def held(self) -> Iterator[None]:
