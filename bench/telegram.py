@@ -33,7 +33,9 @@ message (cicbot: SQLAlchemy's before_cursor_execute, read from /metrics; the FSM
 its own executes and commits), the share of one core the bot's process tree used (cicbot-pg2:
 both workers' summed, so it can exceed 1), replies sent twice (a chat's replies beyond what
 its turns call for, counted at the stand-in after the run settles; the turns they fell in are
-printed), and cicbot's ratios against both peers. Each figure is the median over --repeats runs: the
+printed; chats whose replies, digits aside, differ from most chats' are reported, since every
+customer says the same: a turn handled out of order or twice shows there), and cicbot's
+ratios against both peers. Each figure is the median over --repeats runs: the
 machine is small and shared.
 """
 
@@ -51,7 +53,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -257,6 +259,7 @@ class Replies:
     # the turn the chat was at (its latest POST) when each reply arrived, in step with `times`
     turns: dict[int, list[int]] = field(default_factory=lambda: defaultdict(list))
     at: dict[int, int] = field(default_factory=dict)  # the chat's latest turn sent
+    texts: dict[int, list[str]] = field(default_factory=lambda: defaultdict(list))  # digits: #
     last: dict[int, dict[str, Any]] = field(default_factory=dict)
     changed: dict[int, asyncio.Event] = field(default_factory=lambda: defaultdict(asyncio.Event))
 
@@ -268,6 +271,7 @@ class Replies:
             chat = params["chat_id"]
             self.times[chat].append(time.monotonic())
             self.turns[chat].append(self.at.get(chat, -1))
+            self.texts[chat].append(re.sub(r"\d", "#", str(params.get("text", ""))))
             self.last[chat] = result
             self.changed[chat].set()
             return result
@@ -312,6 +316,13 @@ class Replies:
                 if n > need:
                     where.append((chat, t, n - need))
         return total, where
+
+    def off_script(self, chats: list[int]) -> int:
+        """Chats whose replies (digits aside) differ from the most common chats' replies:
+        every customer says the same, so a turn handled out of order, twice or by two
+        workers at once shows here."""
+        seen = Counter(tuple(self.texts[chat]) for chat in chats)
+        return len(chats) - seen.most_common(1)[0][1] if seen else 0
 
 
 @dataclass
@@ -612,6 +623,9 @@ async def measure(
     if s0 is not None and s1 is not None and s2 is not None:
         per_message = (s2 - s1 - (s1 - s0)) / messages
     doubled, where = replies.doubled(chats, load.expected, args.turns)
+    off = replies.off_script(chats)
+    if off:
+        print(f"  {bot.name}: {off} of {len(chats)} chats got replies unlike the others'")
     for chat, i, surplus in where[:5]:
         print(f"  {bot.name}: chat {chat} turn {i + 1}: {surplus} repl(ies) more than it calls for")
     return Run(messages, seconds, load.latencies, load.missing, per_message, cpu, doubled)
