@@ -696,16 +696,29 @@ async def print_stages(bot: Bot) -> None:
         await engine.dispose()
 
 
+WORK = (  # (label, metric, the label value counted) of the per-worker split
+    ("webhooks accepted", "cicbot_webhook_updates_total", 'result="accepted"'),
+    ("inbox rows done", "cicbot_inbox_processed_total", 'outcome="done"'),
+    ("replies sent", "cicbot_outbound_sends_total", 'result="sent"'),
+)
+
+
 async def print_groups(bot: Bot) -> None:
     """How many items cicbot's group commits put in one transaction, on average."""
     figures: dict[tuple[str, str], float] = defaultdict(float)
     async with aiohttp.ClientSession() as http:
-        for base in bot.bases:  # summed over the workers
+        for w, base in enumerate(bot.bases):  # summed over the workers
             async with http.get(base + "/metrics") as r:
                 text = await r.text()
             pattern = r'^cicbot_group_commit_(\w+)\{group="([\w-]+)"\} (\S+)$'
             for what, group, v in re.findall(pattern, text, re.M):
                 figures[what, group] += float(v)
+            if len(bot.bases) > 1:  # how the work split: each worker's own counters
+                share = []
+                for label, metric, result in WORK:
+                    m = re.search(rf"^{metric}\{{[^}}]*{result}[^}}]*\}} (\S+)$", text, re.M)
+                    share.append(f"{label} {float(m.group(1)) if m else 0:.0f}")
+                print(f"  {bot.name}: worker {w + 1}: {', '.join(share)}")
     for group in sorted({g for _, g in figures}):
         n, items = figures.get(("batches", group), 0), figures.get(("items", group), 0)
         print(f"  {bot.name}: group commit {group}: {items / max(n, 1):.1f} per transaction")
