@@ -6,8 +6,7 @@
     .venv/bin/python bench/telegram.py --bots cicbot-sqlite,fsm
     .venv/bin/python bench/telegram.py --bots cicbot-pg,cicbot-pg2   # one worker against two
 
-In one run, with the same load, four bots answer webhooks (each its own process; a fifth,
-`cicbot-pg2`, on request):
+In one run, with the same load, five bots answer webhooks (each its own process):
 
 * `echo`: a bare aiogram 3 webhook echo bot, no database;
 * `fsm`: an aiogram 3 FSM complaint bot of the kind a user writes instead of cicbot: category,
@@ -15,7 +14,7 @@ In one run, with the same load, four bots answer webhooks (each its own process;
   keyboard, every message logged to SQLite (WAL) and the case stored at the end;
 * `cicbot-sqlite` and `cicbot-pg`: `cicbot serve` on a fresh SQLite file and on a fresh
   PostgreSQL database (--pg-admin names the server; skipped when it is unreachable);
-* `cicbot-pg2` (only with --bots): two `cicbot serve` workers on one fresh PostgreSQL database,
+* `cicbot-pg2`: two `cicbot serve` workers on one fresh PostgreSQL database,
   each on its own port, configured alike (webhook mode, the same secret, no webhook_url, so
   neither calls setWebhook); the load goes round-robin over the two, message by message, as
   a load balancer in front of them would send it.
@@ -71,8 +70,7 @@ SECRET = "bench-webhook-secret-0123456789"
 HEADER = "X-Telegram-Bot-Api-Secret-Token"
 PATH = "/webhooks/telegram"
 PG_ADMIN = "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
-BOTS = ("echo", "fsm", "cicbot-sqlite", "cicbot-pg")
-OPTIONAL = ("cicbot-pg2",)  # two workers on one PostgreSQL database: only when asked for
+BOTS = ("echo", "fsm", "cicbot-sqlite", "cicbot-pg", "cicbot-pg2")
 UPDATE_IDS = itertools.count(900_000_000)
 CALLBACK_IDS = itertools.count(5_000_000_000)
 # (kind, value, replies cicbot sends for it); echo and fsm always send one
@@ -727,7 +725,7 @@ async def print_groups(bot: Bot) -> None:
 async def main(args: argparse.Namespace) -> None:
     customers = max(1, min(args.customers, 1000))
     names = [n for n in args.bots.split(",") if n]
-    unknown = set(names) - set(BOTS) - set(OPTIONAL)
+    unknown = set(names) - set(BOTS)
     if unknown:
         raise SystemExit(f"unknown bots: {', '.join(sorted(unknown))}")
     tmp = Path(tempfile.mkdtemp(prefix="cicbot-bench-"))
@@ -812,9 +810,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--turns", type=int, default=10)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--quick", action="store_true", help="50 customers x 5 turns, one run")
-    p.add_argument(
-        "--bots", default=",".join(BOTS), help=f"a subset of {','.join(BOTS + OPTIONAL)}"
-    )
+    p.add_argument("--bots", default=",".join(BOTS), help=f"a subset of {','.join(BOTS)}")
     p.add_argument("--open-loop", type=float, default=0.0, metavar="RATE", help="msg/s")
     p.add_argument("--duration", type=float, default=10.0, help="seconds of an open-loop run")
     p.add_argument("--pg-admin", default=os.environ.get("CICBOT_TEST_PG", PG_ADMIN))
