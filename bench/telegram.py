@@ -4,15 +4,20 @@
     .venv/bin/python bench/telegram.py --quick        # 50 x 5, one repetition
     .venv/bin/python bench/telegram.py --open-loop 100 --duration 10
     .venv/bin/python bench/telegram.py --bots cicbot-sqlite,fsm
+    .venv/bin/python bench/telegram.py --bots cicbot-pg,cicbot-pg2   # one worker against two
 
-In one run, with the same load, four bots answer webhooks (each its own process):
+In one run, with the same load, five bots answer webhooks (each its own process):
 
 * `echo`: a bare aiogram 3 webhook echo bot, no database;
 * `fsm`: an aiogram 3 FSM complaint bot of the kind a user writes instead of cicbot: category,
   description, reference, severity, resolution, confirmation, each answered with an inline
   keyboard, every message logged to SQLite (WAL) and the case stored at the end;
 * `cicbot-sqlite` and `cicbot-pg`: `cicbot serve` on a fresh SQLite file and on a fresh
-  PostgreSQL database (--pg-admin names the server; skipped when it is unreachable).
+  PostgreSQL database (--pg-admin names the server; skipped when it is unreachable);
+* `cicbot-pg2`: two `cicbot serve` workers on one fresh PostgreSQL database,
+  each on its own port, configured alike (webhook mode, the same secret, no webhook_url, so
+  neither calls setWebhook); the load goes round-robin over the two, message by message, as
+  a load balancer in front of them would send it.
 
 Closed loop (default): N customers each go through M turns of a complaint conversation (text
 answers and button presses as callback queries), each waiting for the answer to one turn
@@ -24,8 +29,12 @@ rate shaping is lifted (the stand-in never answers 429), so the pipeline itself 
 Per bot: msg/s (customer messages / wall time), p50 and p99 of the time from the webhook POST
 to the turn's last reply, messages without a reply within --reply-timeout, SQL statements per
 message (cicbot: SQLAlchemy's before_cursor_execute, read from /metrics; the FSM bot counts
-its own executes and commits), the share of one core the bot's process tree used, and
-cicbot's ratios against both peers. Each figure is the median over --repeats runs: the
+its own executes and commits), the share of one core the bot's process tree used (cicbot-pg2:
+both workers' summed, so it can exceed 1), replies sent twice (a chat's replies beyond what
+its turns call for, counted at the stand-in after the run settles; the turns they fell in are
+printed; chats whose replies, digits aside, differ from most chats' are reported, since every
+customer says the same: a turn handled out of order or twice shows there), and cicbot's
+ratios against both peers. Each figure is the median over --repeats runs: the
 machine is small and shared.
 """
 
@@ -43,7 +52,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,7 +70,7 @@ SECRET = "bench-webhook-secret-0123456789"
 HEADER = "X-Telegram-Bot-Api-Secret-Token"
 PATH = "/webhooks/telegram"
 PG_ADMIN = "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
-BOTS = ("echo", "fsm", "cicbot-sqlite", "cicbot-pg")
+BOTS = ("echo", "fsm", "cicbot-sqlite", "cicbot-pg", "cicbot-pg2")
 UPDATE_IDS = itertools.count(900_000_000)
 CALLBACK_IDS = itertools.count(5_000_000_000)
 # (kind, value, replies cicbot sends for it); echo and fsm always send one
@@ -245,6 +254,10 @@ class Replies:
     """sendMessage arrivals per chat, recorded by a hook in the stand-in."""
 
     times: dict[int, list[float]] = field(default_factory=lambda: defaultdict(list))
+    # the turn the chat was at (its latest POST) when each reply arrived, in step with `times`
+    turns: dict[int, list[int]] = field(default_factory=lambda: defaultdict(list))
+    at: dict[int, int] = field(default_factory=dict)  # the chat's latest turn sent
+    texts: dict[int, list[str]] = field(default_factory=lambda: defaultdict(list))  # digits: #
     last: dict[int, dict[str, Any]] = field(default_factory=dict)
     changed: dict[int, asyncio.Event] = field(default_factory=lambda: defaultdict(asyncio.Event))
 
@@ -255,6 +268,8 @@ class Replies:
             result = await handler(token, params)
             chat = params["chat_id"]
             self.times[chat].append(time.monotonic())
+            self.turns[chat].append(self.at.get(chat, -1))
+            self.texts[chat].append(re.sub(r"\d", "#", str(params.get("text", ""))))
             self.last[chat] = result
             self.changed[chat].set()
             return result
@@ -272,6 +287,41 @@ class Replies:
         times = self.times[chat]
         return times[count - 1] if len(times) >= count else None
 
+    async def settle(self, quiet: float = 0.5, limit: float = 5.0) -> None:
+        """Until no reply arrived for `quiet` seconds (at most `limit`): late doubles count."""
+        deadline = time.monotonic() + limit
+        while time.monotonic() < deadline:
+            seen = sum(len(t) for t in self.times.values())
+            await asyncio.sleep(quiet)
+            if sum(len(t) for t in self.times.values()) == seen:
+                return
+
+    def doubled(
+        self, chats: list[int], expected: Callable[[int], int], turns: int
+    ) -> tuple[int, list[tuple[int, int, int]]]:
+        """Replies beyond what the chats' turns call for (each chat's surplus, summed), and
+        the (chat, turn, surplus) where a turn got more replies than it calls for: in a
+        closed loop a reply is counted with the turn its chat was at when it arrived, so a
+        late double lands in the next turn."""
+        total, where = 0, []
+        for chat in chats:
+            total += max(0, len(self.times[chat]) - expected(turns - 1))
+            got: dict[int, int] = defaultdict(int)
+            for t in self.turns[chat]:
+                got[t] += 1
+            for t, n in sorted(got.items()):
+                need = expected(t) - (expected(t - 1) if t > 0 else 0)
+                if n > need:
+                    where.append((chat, t, n - need))
+        return total, where
+
+    def off_script(self, chats: list[int]) -> int:
+        """Chats whose replies (digits aside) differ from the most common chats' replies:
+        every customer says the same, so a turn handled out of order, twice or by two
+        workers at once shows here."""
+        seen = Counter(tuple(self.texts[chat]) for chat in chats)
+        return len(chats) - seen.most_common(1)[0][1] if seen else 0
+
 
 @dataclass
 class Run:
@@ -281,6 +331,7 @@ class Run:
     missing: int
     statements: float | None  # per message
     cpu: float  # share of one core
+    doubled: int = 0  # replies beyond what the turns call for
 
     @property
     def throughput(self) -> float:
@@ -298,8 +349,11 @@ class Run:
 
 
 class Load:
-    def __init__(self, base: str, replies: Replies, *, peer: bool, reply_timeout: float) -> None:
-        self.base, self.replies, self.peer = base, replies, peer
+    def __init__(
+        self, bases: list[str], replies: Replies, *, peer: bool, reply_timeout: float
+    ) -> None:
+        self.bases, self.replies, self.peer = bases, replies, peer
+        self.next_base = itertools.cycle(bases)  # round-robin, message by message
         self.reply_timeout = reply_timeout
         self.latencies: list[float] = []
         self.missing = 0
@@ -340,13 +394,13 @@ class Load:
         kind, value, _ = turn(i)
         started = time.monotonic()
         update = self.update(chat, kind, value, message_id=1000 + i)
+        base = next(self.next_base)
+        self.replies.at[chat] = i
         for attempt in range(3):
             # a keep-alive connection the server closed (idle while the customer waited for
             # a reply) fails on reuse: sent again, as Telegram would (the update id dedupes)
             try:
-                async with http.post(
-                    self.base + PATH, json=update, headers={HEADER: SECRET}
-                ) as resp:
+                async with http.post(base + PATH, json=update, headers={HEADER: SECRET}) as resp:
                     if resp.status != 200:
                         raise RuntimeError(f"webhook answered {resp.status}")
                 break
@@ -416,19 +470,30 @@ def cpu_seconds(pid: int) -> float:
 @dataclass
 class Bot:
     name: str
-    base: str
-    pid: int
+    bases: list[str]  # one per worker process
+    pids: list[int]
     peer: bool
     db_url: str | None = None  # cicbot's database (stage timings)
 
+    def cpu(self) -> float:
+        """CPU seconds of all the bot's worker processes (and their children), summed."""
+        return sum(cpu_seconds(pid) for pid in self.pids)
+
     async def statements(self, http: aiohttp.ClientSession) -> float | None:
+        """The statement counter, summed over the workers."""
+        total = 0.0
         with contextlib.suppress(aiohttp.ClientError, ValueError, KeyError):
-            if self.peer:
-                async with http.get(self.base + "/stats") as r:
-                    return float((await r.json())["statements"])
-            async with http.get(self.base + "/metrics") as r:
-                m = re.search(r"^cicbot_db_statements_total (\S+)$", await r.text(), re.M)
-                return float(m.group(1)) if m else None
+            for base in self.bases:
+                if self.peer:
+                    async with http.get(base + "/stats") as r:
+                        total += float((await r.json())["statements"])
+                    continue
+                async with http.get(base + "/metrics") as r:
+                    m = re.search(r"^cicbot_db_statements_total (\S+)$", await r.text(), re.M)
+                    if m is None:
+                        return None
+                    total += float(m.group(1))
+            return total
         return None
 
 
@@ -455,7 +520,7 @@ async def process(
     try:
         base = f"http://127.0.0.1:{port}"
         await wait_healthy(base, proc, log)
-        yield Bot(name, base, proc.pid, peer=not name.startswith("cicbot"))
+        yield Bot(name, [base], [proc.pid], peer=not name.startswith("cicbot"))
     finally:
         if proc.returncode is None:
             proc.terminate()
@@ -501,52 +566,67 @@ async def bots(
                 argv = [sys.executable, str(SELF), "--serve", name, "--port", str(port)]
                 argv += ["--api-base", api_base, "--peer-db", str(tmp / "fsm.db")]
                 env = dict(os.environ)
-            else:
-                if name == "cicbot-pg":
-                    from storage import scratch
+                started.append(await stack.enter_async_context(process(name, argv, env, log, port)))
+                continue
+            if name.startswith("cicbot-pg"):
+                from storage import scratch
 
-                    try:
-                        url = await scratch.create(args.pg_admin, "cicbot_bench")
-                    except Exception as exc:
-                        print(f"  cicbot-pg skipped: PostgreSQL unreachable ({exc})")
-                        continue
-                    stack.push_async_callback(scratch.drop, args.pg_admin, url)
-                else:
-                    url = f"sqlite+aiosqlite:///{tmp / 'cicbot.db'}"
+                try:
+                    url = await scratch.create(args.pg_admin, "cicbot_bench")
+                except Exception as exc:
+                    print(f"  {name} skipped: PostgreSQL unreachable ({exc})")
+                    continue
+                stack.push_async_callback(scratch.drop, args.pg_admin, url)
+            else:
+                url = f"sqlite+aiosqlite:///{tmp / 'cicbot.db'}"
+            # cicbot-pg2: a second worker, configured exactly as the first (same database,
+            # token and webhook secret), on its own port; started after the first is healthy,
+            # though auto_migrate's advisory lock would make a simultaneous start safe too
+            workers = []
+            for w in range(2 if name == "cicbot-pg2" else 1):
+                port = port if w == 0 else free_port()
+                log = tmp / (f"{name}.log" if w == 0 else f"{name}-w{w + 1}.log")
                 argv = [str(Path(sys.executable).parent / "cicbot"), "serve", "--port", str(port)]
                 argv += ["--log-level", "warning"]
                 env = cicbot_env(api_base, url, args.env)
-            bot = await stack.enter_async_context(process(name, argv, env, log, port))
-            if not bot.peer:
-                bot.db_url = url
-            started.append(bot)
+                workers.append(await stack.enter_async_context(process(name, argv, env, log, port)))
+            bases = [b for w in workers for b in w.bases]
+            pids = [p for w in workers for p in w.pids]
+            started.append(Bot(name, bases, pids, peer=False, db_url=url))
         yield started
 
 
 async def measure(
     bot: Bot, replies: Replies, chats: list[int], args: argparse.Namespace, open_rate: float
 ) -> Run:
-    load = Load(bot.base, replies, peer=bot.peer, reply_timeout=args.reply_timeout)
+    load = Load(bot.bases, replies, peer=bot.peer, reply_timeout=args.reply_timeout)
     # a connection per request: a kept-alive one sits idle while its customer waits for a
     # reply, and the server's keep-alive timeout closing it races its reuse (resets)
     connector = aiohttp.TCPConnector(limit=max(len(chats), 100), force_close=True)
     async with aiohttp.ClientSession(connector=connector) as http:
         s0 = await bot.statements(http)
         s1 = await bot.statements(http)  # the difference: what one scrape itself costs
-        cpu0, started = cpu_seconds(bot.pid), time.monotonic()
+        cpu0, started = bot.cpu(), time.monotonic()
         async with asyncio.timeout(args.run_timeout):
             if open_rate:
                 await load.open(http, chats, args.turns, open_rate)
             else:
                 await load.closed(http, chats, args.turns)
         seconds = time.monotonic() - started
-        cpu = (cpu_seconds(bot.pid) - cpu0) / seconds
+        cpu = (bot.cpu() - cpu0) / seconds
         s2 = await bot.statements(http)
+        await replies.settle()  # a reply sent twice may come late
     messages = len(chats) * args.turns
     per_message = None
     if s0 is not None and s1 is not None and s2 is not None:
         per_message = (s2 - s1 - (s1 - s0)) / messages
-    return Run(messages, seconds, load.latencies, load.missing, per_message, cpu)
+    doubled, where = replies.doubled(chats, load.expected, args.turns)
+    off = replies.off_script(chats)
+    if off:
+        print(f"  {bot.name}: {off} of {len(chats)} chats got replies unlike the others'")
+    for chat, i, surplus in where[:5]:
+        print(f"  {bot.name}: chat {chat} turn {i + 1}: {surplus} repl(ies) more than it calls for")
+    return Run(messages, seconds, load.latencies, load.missing, per_message, cpu, doubled)
 
 
 @contextlib.asynccontextmanager
@@ -556,19 +636,25 @@ async def profiled(bot: Bot, folder: str | None, rep: int) -> AsyncIterator[None
     if folder is None or bot.peer:
         yield
         return
-    out = Path(folder) / f"{bot.name}-{rep + 1}.txt"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    spy = str(Path(sys.executable).parent / "py-spy")
-    argv = [spy, "record", "--pid", str(bot.pid), "--format", "raw", "--rate", "200"]
-    argv += os.environ.get("BENCH_SPY_ARGS", "").split()
-    proc = await asyncio.create_subprocess_exec(
-        *argv, "--nonblocking", "--output", str(out), stdout=asyncio.subprocess.DEVNULL
-    )
+    spies = []
+    for w, pid in enumerate(bot.pids):
+        suffix = f"-w{w + 1}" if len(bot.pids) > 1 else ""
+        out = Path(folder) / f"{bot.name}-{rep + 1}{suffix}.txt"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        spy = str(Path(sys.executable).parent / "py-spy")
+        argv = [spy, "record", "--pid", str(pid), "--format", "raw", "--rate", "200"]
+        argv += os.environ.get("BENCH_SPY_ARGS", "").split()
+        spies.append(
+            await asyncio.create_subprocess_exec(
+                *argv, "--nonblocking", "--output", str(out), stdout=asyncio.subprocess.DEVNULL
+            )
+        )
     try:
         yield
     finally:
-        proc.send_signal(signal.SIGINT)
-        await proc.wait()
+        for proc in spies:
+            proc.send_signal(signal.SIGINT)
+            await proc.wait()
 
 
 async def print_stages(bot: Bot) -> None:
@@ -608,12 +694,29 @@ async def print_stages(bot: Bot) -> None:
         await engine.dispose()
 
 
+WORK = (  # (label, metric, the label value counted) of the per-worker split
+    ("webhooks accepted", "cicbot_webhook_updates_total", 'result="accepted"'),
+    ("inbox rows done", "cicbot_inbox_processed_total", 'outcome="done"'),
+    ("replies sent", "cicbot_outbound_sends_total", 'result="sent"'),
+)
+
+
 async def print_groups(bot: Bot) -> None:
     """How many items cicbot's group commits put in one transaction, on average."""
-    async with aiohttp.ClientSession() as http, http.get(bot.base + "/metrics") as r:
-        text = await r.text()
-    found = re.findall(r'^cicbot_group_commit_(\w+)\{group="([\w-]+)"\} (\S+)$', text, re.M)
-    figures = {(what, group): float(v) for what, group, v in found}
+    figures: dict[tuple[str, str], float] = defaultdict(float)
+    async with aiohttp.ClientSession() as http:
+        for w, base in enumerate(bot.bases):  # summed over the workers
+            async with http.get(base + "/metrics") as r:
+                text = await r.text()
+            pattern = r'^cicbot_group_commit_(\w+)\{group="([\w-]+)"\} (\S+)$'
+            for what, group, v in re.findall(pattern, text, re.M):
+                figures[what, group] += float(v)
+            if len(bot.bases) > 1:  # how the work split: each worker's own counters
+                share = []
+                for label, metric, result in WORK:
+                    m = re.search(rf"^{metric}\{{[^}}]*{result}[^}}]*\}} (\S+)$", text, re.M)
+                    share.append(f"{label} {float(m.group(1)) if m else 0:.0f}")
+                print(f"  {bot.name}: worker {w + 1}: {', '.join(share)}")
     for group in sorted({g for _, g in figures}):
         n, items = figures.get(("batches", group), 0), figures.get(("items", group), 0)
         print(f"  {bot.name}: group commit {group}: {items / max(n, 1):.1f} per transaction")
@@ -647,7 +750,8 @@ async def main(args: argparse.Namespace) -> None:
                     print(
                         f"  run {rep + 1} {bot.name:14}{run.throughput:8.1f} msg/s  "
                         f"p50 {run.pct(0.5) * 1000:7.1f} ms  p99 {run.pct(0.99) * 1000:7.1f} ms"
-                        f"  no reply {run.missing:4}  stmts/msg {stmts}  cpu {run.cpu:4.2f}"
+                        f"  no reply {run.missing:4}  doubled {run.doubled:3}"
+                        f"  stmts/msg {stmts}  cpu {run.cpu:4.2f}"
                         f"  cpu ms/msg {run.cpu_ms:5.2f}  load {os.getloadavg()[0]:.1f}",
                         flush=True,
                     )
@@ -674,6 +778,7 @@ def report(results: dict[str, list[Run]], customers: int, args: argparse.Namespa
             "p50 ms": med(name, lambda r: r.pct(0.5) * 1000),
             "p99 ms": med(name, lambda r: r.pct(0.99) * 1000),
             "no reply": med(name, lambda r: r.missing),
+            "doubled": med(name, lambda r: r.doubled),
             "stmts/msg": med(name, lambda r: r.statements),
             "cpu": med(name, lambda r: r.cpu),
             "cpu ms/msg": med(name, lambda r: r.cpu_ms),
@@ -685,7 +790,7 @@ def report(results: dict[str, list[Run]], customers: int, args: argparse.Namespa
         f"\n{customers} customers x {args.turns} turns, {mode}, {args.repeats} repetition(s) "
         f"(medians), rate shaping lifted, {os.cpu_count()} cores"
     )
-    columns = ["msg/s", "p50 ms", "p99 ms", "no reply", "stmts/msg", "cpu", "cpu ms/msg"]
+    columns = ["msg/s", "p50 ms", "p99 ms", "no reply", "doubled", "stmts/msg", "cpu", "cpu ms/msg"]
     print(f"{'':22}" + "".join(f"{c:>11}" for c in columns))
     for name, row in rows.items():
         cells = "".join(f"{cell(row[c], c.startswith('cpu')):>11}" for c in columns)
