@@ -347,6 +347,10 @@ def masked(body: Mapping[str, Any]) -> dict[str, Any]:
     return {**kept, "text": body[MASKED_TEXT]}
 
 
+_OUTBOX: Table = OutboxMessage.__table__  # type: ignore[assignment]
+_ENQUEUE = insert(_OUTBOX).returning(_OUTBOX.c.id)  # built once; the values are parameters
+
+
 async def enqueue(
     s: AsyncSession,
     *,
@@ -356,39 +360,10 @@ async def enqueue(
     body: dict[str, Any],
     conversation_id: int | None,
     identity_id: int | None,
-) -> OutboxMessage:
-    row = OutboxMessage(
-        channel=channel,
-        recipient_id=recipient_id,
-        thread_key=thread_key,
-        body=scrub(body),
-        conversation_id=conversation_id,
-        identity_id=identity_id,
-        status=OutboxStatus.PENDING,
-        next_attempt_at=utcnow(),
-    )
-    s.add(row)
-    await s.flush()
-    return row
-
-
-_OUTBOX: Table = OutboxMessage.__table__  # type: ignore[assignment]
-_ENQUEUE = insert(_OUTBOX).returning(_OUTBOX.c.id)  # built once; the values are parameters
-
-
-async def enqueue_id(
-    s: AsyncSession,
-    *,
-    channel: str,
-    recipient_id: str,
-    thread_key: str,
-    body: dict[str, Any],
-    conversation_id: int | None,
-    identity_id: int | None,
 ) -> int:
-    """`enqueue` as one INSERT ... RETURNING id, without flushing the session first (what
-    the session holds is written at its next flush: a turn's touchpoints then go in one
-    multi-row INSERT). The conversation and identity rows must exist already."""
+    """A pending outbox row, as one INSERT ... RETURNING id without flushing the session
+    first (what the session holds is written at its next flush: a turn's touchpoints then
+    go in one multi-row INSERT). The conversation and identity rows must exist already."""
     params = {
         "channel": channel,
         "recipient_id": recipient_id,

@@ -813,7 +813,7 @@ class Engine:
             contact_id=conv.contact_id if campaign else None,
             sender_name=sender_name,
         )
-        outbox_id = await queries.enqueue_id(
+        outbox_id = await queries.enqueue(
             s,
             channel=conv.channel,
             recipient_id=identity.external_id,

@@ -130,7 +130,7 @@ class IdentityLinker:
             actor="bot",
             text=masked,
             payload={"key": "link.mail", "to": email, "link_code_id": row.id},
-            outbox_id=out.id,
+            outbox_id=out,
         )
         turn.note("link_code_requested", email=email, link_code_id=row.id)
         log.info("identity link: code row %s mailed for identity %s", row.id, turn.identity.id)
