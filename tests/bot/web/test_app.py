@@ -229,3 +229,50 @@ async def test_routes_are_built_before_the_first_request(
             assert (await http.get("/api/v1/conversations")).status_code == 401
     assert at_start > 40  # every API route, the agents' and the channels'
     assert len(built) == at_start, built[at_start:]
+
+
+def test_channel_routes_are_tried_first_and_shadow_no_api_route(sqlite_url: str) -> None:
+    """A webhook POST comes once per customer message: its route is the first the app tries
+    (the console's and the API's ~60 routes were matched before it on every message), and
+    putting the channels first changes no other route's match: no channel serves a path and
+    method the app serves too."""
+    from bot.web.app import create_app
+    from channels.telegram.settings import TelegramSettings
+    from channels.webhook.settings import WebhookSettings
+
+    settings = make_settings(
+        sqlite_url,
+        telegram=TelegramSettings(token="1:x", webhook_secret="s" * 32, mode="webhook"),
+        webhook=WebhookSettings(secret="w" * 32, outbound_url="http://127.0.0.1:9/out"),  # type: ignore[arg-type]
+    )
+    rt = Runtime(settings, channels=["telegram", "webhook", "webchat"])
+    app = create_app(rt)
+    routers = [router for router, _ in rt.routes]
+    channel_routes = [r for router in routers for r in router.routes]
+    assert any(getattr(r, "path", "") == "/webhooks/telegram" for r in channel_routes)
+    # an included router is one entry of app.routes (FastAPI matches through it)
+    own = [
+        i
+        for i, r in enumerate(app.routes)
+        if r in channel_routes or getattr(r, "original_router", None) in routers
+    ]
+    assert own, [type(r).__name__ for r in app.routes]
+    # before them only FastAPI's own schema route, there before anything is added
+    assert [getattr(r, "path", None) for r in app.routes[: own[0]]] == ["/openapi.json"]
+    assert own == list(range(own[0], own[0] + len(own)))
+    served = {
+        (path, m) for r in app.routes[own[-1] + 1 :] for path, methods in _paths(r) for m in methods
+    }
+    for r in channel_routes:
+        for m in getattr(r, "methods", None) or ():
+            assert (r.path, m) not in served, (r.path, m)  # type: ignore[attr-defined]
+
+
+def _paths(route: object) -> list[tuple[str, set[str]]]:
+    """(path, methods) of a route, or of every route an included router serves."""
+    inner = getattr(route, "original_router", None)
+    if inner is not None:
+        prefix = getattr(route, "prefix", "") or ""
+        return [(prefix + p, m) for r in inner.routes for p, m in _paths(r)]
+    methods = getattr(route, "methods", None)
+    return [(route.path, set(methods))] if methods else []  # type: ignore[attr-defined]
