@@ -283,31 +283,29 @@ def add_touchpoint(
     payload: dict[str, Any] | None = None,
     platform_message_id: str | None = None,
     outbox_id: int | None = None,
-) -> Touchpoint:
-    tp = Touchpoint(
-        contact_id=contact_id,
-        conversation_id=conversation_id,
-        channel=channel,
-        direction=direction,
-        kind=kind,
-        actor=actor,
-        text=scrub(text),
-        payload=scrub(payload or {}),
-        platform_message_id=scrub(platform_message_id),
-        outbox_id=outbox_id,
-        created_at=utcnow(),
-    )
+) -> None:
+    values = {
+        "contact_id": contact_id,
+        "conversation_id": conversation_id,
+        "channel": channel,
+        "direction": direction,
+        "kind": kind,
+        "actor": actor,
+        "text": scrub(text),
+        "payload": scrub(payload or {}),
+        "platform_message_id": scrub(platform_message_id),
+        "outbox_id": outbox_id,
+        "created_at": utcnow(),
+    }
     deferred = s.info.get(_TOUCHPOINTS)
     if deferred is None:
-        s.add(tp)
+        s.add(Touchpoint(**values))
     else:  # written by flush_touchpoints, with the others of the turn (see defer_touchpoints)
-        deferred.append({c: getattr(tp, c) for c in _TOUCHPOINT_COLUMNS})
-    return tp
+        deferred.append(values)  # no ORM object: the hot path needs only the row
 
 
 _TOUCHPOINTS = "deferred_touchpoints"  # session.info: rows flush_touchpoints writes
 _TOUCHPOINT_TABLE: Table = Touchpoint.__table__  # type: ignore[assignment]
-_TOUCHPOINT_COLUMNS = tuple(c.name for c in _TOUCHPOINT_TABLE.c if c.name != "id")
 
 
 def defer_touchpoints(s: AsyncSession) -> None:

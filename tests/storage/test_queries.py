@@ -53,3 +53,26 @@ def test_claims_read_the_partial_indexes_of_unfinished_rows(sqlite_url: str) -> 
         assert "INDEXED BY" not in str(
             queries.heads("postgresql", table, key, ["telegram"]).compile()
         )
+
+
+def test_a_deferred_touchpoint_is_a_whole_row_of_the_table() -> None:
+    """`add_touchpoint` under `defer_touchpoints` keeps a plain row, no ORM object: it must
+    name every column but the id (one executemany INSERT takes them all alike)."""
+    from sqlalchemy.orm import Session
+
+    s = Session()
+    queries.defer_touchpoints(s)  # type: ignore[arg-type]
+    queries.add_touchpoint(
+        s,  # type: ignore[arg-type]
+        contact_id=1,
+        conversation_id=None,
+        channel="telegram",
+        direction=Direction.IN,
+        kind="message",
+        actor="customer",
+        text="hallo\x00",
+    )
+    (row,) = s.info["deferred_touchpoints"]
+    assert set(row) == {c.name for c in Touchpoint.__table__.c} - {"id"}
+    assert row["text"] == "hallo\ufffd" and row["payload"] == {} and row["created_at"] is not None
+    assert not s.new  # nothing for the unit of work
