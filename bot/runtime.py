@@ -135,6 +135,7 @@ class Runtime:
             poll_interval=settings.dispatcher.poll_interval_seconds,
         )
         self.inbox.observe = self.metrics.inbox
+        self.inbox.dispatcher = self.dispatcher  # replies born leased to it (bot/delivery)
         # made when the first channel registers a parser (`register_parser`)
         self.flood: FloodControl | None = None
         self.routes: list[tuple[APIRouter, int | None]] = []  # the channels' (add_routes)

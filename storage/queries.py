@@ -5,14 +5,18 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
+    Exists,
     Table,
     TextualSelect,
     bindparam,
+    case,
     column,
+    exists,
     insert,
     literal_column,
     select,
@@ -349,6 +353,67 @@ _OUTBOX: Table = OutboxMessage.__table__  # type: ignore[assignment]
 _ENQUEUE = insert(_OUTBOX).returning(_OUTBOX.c.id)  # built once; the values are parameters
 
 
+def unfinished_exists(table: Table, key: str, channel: Any, value: Any) -> Exists:
+    """EXISTS an unfinished row (inbox: pending or processing; outbox: pending or sending)
+    of this partition (`key`: partition_key or recipient_id): read from the partial index
+    of unfinished rows (its condition as literals, see INBOX_UNFINISHED)."""
+    statuses = INBOX_UNFINISHED if table.name == "inbox" else OUTBOX_UNFINISHED
+    return exists().where(
+        table.c.channel == channel, table.c[key] == value, table.c.status.in_(statuses)
+    )
+
+
+# an outbox row born leased to the dispatcher (`OutboxBirth`) unless its recipient already
+# has an unsent row (then pending, as `_ENQUEUE`: the dispatcher's claim keeps the order)
+_BUSY = unfinished_exists(_OUTBOX, "recipient_id", bindparam("b_channel"), bindparam("b_recipient"))
+_BORN_VALUES = {
+    "status": case((_BUSY, OutboxStatus.PENDING.value), else_=OutboxStatus.SENDING.value),
+    "attempts": case((_BUSY, 0), else_=1),
+    "leased_by": case((_BUSY, None), else_=bindparam("b_owner", type_=_OUTBOX.c.leased_by.type)),
+    "leased_until": case(
+        (_BUSY, None), else_=bindparam("b_until", type_=_OUTBOX.c.leased_until.type)
+    ),
+}
+_ENQUEUE_BORN = insert(_OUTBOX).values(_BORN_VALUES).returning(_OUTBOX.c.id, _OUTBOX.c.status)
+_BIRTH = "outbox_birth"  # session.info: the OutboxBirth of this transaction
+
+
+@dataclass
+class OutboxBirth:
+    """Outbox rows born leased to a dispatcher (bot/delivery/dispatcher.py) by `enqueue` in
+    one transaction (the inbox's group commit), handed to it in memory after the commit:
+    no claim transaction. A row is born leased only while `slots` last and only when its
+    recipient has no unsent row already (or only rows born leased in this transaction, sent
+    in order after it); otherwise it is pending, for the dispatcher's claim."""
+
+    owner: str  # the lease's holder (the boot id)
+    until: datetime  # the lease's end
+    slots: int  # rows that may still be born leased
+    born: list[dict[str, Any]] = field(default_factory=list)  # their columns, with id
+    pending: int = 0  # rows queued pending instead (the dispatcher must claim them)
+    recipients: set[tuple[str, str]] = field(default_factory=set)  # of born rows
+
+    def mark(self) -> tuple[int, int]:
+        """Where a savepoint begins (see `rollback`)."""
+        return len(self.born), self.pending
+
+    def rollback(self, mark: tuple[int, int]) -> None:
+        """Forget the rows written after `mark` (their savepoint rolled back)."""
+        self.slots += len(self.born) - mark[0]
+        del self.born[mark[0] :]
+        self.pending = mark[1]
+        self.recipients = {(r["channel"], r["recipient_id"]) for r in self.born}
+
+
+def lease_at_birth(s: AsyncSession, birth: OutboxBirth | None) -> None:
+    """From now on in this session's transaction, `enqueue` writes its rows as `birth` says
+    (None: pending, as without it)."""
+    if birth is None:
+        s.info.pop(_BIRTH, None)
+    else:
+        s.info[_BIRTH] = birth
+
+
 async def enqueue(
     s: AsyncSession,
     *,
@@ -361,7 +426,9 @@ async def enqueue(
 ) -> int:
     """A pending outbox row, as one INSERT ... RETURNING id without flushing the session
     first (what the session holds is written at its next flush: a turn's touchpoints then
-    go in one multi-row INSERT). The conversation and identity rows must exist already."""
+    go in one multi-row INSERT). The conversation and identity rows must exist already.
+    Inside `lease_at_birth`, the row may be born leased instead (`OutboxBirth`)."""
+    now = utcnow()
     params = {
         "channel": channel,
         "recipient_id": recipient_id,
@@ -369,13 +436,51 @@ async def enqueue(
         "body": scrub(body),
         "conversation_id": conversation_id,
         "identity_id": identity_id,
-        "status": OutboxStatus.PENDING,
-        "attempts": 0,
-        "next_attempt_at": utcnow(),
-        "created_at": utcnow(),
+        "next_attempt_at": now,
+        "created_at": now,
     }
+    birth: OutboxBirth | None = s.info.get(_BIRTH)
     with s.no_autoflush:
-        return int((await s.execute(_ENQUEUE, params)).scalar_one())
+        if birth is None or birth.slots <= 0:
+            params |= {"status": OutboxStatus.PENDING, "attempts": 0}
+            if birth is not None:
+                birth.pending += 1  # for the dispatcher's claim: it must be woken
+            return int((await s.execute(_ENQUEUE, params)).scalar_one())
+        key = (channel, recipient_id)
+        if key in birth.recipients:  # behind a row born leased in this transaction
+            leased = {
+                "status": OutboxStatus.SENDING.value,
+                "attempts": 1,
+                "leased_by": birth.owner,
+                "leased_until": birth.until,
+            }
+            row_id = int((await s.execute(_ENQUEUE, params | leased)).scalar_one())
+            status = OutboxStatus.SENDING.value
+        else:
+            binds = {
+                "b_channel": channel,
+                "b_recipient": recipient_id,
+                "b_owner": birth.owner,
+                "b_until": birth.until,
+            }
+            row_id, status = (await s.execute(_ENQUEUE_BORN, params | binds)).one()
+            row_id = int(row_id)
+    if status != OutboxStatus.SENDING:
+        birth.pending += 1
+        return row_id
+    birth.slots -= 1
+    birth.recipients.add(key)
+    birth.born.append(
+        params
+        | {
+            "id": row_id,
+            "status": OutboxStatus.SENDING.value,
+            "attempts": 1,
+            "leased_by": birth.owner,
+            "leased_until": birth.until,
+        }
+    )
+    return row_id
 
 
 async def create_case(s: AsyncSession, case: Case) -> Case:

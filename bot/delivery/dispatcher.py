@@ -7,14 +7,23 @@ a 429 holds back the ones behind it. PostgreSQL claims with FOR UPDATE SKIP LOCK
 so several workers share the work; a lease that expires (the process died while
 sending; bot/delivery/leases.py renews a live worker's) makes the row eligible again, the
 documented at-least-once window.
+
+Leased at birth: the replies a turn of the inbox's group commit writes are born leased to
+this dispatcher (`birth`, storage/queries.OutboxBirth) when their recipient has no unsent
+row already, and handed over in memory after the commit (`hand_over`): no claim
+transaction and no wake-up for them. Each recipient's rows go out in order in one task;
+their sent marks share transactions (a group commit). A row that must be retried goes
+back to pending as any other, with the rows born behind it: the claim takes them then. A
+process killed meanwhile leaves rows leased like claimed ones: taken again after the lease.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from datetime import timedelta
 
 from sqlalchemy import and_, or_, select, true, update
@@ -22,13 +31,14 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bot.channel import Channel, PermanentSendError, SendResult, TransientSendError
 from bot.channel.messages import OutboundMessage
+from bot.delivery.group import GroupCommit
 from bot.delivery.leases import Leases
 from bot.delivery.settings import DispatcherSettings
 from bot.delivery.worker import RoundWorker
 from storage import queries
 from storage.db import inline
 from storage.models import Conversation, Direction, OutboxMessage, OutboxStatus, utcnow
-from storage.queries import MASKED_TEXT, masked
+from storage.queries import MASKED_TEXT, OutboxBirth, masked
 
 log = logging.getLogger(__name__)
 UNFINISHED = (OutboxStatus.PENDING, OutboxStatus.SENDING)
@@ -56,6 +66,112 @@ class Dispatcher(RoundWorker):
         self.claim_size = settings.concurrency * 4
         # told of each attempt's result after it is committed: sent, retry, failed (metrics)
         self.observe: Callable[[OutboxMessage, str], None] = lambda row, result: None
+        # rows leased at birth (`birth`, `hand_over`): their tasks, how many rows are in
+        # flight, and their sent marks in shared transactions
+        self._born: set[asyncio.Task[None]] = set()
+        self._born_rows = 0
+        self._marks = GroupCommit("outbox-sent", self._sent_marks)
+        self._quiet = 0  # notify() ignored (the rows committed were all handed over)
+        self._missed = False  # notified while born rows were in flight
+
+    def notify(self) -> None:
+        if self._quiet:
+            return
+        if self._born:
+            self._missed = True  # rows may wait behind a born one: a claim when it is sent
+        super().notify()
+
+    @contextlib.contextmanager
+    def quiet(self) -> Iterator[None]:
+        """Around a commit's after-work whose outbox rows were all handed over: no claim."""
+        self._quiet += 1
+        try:
+            yield
+        finally:
+            self._quiet -= 1
+
+    def birth(self) -> OutboxBirth | None:
+        """What a transaction's new outbox rows may be born as (leased to this running
+        dispatcher, as many as it has room for); None when it is not running."""
+        if self._task is None or self._stopping or not self.channels:
+            return None
+        slots = self.claim_size - self._born_rows
+        if slots <= 0:
+            return None
+        return OutboxBirth(owner=self.leases.boot_id, until=self.leases.until(), slots=slots)
+
+    def hand_over(self, born: list[dict[str, object]]) -> None:
+        """After the commit that wrote them: send the rows born leased to us, in order per
+        recipient. A channel gone meanwhile (never in practice) leaves them to the lease."""
+        chains: dict[tuple[object, object], list[OutboxMessage]] = {}
+        for values in born:
+            if values["channel"] not in self.channels:
+                continue
+            row = OutboxMessage(**values)
+            chains.setdefault((row.channel, row.recipient_id), []).append(row)
+        for chain in chains.values():
+            self._born_rows += len(chain)
+            task = asyncio.create_task(self._send_born(chain), name=f"outbox-born-{chain[0].id}")
+            self._born.add(task)
+            task.add_done_callback(self._born_done)
+
+    def _born_done(self, task: asyncio.Task[None]) -> None:
+        self._born.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("outbox born row task failed", exc_info=task.exception())
+        if self._missed:
+            if not self._born:
+                self._missed = False
+            super().notify()
+
+    async def _send_born(self, chain: list[OutboxMessage]) -> None:
+        marks: list[asyncio.Future[None]] = []
+        try:
+            with self.leases.held():
+                for i, row in enumerate(chain):
+                    sent = await self._deliver(row)
+                    if sent is None:  # retried or failed: the rest wait for the claim
+                        await self._release(chain[i + 1 :])
+                        break
+                    # the next row goes out without waiting for this one's mark (its
+                    # lease covers the window, as in a claimed batch)
+                    marks.append(asyncio.ensure_future(self._marks.submit([sent])))
+                await asyncio.gather(*marks)
+        finally:
+            self._born_rows -= len(chain)
+
+    async def _sent_marks(
+        self, batches: list[list[tuple[OutboxMessage, SendResult]]]
+    ) -> list[None]:
+        await self._sent_while_leased([d for batch in batches for d in batch])
+        return [None] * len(batches)
+
+    async def _release(self, rows: list[OutboxMessage]) -> None:
+        """Rows born behind one that was retried: pending again, the attempt not counted."""
+        if not rows:
+            return
+        async with self.sessions() as s, s.begin():
+            await s.execute(
+                update(OutboxMessage)
+                .where(
+                    OutboxMessage.id.in_([r.id for r in rows]),
+                    OutboxMessage.status == OutboxStatus.SENDING,
+                    OutboxMessage.leased_by == self.leases.boot_id,
+                )
+                .values(
+                    status=OutboxStatus.PENDING,
+                    leased_until=None,
+                    leased_by=None,
+                    attempts=OutboxMessage.attempts - 1,
+                )
+            )
+        self.notify()
+
+    async def stop(self) -> None:
+        await super().stop()
+        if self._born:  # rows handed over are sent and marked (a send is bounded)
+            await asyncio.gather(*list(self._born), return_exceptions=True)
+        await self._marks.stop()
 
     async def round(self) -> int:
         return await self.drain_once()
@@ -290,6 +406,8 @@ class Dispatcher(RoundWorker):
                 )
             )
         self.observe(row, "retry")
+        if delay < self.poll_interval:  # due before the next poll: a claim then
+            asyncio.get_running_loop().call_later(delay + 0.01, self.notify)
 
     async def _fail(self, row: OutboxMessage, error: str, *, unreachable: bool) -> None:
         log.warning("outbox row %s failed permanently: %s", row.id, error)

@@ -17,6 +17,15 @@ Leases (bot/delivery/leases.py): a claimed row carries this process's boot id an
 the heartbeat renews. A row whose holder died (the lease ran out, or the holder is known to
 be gone at start) is taken again, at most `max_crashes` times in all: an update that kills
 the process is parked as dead instead of killing every process that takes it.
+
+Claimed at birth: while the running worker has a free slot, a new row that is its chat's
+head (no unfinished row of its partition in the table, none in an insert under way here,
+none before it in the same INSERT) is written already leased to this process (`processing`,
+as a claim leaves it: the same INSERT decides, from the partial index of unfinished rows)
+and handed to processing after the commit: no claim transaction, no wake-up. Any other row
+is inserted pending and claimed as before. Killed meanwhile, its lease runs out and the
+claim takes it again, as a claimed row. The replies of the group commit are likewise born
+leased to the dispatcher and handed to it in memory (bot/delivery/dispatcher.py).
 """
 
 from __future__ import annotations
@@ -31,13 +40,14 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Table, Update, and_, bindparam, or_, select, update
+from sqlalchemy import Table, Update, and_, bindparam, case, literal, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bot.channel.inbound import Deferred, Parsed, ParseError, Parser, Tolerated, Unavailable
 from bot.channel.messages import ChannelEvent, InboundMessage
 from bot.conversation.engine import Engine, HandleResult
+from bot.delivery.dispatcher import Dispatcher
 from bot.delivery.flood import Admission, defer, row_key
 from bot.delivery.group import GroupCommit
 from bot.delivery.leases import Leases
@@ -86,6 +96,16 @@ class Inbox(RoundWorker):
         self.leases = leases
         self.parsers: dict[str, Parser] = {}
         self._running: set[asyncio.Task[None]] = set()  # rows the running worker handles
+        self._running_keys: dict[tuple[str, str], int] = {}  # their partitions
+        # claimed at birth (see the module's text): slots promised to inserts under way,
+        # partitions of rows being inserted, partitions this process left pending rows in
+        # (a finished row then wakes the claim; otherwise nothing waits for one)
+        self._reserved = 0
+        self._inserting: dict[tuple[str, str], int] = {}
+        self._waiting: dict[int, tuple[str, str]] = {}  # row id: partition
+        self._deferred: dict[tuple[str, str], float] = {}  # flood control: loop time due
+        # the outbox rows of a group commit are born leased to it (runtime sets it)
+        self.dispatcher: Dispatcher | None = None
         # PostgreSQL: several batches at once (a connection each): a batch spends most of
         # its time waiting for the server's answers, one statement after another, and
         # SQLite has one writer anyway
@@ -120,29 +140,69 @@ class Inbox(RoundWorker):
             "partition_key": scrub(partition_key[:200]),
             "payload": scrub(payload),
         }
-        new = await self._accepts.submit(row)
+        new = await self._accepts.submit(row)  # a pending row notifies the claim
         self.observe(channel, "accepted" if new else "duplicate")
-        if new:
-            self.notify()
         return new
 
     async def _insert(self, rows: list[dict[str, Any]]) -> list[bool | BaseException]:
         """One INSERT of many rows, deduped; alone each if the batch fails for another
-        reason than the database's absence, so that one bad row never fails its neighbours."""
+        reason than the database's absence, so that one bad row never fails its neighbours.
+        The rows that may be claimed at birth are, and start once committed."""
+        keys = [(r["channel"], r["partition_key"]) for r in rows]
+        born = self._born_candidates(keys)
+        for key in keys:
+            self._inserting[key] = self._inserting.get(key, 0) + 1
+        self._reserved += sum(born)
+        try:
+            return await self._insert_rows(rows, keys, born)
+        finally:
+            self._reserved -= sum(born)
+            for key in keys:
+                left = self._inserting[key] - 1
+                if left:
+                    self._inserting[key] = left
+                else:
+                    del self._inserting[key]
+
+    def _born_candidates(self, keys: list[tuple[str, str]]) -> list[bool]:
+        """Which rows of an insert may be claimed at birth: the worker runs and has a free
+        slot, and no earlier row of the partition is being inserted here or is before it
+        in this batch (the INSERT itself checks the table)."""
+        if self._task is None or self._stopping:
+            return [False] * len(keys)
+        free = self.concurrency - len(self._running) - self._reserved
+        chosen: list[bool] = []
+        seen: set[tuple[str, str]] = set()
+        for key in keys:
+            ok = free > 0 and key not in seen and key not in self._inserting
+            ok = ok and key[0] in self.parsers
+            seen.add(key)
+            free -= ok
+            chosen.append(ok)
+        return chosen
+
+    async def _insert_rows(
+        self, rows: list[dict[str, Any]], keys: list[tuple[str, str]], born: list[bool]
+    ) -> list[bool | BaseException]:
         insert = postgresql.insert if self.dialect == "postgresql" else sqlite.insert
         now = utcnow()
+        until = self.leases.until()
+        pending = {"status": InboxStatus.PENDING, "attempts": 0}
         values = [
-            {**r, "status": InboxStatus.PENDING, "attempts": 0, "created_at": now} for r in rows
+            {**r, **(self._at_birth(r, until) if b else pending), "created_at": now}
+            for r, b in zip(rows, born, strict=True)
         ]
         stmt = (
             insert(InboxUpdate)
             .values(values)
             .on_conflict_do_nothing(index_elements=["channel", "dedupe_key"])
-            .returning(InboxUpdate.channel, InboxUpdate.dedupe_key)
+            .returning(
+                InboxUpdate.id, InboxUpdate.channel, InboxUpdate.dedupe_key, InboxUpdate.status
+            )
         )
         try:
             async with self.sessions() as s, s.begin(), inline(s):
-                inserted = {(c, k) for c, k in await s.execute(stmt)}
+                inserted = {(c, k): (i, st) for i, c, k, st in await s.execute(stmt)}
         except Exception as exc:
             if is_unavailable(exc):
                 return [Unavailable(f"{type(exc).__name__}: {exc}"[:500]) for _ in rows]
@@ -150,29 +210,90 @@ class Inbox(RoundWorker):
                 return [exc]
             return [(await self._insert([r]))[0] for r in rows]
         results: list[bool | BaseException] = []
-        for r in rows:  # the same update twice in one batch: the first one is the new one
-            key = (r["channel"], r["dedupe_key"])
-            results.append(key in inserted)
-            inserted.discard(key)
+        queued = False
+        for r, key in zip(rows, keys, strict=True):
+            # the same update twice in one batch: the first one is the new one
+            got = inserted.pop((r["channel"], r["dedupe_key"]), None)
+            results.append(got is not None)
+            if got is None:
+                continue
+            row_id, status = got
+            if status == InboxStatus.PROCESSING:
+                self._start(
+                    InboxUpdate(
+                        id=row_id,
+                        channel=r["channel"],
+                        dedupe_key=r["dedupe_key"],
+                        partition_key=r["partition_key"],
+                        payload=r["payload"],
+                        status=InboxStatus.PROCESSING,
+                        attempts=1,
+                        leased_by=self.leases.boot_id,
+                        leased_until=until,
+                        created_at=now,
+                    )
+                )
+            else:
+                self._waiting[row_id] = key
+                queued = True
+        if queued:
+            self.notify()
         return results
+
+    def _at_birth(self, row: dict[str, Any], until: datetime) -> dict[str, Any]:
+        """A row's columns claimed at birth unless its partition has an unfinished row."""
+        busy = queries.unfinished_exists(
+            _INBOX, "partition_key", row["channel"], row["partition_key"]
+        )
+        owner = literal(self.leases.boot_id, _INBOX.c.leased_by.type)
+        return {
+            "status": case((busy, InboxStatus.PENDING.value), else_=InboxStatus.PROCESSING.value),
+            "attempts": case((busy, 0), else_=1),
+            "leased_by": case((busy, None), else_=owner),
+            "leased_until": case((busy, None), else_=literal(until, _INBOX.c.leased_until.type)),
+        }
 
     async def round(self) -> int:
         """The running worker: claim rows for the free slots and start them, without
         waiting for the batch, so a slow row (a validation using its whole time budget)
-        holds up only its own partition. A finished row notifies the next round."""
-        free = self.concurrency - len(self._running)
+        holds up only its own partition. A finished row notifies the next round if this
+        process left rows pending."""
+        free = self.concurrency - len(self._running) - self._reserved
         rows = await self._claim(free) if free > 0 else []
         for row in rows:
-            task = asyncio.create_task(self._process_held(row), name=f"inbox-row-{row.id}")
-            self._running.add(task)
-            task.add_done_callback(self._done)
+            self._waiting.pop(row.id, None)
+            self._start(row)
+        if free > 0 and len(rows) < free:
+            # what is left is behind a row being handled here (its end wakes the claim)
+            # or deferred here (its claim and end do), or was taken or is held up by
+            # another worker: the poll finds those
+            soon = asyncio.get_running_loop().time() - 5.0
+            self._deferred = {k: t for k, t in self._deferred.items() if t > soon}
+            self._waiting = {
+                i: k
+                for i, k in self._waiting.items()
+                if k in self._running_keys or k in self._deferred
+            }
         return len(rows)
 
-    def _done(self, task: asyncio.Task[None]) -> None:
+    def _start(self, row: InboxUpdate) -> None:
+        key = (row.channel, row.partition_key)
+        self._running_keys[key] = self._running_keys.get(key, 0) + 1
+        task = asyncio.create_task(self._process_held(row), name=f"inbox-row-{row.id}")
+        self._running.add(task)
+        task.add_done_callback(lambda t: self._done(t, key))
+
+    def _done(self, task: asyncio.Task[None], key: tuple[str, str]) -> None:
         self._running.discard(task)
+        left = self._running_keys[key] - 1
+        if left:
+            self._running_keys[key] = left
+        else:
+            del self._running_keys[key]
         if not task.cancelled() and task.exception() is not None:
             log.error("inbox row task failed", exc_info=task.exception())
-        self.notify()
+        if self._waiting:  # rows left pending here may be due now (a head, a free slot)
+            self.notify()
 
     async def _process_held(self, row: InboxUpdate) -> None:
         with self.leases.held():
@@ -292,6 +413,7 @@ class Inbox(RoundWorker):
         keys = sorted({(m.channel, m.thread_key) for g in batch for m in g.messages})
         done = [False] * len(batch)
         results: list[list[HandleResult]] = [[] for _ in batch]
+        birth: queries.OutboxBirth | None = None
         async with contextlib.AsyncExitStack() as held:
             for channel, thread in keys:  # sorted: two batches never wait for each other
                 await held.enter_async_context(self.engine.hold_thread(channel, thread))
@@ -305,8 +427,12 @@ class Inbox(RoundWorker):
                     # a row's touchpoints in one INSERT, inside its savepoint (the dedupe
                     # index speaks there if a racing process took the message in first)
                     queries.defer_touchpoints(s)
+                    # the replies born leased to the dispatcher, handed to it after the commit
+                    birth = self.dispatcher.birth() if self.dispatcher is not None else None
+                    queries.lease_at_birth(s, birth)
                     for i, g in enumerate(batch):
                         mark = len(seen)
+                        born = birth.mark() if birth is not None else (0, 0)
                         try:
                             async with s.begin_nested() if savepoints else _no_savepoint():
                                 try:
@@ -323,6 +449,8 @@ class Inbox(RoundWorker):
                                 raise
                             results[i] = []
                             del seen[mark:]  # rolled back with its savepoint
+                            if birth is not None:
+                                birth.rollback(born)
                             log.info("inbox row %s: %s; handled alone", g.row.id, repr(exc)[:200])
                     # in the same transaction as the rows' effects: they commit together
                     finished = [
@@ -348,9 +476,17 @@ class Inbox(RoundWorker):
                 else:
                     log.exception("inbox group commit of %d rows failed", len(batch))
                 return [False] * len(batch)
-        for handled in results:
-            for result in handled:
-                self.engine.handled(result)
+        if birth is None:
+            quiet: contextlib.AbstractContextManager[None] = contextlib.nullcontext()
+        else:
+            assert self.dispatcher is not None
+            self.dispatcher.hand_over(birth.born)
+            # every reply handed over: nothing for the dispatcher's claim
+            quiet = self.dispatcher.quiet() if not birth.pending else contextlib.nullcontext()
+        with quiet:
+            for handled in results:
+                for result in handled:
+                    self.engine.handled(result)
         return done
 
     async def _handle(self, row: InboxUpdate, items: Parsed) -> bool:
@@ -378,6 +514,8 @@ class Inbox(RoundWorker):
 
     async def _finish(self, row: InboxUpdate, status: InboxStatus, error: str | None) -> None:
         self.observe(row.channel, status)
+        if status == InboxStatus.PENDING:  # to be retried: the claim takes it again
+            self._waiting[row.id] = (row.channel, row.partition_key)
         async with self.sessions() as s, s.begin():
             await s.execute(*_finished(row.id, status, error, utcnow()))
             if status == InboxStatus.DEAD:
@@ -400,6 +538,8 @@ class Inbox(RoundWorker):
         await defer(self.sessions, row, seconds)
         loop = asyncio.get_running_loop()
         loop.call_later(seconds, self.notify)
+        if key is not None:
+            self._deferred[key] = loop.time() + seconds
         self._not_before = max(self._not_before, loop.time() + seconds)
         return True
 
