@@ -40,6 +40,7 @@ import json
 import re
 import unicodedata
 import warnings
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -203,6 +204,12 @@ class _Model:
     word_weight: float
     rank_coef: np.ndarray | None
     rank_intercept: np.ndarray | None
+    # read by `score_one` (set by `_prepare`)
+    analyzers: tuple[Callable[[str], list[str]], Callable[[str], list[str]]]
+    vocabs: tuple[dict[str, int], dict[str, int]]
+    idfs: tuple[np.ndarray, np.ndarray]
+    n_word: int
+    blocks: dict[int, Any]
 
     @classmethod
     def fit(
@@ -233,7 +240,16 @@ class _Model:
                 m.rank_coef, m.rank_intercept = _svm(m.X, labels, RANK_C, True)
             if dense is not None:
                 m.dense_coef, m.dense_intercept = _svm(dense, labels, DENSE_C)
+        m._prepare()
         return m
+
+    def _prepare(self) -> None:
+        """What `score_one` reads: the vectorizers' analyzers, vocabularies and IDF."""
+        self.analyzers = (self.word.build_analyzer(), self.char.build_analyzer())
+        self.vocabs = (self.word.vocabulary_, self.char.vocabulary_)
+        self.idfs = (self.word.idf_, self.char.idf_)
+        self.n_word = len(self.word.vocabulary_)
+        self.blocks = {}  # a class → its examples' rows of X (`_block`)
 
     def _stack(self, word: Any, char: Any) -> sp.csr_matrix:
         import scipy.sparse as sp
@@ -270,21 +286,102 @@ class _Model:
             if Q.indptr[i] == Q.indptr[i + 1] and not use_dense:
                 out.append(None)
                 continue
-            d = D[i]
-            order = np.argsort(d)[::-1]
-            if R is not None:  # the LR picks; the SVM's values of its pick are the scores
-                top = int(np.argmax(R[i]))
-                order = np.array([top, *(k for k in order if k != top)])
-            best = int(self.classes[order[0]])
-            margin = float(d[order[0]] - d[order[1]]) if len(order) > 1 else 1.0
-            rows = self.rows(best)
-            if self.dense is not None and dq is not None:  # the sentence encoder's cosine
-                sims = self.dense[rows] @ dq[i]
-            else:
-                sims = np.asarray((self.X[rows] @ Q[i].T).toarray()).ravel()
-            j = int(np.argmax(sims))
-            out.append(Scores(best, float(d[order[0]]), margin, float(sims[j]), int(rows[j])))
+
+            def sparse_sims(rows: np.ndarray, i: int = i) -> np.ndarray:
+                return np.asarray((self.X[rows] @ Q[i].T).toarray()).ravel()
+
+            r = None if R is None else R[i]
+            out.append(self._pick(D[i], r, None if dq is None else dq[i], sparse_sims))
         return out
+
+    def _pick(
+        self,
+        d: np.ndarray,
+        r: np.ndarray | None,
+        dq: np.ndarray | None,
+        sparse_sims: Callable[[np.ndarray], np.ndarray],
+    ) -> Scores:
+        """One question's Scores from its decision values `d` (and the regression's `r`)."""
+        order = np.argsort(d)[::-1]
+        if r is not None:  # the LR picks; the SVM's values of its pick are the scores
+            top = int(np.argmax(r))
+            order = np.array([top, *(k for k in order if k != top)])
+        best = int(self.classes[order[0]])
+        margin = float(d[order[0]] - d[order[1]]) if len(order) > 1 else 1.0
+        rows = self.rows(best)
+        if self.dense is not None and dq is not None:  # the sentence encoder's cosine
+            sims = self.dense[rows] @ dq
+        else:
+            sims = sparse_sims(rows)
+        j = int(np.argmax(sims))
+        return Scores(best, float(d[order[0]]), margin, float(sims[j]), int(rows[j]))
+
+    # --- one question without sklearn's per-call overhead ----------------------------------
+    # sklearn validates its parameters and inputs and builds several sparse matrices on every
+    # call: on one short question that costs many times the arithmetic. `score_one` does the
+    # same arithmetic in the same order and precision (float32 products and sums, the L2 norm
+    # summed in float64, as sklearn's normalize), so its scores equal `scores(vectors(...))`
+    # (tests/flows/test_knowledge_fast.py); batches keep the sklearn path.
+
+    def vector(self, folded: str) -> tuple[np.ndarray, np.ndarray]:
+        """The sorted feature indices and values of one folded text: `vectors`' row."""
+        idx: list[np.ndarray] = []
+        vals: list[np.ndarray] = []
+        for k in (0, 1):
+            i, v = _tfidf(self.analyzers[k](folded), self.vocabs[k], self.idfs[k])
+            if k == 0:
+                v = v * np.float32(self.word_weight)
+            else:
+                i = i + self.n_word
+            idx.append(i)
+            vals.append(v)
+        return np.concatenate(idx), _l2(np.concatenate(vals))
+
+    def score_one(self, folded: str, dq: np.ndarray | None) -> Scores | None:
+        """`scores` of one folded text (dq: its encoding, one row), without sklearn."""
+        idx, vals = self.vector(folded)
+        use_dense = dq is not None and self.dense_coef is not None
+        if not len(idx) and not use_dense:
+            return None
+        if self.coef is not None:
+            d = _dot(idx, vals, self.coef) + self.intercept
+        else:
+            d = np.zeros(1, np.float32)
+        if use_dense:
+            assert dq is not None and self.dense_coef is not None
+            d = (d[None, :] + DENSE_WEIGHT * (dq @ self.dense_coef + self.dense_intercept))[0]
+        r = None
+        if self.rank_coef is not None and not use_dense:
+            assert self.rank_intercept is not None
+            r = _dot(idx, vals, self.rank_coef) + self.rank_intercept
+
+        def sparse_sims(rows: np.ndarray) -> np.ndarray:
+            q = np.zeros(self.X.shape[1], np.float32)
+            q[idx] = vals
+            return np.asarray(self._block(rows) @ q)
+
+        return self._pick(d, r, None if dq is None else dq[0], sparse_sims)
+
+    def _block(self, rows: np.ndarray) -> Any:
+        """X's rows `rows` (a class's examples) as a CSR matrix; a view when consecutive."""
+        key = int(self.labels[rows[0]])
+        block = self.blocks.get(key)
+        if block is None:
+            import scipy.sparse as sp
+
+            a, b = int(rows[0]), int(rows[-1]) + 1
+            if b - a == len(rows):
+                X = self.X
+                s, e = int(X.indptr[a]), int(X.indptr[b])
+                block = sp.csr_matrix(
+                    (X.data[s:e], X.indices[s:e], X.indptr[a : b + 1] - s),
+                    shape=(b - a, X.shape[1]),
+                    copy=False,
+                )
+            else:
+                block = self.X[rows]
+            self.blocks[key] = block
+        return block
 
     # --- saving as plain arrays (no pickle) ---------------------------------------------
 
@@ -337,7 +434,43 @@ class _Model:
         m.dense_intercept = s.get(f"{prefix}dense_intercept")
         m.rank_coef = s.get(f"{prefix}rank_coef")
         m.rank_intercept = s.get(f"{prefix}rank_intercept")
+        m._prepare()
         return m
+
+
+def _tfidf(terms: list[str], vocab: dict[str, int], idf: np.ndarray) -> tuple[Any, Any]:
+    """TfidfVectorizer.transform's row of one text's terms (sublinear tf, L2 norm)."""
+    counts: dict[int, int] = {}
+    for term, n in Counter(terms).items():
+        j = vocab.get(term)
+        if j is not None:
+            counts[j] = n
+    idx = np.array(sorted(counts), np.int64)
+    vals = np.array([counts[j] for j in idx.tolist()], np.float32)
+    np.log(vals, vals)
+    vals += 1.0
+    vals *= idf[idx]
+    return idx, _l2(vals)
+
+
+def _l2(vals: np.ndarray) -> np.ndarray:
+    """sklearn's L2 row normalization: float32 squares summed in float64, in order."""
+    if not len(vals):
+        return vals
+    total = float(np.cumsum((vals * vals).astype(np.float64))[-1])
+    if total == 0.0:
+        return vals
+    out: np.ndarray = (vals.astype(np.float64) / np.sqrt(total)).astype(np.float32)
+    return out
+
+
+def _dot(idx: np.ndarray, vals: np.ndarray, coef: np.ndarray) -> np.ndarray:
+    """A sparse row times `coef` as scipy's CSR product: float32 terms summed in order."""
+    if not len(idx):
+        return np.zeros(coef.shape[1], coef.dtype)
+    terms = vals[:, None] * coef[idx]
+    out: np.ndarray = np.cumsum(terms, axis=0)[-1]
+    return out
 
 
 class Matcher:
@@ -363,9 +496,10 @@ class Matcher:
         self.labels = np.array(
             [i for i, e in enumerate(self.entries) for _ in e.examples], dtype=np.int64
         )
-        self.exact: dict[str, int] = {}
+        # a folded example → its entry and the first example so folded
+        self.exact: dict[str, tuple[int, str]] = {}
         for ex, label in zip(self.examples, self.labels, strict=True):
-            self.exact.setdefault(fold(ex), int(label))
+            self.exact.setdefault(fold(ex), (int(label), ex))
         self.model: _Model | None = None
         self.calibrator = Calibrator.default()
         # the built-in intents, asked before this knowledge base (flows/intents.py)
@@ -419,28 +553,28 @@ class Matcher:
         return self.model.scores(self.model.vectors(texts), self.encode(texts))
 
     def best(self, query: str) -> Match | None:
-        return self.best_many([query])[0]
+        """The best entry of one question: `best_many([query])[0]` without sklearn's
+        per-call overhead (`_Model.score_one`)."""
+        folded = fold(query)
+        if self.model is None or not folded:
+            return None
+        s = self.model.score_one(folded, self.encode([query]))
+        return None if s is None else self._match(query, folded, s)
 
     def best_many(self, queries: Sequence[str]) -> list[Match | None]:
         """Batch form of `best` (the same results, one vectorization)."""
         results: list[Match | None] = []
         for query, s in zip(queries, self.scores(queries), strict=True):
-            if s is None or not fold(query):
-                results.append(None)
-                continue
-            exact = self.exact.get(fold(query))
-            if exact is not None:  # the question is one of the examples, word for word
-                entry = self.entries[exact]
-                results.append(Match(entry, 1.0, _same_example(entry, query)))
-                continue
-            confidence = self.calibrator.probability(s.row())
-            results.append(Match(self.entries[s.index], confidence, self.examples[s.example]))
+            folded = fold(query)
+            results.append(None if s is None or not folded else self._match(query, folded, s))
         return results
 
-
-def _same_example(entry: Entry, query: str) -> str:
-    folded = fold(query)
-    return next((ex for ex in entry.examples if fold(ex) == folded), entry.examples[0])
+    def _match(self, query: str, folded: str, s: Scores) -> Match:
+        exact = self.exact.get(folded)
+        if exact is not None:  # the question is one of the examples, word for word
+            return Match(self.entries[exact[0]], 1.0, exact[1])
+        confidence = self.calibrator.probability(s.row())
+        return Match(self.entries[s.index], confidence, self.examples[s.example])
 
 
 def key(entries: Sequence[Entry], encoder: str) -> str:
