@@ -109,7 +109,7 @@ class TelegramChannel(ChannelAdapter):
         self._router: APIRouter | None = None
         if settings.mode == "webhook":
             self._router = APIRouter()
-            self._router.add_api_route(
+            self._router.add_route(
                 WEBHOOK_PATH, self.webhook, methods=["POST"], include_in_schema=False
             )
             # the webhook checks its body limit exactly
