@@ -55,6 +55,7 @@ from channels.telegram.parse import REJECTED_KEY, SHALLOW_KEY, nesting_exceeds, 
 from channels.telegram.raw import CHANNEL, PRIVATE, Bounds, prune
 from channels.telegram.send import Sender
 from channels.telegram.settings import TelegramSettings
+from channels.telegram.transport import BotApi
 
 log = logging.getLogger(__name__)
 WEBHOOK_PATH = "/webhooks/telegram"
@@ -85,14 +86,14 @@ class TelegramChannel(ChannelAdapter):
         self.settings = settings
         self._token = token
         self.bot_id = token.split(":", 1)[0]
-        self.bot = Bot(
-            token,
-            session=AiohttpSession(
-                api=TelegramAPIServer.from_base(settings.api_base.rstrip("/")),
-                timeout=settings.request_timeout,
-            ),
+        session = AiohttpSession(
+            api=TelegramAPIServer.from_base(settings.api_base.rstrip("/")),
+            timeout=settings.request_timeout,
         )
-        self.sender = Sender(self.bot, settings, self.redact)
+        self.bot = Bot(token, session=session)
+        # the calls made per message: JSON through aiogram's session (transport.py)
+        self.api = BotApi(self.bot, session)
+        self.sender = Sender(self.api, settings, self.redact)
         # aiogram's models run in worker processes with a time budget (bot/channel/sandbox.py)
         self.sandbox = Sandbox(workers=settings.parse_workers, preload=[PARSE_MODULE])
         bounds = Bounds(
@@ -108,7 +109,7 @@ class TelegramChannel(ChannelAdapter):
         self._router: APIRouter | None = None
         if settings.mode == "webhook":
             self._router = APIRouter()
-            self._router.add_api_route(
+            self._router.add_route(
                 WEBHOOK_PATH, self.webhook, methods=["POST"], include_in_schema=False
             )
             # the webhook checks its body limit exactly
@@ -191,7 +192,7 @@ class TelegramChannel(ChannelAdapter):
     async def _acknowledge(self, query: dict[str, Any]) -> None:
         """Stop the client's spinner and take the pressed keyboard away (best effort)."""
         await self._best_effort(
-            "answerCallbackQuery", lambda: self.bot.answer_callback_query(query["id"])
+            "answerCallbackQuery", lambda: self.api.answer_callback_query(query["id"])
         )
         message = query.get("message")
         if not isinstance(message, dict) or not message.get("reply_markup"):
@@ -203,10 +204,7 @@ class TelegramChannel(ChannelAdapter):
             await self._best_effort(
                 "editMessageReplyMarkup",
                 lambda: self.sender.call(
-                    str(chat_id),
-                    lambda: self.bot.edit_message_reply_markup(
-                        chat_id=chat_id, message_id=message_id, reply_markup=None
-                    ),
+                    str(chat_id), lambda: self.api.remove_reply_markup(chat_id, message_id)
                 ),
             )
 
@@ -292,9 +290,11 @@ class TelegramChannel(ChannelAdapter):
         failures = 0
         while True:
             try:
-                updates = await self.bot(
-                    _RawGetUpdates(offset=self.offset, timeout=timeout, allowed_updates=[]),
-                    request_timeout=timeout + 15,
+                params: dict[str, Any] = {"timeout": timeout, "allowed_updates": []}
+                if self.offset is not None:
+                    params["offset"] = self.offset
+                updates: list[dict[str, Any]] = await self.api.call(
+                    _RawGetUpdates, params, timeout + 15, _update_list
                 )  # the long poll plus slack
                 failures = 0
             except asyncio.CancelledError:
@@ -350,6 +350,10 @@ class TelegramChannel(ChannelAdapter):
             delay,
         )
         await asyncio.sleep(delay)
+
+
+def _update_list(result: Any) -> bool:
+    return type(result) is list and all(type(u) is dict for u in result)
 
 
 def _dump(update: dict[str, Any]) -> str:

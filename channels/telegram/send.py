@@ -15,15 +15,12 @@
 from __future__ import annotations
 
 import base64
-import functools
 import hashlib
-import math
 import unicodedata
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-from aiogram import Bot
 from aiogram.exceptions import (
     AiogramError,
     TelegramBadRequest,
@@ -31,30 +28,13 @@ from aiogram.exceptions import (
     TelegramMigrateToChat,
     TelegramRetryAfter,
 )
-from aiogram.methods import (
-    AnswerCallbackQuery,
-    DeleteWebhook,
-    EditMessageReplyMarkup,
-    SendMessage,
-    SetWebhook,
-)
-from aiogram.methods.base import Response
-from aiogram.types import InlineKeyboardButton, InlineKeyboardMarkup, Message
 from aiolimiter import AsyncLimiter
 
 from bot.channel import PermanentSendError, SendError, SendResult, TransientSendError
 from bot.channel.messages import Choice, OutboundMessage
 from channels.telegram.raw import HASHED_PREFIX
 from channels.telegram.settings import TelegramSettings
-
-# aiogram reads every answer through `Response[the method's result type]`; pydantic caches
-# such a class only weakly, so after each garbage collection every call built the model
-# class anew (about a tenth of the bot's CPU under load, bench/telegram.py --profile).
-# Held here, the cached classes live as long as the process.
-RESPONSE_TYPES = [
-    Response[m.__returning__]  # type: ignore[name-defined]
-    for m in (SendMessage, AnswerCallbackQuery, EditMessageReplyMarkup, SetWebhook, DeleteWebhook)
-]
+from channels.telegram.transport import BotApi
 
 T = TypeVar("T")
 MAX_TEXT = 4096  # UTF-16 code units
@@ -133,19 +113,16 @@ def callback_data(payload: str) -> str:
     return HASHED_PREFIX + base64.urlsafe_b64encode(digest).decode("ascii").rstrip("=")
 
 
-def keyboard(choices: tuple[Choice, ...]) -> InlineKeyboardMarkup | None:
+def keyboard(choices: tuple[Choice, ...]) -> dict[str, Any] | None:
+    """An InlineKeyboardMarkup as the Bot API's JSON: one button per row."""
     if not choices:
         return None
-    return InlineKeyboardMarkup(
-        inline_keyboard=[
-            [
-                InlineKeyboardButton(
-                    text=c.label[:200] or "…", callback_data=callback_data(c.payload)
-                )
-            ]
+    return {
+        "inline_keyboard": [
+            [{"text": c.label[:200] or "…", "callback_data": callback_data(c.payload)}]
             for c in choices
         ]
-    )
+    }
 
 
 def leaky_bucket(burst: float, per_second: float) -> AsyncLimiter:
@@ -194,10 +171,12 @@ def to_send_error(exc: Exception, redact: Callable[[str], str]) -> SendError:
 
 
 class Sender:
-    def __init__(self, bot: Bot, settings: TelegramSettings, redact: Callable[[str], str]) -> None:
-        self.bot = bot
+    def __init__(
+        self, api: BotApi, settings: TelegramSettings, redact: Callable[[str], str]
+    ) -> None:
+        self.api = api
         self.shaper = RateShaper(settings)
-        self.timeout = max(1, math.ceil(settings.request_timeout))  # aiogram wants an int
+        self.timeout = settings.request_timeout
         self.redact = redact
         self._done: OrderedDict[int, tuple[int, str]] = OrderedDict()  # outbox id → progress
 
@@ -214,19 +193,13 @@ class Sender:
         markup = keyboard(message.choices)
         key = message.outbox_id
         done, last_id = self._done.get(key, (0, "")) if key is not None else (0, "")
+        chat = int(chat_id)
         for i in range(done, len(parts)):
             last = i == len(parts) - 1
             try:
-                sent = await self.call(
-                    chat_id,
-                    functools.partial(
-                        self.bot.send_message,
-                        chat_id=int(chat_id),
-                        text=parts[i],
-                        reply_markup=markup if last else None,
-                        parse_mode=None,
-                        request_timeout=self.timeout,
-                    ),
+                await self.shaper.wait(chat_id)
+                sent = await self.api.send_message(
+                    chat, parts[i], markup if last else None, self.timeout
                 )
             except (AiogramError, TimeoutError, OSError) as exc:
                 # ClientDecodeError (an HTML error page) is an AiogramError too
@@ -244,7 +217,6 @@ class Sender:
             self._done.popitem(last=False)
 
 
-def platform_id(sent: Any) -> str:
-    if isinstance(sent, Message):
-        return f"{sent.chat.id}:{sent.message_id}"
-    return ""
+def platform_id(sent: dict[str, Any]) -> str:
+    """The "chat id:message id" of a sent Message (BotApi.send_message checked both)."""
+    return f"{sent['chat']['id']}:{sent['message_id']}"
