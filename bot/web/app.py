@@ -78,8 +78,6 @@ def create_app(runtime: Runtime) -> FastAPI:
             return JSONResponse({"status": "ok", "channels": sorted(runtime.channels)})
         return JSONResponse({"status": "database unavailable"}, status_code=503)
 
-    for router, max_body_bytes in runtime.routes:  # the channels' (ChannelHost.add_routes)
-        app.include_router(router, max_body_size=max_body_bytes)
     api.install(app)
     app.include_router(signin_api.public)
     app.include_router(signin_api.router)
