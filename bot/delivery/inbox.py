@@ -98,6 +98,7 @@ class Inbox(RoundWorker):
         self.parsers: dict[str, Parser] = {}
         self._running: set[asyncio.Task[None]] = set()  # rows the running worker handles
         self._running_keys: dict[tuple[str, str], int] = {}  # their partitions
+        self._running_ids: set[int] = set()  # and rows: our own claim must not take them
         # claimed at birth (see the module's text): slots promised to inserts under way,
         # partitions of rows being inserted, partitions this process left pending rows in
         # (a finished row then wakes the claim; otherwise nothing waits for one)
@@ -220,7 +221,11 @@ class Inbox(RoundWorker):
             if got is None:
                 continue
             row_id, status = got
-            if status == InboxStatus.PROCESSING:
+            if status == InboxStatus.PROCESSING and until - utcnow() < self.leases.ttl / 2:
+                # the lease nearly ran out during a slow commit: the claim's, after it
+                self._waiting[row_id] = key
+                queued = True
+            elif status == InboxStatus.PROCESSING:
                 self._start(
                     InboxUpdate(
                         id=row_id,
@@ -267,13 +272,15 @@ class Inbox(RoundWorker):
 
     def _start(self, row: InboxUpdate) -> None:
         key = (row.channel, row.partition_key)
+        self._running_ids.add(row.id)
         self._running_keys[key] = self._running_keys.get(key, 0) + 1
         task = asyncio.create_task(self._process_held(row), name=f"inbox-row-{row.id}")
         self._running.add(task)
-        task.add_done_callback(lambda t: self._done(t, key))
+        task.add_done_callback(lambda t: self._done(t, key, row.id))
 
-    def _done(self, task: asyncio.Task[None], key: tuple[str, str]) -> None:
+    def _done(self, task: asyncio.Task[None], key: tuple[str, str], row_id: int) -> None:
         self._running.discard(task)
+        self._running_ids.discard(row_id)
         left = self._running_keys[key] - 1
         if left:
             self._running_keys[key] = left
@@ -340,6 +347,8 @@ class Inbox(RoundWorker):
             rows = list((await s.execute(q)).scalars())
             claimed = []
             for r in rows:
+                if r.id in self._running_ids:  # ours, its lease ran out before a renewal
+                    continue
                 # its holder died while working on it (a deferred row has no holder)
                 orphan = r.status == InboxStatus.PROCESSING and r.leased_by is not None
                 if orphan and r.attempts >= self.max_crashes:
