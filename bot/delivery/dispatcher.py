@@ -70,6 +70,7 @@ class Dispatcher(RoundWorker):
         # flight, and their sent marks in shared transactions
         self._born: set[asyncio.Task[None]] = set()
         self._born_rows = 0
+        self._born_ids: set[int] = set()  # held in memory: our own claim must not take them
         self._marks = GroupCommit("outbox-sent", self._sent_marks)
         self._quiet = 0  # notify() ignored (the rows committed were all handed over)
         self._missed = False  # notified while born rows were in flight
@@ -104,13 +105,20 @@ class Dispatcher(RoundWorker):
         """After the commit that wrote them: send the rows born leased to us, in order per
         recipient. A channel gone meanwhile (never in practice) leaves them to the lease."""
         chains: dict[tuple[object, object], list[OutboxMessage]] = {}
+        # a lease that ran out (or nearly) during a slow commit: the rows are the claim's
+        # (another worker's claim may take them now: sending them here too would double)
+        fresh = utcnow() + self.leases.ttl / 2
         for values in born:
             if values["channel"] not in self.channels:
+                continue
+            if values["leased_until"] < fresh:  # type: ignore[operator]
+                super().notify()
                 continue
             row = OutboxMessage(**values)
             chains.setdefault((row.channel, row.recipient_id), []).append(row)
         for chain in chains.values():
             self._born_rows += len(chain)
+            self._born_ids.update(r.id for r in chain)
             task = asyncio.create_task(self._send_born(chain), name=f"outbox-born-{chain[0].id}")
             self._born.add(task)
             task.add_done_callback(self._born_done)
@@ -139,6 +147,7 @@ class Dispatcher(RoundWorker):
                 await asyncio.gather(*marks)
         finally:
             self._born_rows -= len(chain)
+            self._born_ids.difference_update(r.id for r in chain)
 
     async def _sent_marks(
         self, batches: list[list[tuple[OutboxMessage, SendResult]]]
@@ -299,6 +308,9 @@ class Dispatcher(RoundWorker):
             q = q.with_for_update(skip_locked=True)
         async with self.sessions() as s, s.begin(), inline(s):  # index-bounded
             rows = list((await s.execute(q)).scalars().all())
+            # a row born leased to us whose lease ran out before the heartbeat renewed it
+            # is still ours, being sent: not again
+            rows = [r for r in rows if r.id not in self._born_ids]
             await self.leases.take(s, OutboxMessage, rows, OutboxStatus.SENDING)
         return rows
 

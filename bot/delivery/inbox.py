@@ -40,9 +40,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Table, Update, and_, bindparam, case, literal, or_, select, update
+from sqlalchemy import Boolean, Insert, Table, Update, and_, bindparam, case, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.sql.elements import ColumnElement
 
 from bot.channel.inbound import Deferred, Parsed, ParseError, Parser, Tolerated, Unavailable
 from bot.channel.messages import ChannelEvent, InboundMessage
@@ -97,6 +98,7 @@ class Inbox(RoundWorker):
         self.parsers: dict[str, Parser] = {}
         self._running: set[asyncio.Task[None]] = set()  # rows the running worker handles
         self._running_keys: dict[tuple[str, str], int] = {}  # their partitions
+        self._running_ids: set[int] = set()  # and rows: our own claim must not take them
         # claimed at birth (see the module's text): slots promised to inserts under way,
         # partitions of rows being inserted, partitions this process left pending rows in
         # (a finished row then wakes the claim; otherwise nothing waits for one)
@@ -104,6 +106,7 @@ class Inbox(RoundWorker):
         self._inserting: dict[tuple[str, str], int] = {}
         self._waiting: dict[int, tuple[str, str]] = {}  # row id: partition
         self._deferred: dict[tuple[str, str], float] = {}  # flood control: loop time due
+        self._accept_stmt = _accept_statement(dialect)
         # the outbox rows of a group commit are born leased to it (runtime sets it)
         self.dispatcher: Dispatcher | None = None
         # PostgreSQL: several batches at once (a connection each): a batch spends most of
@@ -184,25 +187,25 @@ class Inbox(RoundWorker):
     async def _insert_rows(
         self, rows: list[dict[str, Any]], keys: list[tuple[str, str]], born: list[bool]
     ) -> list[bool | BaseException]:
-        insert = postgresql.insert if self.dialect == "postgresql" else sqlite.insert
         now = utcnow()
         until = self.leases.until()
-        pending = {"status": InboxStatus.PENDING, "attempts": 0}
+        owner = self.leases.boot_id
         values = [
-            {**r, **(self._at_birth(r, until) if b else pending), "created_at": now}
+            {
+                **r,
+                "created_at": now,
+                **{f"b_born{n}": b for n in range(4)},
+                **{f"b_channel{n}": r["channel"] for n in range(4)},
+                **{f"b_partition{n}": r["partition_key"] for n in range(4)},
+                "b_owner": owner,
+                "b_until": until,
+            }
             for r, b in zip(rows, born, strict=True)
         ]
-        stmt = (
-            insert(InboxUpdate)
-            .values(values)
-            .on_conflict_do_nothing(index_elements=["channel", "dedupe_key"])
-            .returning(
-                InboxUpdate.id, InboxUpdate.channel, InboxUpdate.dedupe_key, InboxUpdate.status
-            )
-        )
         try:
             async with self.sessions() as s, s.begin(), inline(s):
-                inserted = {(c, k): (i, st) for i, c, k, st in await s.execute(stmt)}
+                result = await s.execute(self._accept_stmt, values)
+                inserted = {(c, k): (i, st) for i, c, k, st in result}
         except Exception as exc:
             if is_unavailable(exc):
                 return [Unavailable(f"{type(exc).__name__}: {exc}"[:500]) for _ in rows]
@@ -218,7 +221,11 @@ class Inbox(RoundWorker):
             if got is None:
                 continue
             row_id, status = got
-            if status == InboxStatus.PROCESSING:
+            if status == InboxStatus.PROCESSING and until - utcnow() < self.leases.ttl / 2:
+                # the lease nearly ran out during a slow commit: the claim's, after it
+                self._waiting[row_id] = key
+                queued = True
+            elif status == InboxStatus.PROCESSING:
                 self._start(
                     InboxUpdate(
                         id=row_id,
@@ -239,19 +246,6 @@ class Inbox(RoundWorker):
         if queued:
             self.notify()
         return results
-
-    def _at_birth(self, row: dict[str, Any], until: datetime) -> dict[str, Any]:
-        """A row's columns claimed at birth unless its partition has an unfinished row."""
-        busy = queries.unfinished_exists(
-            _INBOX, "partition_key", row["channel"], row["partition_key"]
-        )
-        owner = literal(self.leases.boot_id, _INBOX.c.leased_by.type)
-        return {
-            "status": case((busy, InboxStatus.PENDING.value), else_=InboxStatus.PROCESSING.value),
-            "attempts": case((busy, 0), else_=1),
-            "leased_by": case((busy, None), else_=owner),
-            "leased_until": case((busy, None), else_=literal(until, _INBOX.c.leased_until.type)),
-        }
 
     async def round(self) -> int:
         """The running worker: claim rows for the free slots and start them, without
@@ -278,13 +272,15 @@ class Inbox(RoundWorker):
 
     def _start(self, row: InboxUpdate) -> None:
         key = (row.channel, row.partition_key)
+        self._running_ids.add(row.id)
         self._running_keys[key] = self._running_keys.get(key, 0) + 1
         task = asyncio.create_task(self._process_held(row), name=f"inbox-row-{row.id}")
         self._running.add(task)
-        task.add_done_callback(lambda t: self._done(t, key))
+        task.add_done_callback(lambda t: self._done(t, key, row.id))
 
-    def _done(self, task: asyncio.Task[None], key: tuple[str, str]) -> None:
+    def _done(self, task: asyncio.Task[None], key: tuple[str, str], row_id: int) -> None:
         self._running.discard(task)
+        self._running_ids.discard(row_id)
         left = self._running_keys[key] - 1
         if left:
             self._running_keys[key] = left
@@ -351,6 +347,8 @@ class Inbox(RoundWorker):
             rows = list((await s.execute(q)).scalars())
             claimed = []
             for r in rows:
+                if r.id in self._running_ids:  # ours, its lease ran out before a renewal
+                    continue
                 # its holder died while working on it (a deferred row has no holder)
                 orphan = r.status == InboxStatus.PROCESSING and r.leased_by is not None
                 if orphan and r.attempts >= self.max_crashes:
@@ -552,6 +550,33 @@ class Grouped:
     messages: Sequence[InboundMessage]
     status: InboxStatus
     note: str | None
+
+
+def _accept_statement(dialect: str) -> Insert:
+    """The accept's INSERT, built once (its compiled form cached; several rows go as one
+    statement through insertmanyvalues), deduped: a row asked to be born claimed
+    (`b_born`) is, unless its partition has an unfinished row (then pending, as any)."""
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+
+    def born(n: int) -> ColumnElement[bool]:
+        # a parameter used once only (insertmanyvalues renders each row's anew): four names
+        busy = queries.unfinished_exists(
+            _INBOX, "partition_key", bindparam(f"b_channel{n}"), bindparam(f"b_partition{n}")
+        )
+        return and_(bindparam(f"b_born{n}", type_=Boolean), ~busy)
+
+    values = {
+        "status": case((born(0), InboxStatus.PROCESSING.value), else_=InboxStatus.PENDING.value),
+        "attempts": case((born(1), 1), else_=0),
+        "leased_by": case((born(2), bindparam("b_owner", type_=_INBOX.c.leased_by.type))),
+        "leased_until": case((born(3), bindparam("b_until", type_=_INBOX.c.leased_until.type))),
+    }
+    return (
+        insert(_INBOX)
+        .values(values)
+        .on_conflict_do_nothing(index_elements=["channel", "dedupe_key"])
+        .returning(_INBOX.c.id, _INBOX.c.channel, _INBOX.c.dedupe_key, _INBOX.c.status)
+    )
 
 
 @contextlib.asynccontextmanager

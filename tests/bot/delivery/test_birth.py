@@ -267,3 +267,47 @@ async def test_no_birth_when_the_dispatcher_is_full_or_stopped(running: Runtime)
     assert sorted(recorder(running).texts()) == ["x", "y"]
     await running.dispatcher.stop()
     assert running.dispatcher.birth() is None
+
+
+async def test_a_born_row_whose_lease_ran_out_is_not_claimed_by_its_own_process(
+    running: Runtime,
+) -> None:
+    """Under load the heartbeat may renew a born row's lease only after it ran out: our
+    own claim must not take the row being sent (it would go out twice)."""
+    channel = recorder(running)
+    gate = asyncio.Event()
+    send = channel.send
+
+    async def slow(message: Any) -> Any:
+        await gate.wait()
+        return await send(message)
+
+    channel.send = slow  # type: ignore[method-assign]
+    await born_replies(running, ["slow"])
+    await asyncio.sleep(0.05)  # its task waits at the platform
+    async with running.sessions() as s, s.begin():
+        await s.execute(update(OutboxMessage).values(leased_until=utcnow()))
+    assert await running.dispatcher._claim() == []
+    gate.set()
+    await settled(running)
+    assert channel.texts("slow") == ["slow 0"]
+
+
+async def test_a_born_inbox_row_whose_lease_ran_out_is_not_claimed_by_its_own_process(
+    running: Runtime,
+) -> None:
+    gate = asyncio.Event()
+    process = running.inbox._process
+
+    async def slow(row: InboxUpdate) -> None:
+        await gate.wait()
+        await process(row)
+
+    running.inbox._process = slow  # type: ignore[method-assign]
+    assert await accept(running, 1, "s", "hello")
+    async with running.sessions() as s, s.begin():
+        await s.execute(update(InboxUpdate).values(leased_until=utcnow()))
+    assert await running.inbox._claim(10) == []
+    gate.set()
+    await settled(running)
+    assert (await inbound_texts(running))["s"] == ["hello"]
