@@ -141,4 +141,11 @@ def test_the_fast_path_equals_the_sklearn_path_with_an_encoder() -> None:
     encoder: Encoder | None = load_encoder("e5")
     assert encoder is not None
     entries = [loc.entry for loc in load_files(["kb/general.yaml"], ROOT)]
-    assert_same(Matcher(list(entries), encoder=encoder, calibrate=False), TEXTS)
+    matcher = Matcher(list(entries), encoder=encoder, calibrate=False)
+    # a small base: the regression picks together with the encodings' SVM (`_fuse`)
+    assert matcher.model is not None and matcher.model.rank_coef is not None
+    assert_same(matcher, TEXTS)
+    dense = matcher.model.dense
+    restored = Matcher.restore(list(entries), matcher.state(), encoder, dense)
+    for text in TEXTS:
+        assert restored.best(text) == matcher.best(text), text
