@@ -287,7 +287,10 @@ def add_touchpoint(
     payload: dict[str, Any] | None = None,
     platform_message_id: str | None = None,
     outbox_id: int | None = None,
+    created_at: datetime | None = None,
 ) -> None:
+    """A touchpoint of the contact's history; `created_at` for one dated in the past (an
+    import, a test), else now."""
     values = {
         "contact_id": contact_id,
         "conversation_id": conversation_id,
@@ -299,7 +302,7 @@ def add_touchpoint(
         "payload": scrub(payload or {}),
         "platform_message_id": scrub(platform_message_id),
         "outbox_id": outbox_id,
-        "created_at": utcnow(),
+        "created_at": created_at or utcnow(),
     }
     deferred = s.info.get(_TOUCHPOINTS)
     if deferred is None:

@@ -81,7 +81,7 @@ async def seed_customer(rt: Runtime, visitor: str) -> int:
             ),
             (2, Direction.OUT, "bot", "Danke für Ihre Nachricht, wir prüfen die Sendung."),
         ]:
-            tp = queries.add_touchpoint(
+            queries.add_touchpoint(
                 s,
                 contact_id=contact.id,
                 conversation_id=conv.id,
@@ -90,8 +90,8 @@ async def seed_customer(rt: Runtime, visitor: str) -> int:
                 kind="message",
                 actor=actor,
                 text=text,
+                created_at=earlier + timedelta(minutes=minutes),
             )
-            tp.created_at = earlier + timedelta(minutes=minutes)
         return contact.id
 
 

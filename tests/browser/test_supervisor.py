@@ -73,7 +73,7 @@ async def conversation(
             conv.status = ConversationStatus.CLOSED
             conv.closed_at = start + timedelta(seconds=closed_after)
         for after, direction, kind, actor in messages:
-            tp = queries.add_touchpoint(
+            queries.add_touchpoint(
                 s,
                 contact_id=contact.id,
                 conversation_id=conv.id,
@@ -85,8 +85,8 @@ async def conversation(
                 payload={"question": "Lieferzeit?", "answered": True}
                 if kind == "selfservice"
                 else {},
+                created_at=start + timedelta(seconds=after),
             )
-            tp.created_at = start + timedelta(seconds=after)
         return contact.id, conv.id
 
 

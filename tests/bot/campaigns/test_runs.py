@@ -473,7 +473,8 @@ async def test_became_lost_is_followed_up_once_per_event(rt: Runtime, clock: Clo
             kind="lifecycle_changed",
             actor="bot",
             payload={"old": "active", "new": "lost"},
-        ).created_at = clock.now
+            created_at=clock.now,
+        )
     await rt.campaigns.save(
         campaign(
             name="lost",
