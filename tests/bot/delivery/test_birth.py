@@ -12,7 +12,6 @@ import pytest
 from sqlalchemy import select, update
 
 from bot.channel import TransientSendError
-from bot.channel.messages import InboundMessage
 from bot.runtime import Runtime
 from storage import queries
 from storage.models import (
@@ -24,19 +23,8 @@ from storage.models import (
     Touchpoint,
     utcnow,
 )
+from tests.bot.delivery.test_inbox import parse
 from tests.conftest import RecordingChannel, make_settings, recorder, settled
-
-
-def parse(payload: dict[str, Any]) -> list[InboundMessage]:
-    return [
-        InboundMessage(
-            channel="test",
-            sender_id=payload["user"],
-            platform_message_id=f"msg-{payload['id']}",
-            thread_key=payload["user"],
-            text=payload["text"],
-        )
-    ]
 
 
 @pytest.fixture
