@@ -11,14 +11,16 @@ the known slow shapes away; the budget is the guarantee for the unknown ones.
 
 The pool is pebble's ProcessPool (a timeout per task: the worker is terminated, then
 killed, and a new one started). Workers are forked from a forkserver that imported
-`preload` once, so a replacement is ready in milliseconds, and they die with the server:
-the forkserver exits when its parent does, and each worker asks the kernel for SIGKILL
-when its parent goes (Linux). multiprocessing also runs the program's main script again in
-each worker: the `cicbot` script imports only bot/cli/__init__.py for that reason. Starting the
-forkserver takes as long as importing `preload`; `start` begins it early and `ready` says
-when it is up, so a caller can do without it meanwhile. Calls that raise inside the worker
-come back as exceptions; a function should return its errors as values where they may not
-pickle (pydantic's).
+`preload` once, so a replacement is ready in milliseconds, and they die with the server,
+also after a kill -9 in the middle of a call: the forkserver exits when the server's end of
+its "alive" pipe closes (each worker closes the copy multiprocessing gives it, which kept the
+forkserver up), and each worker asks the kernel for SIGKILL when the forkserver goes
+(Linux). multiprocessing also runs the program's main script again in each worker: the
+`cicbot` script imports only bot/cli/__init__.py for that reason. Starting the forkserver
+takes as long as importing `preload`; `start` begins it early and `ready` says when it is up,
+so a caller can do without it meanwhile. Calls that raise inside the worker come back as
+exceptions; a function should return its errors as values where they may not pickle
+(pydantic's).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import functools
 import importlib
 import logging
 import multiprocessing
+import os
 import signal
 import sys
 from collections.abc import Callable, Sequence
@@ -66,11 +69,32 @@ def _die_with_parent() -> None:
             libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
 
+def _release_forkserver() -> None:
+    """Worker initializer: close the worker's copy of the forkserver's "alive" pipe.
+
+    The forkserver exits when every write end of that pipe is closed, and multiprocessing
+    gives one to each process it forks (so that it could use the forkserver too). A worker
+    busy with a long call (pydantic holds the GIL for the whole validation) kept the
+    forkserver up after its owner's kill -9, and the forkserver, alive, never set off the
+    worker's PDEATHSIG: both ran on, orphaned, until the call ended. Without it the owner's
+    copy is the last: the forkserver exits with the owner, and the kernel kills the workers.
+    Called after `_die_with_parent`: holding its copy until then, the worker keeps the
+    forkserver up until the kernel will kill the worker when it goes."""
+    # loaded in a process the forkserver forked; absent under spawn
+    state = getattr(sys.modules.get("multiprocessing.forkserver"), "_forkserver", None)
+    fd = getattr(state, "_forkserver_alive_fd", None)
+    if fd is not None:
+        state._forkserver_alive_fd = None  # type: ignore[union-attr]
+        with contextlib.suppress(OSError):
+            os.close(fd)
+
+
 def _init_worker(preload: Sequence[str]) -> None:
     """Worker initializer: die with the parent, and have `preload` imported before the
     first call, also when the forkserver was started without it (it is one per process,
     and the first user's preload wins): a worker counts as ready only then."""
     _die_with_parent()
+    _release_forkserver()
     for name in preload:
         importlib.import_module(name)
 
