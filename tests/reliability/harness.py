@@ -19,6 +19,7 @@ import socket
 import subprocess
 import sys
 import time
+import warnings
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -29,6 +30,7 @@ import httpx
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from tests import proctree
 from tests.standins.slack_api import BOT_TOKEN, SIGNING_SECRET, SlackStandIn, sign
 from tests.standins.telegram_api import DEFAULT_TOKEN, TelegramStandIn
 
@@ -91,6 +93,7 @@ class ServerProcess:
         self.log_path = log_path
         self.proc: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
+        self._gone: list[proctree.Tree] = []  # the processes below each server stopped
 
     def start(self) -> None:
         self._log = self.log_path.open("ab")
@@ -120,12 +123,14 @@ class ServerProcess:
 
     def kill9(self) -> None:
         assert self.proc is not None
+        self._gone.append(proctree.descendants(self.proc.pid))
         os.kill(self.proc.pid, signal.SIGKILL)
         self.proc.wait()
         self._close_log()
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
+            self._gone.append(proctree.descendants(self.proc.pid))
             self.proc.terminate()
             try:
                 self.proc.wait(20)
@@ -133,6 +138,19 @@ class ServerProcess:
                 self.proc.kill()
                 self.proc.wait()
         self._close_log()
+        self._reap()
+
+    def _reap(self) -> None:
+        """What the servers started goes with them (the sandbox's forkserver and workers
+        die with their server, bot/channel/sandbox.py); whatever is left after 10 s is
+        killed, with a warning: a validation spinning on at ppid 1 would slow every test
+        after this one."""
+        trees, self._gone = self._gone, []
+        for tree in trees:
+            if left := proctree.gone_within(tree, 10):
+                proctree.kill(tree)
+                left_running = f"killed what a stopped cicbot serve left (pid: state): {left}"
+                warnings.warn(left_running, stacklevel=3)  # at the test's stop()
 
     def _close_log(self) -> None:
         if self._log is not None:

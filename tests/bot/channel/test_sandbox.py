@@ -4,9 +4,7 @@ it is cut off and the pool goes on; a worker that dies is reported, not hung on.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -16,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from bot.channel.sandbox import OverBudget, Sandbox, WorkerDied
+from tests import proctree
 from tests.loop_lag import LoopLag
 from tests.timed import TIMED
 
@@ -119,42 +118,6 @@ asyncio.run(main())
 """
 
 
-def stat(pid: int) -> tuple[str, int, int] | None:
-    """(state, parent pid, start time) of a process from /proc; None once it is gone."""
-    try:
-        raw = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = raw[raw.rindex(")") + 2 :].split()  # after "pid (comm) "
-    return fields[0], int(fields[1]), int(fields[19])
-
-
-def descendants(pid: int) -> dict[int, int]:
-    """pid -> start time of every process below `pid` (the start time tells a reused pid)."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and (found := stat(int(entry.name))) is not None:
-            children.setdefault(found[1], []).append(int(entry.name))
-    tree: dict[int, int] = {}
-    todo = [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            if (found := stat(child)) is not None:
-                tree[child] = found[2]
-                todo.append(child)
-    return tree
-
-
-def running(tree: dict[int, int]) -> dict[int, str]:
-    """pid -> state of the processes of `tree` still there (a zombie is not)."""
-    left = {}
-    for pid, started in tree.items():
-        found = stat(pid)
-        if found is not None and found[2] == started and found[0] not in "ZX":
-            left[pid] = found[0]
-    return left
-
-
 @pytest.mark.skipif(sys.platform != "linux", reason="PDEATHSIG and /proc are Linux's")
 def test_nothing_outlives_an_owner_killed_while_its_workers_are_busy(tmp_path: Path) -> None:
     """kill -9 of the owner while both workers run a call: its forkserver, the workers and
@@ -164,25 +127,21 @@ def test_nothing_outlives_an_owner_killed_while_its_workers_are_busy(tmp_path: P
     on at ppid 1 until its call ended, minutes or never)."""
     marker = tmp_path / "busy"
     owner = subprocess.Popen([sys.executable, "-c", OWNER, str(marker)], cwd=ROOT)
-    tree: dict[int, int] = {}
+    tree: proctree.Tree = {}
     try:
         deadline = time.monotonic() + 120  # a cold start on a loaded machine
         while len(list(tmp_path.glob("busy.*"))) < 2:
             assert owner.poll() is None, "the owner exited"
             assert time.monotonic() < deadline, "the workers did not start"
             time.sleep(0.05)
-        tree = descendants(owner.pid)
+        tree = proctree.descendants(owner.pid)
         assert len(tree) >= 4, tree  # the forkserver, the resource tracker, two workers
         owner.kill()
         owner.wait()
-        deadline = time.monotonic() + 30
-        while (left := running(tree)) and time.monotonic() < deadline:
-            time.sleep(0.05)
+        left = proctree.gone_within(tree, 30)
         assert not left, f"still there after 30 s (pid: state): {left}"
     finally:
         if owner.poll() is None:
             owner.kill()
             owner.wait()
-        for pid in running(tree):  # never leave a spinning orphan behind, pass or fail
-            with contextlib.suppress(OSError):
-                os.kill(pid, signal.SIGKILL)
+        proctree.kill(tree)  # never leave a spinning orphan behind, pass or fail
