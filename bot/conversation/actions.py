@@ -37,6 +37,17 @@ DATE_FORMATS = {"de": "%d.%m.%Y, %H:%M Uhr", "en": "%d %b %Y, %H:%M"}
 DAY_FORMATS = {"de": "%d.%m.%Y", "en": "%d %b %Y"}
 
 
+def selfservice_note(action: LogSelfService) -> dict[str, object]:
+    """The payload of the touchpoint a self-service attempt leaves (the engine's plain
+    turn writes it too)."""
+    return {
+        "question": action.question,
+        "entry": action.entry_id,
+        "confidence": round(action.confidence, 3),
+        "answered": action.answered,
+    }
+
+
 class ActionRunner:
     def __init__(
         self,
@@ -134,13 +145,7 @@ class ActionRunner:
             case VerifyLinkCode(code=code):
                 await self.links.verify(turn, code)
             case LogSelfService():
-                turn.note(
-                    "selfservice",
-                    question=action.question,
-                    entry=action.entry_id,
-                    confidence=round(action.confidence, 3),
-                    answered=action.answered,
-                )
+                turn.note("selfservice", **selfservice_note(action))
 
     async def _queue_position(self, turn: Turn) -> None:
         """Where the customer stands and when someone answers: the same promise as at the
