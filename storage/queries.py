@@ -184,6 +184,7 @@ class TurnRow:
     locale: str | None
     value_segment: str | None
     lifecycle_phase: str
+    timezone: str | None
     conversation_id: int
     status: str
     flow_state: dict[str, Any] | None
@@ -211,6 +212,7 @@ _TURN_ROW = (
         _CONTACT_TABLE.c.locale,
         _CONTACT_TABLE.c.value_segment,
         _CONTACT_TABLE.c.lifecycle_phase,
+        _CONTACT_TABLE.c.timezone,
         _CONVERSATION_TABLE.c.id,
         _CONVERSATION_TABLE.c.status,
         _CONVERSATION_TABLE.c.flow_state,
@@ -602,6 +604,51 @@ async def create_case(s: AsyncSession, case: Case) -> Case:
     case.reference = f"C-{case.created_at.year}-{case.id:06d}"
     await s.flush()
     return case
+
+
+_CASES: Table = Case.__table__  # type: ignore[assignment]
+_NEW_CASE = insert(_CASES).returning(_CASES.c.id)
+_CASE_REFERENCE = (
+    update(_CASES)
+    .where(_CASES.c.id == bindparam("b_id"))
+    .values(reference=bindparam("b_reference"), updated_at=bindparam("b_now"))
+)
+
+
+async def insert_case(
+    s: AsyncSession,
+    *,
+    contact_id: int,
+    conversation_id: int | None,
+    category: str,
+    description: str,
+    order_reference: str | None,
+    severity: str,
+    desired_resolution: str | None,
+    priority: int,
+    sla_due_at: datetime | None,
+    created_at: datetime,
+) -> str:
+    """`create_case` in Core statements (the same two: the row, then its reference from its
+    id), no ORM object; the case's reference."""
+    values = {
+        "contact_id": contact_id,
+        "conversation_id": conversation_id,
+        "category": category,
+        "description": description,
+        "order_reference": order_reference,
+        "severity": severity,
+        "desired_resolution": desired_resolution,
+        "status": CaseStatus.NEW.value,
+        "priority": priority,
+        "sla_due_at": sla_due_at,
+        "created_at": created_at,
+        "updated_at": created_at,
+    }
+    case_id = int((await s.execute(_NEW_CASE, values)).scalar_one())
+    reference = f"C-{created_at.year}-{case_id:06d}"
+    await s.execute(_CASE_REFERENCE, {"b_id": case_id, "b_reference": reference, "b_now": utcnow()})
+    return reference
 
 
 async def cases_of_contact(

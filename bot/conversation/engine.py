@@ -27,7 +27,7 @@ from bot.conversation.actions import ActionRunner, selfservice_note
 from bot.conversation.locks import KeyedLocks
 from bot.conversation.turn import Turn
 from flows import dialogue, reminder
-from flows.actions import Escalate, LogSelfService, SetConsent
+from flows.actions import Escalate, LogSelfService, OpenCase, SetConsent
 from flows.catalog import Catalog, normalize_locale
 from flows.hours import BusinessHours
 from flows.knowledge import Matcher
@@ -60,6 +60,8 @@ ConversationObserver = Callable[
     [AsyncSession, Conversation, str, Mapping[str, Any]], Awaitable[None]
 ]
 
+# the actions a plain turn does itself (Engine._plain_turn); any other goes the ORM's way
+_PLAIN_ACTIONS = (LogSelfService, OpenCase)
 MARKETING_KEY = "campaign"  # flow_state key: [campaign, stop-notice key] of a marketing flow
 MAX_FLOW_TEXT = 4000  # what a flow sees; the touchpoint keeps the whole text
 MAX_STORED_TEXT = 200_000
@@ -342,8 +344,9 @@ class Engine:
         """`_handle`'s turn for the common case, from `queries.turn_row`'s plain values and
         in Core statements (no ORM object loaded, changed or flushed): a message or button
         in a conversation the bot holds, whose sender's identity and profile stay as they
-        are and whose decision has no action but self-service notes. It writes what the
-        ORM's way writes, in the same order. None, with nothing written, otherwise."""
+        are and whose decision has no action but self-service notes and cases opened
+        (`_PLAIN_ACTIONS`). It writes what the ORM's way writes, in the same order. None,
+        with nothing written, otherwise."""
         if (
             row.status != ConversationStatus.BOT
             or (msg.kind != "message" and msg.kind != "button")
@@ -376,7 +379,7 @@ class Engine:
         )
         state = row.flow_state or {}
         decision = dialogue.decide(row.status, state, inp, ctx)
-        if not all(isinstance(a, LogSelfService) for a in decision.actions):
+        if not all(isinstance(a, _PLAIN_ACTIONS) for a in decision.actions):
             return None
         # from here on as the ORM's way: seen, the inbound touchpoint, the actions' notes,
         # the flow state, the replies
@@ -398,17 +401,25 @@ class Engine:
             payload=_inbound_payload(msg),
             platform_message_id=msg.platform_message_id,
         )
-        for action in decision.actions:
-            assert isinstance(action, LogSelfService)
+        for action in decision.actions:  # as ActionRunner does them
+            if isinstance(action, LogSelfService):
+                kind, note = "selfservice", selfservice_note(action)
+            else:
+                assert isinstance(action, OpenCase)
+                note, reply = await self.actions.open_case_in(
+                    s, row.contact_id, row.conversation_id, row.timezone, ctx, action
+                )
+                kind = "case_opened"
+                replies.append(reply)
             queries.add_touchpoint(
                 s,
                 contact_id=row.contact_id,
                 conversation_id=row.conversation_id,
                 channel=msg.channel,
                 direction=Direction.INTERNAL,
-                kind="selfservice",
+                kind=kind,
                 actor="bot",
-                payload=selfservice_note(action),
+                payload=note,
             )
         if decision.state != row.flow_state:  # the ORM writes no unchanged value either
             await queries.set_flow_state(s, row.conversation_id, decision.state)
