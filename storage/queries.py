@@ -163,6 +163,106 @@ async def turn_rows(
     return bool(row[3]), row[0], row[2]
 
 
+_TOUCHPOINT_COLUMNS: Table = Touchpoint.__table__  # type: ignore[assignment]
+_CONVERSATION_TABLE: Table = Conversation.__table__  # type: ignore[assignment]
+_IDENTITY_TABLE: Table = Identity.__table__  # type: ignore[assignment]
+_CONTACT_TABLE: Table = Contact.__table__  # type: ignore[assignment]
+
+
+@dataclass(frozen=True, slots=True)
+class TurnRow:
+    """What `turn_row` reads: plain values, no ORM objects (the order is the SELECT's)."""
+
+    duplicate: bool
+    identity_id: int
+    contact_id: int
+    external_id: str
+    display_name: str | None
+    reachable: bool
+    unreachable_reason: str | None
+    name: str | None
+    locale: str | None
+    value_segment: str | None
+    lifecycle_phase: str
+    timezone: str | None
+    conversation_id: int
+    status: str
+    flow_state: dict[str, Any] | None
+
+
+# `_TURN_ROWS` in Core: table columns only, so that the session neither builds ORM objects
+# nor refreshes its identity map (the ORM's loading was a tenth of a turn's CPU)
+_TURN_ROW = (
+    select(
+        select(_TOUCHPOINT_COLUMNS.c.id)
+        .where(
+            _TOUCHPOINT_COLUMNS.c.channel == bindparam("channel"),
+            _TOUCHPOINT_COLUMNS.c.platform_message_id == bindparam("message_id"),
+            _TOUCHPOINT_COLUMNS.c.direction == INBOUND,
+        )
+        .exists()
+        .label("duplicate"),
+        _IDENTITY_TABLE.c.id,
+        _IDENTITY_TABLE.c.contact_id,
+        _IDENTITY_TABLE.c.external_id,
+        _IDENTITY_TABLE.c.display_name,
+        _IDENTITY_TABLE.c.reachable,
+        _IDENTITY_TABLE.c.unreachable_reason,
+        _CONTACT_TABLE.c.name,
+        _CONTACT_TABLE.c.locale,
+        _CONTACT_TABLE.c.value_segment,
+        _CONTACT_TABLE.c.lifecycle_phase,
+        _CONTACT_TABLE.c.timezone,
+        _CONVERSATION_TABLE.c.id,
+        _CONVERSATION_TABLE.c.status,
+        _CONVERSATION_TABLE.c.flow_state,
+    )
+    .join_from(_IDENTITY_TABLE, _CONTACT_TABLE, _CONTACT_TABLE.c.id == _IDENTITY_TABLE.c.contact_id)
+    .join(
+        _CONVERSATION_TABLE,
+        (_CONVERSATION_TABLE.c.channel == _IDENTITY_TABLE.c.channel)
+        & (_CONVERSATION_TABLE.c.thread_key == bindparam("thread_key"))
+        & (_CONVERSATION_TABLE.c.status != CLOSED),
+    )
+    .where(
+        _IDENTITY_TABLE.c.channel == bindparam("channel"),
+        _IDENTITY_TABLE.c.external_id == bindparam("sender"),
+    )
+    .with_for_update(of=_CONVERSATION_TABLE)
+)
+
+
+async def turn_row(
+    s: AsyncSession, channel: str, sender_id: str, thread_key: str, platform_message_id: str
+) -> TurnRow | None:
+    """`turn_rows` as plain values: the same statement (the conversation row-locked) in
+    Core. What the session holds unflushed is flushed first (SQLAlchemy autoflushes before
+    Core statements too), so the row is what the ORM would read; ORM objects of these rows
+    the session holds are not refreshed (`turn_rows` refreshes them)."""
+    params = {
+        "channel": channel,
+        "sender": sender_id,
+        "thread_key": thread_key,
+        "message_id": platform_message_id,
+    }
+    row = (await s.execute(_TURN_ROW, params)).first()
+    return None if row is None else TurnRow(*row)
+
+
+_SET_FLOW_STATE = (
+    update(_CONVERSATION_TABLE)
+    .where(_CONVERSATION_TABLE.c.id == bindparam("b_id"))
+    .values(flow_state=bindparam("b_state"), updated_at=bindparam("b_now"))
+)
+
+
+async def set_flow_state(s: AsyncSession, conversation_id: int, state: Mapping[str, Any]) -> None:
+    """A conversation's new flow state, as the ORM writes it (updated_at: now), in one
+    UPDATE whose compilation is cached."""
+    params = {"b_id": conversation_id, "b_state": state, "b_now": utcnow()}
+    await s.execute(_SET_FLOW_STATE, params)
+
+
 async def get_identity(s: AsyncSession, channel: str, external_id: str) -> Identity | None:
     """The identity, its contact loaded with it (one statement: `s.get(Contact, ...)` after
     it is answered from the session, as the engine does for every message)."""
@@ -197,6 +297,8 @@ async def create_contact_with_identity(
     )
     s.add(identity)
     await s.flush()  # a concurrent creator makes this raise IntegrityError; callers retry
+    # the identity map holds objects weakly: kept, so `s.get(Contact, ...)` needs no SELECT
+    s.info.setdefault("kept", []).append(contact)
     return identity
 
 
@@ -244,7 +346,7 @@ _IDENTITY_SEEN = (
 _CONTACT_SEEN = (
     update(_CONTACTS)
     .where(_CONTACTS.c.id == bindparam("contact_id"))
-    .values(last_contact_at=bindparam("now"), updated_at=bindparam("now"))
+    .values(last_contact_at=bindparam("now"), updated_at=bindparam("updated"))
 )
 
 
@@ -262,8 +364,14 @@ def deferred_seen(s: AsyncSession) -> list[tuple[int, int, datetime]] | None:
     return s.info.get(_SEEN)
 
 
-async def mark_seen(s: AsyncSession, seen: Sequence[tuple[int, int, datetime]]) -> None:
-    """The deferred seen marks: one executemany per table (the latest mark per row)."""
+async def mark_seen(
+    s: AsyncSession,
+    seen: Sequence[tuple[int, int, datetime]],
+    *,
+    updated_at: datetime | None = None,
+) -> None:
+    """The deferred seen marks: one executemany per table (the latest mark per row).
+    `updated_at`: the contacts' (default: the mark's time)."""
     identities = {i: now for i, _, now in seen}
     contacts = {c: now for _, c, now in seen}
     if identities:
@@ -271,7 +379,10 @@ async def mark_seen(s: AsyncSession, seen: Sequence[tuple[int, int, datetime]]) 
             _IDENTITY_SEEN, [{"identity_id": i, "now": t} for i, t in identities.items()]
         )
     if contacts:
-        await s.execute(_CONTACT_SEEN, [{"contact_id": c, "now": t} for c, t in contacts.items()])
+        await s.execute(
+            _CONTACT_SEEN,
+            [{"contact_id": c, "now": t, "updated": updated_at or t} for c, t in contacts.items()],
+        )
 
 
 def add_touchpoint(
@@ -493,6 +604,51 @@ async def create_case(s: AsyncSession, case: Case) -> Case:
     case.reference = f"C-{case.created_at.year}-{case.id:06d}"
     await s.flush()
     return case
+
+
+_CASES: Table = Case.__table__  # type: ignore[assignment]
+_NEW_CASE = insert(_CASES).returning(_CASES.c.id)
+_CASE_REFERENCE = (
+    update(_CASES)
+    .where(_CASES.c.id == bindparam("b_id"))
+    .values(reference=bindparam("b_reference"), updated_at=bindparam("b_now"))
+)
+
+
+async def insert_case(
+    s: AsyncSession,
+    *,
+    contact_id: int,
+    conversation_id: int | None,
+    category: str,
+    description: str,
+    order_reference: str | None,
+    severity: str,
+    desired_resolution: str | None,
+    priority: int,
+    sla_due_at: datetime | None,
+    created_at: datetime,
+) -> str:
+    """`create_case` in Core statements (the same two: the row, then its reference from its
+    id), no ORM object; the case's reference."""
+    values = {
+        "contact_id": contact_id,
+        "conversation_id": conversation_id,
+        "category": category,
+        "description": description,
+        "order_reference": order_reference,
+        "severity": severity,
+        "desired_resolution": desired_resolution,
+        "status": CaseStatus.NEW.value,
+        "priority": priority,
+        "sla_due_at": sla_due_at,
+        "created_at": created_at,
+        "updated_at": created_at,
+    }
+    case_id = int((await s.execute(_NEW_CASE, values)).scalar_one())
+    reference = f"C-{created_at.year}-{case_id:06d}"
+    await s.execute(_CASE_REFERENCE, {"b_id": case_id, "b_reference": reference, "b_now": utcnow()})
+    return reference
 
 
 async def cases_of_contact(

@@ -7,6 +7,8 @@ from dataclasses import replace
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
+from sqlalchemy.ext.asyncio import AsyncSession
+
 from bot.conversation import presence
 from bot.conversation.linking import IdentityLinker
 from bot.conversation.turn import Turn
@@ -27,7 +29,7 @@ from flows.actions import (
 )
 from flows.catalog import Catalog
 from flows.hours import BusinessHours
-from flows.model import Reply
+from flows.model import Context, Reply
 from flows.options import FlowOptions
 from flows.service_level import queue_priority
 from storage import queries
@@ -35,6 +37,17 @@ from storage.models import Case, ConversationStatus, SurveyAnswer
 
 DATE_FORMATS = {"de": "%d.%m.%Y, %H:%M Uhr", "en": "%d %b %Y, %H:%M"}
 DAY_FORMATS = {"de": "%d.%m.%Y", "en": "%d %b %Y"}
+
+
+def selfservice_note(action: LogSelfService) -> dict[str, object]:
+    """The payload of the touchpoint a self-service attempt leaves (the engine's plain
+    turn writes it too)."""
+    return {
+        "question": action.question,
+        "entry": action.entry_id,
+        "confidence": round(action.confidence, 3),
+        "answered": action.answered,
+    }
 
 
 class ActionRunner:
@@ -56,8 +69,13 @@ class ActionRunner:
             await self._one(turn, action)
 
     def _local(self, turn: Turn, when: datetime, formats: dict[str, str]) -> str:
-        tz = ZoneInfo(turn.contact.timezone or self.timezone)
-        return when.astimezone(tz).strftime(formats.get(turn.ctx.locale, formats["en"]))
+        return self._local_in(turn.contact.timezone, turn.ctx.locale, when, formats)
+
+    def _local_in(
+        self, timezone: str | None, locale: str, when: datetime, formats: dict[str, str]
+    ) -> str:
+        tz = ZoneInfo(timezone or self.timezone)
+        return when.astimezone(tz).strftime(formats.get(locale, formats["en"]))
 
     async def _one(self, turn: Turn, action: Action) -> None:
         ctx, conv, contact = turn.ctx, turn.conversation, turn.contact
@@ -134,13 +152,7 @@ class ActionRunner:
             case VerifyLinkCode(code=code):
                 await self.links.verify(turn, code)
             case LogSelfService():
-                turn.note(
-                    "selfservice",
-                    question=action.question,
-                    entry=action.entry_id,
-                    confidence=round(action.confidence, 3),
-                    answered=action.answered,
-                )
+                turn.note("selfservice", **selfservice_note(action))
 
     async def _queue_position(self, turn: Turn) -> None:
         """Where the customer stands and when someone answers: the same promise as at the
@@ -176,17 +188,55 @@ class ActionRunner:
                 updated_at=ctx.now,
             ),
         )
-        turn.note("case_opened", reference=case.reference, severity=a.severity, category=a.category)
+        assert case.reference is not None
+        note, reply = self._case_opened(case.reference, a, ctx, turn.contact.timezone)
+        turn.note("case_opened", **note)
+        turn.replies.append(reply)
+
+    async def open_case_in(
+        self,
+        s: AsyncSession,
+        contact_id: int,
+        conversation_id: int,
+        timezone: str | None,
+        ctx: Context,
+        a: OpenCase,
+    ) -> tuple[dict[str, object], Reply]:
+        """`OpenCase` from plain values (the engine's plain turn): the case row in Core
+        statements; the payload of its note and the reply, as `_open_case` gives them."""
+        reference = await queries.insert_case(
+            s,
+            contact_id=contact_id,
+            conversation_id=conversation_id,
+            category=a.category,
+            description=a.description,
+            order_reference=a.order_reference,
+            severity=a.severity,
+            desired_resolution=a.desired_resolution,
+            priority=a.priority,
+            sla_due_at=a.due_at,
+            created_at=ctx.now,
+        )
+        return self._case_opened(reference, a, ctx, timezone)
+
+    def _case_opened(
+        self, reference: str, a: OpenCase, ctx: Context, timezone: str | None
+    ) -> tuple[dict[str, object], Reply]:
+        """The note's payload and the customer's reply for a case just opened."""
         # the due time the flow decided (business hours): what the customer is promised is
         # what the case panel shows
-        due = "–" if a.due_at is None else self._local(turn, a.due_at, DATE_FORMATS)
-        turn.replies.append(
-            Reply(
-                "complaint.opened",
-                ctx.t("complaint.opened", reference=case.reference, due=due),
-                meta={"case": case.reference},
-            )
+        due = (
+            "–"
+            if a.due_at is None
+            else self._local_in(timezone, ctx.locale, a.due_at, DATE_FORMATS)
         )
+        note: dict[str, object] = {
+            "reference": reference,
+            "severity": a.severity,
+            "category": a.category,
+        }
+        text = ctx.t("complaint.opened", reference=reference, due=due)
+        return note, Reply("complaint.opened", text, meta={"case": reference})
 
     async def _case_status(self, turn: Turn, ref: str | None) -> None:
         ctx = turn.ctx

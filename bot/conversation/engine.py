@@ -23,11 +23,11 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bot.channel.messages import ChannelEvent, Choice, InboundMessage, OutboundMessage
 from bot.conversation import reopen
-from bot.conversation.actions import ActionRunner
+from bot.conversation.actions import ActionRunner, selfservice_note
 from bot.conversation.locks import KeyedLocks
 from bot.conversation.turn import Turn
 from flows import dialogue, reminder
-from flows.actions import Escalate, SetConsent
+from flows.actions import Escalate, LogSelfService, OpenCase, SetConsent
 from flows.catalog import Catalog, normalize_locale
 from flows.hours import BusinessHours
 from flows.knowledge import Matcher
@@ -60,6 +60,8 @@ ConversationObserver = Callable[
     [AsyncSession, Conversation, str, Mapping[str, Any]], Awaitable[None]
 ]
 
+# the actions a plain turn does itself (Engine._plain_turn); any other goes the ORM's way
+_PLAIN_ACTIONS = (LogSelfService, OpenCase)
 MARKETING_KEY = "campaign"  # flow_state key: [campaign, stop-notice key] of a marketing flow
 MAX_FLOW_TEXT = 4000  # what a flow sees; the touchpoint keeps the whole text
 MAX_STORED_TEXT = 200_000
@@ -192,12 +194,17 @@ class Engine:
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _take_in(
-        self, s: AsyncSession, msg: InboundMessage, **extra: Any
+        self, s: AsyncSession, msg: InboundMessage, *, open_row: bool = True, **extra: Any
     ) -> tuple[Identity, Contact, Conversation, str, bool] | None:
         """Dedupe, identity, the locked conversation, the inbound touchpoint, whether the
-        conversation was reopened for its agent; None if the message was taken in before."""
-        found = await queries.turn_rows(
-            s, msg.channel, msg.sender_id, msg.thread_key, msg.platform_message_id
+        conversation was reopened for its agent; None if the message was taken in before.
+        `open_row` False: `queries.turn_row` found no identity with an open conversation."""
+        found = (
+            await queries.turn_rows(
+                s, msg.channel, msg.sender_id, msg.thread_key, msg.platform_message_id
+            )
+            if open_row
+            else None
         )
         conv: Conversation | None
         if found is not None:  # a known customer in an open conversation: one statement
@@ -286,7 +293,17 @@ class Engine:
         return result
 
     async def _handle(self, s: AsyncSession, msg: InboundMessage) -> HandleResult:
-        taken = await self._take_in(s, msg)
+        row = await queries.turn_row(
+            s, msg.channel, msg.sender_id, msg.thread_key, msg.platform_message_id
+        )
+        if row is not None:
+            if row.duplicate:
+                return HandleResult(duplicate=True)
+            plain = await self._plain_turn(s, msg, row)
+            if plain is not None:
+                return plain
+        # the ORM's way: a new customer or conversation, or a turn with more to do
+        taken = await self._take_in(s, msg, open_row=row is not None)
         if taken is None:
             return HandleResult(duplicate=True)
         identity, contact, conv, text, reopened = taken
@@ -311,7 +328,7 @@ class Engine:
                 text=text[:MAX_FLOW_TEXT], payload=payload, attachments=len(msg.attachments)
             )
             decision = dialogue.decide(conv.status, conv.flow_state or {}, inp, ctx)
-            _mark_marketing(turn, conv.flow_state or {}, decision.actions)
+            turn.campaign = _campaign_mark(conv.flow_state or {}, decision.actions)
             await self._apply(turn, decision)
         if conv.status != before and conv.status == ConversationStatus.QUEUED:
             await self._observe(s, conv, result, "escalated")
@@ -319,6 +336,114 @@ class Engine:
             await self._observe(s, conv, result, "left_queue")
         result.status = conv.status
         await self._say(turn, result)
+        return result
+
+    async def _plain_turn(
+        self, s: AsyncSession, msg: InboundMessage, row: queries.TurnRow
+    ) -> HandleResult | None:
+        """`_handle`'s turn for the common case, from `queries.turn_row`'s plain values and
+        in Core statements (no ORM object loaded, changed or flushed): a message or button
+        in a conversation the bot holds, whose sender's identity and profile stay as they
+        are and whose decision has no action but self-service notes and cases opened
+        (`_PLAIN_ACTIONS`). It writes what the ORM's way writes, in the same order. None,
+        with nothing written, otherwise."""
+        if (
+            row.status != ConversationStatus.BOT
+            or (msg.kind != "message" and msg.kind != "button")
+            or not row.reachable
+            or row.unreachable_reason is not None
+            or (msg.sender_name and not row.display_name)
+            or (msg.verified and msg.contact_updates)
+        ):
+            return None
+        seen_at = self.clock()
+        now = self.clock()
+        ctx = self._context_of(
+            row.locale,
+            row.name,
+            row.value_segment,
+            row.lifecycle_phase,
+            now,
+            msg.channel,
+            msg.verified,
+        )
+        text = clean_text(msg.text)[:MAX_STORED_TEXT] if msg.text else ""
+        replies: list[Reply] = []
+        if len(text) > MAX_FLOW_TEXT:  # as in _handle: an agent reads the whole text
+            replies.append(
+                Reply("limits.truncated", ctx.t("limits.truncated", limit=MAX_FLOW_TEXT))
+            )
+        payload = clean_text(msg.payload)[:200] if msg.payload is not None else None
+        inp = UserInput(
+            text=text[:MAX_FLOW_TEXT], payload=payload, attachments=len(msg.attachments)
+        )
+        state = row.flow_state or {}
+        decision = dialogue.decide(row.status, state, inp, ctx)
+        if not all(isinstance(a, _PLAIN_ACTIONS) for a in decision.actions):
+            return None
+        # from here on as the ORM's way: seen, the inbound touchpoint, the actions' notes,
+        # the flow state, the replies
+        seen = queries.deferred_seen(s)
+        if seen is None:  # updated_at as the ORM's onupdate: the real time
+            marks = [(row.identity_id, row.contact_id, seen_at)]
+            await queries.mark_seen(s, marks, updated_at=utcnow())
+        else:
+            seen.append((row.identity_id, row.contact_id, seen_at))
+        queries.add_touchpoint(
+            s,
+            contact_id=row.contact_id,
+            conversation_id=row.conversation_id,
+            channel=msg.channel,
+            direction=Direction.IN,
+            kind=msg.kind,
+            actor="customer",
+            text=text,
+            payload=_inbound_payload(msg),
+            platform_message_id=msg.platform_message_id,
+        )
+        for action in decision.actions:  # as ActionRunner does them
+            if isinstance(action, LogSelfService):
+                kind, note = "selfservice", selfservice_note(action)
+            else:
+                assert isinstance(action, OpenCase)
+                note, reply = await self.actions.open_case_in(
+                    s, row.contact_id, row.conversation_id, row.timezone, ctx, action
+                )
+                kind = "case_opened"
+                replies.append(reply)
+            queries.add_touchpoint(
+                s,
+                contact_id=row.contact_id,
+                conversation_id=row.conversation_id,
+                channel=msg.channel,
+                direction=Direction.INTERNAL,
+                kind=kind,
+                actor="bot",
+                payload=note,
+            )
+        if decision.state != row.flow_state:  # the ORM writes no unchanged value either
+            await queries.set_flow_state(s, row.conversation_id, decision.state)
+        replies.extend(decision.replies)
+        campaign = _campaign_mark(state, decision.actions)
+        result = HandleResult(
+            contact_id=row.contact_id, conversation_id=row.conversation_id, status=row.status
+        )
+        for reply in replies:
+            result.outbox_ids.append(
+                await self._queue(
+                    s,
+                    channel=msg.channel,
+                    thread_key=msg.thread_key,
+                    recipient_id=row.external_id,
+                    identity_id=row.identity_id,
+                    contact_id=row.contact_id,
+                    conversation_id=row.conversation_id,
+                    reply=reply,
+                    locale=ctx.locale,
+                    campaign=campaign,
+                )
+            )
+            result.replies.append(reply.text)
         return result
 
     async def _apply(self, turn: Turn, decision: Decision) -> None:
@@ -772,20 +897,40 @@ class Engine:
     def _context(
         self, contact: Contact, now: datetime, msg: InboundMessage | None = None
     ) -> Context:
+        return self._context_of(
+            contact.locale,
+            contact.name,
+            contact.value_segment,
+            contact.lifecycle_phase,
+            now,
+            msg.channel if msg is not None else "",
+            msg.verified if msg is not None else True,
+        )
+
+    def _context_of(
+        self,
+        locale: str | None,
+        name: str | None,
+        value_segment: str | None,
+        lifecycle_phase: str,
+        now: datetime,
+        channel: str = "",
+        verified: bool = True,
+    ) -> Context:
+        """A turn's context from the contact's facts (the channel's and the sender's
+        of the message it answers)."""
         facts = ContactFacts(
-            name=contact.name,
-            value_segment=contact.value_segment,
-            lifecycle_phase=contact.lifecycle_phase,
+            name=name, value_segment=value_segment, lifecycle_phase=lifecycle_phase
         )
         return Context(
-            locale=contact.locale or self.default_locale,
+            locale=locale or self.default_locale,
             options=self.options,
             catalog=self.catalog,
             contact=facts,
             now=now,
             matcher=self.matcher,
-            channel=msg.channel if msg is not None else "",
-            verified=msg.verified if msg is not None else True,
+            channel=channel,
+            verified=verified,
             hours=self.hours,
         )
 
@@ -802,31 +947,63 @@ class Engine:
     ) -> int:
         """Queue one reply in the outbox and record it in the history (same transaction);
         `sender_name`: the agent who speaks (a channel may show it)."""
-        out = OutboundMessage(
+        return await self._queue(
+            s,
             channel=conv.channel,
-            recipient_id=identity.external_id,
             thread_key=conv.thread_key,
+            recipient_id=identity.external_id,
+            identity_id=identity.id,
+            contact_id=conv.contact_id,
+            conversation_id=conv.id,
+            reply=reply,
+            locale=locale,
+            actor=actor,
+            campaign=campaign,
+            sender_name=sender_name,
+        )
+
+    async def _queue(
+        self,
+        s: AsyncSession,
+        *,
+        channel: str,
+        thread_key: str,
+        recipient_id: str,
+        identity_id: int,
+        contact_id: int,
+        conversation_id: int,
+        reply: Reply,
+        locale: str,
+        actor: str = "bot",
+        campaign: str | None = None,
+        sender_name: str | None = None,
+    ) -> int:
+        """`say` from the rows' values (the plain turn has no ORM objects)."""
+        out = OutboundMessage(
+            channel=channel,
+            recipient_id=recipient_id,
+            thread_key=thread_key,
             text=reply.text,
             choices=tuple(_choice(b) for b in reply.buttons),
             locale=locale,
             campaign=campaign,
-            contact_id=conv.contact_id if campaign else None,
+            contact_id=contact_id if campaign else None,
             sender_name=sender_name,
         )
         outbox_id = await queries.enqueue(
             s,
-            channel=conv.channel,
-            recipient_id=identity.external_id,
-            thread_key=conv.thread_key,
+            channel=channel,
+            recipient_id=recipient_id,
+            thread_key=thread_key,
             body=out.to_json(),
-            conversation_id=conv.id,
-            identity_id=identity.id,
+            conversation_id=conversation_id,
+            identity_id=identity_id,
         )
         queries.add_touchpoint(
             s,
-            contact_id=conv.contact_id,
-            conversation_id=conv.id,
-            channel=conv.channel,
+            contact_id=contact_id,
+            conversation_id=conversation_id,
+            channel=channel,
             direction=Direction.OUT,
             kind="message",
             actor=actor,
@@ -842,7 +1019,7 @@ class Engine:
         return outbox_id
 
 
-def _mark_marketing(turn: Turn, before: Mapping[str, Any], actions: tuple[object, ...]) -> None:
+def _campaign_mark(before: Mapping[str, Any], actions: tuple[object, ...]) -> str | None:
     """A reply inside a marketing flow (the flow ran when the customer wrote) carries the
     campaign's mark; the confirmation of an opt-out does not. The stop notice is not
     repeated: it came with the campaign's opening message, and the answers to a survey
@@ -850,7 +1027,8 @@ def _mark_marketing(turn: Turn, before: Mapping[str, Any], actions: tuple[object
     mark = before.get(MARKETING_KEY)
     opted_out = any(isinstance(a, SetConsent) and not a.granted for a in actions)
     if isinstance(mark, list) and len(mark) == 2 and not opted_out:
-        turn.campaign = str(mark[0])
+        return str(mark[0])
+    return None
 
 
 def _with_notice(replies: list[Reply], turn: Turn) -> list[Reply]:

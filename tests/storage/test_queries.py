@@ -7,9 +7,11 @@ import sqlite3
 
 from sqlalchemy import Select, TextualSelect, select
 from sqlalchemy.dialects import sqlite
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from storage import queries
-from storage.models import Conversation, Direction, Touchpoint
+from storage.db import run_in_transaction
+from storage.models import Contact, Conversation, Direction, Touchpoint
 
 
 def plan(url: str, stmt: Select[tuple[object, ...]] | TextualSelect) -> str:
@@ -20,10 +22,11 @@ def plan(url: str, stmt: Select[tuple[object, ...]] | TextualSelect) -> str:
 
 
 def test_dedupe_and_open_conversation_lookups_use_their_indexes(sqlite_url: str) -> None:
-    turn = plan(sqlite_url, queries._TURN_ROWS)
-    assert "uq_touchpoints_inbound_platform_id" in turn, turn
-    assert "uq_conversations_open_thread" in turn, turn
-    assert "SCAN" not in turn, turn
+    for statement in (queries._TURN_ROWS, queries._TURN_ROW):
+        turn = plan(sqlite_url, statement)
+        assert "uq_touchpoints_inbound_platform_id" in turn, turn
+        assert "uq_conversations_open_thread" in turn, turn
+        assert "SCAN" not in turn, turn
     # what the literals replaced: a bound parameter, and the whole table is read
     bound = select(Touchpoint.id).where(
         Touchpoint.channel == "x",
@@ -76,3 +79,66 @@ def test_a_deferred_touchpoint_is_a_whole_row_of_the_table() -> None:
     assert set(row) == {c.name for c in Touchpoint.__table__.c} - {"id"}
     assert row["text"] == "hallo\ufffd" and row["payload"] == {} and row["created_at"] is not None
     assert not s.new  # nothing for the unit of work
+
+
+def test_turn_row_reads_what_turn_rows_reads(db_url: str) -> None:
+    """The plain turn's row (Core) and the ORM's: the same values, the same None, the
+    same duplicate flag."""
+
+    async def work(s: AsyncSession) -> None:
+        args = ("telegram", "u1", "chat1", "m1")
+        assert await queries.turn_row(s, *args) is None
+        identity = await queries.create_contact_with_identity(
+            s, "telegram", "u1", name="Ann", locale="de"
+        )
+        assert await queries.turn_row(s, *args) is None  # no conversation yet
+        conv = await queries.create_conversation(
+            s, identity.contact_id, identity.id, "telegram", "chat1"
+        )
+        conv.flow_state = {"flow": "complaint", "step": "category"}
+        contact = await s.get(Contact, identity.contact_id)
+        assert contact is not None
+        contact.value_segment = "A"
+        row = await queries.turn_row(s, *args)  # what the session held is flushed first
+        found = await queries.turn_rows(s, *args)
+        assert row is not None and found is not None
+        duplicate, identity, conv = found
+        assert (row.duplicate, row.identity_id, row.contact_id, row.external_id) == (
+            duplicate,
+            identity.id,
+            identity.contact_id,
+            identity.external_id,
+        )
+        assert (row.display_name, row.reachable, row.unreachable_reason) == (
+            identity.display_name,
+            identity.reachable,
+            identity.unreachable_reason,
+        )
+        assert (row.name, row.locale, row.value_segment, row.lifecycle_phase) == (
+            "Ann",
+            "de",
+            "A",
+            contact.lifecycle_phase,
+        )
+        assert (row.conversation_id, row.status, row.flow_state) == (
+            conv.id,
+            conv.status,
+            {"flow": "complaint", "step": "category"},
+        )
+        queries.add_touchpoint(
+            s,
+            contact_id=identity.contact_id,
+            conversation_id=conv.id,
+            channel="telegram",
+            direction=Direction.IN,
+            kind="message",
+            actor="customer",
+            platform_message_id="m1",
+        )
+        again = await queries.turn_row(s, *args)
+        assert again is not None and again.duplicate
+        await queries.set_flow_state(s, conv.id, {})
+        later = await queries.turn_row(s, "telegram", "u1", "chat1", "m2")
+        assert later is not None and not later.duplicate and later.flow_state == {}
+
+    run_in_transaction(db_url, work)

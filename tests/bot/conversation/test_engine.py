@@ -3,16 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import re
+from datetime import UTC, datetime
+from typing import Any
 
-from sqlalchemy import func, select
+import pytest
+from sqlalchemy import func, select, update
 
+from bot.conversation.engine import Engine, HandleResult
 from bot.runtime import Runtime
 from storage.models import (
     Case,
     Consent,
+    Contact,
     Conversation,
     Direction,
+    Identity,
     OutboxMessage,
     OutboxStatus,
     Touchpoint,
@@ -317,3 +324,149 @@ async def test_nul_in_sender_name_is_stored_safely(runtime: Runtime) -> None:
     async with runtime.sessions() as s:
         contact = (await s.execute(select(Contact))).scalar_one()
     assert contact.name == "Ma\ufffdx"
+
+
+# a turn of each kind: a new customer (the ORM's way), self-service misses and an answer
+# (plain turns with notes), a text longer than a flow reads, a whole complaint (plain
+# turns, the case opened the ORM's way), a button, the hand-over and a message to the queue
+# (the ORM's way: observers, status changes)
+MIXED = [
+    ("hello", None),
+    ("How long does delivery take?", None),
+    ("x" * 5000, None),
+    *[(t, None) for t in COMPLAINT],
+    ("menu", None),
+    (None, "c:status"),
+    ("qwertyuiop zxcv", None),
+    ("I want to talk to a human", None),
+    ("still there?", None),
+]
+
+
+async def _mixed(rt: Runtime, user: str) -> list[Any]:
+    results = []
+    for text, payload in MIXED:
+        results.append(await rt.engine.handle(inbound(text or "", user=user, payload=payload)))
+    return results
+
+
+async def _written(rt: Runtime, user: str) -> dict[str, Any]:
+    """What a customer's turns wrote, without ids, times and the customer's name."""
+
+    def plain(value: Any) -> Any:
+        text = json.dumps(value, default=str).replace(user, "U")
+        return json.loads(re.sub(r"C-\d{4}-\d{6}", "C-REF", text))  # the case's reference
+
+    async with rt.sessions() as s:
+        identity = (
+            await s.execute(select(Identity).where(Identity.external_id == user))
+        ).scalar_one()
+        contact = await s.get(Contact, identity.contact_id)
+        assert contact is not None
+        convs = (
+            await s.execute(select(Conversation).where(Conversation.contact_id == contact.id))
+        ).scalars()
+        points = (
+            await s.execute(
+                select(Touchpoint)
+                .where(Touchpoint.contact_id == contact.id)
+                .order_by(Touchpoint.id)
+            )
+        ).scalars()
+        cases = (
+            await s.execute(select(Case).where(Case.contact_id == contact.id).order_by(Case.id))
+        ).scalars()
+        outbox = (
+            await s.execute(
+                select(OutboxMessage)
+                .where(OutboxMessage.identity_id == identity.id)
+                .order_by(OutboxMessage.id)
+            )
+        ).scalars()
+        return plain(
+            {
+                "seen": (identity.last_seen_at is not None, contact.last_contact_at is not None),
+                "contact": (
+                    contact.locale,
+                    contact.lifecycle_phase,
+                    contact.updated_at > contact.created_at,
+                ),
+                "conversations": [
+                    (c.status, c.flow_state, c.priority, c.queued_at is not None) for c in convs
+                ],
+                "touchpoints": [
+                    (t.direction, t.kind, t.actor, t.text, t.payload, t.outbox_id is not None)
+                    for t in points
+                ],
+                "cases": [
+                    (
+                        c.reference,
+                        c.category,
+                        c.description,
+                        c.order_reference,
+                        c.severity,
+                        c.desired_resolution,
+                        c.status,
+                        c.priority,
+                        c.sla_due_at,
+                        c.created_at,
+                        c.updated_at > c.created_at,
+                    )
+                    for c in cases
+                ],
+                "outbox": [
+                    (o.channel, o.recipient_id, o.thread_key, o.body, o.status) for o in outbox
+                ],
+            }
+        )
+
+
+async def test_plain_turns_write_what_the_orm_writes(
+    runtime: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The plain turn (Core statements, no ORM objects) is a shortcut, not a new behaviour:
+    the same conversation through it and through the ORM's way leaves the same rows."""
+    fixed = datetime(2026, 12, 2, 10, 0, tzinfo=UTC)  # a Wednesday, the team in
+    runtime.engine.clock = lambda: fixed
+    plain_turns = 0
+    original = Engine._plain_turn
+
+    async def counted(self: Engine, *args: Any) -> HandleResult | None:
+        nonlocal plain_turns
+        result = await original(self, *args)
+        plain_turns += result is not None
+        return result
+
+    monkeypatch.setattr(Engine, "_plain_turn", counted)
+    with_plain = await _mixed(runtime, "cust-a")
+    assert plain_turns == 11  # the shortcut served all but 4 turns (see MIXED)
+    assert [r.status for r in with_plain][-2:] == ["queued", "queued"]
+    written = await _written(runtime, "cust-a")
+    async with runtime.sessions() as s, s.begin():  # out of the queue: the next is number 1
+        await s.execute(update(Conversation).values(status="closed"))
+
+    async def never(self: Engine, *args: Any) -> None:
+        return None
+
+    monkeypatch.setattr(Engine, "_plain_turn", never)
+    with_orm = await _mixed(runtime, "cust-b")
+    assert [(r.status, len(r.replies), len(r.outbox_ids)) for r in with_plain] == [
+        (r.status, len(r.replies), len(r.outbox_ids)) for r in with_orm
+    ]
+    assert written == await _written(runtime, "cust-b")
+
+
+async def test_plain_turn_sees_what_the_turn_before_left_unflushed(runtime: Runtime) -> None:
+    """A plain turn after an ORM turn in the same transaction (the inbox's group commit):
+    what the ORM left unflushed (the new conversation's flow state) is written before the
+    plain turn reads the row."""
+    async with runtime.sessions() as s, s.begin():
+        # a new customer: the ORM's way; then a plain turn in the flow it started
+        first = await runtime.engine.handle_in(s, inbound("complaint", user="g"))
+        assert s.dirty  # the flow state, not yet written
+        second = await runtime.engine.handle_in(s, inbound("1", user="g"))
+    assert first.replies[-1].startswith("What is your complaint about?")
+    assert second.replies == ["Please describe what happened."]
+    async with runtime.sessions() as s:
+        conv = (await s.execute(select(Conversation))).scalar_one()
+    assert conv.flow_state["flow"] == "complaint"
