@@ -54,7 +54,7 @@ from bot.delivery.group import GroupCommit
 from bot.delivery.leases import Leases
 from bot.delivery.worker import RoundWorker
 from storage import queries
-from storage.db import inline, is_unavailable
+from storage.db import OneStatement, inline, is_unavailable
 from storage.models import DeadLetter, InboxStatus, InboxUpdate, utcnow
 from storage.queries import scrub
 
@@ -107,6 +107,7 @@ class Inbox(RoundWorker):
         self._waiting: dict[int, tuple[str, str]] = {}  # row id: partition
         self._deferred: dict[tuple[str, str], float] = {}  # flood control: loop time due
         self._accept_stmt = _accept_statement(dialect)
+        self._one = OneStatement(sessions)
         # the outbox rows of a group commit are born leased to it (runtime sets it)
         self.dispatcher: Dispatcher | None = None
         # PostgreSQL: several batches at once (a connection each): a batch spends most of
@@ -203,7 +204,10 @@ class Inbox(RoundWorker):
             for r, b in zip(rows, born, strict=True)
         ]
         try:
-            async with self.sessions() as s, s.begin(), inline(s):
+            # one statement: on PostgreSQL outside a transaction, one round trip, committed
+            # when it answers (storage/db.OneStatement); the batch is one page of
+            # insertmanyvalues (max_batch rows), so it is all or nothing
+            async with self._one() as s:
                 result = await s.execute(self._accept_stmt, values)
                 inserted = {(c, k): (i, st) for i, c, k, st in result}
         except Exception as exc:
