@@ -367,9 +367,11 @@ class Dispatcher(RoundWorker):
         if not done:
             return
         now = utcnow()
+        # in id order, as the heartbeat's renewal meets the rows: two statements locking
+        # the same rows in opposite orders deadlock (one fails after a second's wait)
         marks = [
             {"row_id": row.id, "sent_time": now, "platform_id": result.platform_message_id}
-            for row, result in done
+            for row, result in sorted(done, key=lambda d: d[0].id)
         ]
         secrets = [r for r, _ in done if isinstance(r.body, dict) and MASKED_TEXT in r.body]
         if not secrets:

@@ -76,6 +76,7 @@ class Inbox(RoundWorker):
         *,
         dialect: str,
         concurrency: int | None = None,
+        batch: int | None = None,
         max_attempts: int = 5,
         max_crashes: int = 3,
         poll_interval: float = 1.0,
@@ -87,11 +88,18 @@ class Inbox(RoundWorker):
         self.sessions = sessions
         self.engine = engine
         self.dialect = dialect
-        # rows in flight at once, and the most in one group commit. PostgreSQL: 64 (its
-        # batches overlap, each waiting for the server; 200 customers at once went from
-        # 0.18x to 0.28x of the FSM bot's throughput with it); SQLite: 32 (a group holds
-        # the one writer lock and, inline, the event loop)
-        self.concurrency = concurrency or (64 if dialect == "postgresql" else 32)
+        # rows in flight at once: enough for every chat active under load, so that a row
+        # is born claimed (the module's text: "Claimed at birth") and waits for its
+        # turn in memory, in the group commit's queue (first come, first served). With
+        # fewer slots than chats (it was 64 on PostgreSQL, 32 on SQLite) the rest were
+        # inserted pending and waited in the table for a claim: four round trips each, the
+        # slots taken at birth by newer rows before them (200 customers, bench/telegram.py:
+        # p99 of "accepted -> turn began" 3.5-4.1 s, with 256 slots 0.5-0.9 s)
+        self.concurrency = concurrency or 256
+        # the most rows in one group commit. PostgreSQL: 64 (its batches overlap, each
+        # waiting for the server); SQLite: 32 (a group holds the one writer lock and,
+        # inline, the event loop)
+        self.batch = batch or (64 if dialect == "postgresql" else 32)
         self.max_attempts = max_attempts
         self.max_crashes = max_crashes  # attempts in all once a holder died with the row
         self.leases = leases
@@ -118,7 +126,7 @@ class Inbox(RoundWorker):
         self._group = GroupCommit(
             "inbox-rows",
             self._commit_rows,
-            max_batch=self.concurrency,
+            max_batch=self.batch,
             workers=4 if postgres else 1,
         )
         # told of arrivals (accepted, duplicate) and of each outcome (an InboxStatus): metrics

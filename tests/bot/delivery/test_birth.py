@@ -107,6 +107,16 @@ async def test_order_per_chat_with_a_backlog(running: Runtime) -> None:
     assert statuses == {InboxStatus.DONE}
 
 
+async def test_two_hundred_chats_at_once_are_all_born_claimed(running: Runtime) -> None:
+    """The default slots cover 200 chats writing at once (bench/telegram.py's load): each
+    row waits for its turn in memory, none in the table for a claim (four round trips, and
+    newer rows born into the slots before it)."""
+    await asyncio.gather(*(accept(running, 0, f"c{n}", "hi") for n in range(200)))
+    await settled(running, timeout=60)
+    assert running.claimed["inbox"] == 0  # type: ignore[attr-defined]
+    assert set(await inbound_texts(running)) == {f"c{n}" for n in range(200)}
+
+
 async def test_no_free_slot_falls_back_to_the_claim(running: Runtime) -> None:
     running.inbox.concurrency = 1
     await asyncio.gather(*(accept(running, 0, f"c{n}", "hi") for n in range(5)))
