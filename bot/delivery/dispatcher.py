@@ -107,16 +107,23 @@ class Dispatcher(RoundWorker):
         recipient. A channel gone meanwhile (never in practice) leaves them to the lease."""
         chains: dict[tuple[object, object], list[OutboxMessage]] = {}
         # a lease that ran out (or nearly) during a slow commit: the rows are the claim's
-        # (another worker's claim may take them now: sending them here too would double)
+        # (another worker's claim may take them now: sending them here too would double),
+        # released to it: left leased to us, the heartbeat would renew them as long as
+        # anything else is being sent, and no claim would take them till then
         fresh = utcnow() + self.leases.ttl / 2
+        late: list[OutboxMessage] = []
         for values in born:
             if values["channel"] not in self.channels:
                 continue
-            if values["leased_until"] < fresh:  # type: ignore[operator]
-                super().notify()
-                continue
             row = OutboxMessage(**values)
+            if values["leased_until"] < fresh:  # type: ignore[operator]
+                late.append(row)
+                continue
             chains.setdefault((row.channel, row.recipient_id), []).append(row)
+        if late:
+            task = asyncio.create_task(self._release(late), name="outbox-born-late")
+            self._born.add(task)
+            task.add_done_callback(self._born_done)
         for chain in chains.values():
             self._born_rows += len(chain)
             self._born_ids.update(r.id for r in chain)
@@ -157,7 +164,8 @@ class Dispatcher(RoundWorker):
         return [None] * len(batches)
 
     async def _release(self, rows: list[OutboxMessage]) -> None:
-        """Rows born behind one that was retried: pending again, the attempt not counted."""
+        """Rows born behind one that was retried, or born too late to send here (see
+        `hand_over`): pending again, the attempt not counted."""
         if not rows:
             return
         async with self.sessions() as s, s.begin():

@@ -226,6 +226,7 @@ class Inbox(RoundWorker):
             return [(await self._insert([r]))[0] for r in rows]
         results: list[bool | BaseException] = []
         queued = False
+        late: list[int] = []
         for r, key in zip(rows, keys, strict=True):
             # the same update twice in one batch: the first one is the new one
             got = inserted.pop((r["channel"], r["dedupe_key"]), None)
@@ -235,6 +236,9 @@ class Inbox(RoundWorker):
             row_id, status = got
             if status == InboxStatus.PROCESSING and until - utcnow() < self.leases.ttl / 2:
                 # the lease nearly ran out during a slow commit: the claim's, after it
+                # (released: left leased to us, the heartbeat would renew it as long as
+                # anything else is being worked on, and no claim would take it till then)
+                late.append(row_id)
                 self._waiting[row_id] = key
                 queued = True
             elif status == InboxStatus.PROCESSING:
@@ -255,9 +259,33 @@ class Inbox(RoundWorker):
             else:
                 self._waiting[row_id] = key
                 queued = True
+        if late:
+            await self._release(late)
         if queued:
             self.notify()
         return results
+
+    async def _release(self, ids: list[int]) -> None:
+        """Rows born claimed but not started: pending again, the attempt not counted (only
+        while still ours: if the lease ran out, another worker's claim may hold them)."""
+        try:
+            async with self.sessions() as s, s.begin():
+                await s.execute(
+                    update(_INBOX)
+                    .where(
+                        _INBOX.c.id.in_(ids),
+                        _INBOX.c.status == InboxStatus.PROCESSING,
+                        _INBOX.c.leased_by == self.leases.boot_id,
+                    )
+                    .values(
+                        status=InboxStatus.PENDING,
+                        leased_until=None,
+                        leased_by=None,
+                        attempts=_INBOX.c.attempts - 1,
+                    )
+                )
+        except Exception as exc:  # the heartbeat stops renewing them once this process idles
+            log.warning("inbox rows %s not released: %s", ids, f"{type(exc).__name__}: {exc}"[:300])
 
     async def round(self) -> int:
         """The running worker: claim rows for the free slots and start them, without
