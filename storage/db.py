@@ -114,6 +114,37 @@ def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     return async_sessionmaker(engine, expire_on_commit=False)
 
 
+class OneStatement:
+    """Sessions for work that is a single statement, atomic by itself (an INSERT of many
+    rows, an executemany of sent marks): `async with one() as s: await s.execute(...)`.
+
+    PostgreSQL: the session runs outside any transaction (AUTOCOMMIT), the statement in
+    the server's implicit one, committed when its answer arrives (asyncpg waits for
+    ReadyForQuery, after the commit; an executemany is atomic too). asyncpg sends BEGIN and
+    COMMIT as round trips of their own: one statement in a transaction was three round
+    trips, each a wake-up of the event loop and the driver's work. Elsewhere (SQLite): an
+    ordinary transaction (BEGIN IMMEDIATE, the session's gate), its statements inline."""
+
+    def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
+        self.sessions = sessions
+        bind = sessions.kw.get("bind")
+        self.autocommit: async_sessionmaker[AsyncSession] | None = None
+        if isinstance(bind, AsyncEngine) and bind.dialect.name == "postgresql":
+            # an engine view sharing the pool; the setting is a flag of asyncpg's adapter
+            # (no round trip), put back when the connection returns to the pool
+            auto = bind.execution_options(isolation_level="AUTOCOMMIT")
+            self.autocommit = async_sessionmaker(auto, expire_on_commit=False)
+
+    @contextlib.asynccontextmanager
+    async def __call__(self) -> AsyncIterator[AsyncSession]:
+        if self.autocommit is not None:
+            async with self.autocommit() as s:
+                yield s
+            return
+        async with self.sessions() as s, s.begin(), inline(s):
+            yield s
+
+
 @contextlib.asynccontextmanager
 async def inline(s: AsyncSession) -> AsyncIterator[None]:
     """SQLite: the statements of `s`'s transaction (begun here if it was not) run on the

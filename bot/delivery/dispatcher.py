@@ -26,7 +26,7 @@ import random
 from collections.abc import Callable, Iterator, Mapping
 from datetime import timedelta
 
-from sqlalchemy import and_, or_, select, true, update
+from sqlalchemy import Table, and_, bindparam, or_, select, true, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bot.channel import Channel, PermanentSendError, SendResult, TransientSendError
@@ -36,7 +36,7 @@ from bot.delivery.leases import Leases
 from bot.delivery.settings import DispatcherSettings
 from bot.delivery.worker import RoundWorker
 from storage import queries
-from storage.db import inline
+from storage.db import OneStatement, inline
 from storage.models import Conversation, Direction, OutboxMessage, OutboxStatus, utcnow
 from storage.queries import MASKED_TEXT, OutboxBirth, masked
 
@@ -72,6 +72,7 @@ class Dispatcher(RoundWorker):
         self._born_rows = 0
         self._born_ids: set[int] = set()  # held in memory: our own claim must not take them
         self._marks = GroupCommit("outbox-sent", self._sent_marks)
+        self._one = OneStatement(sessions)
         self._quiet = 0  # notify() ignored (the rows committed were all handed over)
         self._missed = False  # notified while born rows were in flight
 
@@ -106,16 +107,23 @@ class Dispatcher(RoundWorker):
         recipient. A channel gone meanwhile (never in practice) leaves them to the lease."""
         chains: dict[tuple[object, object], list[OutboxMessage]] = {}
         # a lease that ran out (or nearly) during a slow commit: the rows are the claim's
-        # (another worker's claim may take them now: sending them here too would double)
+        # (another worker's claim may take them now: sending them here too would double),
+        # released to it: left leased to us, the heartbeat would renew them as long as
+        # anything else is being sent, and no claim would take them till then
         fresh = utcnow() + self.leases.ttl / 2
+        late: list[OutboxMessage] = []
         for values in born:
             if values["channel"] not in self.channels:
                 continue
-            if values["leased_until"] < fresh:  # type: ignore[operator]
-                super().notify()
-                continue
             row = OutboxMessage(**values)
+            if values["leased_until"] < fresh:  # type: ignore[operator]
+                late.append(row)
+                continue
             chains.setdefault((row.channel, row.recipient_id), []).append(row)
+        if late:
+            task = asyncio.create_task(self._release(late), name="outbox-born-late")
+            self._born.add(task)
+            task.add_done_callback(self._born_done)
         for chain in chains.values():
             self._born_rows += len(chain)
             self._born_ids.update(r.id for r in chain)
@@ -156,7 +164,8 @@ class Dispatcher(RoundWorker):
         return [None] * len(batches)
 
     async def _release(self, rows: list[OutboxMessage]) -> None:
-        """Rows born behind one that was retried: pending again, the attempt not counted."""
+        """Rows born behind one that was retried, or born too late to send here (see
+        `hand_over`): pending again, the attempt not counted."""
         if not rows:
             return
         async with self.sessions() as s, s.begin():
@@ -366,29 +375,25 @@ class Dispatcher(RoundWorker):
         if not done:
             return
         now = utcnow()
-        async with self.sessions() as s, s.begin(), inline(s):  # by primary key
-            await s.execute(
-                update(OutboxMessage),
-                [
-                    {
-                        "id": row.id,
-                        "status": OutboxStatus.SENT,
-                        "sent_at": now,
-                        "leased_until": None,
-                        "leased_by": None,
-                        "last_error": None,
-                        "platform_message_id": result.platform_message_id,
-                    }
-                    for row, result in done
-                ],
-            )
-            for row, _ in done:
-                if isinstance(row.body, dict) and MASKED_TEXT in row.body:
+        # in id order, as the heartbeat's renewal meets the rows: two statements locking
+        # the same rows in opposite orders deadlock (one fails after a second's wait)
+        marks = [
+            {"row_id": row.id, "sent_time": now, "platform_id": result.platform_message_id}
+            for row, result in sorted(done, key=lambda d: d[0].id)
+        ]
+        secrets = [r for r, _ in done if isinstance(r.body, dict) and MASKED_TEXT in r.body]
+        if not secrets:
+            # the common case: one executemany, on PostgreSQL outside a transaction (one
+            # round trip, atomic: storage/db.OneStatement); by primary key
+            async with self._one() as s:
+                await s.execute(_SENT, marks)
+        else:
+            async with self.sessions() as s, s.begin(), inline(s):  # by primary key
+                await s.execute(_SENT, marks)
+                for row in secrets:
                     # a secret (a one-time code) need not outlive its delivery
                     await s.execute(
-                        update(OutboxMessage)
-                        .where(OutboxMessage.id == row.id)
-                        .values(body=masked(row.body))
+                        update(_OUTBOX).where(_OUTBOX.c.id == row.id).values(body=masked(row.body))
                     )
         for row, _ in done:
             self.observe(row, "sent")
@@ -467,3 +472,20 @@ class Dispatcher(RoundWorker):
                     },
                 )
         self.observe(row, "failed")
+
+
+_OUTBOX: Table = OutboxMessage.__table__  # type: ignore[assignment]
+# Core, built once (its compiled form cached): the ORM's bulk UPDATE by primary key
+# rebuilt and compiled its statement at every call
+_SENT = (
+    update(_OUTBOX)
+    .where(_OUTBOX.c.id == bindparam("row_id"))
+    .values(
+        status=OutboxStatus.SENT,
+        sent_at=bindparam("sent_time"),
+        leased_until=None,
+        leased_by=None,
+        last_error=None,
+        platform_message_id=bindparam("platform_id"),
+    )
+)

@@ -40,6 +40,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bot.channel.host import Admission
 from bot.delivery.group import GroupCommit
+from storage.db import OneStatement
 from storage.models import InboxStatus, InboxUpdate, utcnow
 
 __all__ = ["Admission", "FloodControl", "SharedFloodControl", "defer", "limiter", "row_key"]
@@ -91,27 +92,30 @@ class FloodControl:
         return len(self._buckets)
 
 
-# GCRA in one statement: a sender's mark (tat) moves on by one interval per message let
-# through; a message is let through while the mark is at most `tolerance` ahead of now.
-# A new sender is inserted; a sender over the rate is not updated (the UPDATE's WHERE),
-# and the wait is read from the row as it was (a data-modifying CTE's snapshot).
+# GCRA in one statement for many senders: a sender's mark (tat) moves on by one interval
+# per message let through; a message is let through while the mark is at most `tolerance`
+# ahead of now. A new sender is inserted; a sender over the rate is not updated (the
+# UPDATE's WHERE), and its wait is read from the row as it was (a data-modifying CTE's
+# snapshot). The keys are distinct (an INSERT ... ON CONFLICT touches a row once) and
+# sorted, so two workers' statements lock marks in one order.
 _ADMIT = text(
     """
     WITH clock AS (SELECT extract(epoch FROM clock_timestamp())::float8 AS now),
+    asked AS (SELECT k FROM unnest(CAST(:keys AS varchar[])) AS k),
     taken AS (
         INSERT INTO flood_marks (key, tat)
-        SELECT :key, clock.now + :interval FROM clock
+        SELECT asked.k, clock.now + :interval FROM asked, clock ORDER BY asked.k
         ON CONFLICT (key) DO UPDATE
             SET tat = greatest(flood_marks.tat, excluded.tat - :interval) + :interval
             WHERE greatest(flood_marks.tat, excluded.tat - :interval)
                   - (excluded.tat - :interval) <= :tolerance
-        RETURNING 0.0::float8 AS wait
+        RETURNING key
     )
-    SELECT wait FROM taken
+    SELECT key, 0.0::float8 AS wait FROM taken
     UNION ALL
-    SELECT greatest(m.tat - clock.now - :tolerance, 0.001)
+    SELECT m.key, greatest(m.tat - clock.now - :tolerance, 0.001)
     FROM flood_marks m, clock
-    WHERE m.key = :key AND NOT EXISTS (SELECT 1 FROM taken)
+    WHERE m.key IN (SELECT k FROM asked) AND m.key NOT IN (SELECT key FROM taken)
     """
 )
 _FORGET = text("DELETE FROM flood_marks WHERE tat < extract(epoch FROM clock_timestamp()) - 3600")
@@ -128,6 +132,7 @@ class SharedFloodControl:
         self.interval = 1.0 / rate
         self.tolerance = (burst - 1) * self.interval
         self._purge_at = time.monotonic()  # the first admission purges
+        self._one = OneStatement(sessions)
         self._group = GroupCommit("flood", self._admit_many, max_batch=64)
 
     async def admit(self, key: tuple[str, str]) -> float:
@@ -135,22 +140,34 @@ class SharedFloodControl:
         return await self._group.submit(digest)
 
     async def _admit_many(self, digests: list[str]) -> list[float]:
-        """The admissions asked for while the last transaction ran, in one transaction
-        (group commit); in key order, so two workers' batches lock marks in one order."""
+        """The admissions asked for while the last statement ran, in one statement (group
+        commit; PostgreSQL only, outside a transaction: one round trip). A sender asked for
+        twice in one batch (never from the inbox, which handles a chat's rows one at a
+        time) goes again in a statement of its own, after the first."""
         purge, now = False, time.monotonic()
         if now >= self._purge_at:
             purge, self._purge_at = True, now + FORGET_EVERY
-        waits: dict[int, float] = {}
-        async with self.sessions() as s, s.begin():
-            for i in sorted(range(len(digests)), key=digests.__getitem__):
-                params = {"key": digests[i], "interval": self.interval, "tolerance": self.tolerance}
-                wait = (await s.execute(_ADMIT, params)).scalar_one_or_none()
+        waits: list[float] = [self.interval] * len(digests)
+        left = list(range(len(digests)))
+        async with self._one() as s:
+            while left:
+                first: dict[str, int] = {}
+                for i in left:
+                    first.setdefault(digests[i], i)
+                left = [i for i in left if first[digests[i]] != i]
+                params = {
+                    "keys": sorted(first),
+                    "interval": self.interval,
+                    "tolerance": self.tolerance,
+                }
+                got = {key: wait for key, wait in await s.execute(_ADMIT, params)}
                 # no row: another worker inserted this sender's mark after our statement
                 # began and the mark was full (its snapshot cannot see it): ask again later
-                waits[i] = self.interval if wait is None else float(wait)
+                for key, i in first.items():
+                    waits[i] = float(got[key]) if key in got else self.interval
             if purge:
                 await s.execute(_FORGET)
-        return [waits[i] for i in range(len(digests))]
+        return waits
 
 
 def limiter(

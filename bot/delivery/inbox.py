@@ -54,7 +54,7 @@ from bot.delivery.group import GroupCommit
 from bot.delivery.leases import Leases
 from bot.delivery.worker import RoundWorker
 from storage import queries
-from storage.db import inline, is_unavailable
+from storage.db import OneStatement, inline, is_unavailable
 from storage.models import DeadLetter, InboxStatus, InboxUpdate, utcnow
 from storage.queries import scrub
 
@@ -76,6 +76,7 @@ class Inbox(RoundWorker):
         *,
         dialect: str,
         concurrency: int | None = None,
+        batch: int | None = None,
         max_attempts: int = 5,
         max_crashes: int = 3,
         poll_interval: float = 1.0,
@@ -87,11 +88,18 @@ class Inbox(RoundWorker):
         self.sessions = sessions
         self.engine = engine
         self.dialect = dialect
-        # rows in flight at once, and the most in one group commit. PostgreSQL: 64 (its
-        # batches overlap, each waiting for the server; 200 customers at once went from
-        # 0.18x to 0.28x of the FSM bot's throughput with it); SQLite: 32 (a group holds
-        # the one writer lock and, inline, the event loop)
-        self.concurrency = concurrency or (64 if dialect == "postgresql" else 32)
+        # rows in flight at once: enough for every chat active under load, so that a row
+        # is born claimed (the module's text: "Claimed at birth") and waits for its
+        # turn in memory, in the group commit's queue (first come, first served). With
+        # fewer slots than chats (it was 64 on PostgreSQL, 32 on SQLite) the rest were
+        # inserted pending and waited in the table for a claim: four round trips each, the
+        # slots taken at birth by newer rows before them (200 customers, bench/telegram.py:
+        # p99 of "accepted -> turn began" 3.5-4.1 s, with 256 slots 0.5-0.9 s)
+        self.concurrency = concurrency or 256
+        # the most rows in one group commit. PostgreSQL: 64 (its batches overlap, each
+        # waiting for the server); SQLite: 32 (a group holds the one writer lock and,
+        # inline, the event loop)
+        self.batch = batch or (64 if dialect == "postgresql" else 32)
         self.max_attempts = max_attempts
         self.max_crashes = max_crashes  # attempts in all once a holder died with the row
         self.leases = leases
@@ -107,6 +115,7 @@ class Inbox(RoundWorker):
         self._waiting: dict[int, tuple[str, str]] = {}  # row id: partition
         self._deferred: dict[tuple[str, str], float] = {}  # flood control: loop time due
         self._accept_stmt = _accept_statement(dialect)
+        self._one = OneStatement(sessions)
         # the outbox rows of a group commit are born leased to it (runtime sets it)
         self.dispatcher: Dispatcher | None = None
         # PostgreSQL: several batches at once (a connection each): a batch spends most of
@@ -117,7 +126,7 @@ class Inbox(RoundWorker):
         self._group = GroupCommit(
             "inbox-rows",
             self._commit_rows,
-            max_batch=self.concurrency,
+            max_batch=self.batch,
             workers=4 if postgres else 1,
         )
         # told of arrivals (accepted, duplicate) and of each outcome (an InboxStatus): metrics
@@ -203,7 +212,10 @@ class Inbox(RoundWorker):
             for r, b in zip(rows, born, strict=True)
         ]
         try:
-            async with self.sessions() as s, s.begin(), inline(s):
+            # one statement: on PostgreSQL outside a transaction, one round trip, committed
+            # when it answers (storage/db.OneStatement); the batch is one page of
+            # insertmanyvalues (max_batch rows), so it is all or nothing
+            async with self._one() as s:
                 result = await s.execute(self._accept_stmt, values)
                 inserted = {(c, k): (i, st) for i, c, k, st in result}
         except Exception as exc:
@@ -214,6 +226,7 @@ class Inbox(RoundWorker):
             return [(await self._insert([r]))[0] for r in rows]
         results: list[bool | BaseException] = []
         queued = False
+        late: list[int] = []
         for r, key in zip(rows, keys, strict=True):
             # the same update twice in one batch: the first one is the new one
             got = inserted.pop((r["channel"], r["dedupe_key"]), None)
@@ -223,6 +236,9 @@ class Inbox(RoundWorker):
             row_id, status = got
             if status == InboxStatus.PROCESSING and until - utcnow() < self.leases.ttl / 2:
                 # the lease nearly ran out during a slow commit: the claim's, after it
+                # (released: left leased to us, the heartbeat would renew it as long as
+                # anything else is being worked on, and no claim would take it till then)
+                late.append(row_id)
                 self._waiting[row_id] = key
                 queued = True
             elif status == InboxStatus.PROCESSING:
@@ -243,9 +259,33 @@ class Inbox(RoundWorker):
             else:
                 self._waiting[row_id] = key
                 queued = True
+        if late:
+            await self._release(late)
         if queued:
             self.notify()
         return results
+
+    async def _release(self, ids: list[int]) -> None:
+        """Rows born claimed but not started: pending again, the attempt not counted (only
+        while still ours: if the lease ran out, another worker's claim may hold them)."""
+        try:
+            async with self.sessions() as s, s.begin():
+                await s.execute(
+                    update(_INBOX)
+                    .where(
+                        _INBOX.c.id.in_(ids),
+                        _INBOX.c.status == InboxStatus.PROCESSING,
+                        _INBOX.c.leased_by == self.leases.boot_id,
+                    )
+                    .values(
+                        status=InboxStatus.PENDING,
+                        leased_until=None,
+                        leased_by=None,
+                        attempts=_INBOX.c.attempts - 1,
+                    )
+                )
+        except Exception as exc:  # the heartbeat stops renewing them once this process idles
+            log.warning("inbox rows %s not released: %s", ids, f"{type(exc).__name__}: {exc}"[:300])
 
     async def round(self) -> int:
         """The running worker: claim rows for the free slots and start them, without

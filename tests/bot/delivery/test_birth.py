@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -105,6 +106,16 @@ async def test_order_per_chat_with_a_backlog(running: Runtime) -> None:
     async with running.sessions() as s:
         statuses = set((await s.execute(select(InboxUpdate.status))).scalars())
     assert statuses == {InboxStatus.DONE}
+
+
+async def test_two_hundred_chats_at_once_are_all_born_claimed(running: Runtime) -> None:
+    """The default slots cover 200 chats writing at once (bench/telegram.py's load): each
+    row waits for its turn in memory, none in the table for a claim (four round trips, and
+    newer rows born into the slots before it)."""
+    await asyncio.gather(*(accept(running, 0, f"c{n}", "hi") for n in range(200)))
+    await settled(running, timeout=60)
+    assert running.claimed["inbox"] == 0  # type: ignore[attr-defined]
+    assert set(await inbound_texts(running)) == {f"c{n}" for n in range(200)}
 
 
 async def test_no_free_slot_falls_back_to_the_claim(running: Runtime) -> None:
@@ -299,3 +310,63 @@ async def test_a_born_inbox_row_whose_lease_ran_out_is_not_claimed_by_its_own_pr
     gate.set()
     await settled(running)
     assert (await inbound_texts(running))["s"] == ["hello"]
+
+
+# ---- a commit so slow that the leases of its born rows nearly ran out -----------------------
+# Not handled from memory (another worker's claim may take them once the lease is out), but
+# released to the claim: left leased to us, the heartbeat renewed them as long as anything
+# else was being worked on, and no claim took them till the load ended (replies a minute
+# late under bench/telegram.py's load, with nothing in the log).
+
+
+async def test_a_reply_born_too_late_to_send_goes_to_the_claim(running: Runtime) -> None:
+    rt = running
+    now = utcnow()
+    values: dict[str, Any] = {
+        "channel": "test",
+        "recipient_id": "late",
+        "thread_key": "late",
+        "body": {"text": "hello"},
+        "conversation_id": None,
+        "identity_id": None,
+        "status": OutboxStatus.SENDING,
+        "attempts": 1,
+        "leased_by": rt.leases.boot_id,
+        "leased_until": now + timedelta(seconds=1),  # less than half the lease left
+        "next_attempt_at": now,
+        "created_at": now,
+    }
+    async with rt.sessions() as s, s.begin():
+        row = OutboxMessage(**values)
+        s.add(row)
+        await s.flush()
+        values["id"] = row.id
+    with rt.leases.held():  # other work in flight: the heartbeat renews our leases
+        rt.dispatcher.hand_over([values])
+        async with asyncio.timeout(5):
+            while not recorder(rt).sent:
+                await asyncio.sleep(0.05)
+    assert [m.outbox_id for m in recorder(rt).sent] == [values["id"]]
+    await settled(rt)
+    async with rt.sessions() as s:
+        sent = await s.get(OutboxMessage, values["id"])
+    assert sent is not None and sent.status == OutboxStatus.SENT and sent.attempts == 1
+
+
+async def test_an_update_born_too_late_to_start_goes_to_the_claim(
+    running: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rt = running
+    # the accept's commit took so long that the lease it wrote has less than half left
+    monkeypatch.setattr(rt.leases, "until", lambda: utcnow() + timedelta(seconds=1))
+    with rt.leases.held():  # other work in flight: the heartbeat renews our leases
+        assert await accept(rt, 0, "late", "hello")
+        monkeypatch.undo()
+        async with asyncio.timeout(5):
+            while "late" not in await inbound_texts(rt):
+                await asyncio.sleep(0.05)
+    await settled(rt)
+    async with rt.sessions() as s:
+        (row,) = (await s.execute(select(InboxUpdate))).scalars()
+    assert row.status == InboxStatus.DONE and row.attempts == 1
+    assert rt.claimed["inbox"] == 1  # type: ignore[attr-defined]

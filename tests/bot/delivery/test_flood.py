@@ -13,7 +13,7 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import select, text
+from sqlalchemy import event, select, text
 from websockets.asyncio.client import ClientConnection
 
 from bot.channel.messages import ChannelEvent, InboundMessage
@@ -236,6 +236,31 @@ async def test_the_shared_limit_counts_every_worker(pg_url: str) -> None:
     finally:
         for e in engines:
             await e.dispose()
+
+
+@pytest.mark.postgres
+async def test_the_admissions_asked_together_are_one_statement(pg_url: str) -> None:
+    """Many senders asked for at once share one statement; a sender
+    asked for twice in it is counted twice, in order, as asked one after the other."""
+    db = create_engine(pg_url)
+    statements: list[str] = []
+    event.listen(db.sync_engine, "before_cursor_execute", lambda *a: statements.append(a[2]))
+    limiter = SharedFloodControl(session_factory(db), rate=4.0, burst=2)
+    try:
+        await limiter.admit(("telegram", "warm-up"))  # the first admission also purges
+        statements.clear()
+        one, two = (("telegram", f"chat-{uuid.uuid4().hex}") for _ in range(2))
+        others = [("telegram", f"chat-{uuid.uuid4().hex}") for _ in range(10)]
+        asked = [one, *others, one, two, one]
+        waits = await asyncio.gather(*(limiter.admit(k) for k in asked))
+        assert waits[1:11] == [0.0] * 10 and waits[12] == 0.0
+        assert waits[0] == 0.0 and waits[11] == 0.0  # `one`: its burst of two
+        assert 0 < waits[13] <= 0.25  # and the third is too early
+        # the first round holds every sender once, the second `one` again, the third once more
+        assert len(statements) == 3, statements
+        assert all("flood_marks" in s for s in statements)
+    finally:
+        await db.dispose()
 
 
 @pytest.mark.postgres
