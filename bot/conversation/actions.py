@@ -33,7 +33,7 @@ from flows.model import Context, Reply
 from flows.options import FlowOptions
 from flows.service_level import queue_priority
 from storage import queries
-from storage.models import Case, ConversationStatus, SurveyAnswer
+from storage.models import ConversationStatus, SurveyAnswer
 
 DATE_FORMATS = {"de": "%d.%m.%Y, %H:%M Uhr", "en": "%d %b %Y, %H:%M"}
 DAY_FORMATS = {"de": "%d.%m.%Y", "en": "%d %b %Y"}
@@ -171,25 +171,16 @@ class ActionRunner:
         turn.note("queue_position", position=position, agents_online=there.agents_online)
 
     async def _open_case(self, turn: Turn, a: OpenCase) -> None:
-        ctx = turn.ctx
-        case = await queries.create_case(
+        # the same Core statements as the plain turn's (`open_case_in`): no Case object is
+        # needed, only its reference
+        note, reply = await self.open_case_in(
             turn.session,
-            Case(
-                contact_id=turn.contact.id,
-                conversation_id=turn.conversation.id,
-                category=a.category,
-                description=a.description,
-                order_reference=a.order_reference,
-                severity=a.severity,
-                desired_resolution=a.desired_resolution,
-                priority=a.priority,
-                sla_due_at=a.due_at,
-                created_at=ctx.now,
-                updated_at=ctx.now,
-            ),
+            turn.contact.id,
+            turn.conversation.id,
+            turn.contact.timezone,
+            turn.ctx,
+            a,
         )
-        assert case.reference is not None
-        note, reply = self._case_opened(case.reference, a, ctx, turn.contact.timezone)
         turn.note("case_opened", **note)
         turn.replies.append(reply)
 

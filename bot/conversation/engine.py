@@ -228,18 +228,7 @@ class Engine:
                 s, contact.id, identity.id, msg.channel, msg.thread_key
             )
         text = clean_text(msg.text)[:MAX_STORED_TEXT] if msg.text else ""
-        queries.add_touchpoint(
-            s,
-            contact_id=contact.id,
-            conversation_id=conv.id,
-            channel=msg.channel,
-            direction=Direction.IN,
-            kind=msg.kind,
-            actor="customer",
-            text=text,
-            payload={**_inbound_payload(msg), **extra},
-            platform_message_id=msg.platform_message_id,
-        )
+        _inbound_touchpoint(s, msg, contact.id, conv.id, text, {**_inbound_payload(msg), **extra})
         # not flushed here: it goes with the turn's other touchpoints in one INSERT; the
         # dedupe index speaks then if a racing process won (the transaction, or the
         # savepoint, rolls back whole, and the retry finds the duplicate)
@@ -389,17 +378,8 @@ class Engine:
             await queries.mark_seen(s, marks, updated_at=utcnow())
         else:
             seen.append((row.identity_id, row.contact_id, seen_at))
-        queries.add_touchpoint(
-            s,
-            contact_id=row.contact_id,
-            conversation_id=row.conversation_id,
-            channel=msg.channel,
-            direction=Direction.IN,
-            kind=msg.kind,
-            actor="customer",
-            text=text,
-            payload=_inbound_payload(msg),
-            platform_message_id=msg.platform_message_id,
+        _inbound_touchpoint(
+            s, msg, row.contact_id, row.conversation_id, text, _inbound_payload(msg)
         )
         for action in decision.actions:  # as ActionRunner does them
             if isinstance(action, LogSelfService):
@@ -1042,6 +1022,29 @@ def _with_notice(replies: list[Reply], turn: Turn) -> list[Reply]:
 
 def _choice(b: Button) -> Choice:
     return Choice(b.payload, b.label)
+
+
+def _inbound_touchpoint(
+    s: AsyncSession,
+    msg: InboundMessage,
+    contact_id: int,
+    conversation_id: int,
+    text: str,
+    payload: dict[str, Any],
+) -> None:
+    """The customer's message in the history (the ORM turn's and the plain turn's)."""
+    queries.add_touchpoint(
+        s,
+        contact_id=contact_id,
+        conversation_id=conversation_id,
+        channel=msg.channel,
+        direction=Direction.IN,
+        kind=msg.kind,
+        actor="customer",
+        text=text,
+        payload=payload,
+        platform_message_id=msg.platform_message_id,
+    )
 
 
 def _inbound_payload(msg: InboundMessage) -> dict[str, Any]:
