@@ -42,6 +42,7 @@ from storage.queries import MASKED_TEXT, OutboxBirth, masked
 
 log = logging.getLogger(__name__)
 UNFINISHED = (OutboxStatus.PENDING, OutboxStatus.SENDING)
+BORN_MAX = 256  # see Dispatcher.born_size
 
 
 class Dispatcher(RoundWorker):
@@ -64,6 +65,10 @@ class Dispatcher(RoundWorker):
         self.skip_locked = skip_locked
         # rows claimed at once: a few rounds of sends in flight
         self.claim_size = settings.concurrency * 4
+        # rows born leased to it at once (`birth`): the replies of as many turns as the
+        # inbox has in flight (256), so that under load they go out from memory rather
+        # than wait in the table for a claim (claim_size was the cap: 64)
+        self.born_size = max(self.claim_size, BORN_MAX)
         # told of each attempt's result after it is committed: sent, retry, failed (metrics)
         self.observe: Callable[[OutboxMessage, str], None] = lambda row, result: None
         # rows leased at birth (`birth`, `hand_over`): their tasks, how many rows are in
@@ -97,7 +102,7 @@ class Dispatcher(RoundWorker):
         dispatcher, as many as it has room for); None when it is not running."""
         if self._task is None or self._stopping or not self.channels:
             return None
-        slots = self.claim_size - self._born_rows
+        slots = self.born_size - self._born_rows
         if slots <= 0:
             return None
         return OutboxBirth(owner=self.leases.boot_id, until=self.leases.until(), slots=slots)

@@ -241,7 +241,7 @@ async def test_a_born_row_retried_takes_the_rows_behind_it_back(running: Runtime
 
 
 async def test_no_birth_when_the_dispatcher_is_full_or_stopped(running: Runtime) -> None:
-    running.dispatcher._born_rows = running.dispatcher.claim_size
+    running.dispatcher._born_rows = running.dispatcher.born_size
     assert running.dispatcher.birth() is None
     running.dispatcher._born_rows = 0
     birth = running.dispatcher.birth()
