@@ -163,10 +163,11 @@ async def turn_rows(
     return bool(row[3]), row[0], row[2]
 
 
-_TOUCHPOINT_COLUMNS: Table = Touchpoint.__table__  # type: ignore[assignment]
-_CONVERSATION_TABLE: Table = Conversation.__table__  # type: ignore[assignment]
-_IDENTITY_TABLE: Table = Identity.__table__  # type: ignore[assignment]
-_CONTACT_TABLE: Table = Contact.__table__  # type: ignore[assignment]
+# the tables of the Core statements below (one name each)
+_IDENTITIES: Table = Identity.__table__  # type: ignore[assignment]
+_CONTACTS: Table = Contact.__table__  # type: ignore[assignment]
+_CONVERSATIONS: Table = Conversation.__table__  # type: ignore[assignment]
+_TOUCHPOINT_TABLE: Table = Touchpoint.__table__  # type: ignore[assignment]
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,41 +195,41 @@ class TurnRow:
 # nor refreshes its identity map (the ORM's loading was a tenth of a turn's CPU)
 _TURN_ROW = (
     select(
-        select(_TOUCHPOINT_COLUMNS.c.id)
+        select(_TOUCHPOINT_TABLE.c.id)
         .where(
-            _TOUCHPOINT_COLUMNS.c.channel == bindparam("channel"),
-            _TOUCHPOINT_COLUMNS.c.platform_message_id == bindparam("message_id"),
-            _TOUCHPOINT_COLUMNS.c.direction == INBOUND,
+            _TOUCHPOINT_TABLE.c.channel == bindparam("channel"),
+            _TOUCHPOINT_TABLE.c.platform_message_id == bindparam("message_id"),
+            _TOUCHPOINT_TABLE.c.direction == INBOUND,
         )
         .exists()
         .label("duplicate"),
-        _IDENTITY_TABLE.c.id,
-        _IDENTITY_TABLE.c.contact_id,
-        _IDENTITY_TABLE.c.external_id,
-        _IDENTITY_TABLE.c.display_name,
-        _IDENTITY_TABLE.c.reachable,
-        _IDENTITY_TABLE.c.unreachable_reason,
-        _CONTACT_TABLE.c.name,
-        _CONTACT_TABLE.c.locale,
-        _CONTACT_TABLE.c.value_segment,
-        _CONTACT_TABLE.c.lifecycle_phase,
-        _CONTACT_TABLE.c.timezone,
-        _CONVERSATION_TABLE.c.id,
-        _CONVERSATION_TABLE.c.status,
-        _CONVERSATION_TABLE.c.flow_state,
+        _IDENTITIES.c.id,
+        _IDENTITIES.c.contact_id,
+        _IDENTITIES.c.external_id,
+        _IDENTITIES.c.display_name,
+        _IDENTITIES.c.reachable,
+        _IDENTITIES.c.unreachable_reason,
+        _CONTACTS.c.name,
+        _CONTACTS.c.locale,
+        _CONTACTS.c.value_segment,
+        _CONTACTS.c.lifecycle_phase,
+        _CONTACTS.c.timezone,
+        _CONVERSATIONS.c.id,
+        _CONVERSATIONS.c.status,
+        _CONVERSATIONS.c.flow_state,
     )
-    .join_from(_IDENTITY_TABLE, _CONTACT_TABLE, _CONTACT_TABLE.c.id == _IDENTITY_TABLE.c.contact_id)
+    .join_from(_IDENTITIES, _CONTACTS, _CONTACTS.c.id == _IDENTITIES.c.contact_id)
     .join(
-        _CONVERSATION_TABLE,
-        (_CONVERSATION_TABLE.c.channel == _IDENTITY_TABLE.c.channel)
-        & (_CONVERSATION_TABLE.c.thread_key == bindparam("thread_key"))
-        & (_CONVERSATION_TABLE.c.status != CLOSED),
+        _CONVERSATIONS,
+        (_CONVERSATIONS.c.channel == _IDENTITIES.c.channel)
+        & (_CONVERSATIONS.c.thread_key == bindparam("thread_key"))
+        & (_CONVERSATIONS.c.status != CLOSED),
     )
     .where(
-        _IDENTITY_TABLE.c.channel == bindparam("channel"),
-        _IDENTITY_TABLE.c.external_id == bindparam("sender"),
+        _IDENTITIES.c.channel == bindparam("channel"),
+        _IDENTITIES.c.external_id == bindparam("sender"),
     )
-    .with_for_update(of=_CONVERSATION_TABLE)
+    .with_for_update(of=_CONVERSATIONS)
 )
 
 
@@ -250,8 +251,8 @@ async def turn_row(
 
 
 _SET_FLOW_STATE = (
-    update(_CONVERSATION_TABLE)
-    .where(_CONVERSATION_TABLE.c.id == bindparam("b_id"))
+    update(_CONVERSATIONS)
+    .where(_CONVERSATIONS.c.id == bindparam("b_id"))
     .values(flow_state=bindparam("b_state"), updated_at=bindparam("b_now"))
 )
 
@@ -336,8 +337,6 @@ async def create_conversation(
 
 
 _SEEN = "deferred_seen"  # session.info: the seen marks a group commit writes at its end
-_IDENTITIES: Table = Identity.__table__  # type: ignore[assignment]
-_CONTACTS: Table = Contact.__table__  # type: ignore[assignment]
 _IDENTITY_SEEN = (
     update(_IDENTITIES)
     .where(_IDENTITIES.c.id == bindparam("identity_id"))
@@ -423,7 +422,6 @@ def add_touchpoint(
 
 
 _TOUCHPOINTS = "deferred_touchpoints"  # session.info: rows flush_touchpoints writes
-_TOUCHPOINT_TABLE: Table = Touchpoint.__table__  # type: ignore[assignment]
 
 
 def defer_touchpoints(s: AsyncSession) -> None:

@@ -33,7 +33,7 @@ from bot.channel import Channel, PermanentSendError, SendResult, TransientSendEr
 from bot.channel.messages import OutboundMessage
 from bot.delivery.group import GroupCommit
 from bot.delivery.leases import Leases
-from bot.delivery.settings import DispatcherSettings
+from bot.delivery.settings import IN_FLIGHT, DispatcherSettings
 from bot.delivery.worker import RoundWorker
 from storage import queries
 from storage.db import OneStatement, inline
@@ -42,7 +42,6 @@ from storage.queries import MASKED_TEXT, OutboxBirth, masked
 
 log = logging.getLogger(__name__)
 UNFINISHED = (OutboxStatus.PENDING, OutboxStatus.SENDING)
-BORN_MAX = 256  # see Dispatcher.born_size
 
 
 class Dispatcher(RoundWorker):
@@ -66,9 +65,9 @@ class Dispatcher(RoundWorker):
         # rows claimed at once: a few rounds of sends in flight
         self.claim_size = settings.concurrency * 4
         # rows born leased to it at once (`birth`): the replies of as many turns as the
-        # inbox has in flight (256), so that under load they go out from memory rather
-        # than wait in the table for a claim (claim_size was the cap: 64)
-        self.born_size = max(self.claim_size, BORN_MAX)
+        # inbox has in flight, so that under load they go out from memory rather than
+        # wait in the table for a claim (claim_size was the cap: 64)
+        self.born_size = max(self.claim_size, IN_FLIGHT)
         # told of each attempt's result after it is committed: sent, retry, failed (metrics)
         self.observe: Callable[[OutboxMessage, str], None] = lambda row, result: None
         # rows leased at birth (`birth`, `hand_over`): their tasks, how many rows are in

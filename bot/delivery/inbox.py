@@ -52,6 +52,7 @@ from bot.delivery.dispatcher import Dispatcher
 from bot.delivery.flood import Admission, defer, row_key
 from bot.delivery.group import GroupCommit
 from bot.delivery.leases import Leases
+from bot.delivery.settings import IN_FLIGHT
 from bot.delivery.worker import RoundWorker
 from storage import queries
 from storage.db import OneStatement, inline, is_unavailable
@@ -95,7 +96,7 @@ class Inbox(RoundWorker):
         # inserted pending and waited in the table for a claim: four round trips each, the
         # slots taken at birth by newer rows before them (200 customers, bench/telegram.py:
         # p99 of "accepted -> turn began" 3.5-4.1 s, with 256 slots 0.5-0.9 s)
-        self.concurrency = concurrency or 256
+        self.concurrency = concurrency or IN_FLIGHT
         # the most rows in one group commit. PostgreSQL: 64 (its batches overlap, each
         # waiting for the server); SQLite: 32 (a group holds the one writer lock and,
         # inline, the event loop)

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+# rows the inbox has in flight at once (bot/delivery/inbox.py), and so the replies the
+# dispatcher takes born leased (bot/delivery/dispatcher.py): every chat active under load
+IN_FLIGHT = 256
+
 
 class DispatcherSettings(BaseModel):
     """The outbox dispatcher and the inbox worker (bot/delivery/)."""
