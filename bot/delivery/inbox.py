@@ -294,6 +294,9 @@ class Inbox(RoundWorker):
         holds up only its own partition. A finished row notifies the next round if this
         process left rows pending."""
         free = self.concurrency - len(self._running) - self._reserved
+        # rows left pending by inserts that commit while the claim runs are not in its
+        # snapshot: they keep their wake-up below
+        known = set(self._waiting)
         rows = await self._claim(free) if free > 0 else []
         for row in rows:
             self._waiting.pop(row.id, None)
@@ -307,7 +310,7 @@ class Inbox(RoundWorker):
             self._waiting = {
                 i: k
                 for i, k in self._waiting.items()
-                if k in self._running_keys or k in self._deferred
+                if i not in known or k in self._running_keys or k in self._deferred
             }
         return len(rows)
 
