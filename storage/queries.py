@@ -257,11 +257,18 @@ _SET_FLOW_STATE = (
 )
 
 
+_FLOW_STATES = "deferred_flow_states"  # session.info: the states flush_deferred writes
+
+
 async def set_flow_state(s: AsyncSession, conversation_id: int, state: Mapping[str, Any]) -> None:
     """A conversation's new flow state, as the ORM writes it (updated_at: now), in one
-    UPDATE whose compilation is cached."""
+    UPDATE whose compilation is cached; kept for `flush_deferred` after `defer_group`."""
     params = {"b_id": conversation_id, "b_state": state, "b_now": utcnow()}
-    await s.execute(_SET_FLOW_STATE, params)
+    deferred: dict[int, dict[str, Any]] | None = s.info.get(_FLOW_STATES)
+    if deferred is None:
+        await s.execute(_SET_FLOW_STATE, params)
+    else:
+        deferred[conversation_id] = params
 
 
 async def get_identity(s: AsyncSession, channel: str, external_id: str) -> Identity | None:
@@ -448,6 +455,29 @@ def drop_touchpoints(s: AsyncSession) -> None:
     rows = s.info.get(_TOUCHPOINTS)
     if rows:
         rows.clear()
+
+
+def defer_group(s: AsyncSession) -> None:
+    """A group commit without savepoints (bot/delivery/inbox.py): from now on in `s`, the
+    touchpoints (`defer_touchpoints`) and the flow states `set_flow_state` writes are kept
+    for `flush_deferred`, which writes all of the group's turns' rows in one executemany per
+    table: two statements per group, not two per message. Nothing in a turn reads another
+    conversation's flow state; the caller flushes before a second message of a chat (its
+    turn reads its conversation's row and dedupes on the touchpoints)."""
+    defer_touchpoints(s)
+    s.info.setdefault(_FLOW_STATES, {})
+
+
+async def flush_deferred(s: AsyncSession) -> None:
+    """Write what `defer_group` kept (the touchpoints only after `defer_touchpoints`)."""
+    await flush_touchpoints(s)
+    states: dict[int, dict[str, Any]] | None = s.info.get(_FLOW_STATES)
+    if states:
+        # in id order: the rows are locked already (turn_row), but a stable order costs
+        # nothing and keeps PostgreSQL's executemany deterministic
+        batch = [states[k] for k in sorted(states)]
+        states.clear()
+        await s.execute(_SET_FLOW_STATE, batch)
 
 
 # an outbox body's text to keep once the message is sent (bot/conversation/linking.py's code

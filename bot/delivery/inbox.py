@@ -472,6 +472,13 @@ class Inbox(RoundWorker):
                     # the replies born leased to the dispatcher, handed to it after the commit
                     birth = self.dispatcher.birth() if self.dispatcher is not None else None
                     queries.lease_at_birth(s, birth)
+                    # without savepoints (a failure reruns the whole group), the turns'
+                    # touchpoints and flow states go in one statement per table at the
+                    # group's end; a chat's second message flushes them first
+                    grouped = not savepoints and len(batch) > 1
+                    if grouped:
+                        queries.defer_group(s)
+                    chats: set[tuple[str, str]] = set()  # handled since the last flush
                     for i, g in enumerate(batch):
                         mark = len(seen)
                         born = birth.mark() if birth is not None else (0, 0)
@@ -479,10 +486,16 @@ class Inbox(RoundWorker):
                             async with s.begin_nested() if savepoints else _no_savepoint():
                                 try:
                                     for m in g.messages:
+                                        if grouped and (m.channel, m.thread_key) in chats:
+                                            await queries.flush_deferred(s)
+                                            chats.clear()
+                                        chats.add((m.channel, m.thread_key))
                                         results[i].append(await self.engine.handle_in(s, m))
-                                    await queries.flush_touchpoints(s)
+                                    if not grouped:
+                                        await queries.flush_touchpoints(s)
                                 finally:
-                                    queries.drop_touchpoints(s)  # written, or rolled back
+                                    if not grouped:
+                                        queries.drop_touchpoints(s)  # written, or rolled back
                             done[i] = True
                             # inline statements (SQLite) never yield: let the loop breathe
                             await asyncio.sleep(0)
@@ -494,6 +507,8 @@ class Inbox(RoundWorker):
                             if birth is not None:
                                 birth.rollback(born)
                             log.info("inbox row %s: %s; handled alone", g.row.id, repr(exc)[:200])
+                    if grouped:
+                        await queries.flush_deferred(s)
                     # in the same transaction as the rows' effects: they commit together
                     finished = [
                         _finished(g.row.id, g.status, g.note, now)[1]

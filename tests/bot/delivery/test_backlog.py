@@ -165,9 +165,12 @@ async def test_a_group_marks_its_senders_seen_in_one_statement(runtime: Runtime)
     assert len(done) <= runtime.inbox._group.batches + 1, done  # + the claim's
     # no savepoints while no row fails (two statements per row that almost never serve)
     assert not [q for q in statements if "SAVEPOINT" in q], statements
-    # a row's touchpoints (the message, the reply) in one INSERT, not one each
+    # the group's touchpoints (each row's message and reply) in one INSERT, and its
+    # conversations' flow states in one executemany UPDATE: not one per row
     written = [q for q in statements if q.startswith("INSERT INTO touchpoints")]
-    assert len(written) == 8, written
+    assert len(written) <= runtime.inbox._group.batches, written
+    states = [q for q in statements if q.startswith("UPDATE conversations SET flow_state")]
+    assert 0 < len(states) <= runtime.inbox._group.batches, states
     async with runtime.sessions() as s:
         assert None not in (await s.execute(select(Identity.last_seen_at))).scalars().all()
         assert None not in (await s.execute(select(Contact.last_contact_at))).scalars().all()
@@ -209,3 +212,68 @@ async def test_observers_read_the_touchpoints_of_the_turn(runtime: Runtime) -> N
     )
     await runtime.inbox.drain()
     assert seen and "anyone?" in seen[-1], seen
+
+
+def parse_pair(payload: dict[str, Any]) -> list[InboundMessage]:
+    # one update carrying two messages of one chat (as an email with a quoted reply can)
+    return [
+        InboundMessage(
+            channel="test",
+            sender_id=payload["user"],
+            platform_message_id=f"msg-{payload['id']}-{n}",
+            thread_key=payload["user"],
+            text=text,
+            locale_hint="en",
+        )
+        for n, text in enumerate(payload["texts"])
+    ]
+
+
+async def test_a_chats_second_message_in_a_group_reads_the_first_ones_turn(
+    runtime: Runtime,
+) -> None:
+    # the group writes its turns' flow states and touchpoints at its end: a second message
+    # of the same chat must still see the first's (its flow state, its dedupe), as when the
+    # two are handled one after the other
+    texts = ["I want to complain", "my parcel arrived broken"]
+    runtime.inbox.register("test", parse_pair)
+    for user in ("ref", *(f"u{i}" for i in range(6))):  # known customers: the plain turn
+        await runtime.engine.handle(inbound("hi", user=user, mid=f"first-{user}"))
+    for text in texts:  # the reference: one message after the other
+        await runtime.engine.handle(inbound(text, user="ref"))
+    statements: list[str] = []
+
+    def seen(conn: Any, cursor: Any, sql: str, *args: Any) -> None:
+        statements.append(sql)
+
+    event.listen(runtime.db.sync_engine, "before_cursor_execute", seen)
+    try:
+        await asyncio.gather(
+            *(
+                runtime.inbox.accept(
+                    "test", str(i), f"u{i}", {"id": i, "user": f"u{i}", "texts": texts}
+                )
+                for i in range(6)
+            )
+        )
+        await runtime.inbox.drain()
+    finally:
+        event.remove(runtime.db.sync_engine, "before_cursor_execute", seen)
+    assert runtime.inbox._group.batches < 6  # some rows shared a group
+    assert not [q for q in statements if "SAVEPOINT" in q]  # no group ran again
+    async with runtime.sessions() as s:
+        rows = (
+            await s.execute(
+                select(OutboxMessage.recipient_id, OutboxMessage.body).order_by(OutboxMessage.id)
+            )
+        ).all()
+        states = dict(
+            (await s.execute(select(Conversation.thread_key, Conversation.flow_state))).all()
+        )
+    said: dict[str, list[str]] = {}
+    for recipient, body in rows:
+        said.setdefault(recipient, []).append(body["text"])
+    for i in range(6):
+        assert said[f"u{i}"] == said["ref"], i
+        assert states[f"u{i}"] == states["ref"]
+    assert states["ref"]  # the complaint flow holds a state: the test is not vacuous
