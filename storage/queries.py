@@ -21,6 +21,7 @@ from sqlalchemy import (
     literal_column,
     select,
     text,
+    tuple_,
     update,
 )
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -405,9 +406,9 @@ def add_touchpoint(
     platform_message_id: str | None = None,
     outbox_id: int | None = None,
     created_at: datetime | None = None,
-) -> None:
+) -> dict[str, Any] | None:
     """A touchpoint of the contact's history; `created_at` for one dated in the past (an
-    import, a test), else now."""
+    import, a test), else now. Its values when they are kept for `flush_touchpoints`."""
     values = {
         "contact_id": contact_id,
         "conversation_id": conversation_id,
@@ -426,6 +427,8 @@ def add_touchpoint(
         s.add(Touchpoint(**values))
     else:  # written by flush_touchpoints, with the others of the turn (see defer_touchpoints)
         deferred.append(values)  # no ORM object: the hot path needs only the row
+        return values
+    return None
 
 
 _TOUCHPOINTS = "deferred_touchpoints"  # session.info: rows flush_touchpoints writes
@@ -442,7 +445,9 @@ def defer_touchpoints(s: AsyncSession) -> None:
 
 
 async def flush_touchpoints(s: AsyncSession) -> None:
-    """Write the touchpoints `defer_touchpoints` kept (no-op otherwise)."""
+    """Write the touchpoints `defer_touchpoints` kept (no-op otherwise), after the outbox
+    rows `enqueue_later` kept (the replies' touchpoints carry their ids)."""
+    await _flush_outbox(s)
     rows = s.info.get(_TOUCHPOINTS)
     if rows:
         batch = rows[:]
@@ -459,13 +464,15 @@ def drop_touchpoints(s: AsyncSession) -> None:
 
 def defer_group(s: AsyncSession) -> None:
     """A group commit without savepoints (bot/delivery/inbox.py): from now on in `s`, the
-    touchpoints (`defer_touchpoints`) and the flow states `set_flow_state` writes are kept
-    for `flush_deferred`, which writes all of the group's turns' rows in one executemany per
-    table: two statements per group, not two per message. Nothing in a turn reads another
+    touchpoints (`defer_touchpoints`), the flow states `set_flow_state` writes and the
+    replies `enqueue_later` queues are kept for `flush_deferred`, which writes all of the
+    group's turns' rows in one statement per table (the replies in two): four statements
+    per group, not three or more per message. Nothing in a turn reads another
     conversation's flow state; the caller flushes before a second message of a chat (its
     turn reads its conversation's row and dedupes on the touchpoints)."""
     defer_touchpoints(s)
     s.info.setdefault(_FLOW_STATES, {})
+    s.info.setdefault(_OUTBOX_LATER, [])
 
 
 async def flush_deferred(s: AsyncSession) -> None:
@@ -623,6 +630,131 @@ async def enqueue(
         }
     )
     return row_id
+
+
+_OUTBOX_LATER = "deferred_outbox"  # session.info: the rows enqueue_later keeps
+
+
+@dataclass
+class _Later:
+    params: dict[str, Any]  # enqueue's columns
+    ids: list[int]  # the row's id is appended here once it is written
+    touchpoint: dict[str, Any] | None = None  # its outbox_id is filled in then
+
+
+def outbox_deferred(s: AsyncSession) -> bool:
+    """Whether `enqueue_later` may keep rows in `s` (inside `defer_group`)."""
+    return _OUTBOX_LATER in s.info
+
+
+def enqueue_later(
+    s: AsyncSession,
+    *,
+    channel: str,
+    recipient_id: str,
+    thread_key: str,
+    body: dict[str, Any],
+    conversation_id: int | None,
+    identity_id: int | None,
+    ids: list[int],
+) -> _Later:
+    """`enqueue`, written at `flush_touchpoints` (inside `defer_group`) with the group's
+    other replies: the id is appended to `ids` then, and set on the touchpoint the caller
+    attaches to the returned record. Born leased as `enqueue` would have it, row by row in
+    the order queued."""
+    now = utcnow()
+    params = {
+        "channel": channel,
+        "recipient_id": recipient_id,
+        "thread_key": thread_key,
+        "body": scrub(body),
+        "conversation_id": conversation_id,
+        "identity_id": identity_id,
+        "next_attempt_at": now,
+        "created_at": now,
+    }
+    later = _Later(params, ids)
+    s.info[_OUTBOX_LATER].append(later)
+    return later
+
+
+# which of these recipients have an unsent row (the partial index of unsent rows)
+_BUSY_MANY = (
+    select(_OUTBOX.c.channel, _OUTBOX.c.recipient_id)
+    .where(
+        tuple_(_OUTBOX.c.channel, _OUTBOX.c.recipient_id).in_(bindparam("keys", expanding=True)),
+        _OUTBOX.c.status.in_(OUTBOX_UNFINISHED),
+    )
+    .distinct()
+)
+# PostgreSQL: the ids in the parameters' order (SQLAlchemy's insertmanyvalues sorts them).
+# SQLite would run that one row at a time (its id column is a variant type, no sentinel):
+# there the rows are written in order under the transaction's write lock (the only writer),
+# so their ids ascend in the parameters' order
+_ENQUEUE_MANY = {
+    "postgresql": insert(_OUTBOX).returning(_OUTBOX.c.id, sort_by_parameter_order=True),
+    "sqlite": insert(_OUTBOX).returning(_OUTBOX.c.id),
+}
+
+
+async def _flush_outbox(s: AsyncSession) -> None:
+    """Write the rows `enqueue_later` kept: which recipients are busy in one SELECT, then
+    one multi-row INSERT (each row born leased or pending as `enqueue` decides it)."""
+    later: list[_Later] | None = s.info.get(_OUTBOX_LATER)
+    if not later:
+        return
+    rows = later[:]
+    later.clear()
+    birth: OutboxBirth | None = s.info.get(_BIRTH)
+    busy: set[tuple[str, str]] = set()
+    if birth is not None and birth.slots > 0:
+        keys = {(r.params["channel"], r.params["recipient_id"]) for r in rows}
+        asked = sorted(keys - birth.recipients)
+        if asked:
+            found = await s.execute(_BUSY_MANY, {"keys": asked})
+            busy = {(channel, recipient) for channel, recipient in found}
+    values: list[dict[str, Any]] = []
+    for r in rows:
+        key = (r.params["channel"], r.params["recipient_id"])
+        leased = (
+            birth is not None and birth.slots > 0 and (key in birth.recipients or key not in busy)
+        )
+        if leased:
+            assert birth is not None
+            birth.slots -= 1
+            birth.recipients.add(key)
+            values.append(
+                r.params
+                | {
+                    "status": OutboxStatus.SENDING.value,
+                    "attempts": 1,
+                    "leased_by": birth.owner,
+                    "leased_until": birth.until,
+                }
+            )
+        else:
+            if birth is not None:
+                birth.pending += 1  # for the dispatcher's claim: it must be woken
+            values.append(
+                r.params
+                | {
+                    "status": OutboxStatus.PENDING.value,
+                    "attempts": 0,
+                    "leased_by": None,
+                    "leased_until": None,
+                }
+            )
+    dialect = s.get_bind().dialect.name
+    with s.no_autoflush:
+        ids = [int(i) for i in (await s.execute(_ENQUEUE_MANY[dialect], values)).scalars()]
+    if dialect == "sqlite":
+        ids.sort()
+    for r, row_id, v in zip(rows, ids, values, strict=True):
+        r.ids.append(row_id)
+        if r.touchpoint is not None:
+            r.touchpoint["outbox_id"] = row_id
+        if birth is not None and v["status"] == OutboxStatus.SENDING.value:
+            birth.born.append(v | {"id": row_id})
 
 
 async def create_case(s: AsyncSession, case: Case) -> Case:

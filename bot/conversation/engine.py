@@ -409,19 +409,18 @@ class Engine:
             contact_id=row.contact_id, conversation_id=row.conversation_id, status=row.status
         )
         for reply in replies:
-            result.outbox_ids.append(
-                await self._queue(
-                    s,
-                    channel=msg.channel,
-                    thread_key=msg.thread_key,
-                    recipient_id=row.external_id,
-                    identity_id=row.identity_id,
-                    contact_id=row.contact_id,
-                    conversation_id=row.conversation_id,
-                    reply=reply,
-                    locale=ctx.locale,
-                    campaign=campaign,
-                )
+            await self._queue(
+                s,
+                channel=msg.channel,
+                thread_key=msg.thread_key,
+                recipient_id=row.external_id,
+                identity_id=row.identity_id,
+                contact_id=row.contact_id,
+                conversation_id=row.conversation_id,
+                reply=reply,
+                locale=ctx.locale,
+                campaign=campaign,
+                into=result.outbox_ids,
             )
             result.replies.append(reply.text)
         return result
@@ -436,16 +435,20 @@ class Engine:
 
     async def _say(self, turn: Turn, result: HandleResult) -> None:
         """Queue the turn's replies (a marketing flow's stop notice under the last)."""
+        conv, identity = turn.conversation, turn.identity
         for reply in _with_notice(turn.replies, turn):
-            result.outbox_ids.append(
-                await self.say(
-                    turn.session,
-                    turn.identity,
-                    turn.conversation,
-                    reply,
-                    turn.ctx.locale,
-                    campaign=turn.campaign,
-                )
+            await self._queue(
+                turn.session,
+                channel=conv.channel,
+                thread_key=conv.thread_key,
+                recipient_id=identity.external_id,
+                identity_id=identity.id,
+                contact_id=conv.contact_id,
+                conversation_id=conv.id,
+                reply=reply,
+                locale=turn.ctx.locale,
+                campaign=turn.campaign,
+                into=result.outbox_ids,
             )
             result.replies.append(reply.text)
 
@@ -927,7 +930,8 @@ class Engine:
     ) -> int:
         """Queue one reply in the outbox and record it in the history (same transaction);
         `sender_name`: the agent who speaks (a channel may show it)."""
-        return await self._queue(
+        ids: list[int] = []
+        await self._queue(
             s,
             channel=conv.channel,
             thread_key=conv.thread_key,
@@ -940,7 +944,10 @@ class Engine:
             actor=actor,
             campaign=campaign,
             sender_name=sender_name,
+            into=ids,
+            later=False,
         )
+        return ids[0]
 
     async def _queue(
         self,
@@ -957,8 +964,12 @@ class Engine:
         actor: str = "bot",
         campaign: str | None = None,
         sender_name: str | None = None,
-    ) -> int:
-        """`say` from the rows' values (the plain turn has no ORM objects)."""
+        into: list[int],
+        later: bool = True,
+    ) -> None:
+        """`say` from the rows' values (the plain turn has no ORM objects); the row's id is
+        appended to `into`: at once, or (`later`, inside the inbox's group commit:
+        queries.defer_group) when the group's replies are written together."""
         out = OutboundMessage(
             channel=channel,
             recipient_id=recipient_id,
@@ -970,16 +981,22 @@ class Engine:
             contact_id=contact_id if campaign else None,
             sender_name=sender_name,
         )
-        outbox_id = await queries.enqueue(
-            s,
-            channel=channel,
-            recipient_id=recipient_id,
-            thread_key=thread_key,
-            body=out.to_json(),
-            conversation_id=conversation_id,
-            identity_id=identity_id,
-        )
-        queries.add_touchpoint(
+        row: dict[str, Any] = {
+            "channel": channel,
+            "recipient_id": recipient_id,
+            "thread_key": thread_key,
+            "body": out.to_json(),
+            "conversation_id": conversation_id,
+            "identity_id": identity_id,
+        }
+        queued = None
+        outbox_id = None
+        if later and queries.outbox_deferred(s):
+            queued = queries.enqueue_later(s, **row, ids=into)
+        else:
+            outbox_id = await queries.enqueue(s, **row)
+            into.append(outbox_id)
+        touchpoint = queries.add_touchpoint(
             s,
             contact_id=contact_id,
             conversation_id=conversation_id,
@@ -996,7 +1013,8 @@ class Engine:
             },
             outbox_id=outbox_id,
         )
-        return outbox_id
+        if queued is not None:
+            queued.touchpoint = touchpoint
 
 
 def _campaign_mark(before: Mapping[str, Any], actions: tuple[object, ...]) -> str | None:

@@ -270,6 +270,23 @@ async def test_a_chats_second_message_in_a_group_reads_the_first_ones_turn(
         states = dict(
             (await s.execute(select(Conversation.thread_key, Conversation.flow_state))).all()
         )
+        # each reply's touchpoint names its own outbox row (written together at the end)
+        pairs = (
+            await s.execute(
+                select(Touchpoint.text, OutboxMessage.body, OutboxMessage.recipient_id)
+                .add_columns(Conversation.thread_key)
+                .join(OutboxMessage, OutboxMessage.id == Touchpoint.outbox_id)
+                .join(Conversation, Conversation.id == Touchpoint.conversation_id)
+                .where(Touchpoint.direction == Direction.OUT)
+            )
+        ).all()
+        replies = await s.scalar(
+            select(func.count())
+            .select_from(Touchpoint)
+            .where(Touchpoint.direction == Direction.OUT)
+        )
+    assert len(pairs) == replies == len(rows)
+    assert all(text == body["text"] and to == chat for text, body, to, chat in pairs)
     said: dict[str, list[str]] = {}
     for recipient, body in rows:
         said.setdefault(recipient, []).append(body["text"])
