@@ -11,12 +11,15 @@ from typing import Any
 
 from sqlalchemy import (
     Exists,
+    Integer,
+    String,
     Table,
     TextualSelect,
     bindparam,
     case,
     column,
     exists,
+    func,
     insert,
     literal_column,
     select,
@@ -24,6 +27,7 @@ from sqlalchemy import (
     tuple_,
     update,
 )
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql.elements import ColumnClause
 
@@ -234,13 +238,92 @@ _TURN_ROW = (
 )
 
 
+# `_TURN_ROW` for many messages at once (PostgreSQL): their keys as arrays, unnested
+_KEYS = (
+    func.unnest(
+        bindparam("k_channels", type_=ARRAY(String)),
+        bindparam("k_senders", type_=ARRAY(String)),
+        bindparam("k_threads", type_=ARRAY(String)),
+        bindparam("k_mids", type_=ARRAY(String)),
+        bindparam("k_ns", type_=ARRAY(Integer)),
+    )
+    .table_valued(
+        column("channel", String),
+        column("sender", String),
+        column("thread", String),
+        column("mid", String),
+        column("n", Integer),
+    )
+    .render_derived(name="k")
+)
+_TURN_ROWS_MANY = (
+    select(
+        _KEYS.c.n,
+        select(_TOUCHPOINT_TABLE.c.id)
+        .where(
+            _TOUCHPOINT_TABLE.c.channel == _KEYS.c.channel,
+            _TOUCHPOINT_TABLE.c.platform_message_id == _KEYS.c.mid,
+            _TOUCHPOINT_TABLE.c.direction == INBOUND,
+        )
+        .exists()
+        .label("duplicate"),
+        *list(_TURN_ROW.selected_columns)[1:],
+    )
+    .select_from(_KEYS)
+    .join(
+        _IDENTITIES,
+        (_IDENTITIES.c.channel == _KEYS.c.channel) & (_IDENTITIES.c.external_id == _KEYS.c.sender),
+    )
+    .join(_CONTACTS, _CONTACTS.c.id == _IDENTITIES.c.contact_id)
+    .join(
+        _CONVERSATIONS,
+        (_CONVERSATIONS.c.channel == _IDENTITIES.c.channel)
+        & (_CONVERSATIONS.c.thread_key == _KEYS.c.thread)
+        & (_CONVERSATIONS.c.status != CLOSED),
+    )
+    .order_by(_CONVERSATIONS.c.id)  # the rows locked in one order, as every caller does
+    .with_for_update(of=_CONVERSATIONS)
+)
+_PREFETCHED = "prefetched_turn_rows"  # session.info: what turn_row answers without a read
+
+TurnKey = tuple[str, str, str, str]  # channel, sender, thread key, platform message id
+
+
+async def prefetch_turn_rows(s: AsyncSession, keys: Sequence[TurnKey]) -> None:
+    """`turn_row` for many messages in one statement (PostgreSQL; the group commit of
+    bot/delivery/inbox.py, one message per chat), each answer kept for the first
+    `turn_row` that asks for it. A key with no row is kept as None (a new customer or
+    conversation). Only for messages whose chats nothing in the transaction has touched
+    yet: the rows are read now."""
+    if not keys:
+        return
+    params = {
+        "k_channels": [k[0] for k in keys],
+        "k_senders": [k[1] for k in keys],
+        "k_threads": [k[2] for k in keys],
+        "k_mids": [k[3] for k in keys],
+        "k_ns": list(range(len(keys))),
+    }
+    found: dict[TurnKey, TurnRow | None] = dict.fromkeys(keys)
+    for n, *values in await s.execute(_TURN_ROWS_MANY, params):
+        if found[keys[n]] is None:  # the first, as turn_row's .first()
+            found[keys[n]] = TurnRow(*values)
+    s.info.setdefault(_PREFETCHED, {}).update(found)
+
+
 async def turn_row(
     s: AsyncSession, channel: str, sender_id: str, thread_key: str, platform_message_id: str
 ) -> TurnRow | None:
     """`turn_rows` as plain values: the same statement (the conversation row-locked) in
     Core. What the session holds unflushed is flushed first (SQLAlchemy autoflushes before
     Core statements too), so the row is what the ORM would read; ORM objects of these rows
-    the session holds are not refreshed (`turn_rows` refreshes them)."""
+    the session holds are not refreshed (`turn_rows` refreshes them). Answered from
+    `prefetch_turn_rows` once, if it read the row."""
+    prefetched: dict[TurnKey, TurnRow | None] | None = s.info.get(_PREFETCHED)
+    if prefetched:
+        key = (channel, sender_id, thread_key, platform_message_id)
+        if key in prefetched:
+            return prefetched.pop(key)
     params = {
         "channel": channel,
         "sender": sender_id,

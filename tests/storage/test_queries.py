@@ -3,15 +3,19 @@ uses one only when the query implies its WHERE: a bound parameter implies nothin
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
+from typing import Any
 
-from sqlalchemy import Select, TextualSelect, select
+import pytest
+from sqlalchemy import Select, TextualSelect, event, select
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from storage import queries
 from storage.db import run_in_transaction
 from storage.models import Contact, Conversation, Direction, Touchpoint
+from tests.conftest import _truncate
 
 
 def plan(url: str, stmt: Select[tuple[object, ...]] | TextualSelect) -> str:
@@ -142,3 +146,65 @@ def test_turn_row_reads_what_turn_rows_reads(db_url: str) -> None:
         assert later is not None and not later.duplicate and later.flow_state == {}
 
     run_in_transaction(db_url, work)
+
+
+@pytest.mark.postgres
+def test_prefetched_turn_rows_are_what_turn_row_reads(pg_url: str) -> None:
+    """PostgreSQL's group commit reads its chats' first rows in one statement: the same
+    rows (values, None for no conversation, the duplicate flag) as `turn_row` one by
+    one, each answered once; a second ask reads again."""
+
+    async def work(s: AsyncSession) -> None:
+        keys: list[queries.TurnKey] = []
+        for n in range(4):
+            identity = await queries.create_contact_with_identity(
+                s, "telegram", f"p{n}", name=f"C{n}", locale="de" if n % 2 else "en"
+            )
+            if n < 3:  # p3 has no conversation yet
+                conv = await queries.create_conversation(
+                    s, identity.contact_id, identity.id, "telegram", f"pchat{n}"
+                )
+                await queries.set_flow_state(s, conv.id, {"flow": "complaint", "n": n})
+            keys.append(("telegram", f"p{n}", f"pchat{n}", f"pm{n}"))
+        queries.add_touchpoint(
+            s,
+            contact_id=identity.contact_id,
+            conversation_id=None,
+            channel="telegram",
+            direction=Direction.IN,
+            kind="message",
+            actor="customer",
+            platform_message_id="pm1",  # p1's message was taken in before: a duplicate
+        )
+        await s.flush()
+        keys.append(("telegram", "nobody", "pchat9", "pm9"))  # no identity at all
+        one_by_one = [await queries.turn_row(s, *k) for k in keys]
+        await queries.prefetch_turn_rows(s, keys)
+        statements: list[str] = []
+
+        def seen(conn: Any, cursor: Any, sql: str, *args: Any) -> None:
+            statements.append(sql)
+
+        bind = s.get_bind()
+        event.listen(bind, "before_cursor_execute", seen)
+        try:
+            prefetched = [await queries.turn_row(s, *k) for k in keys]
+            assert not statements  # answered without a read
+            assert await queries.turn_row(s, *keys[0]) == one_by_one[0]  # asked again: read
+            assert len(statements) == 1
+        finally:
+            event.remove(bind, "before_cursor_execute", seen)
+        assert prefetched == one_by_one
+        assert [r is None for r in prefetched] == [False, False, False, True, True]
+        assert prefetched[1] is not None and prefetched[1].duplicate
+        assert prefetched[0] is not None and not prefetched[0].duplicate
+        assert prefetched[2] is not None and prefetched[2].flow_state == {
+            "flow": "complaint",
+            "n": 2,
+        }
+        await queries.set_flow_state(s, one_by_one[0].conversation_id, {})  # type: ignore[union-attr]
+        again = await queries.turn_row(s, *keys[0])
+        assert again is not None and again.flow_state == {}
+
+    asyncio.run(_truncate(pg_url))
+    run_in_transaction(pg_url, work)
