@@ -3,9 +3,9 @@ transactions handles several inbox rows at once (bot/delivery/group.py: each row
 savepoint, one commit for all), then started again.
 
 The moment is found from outside: PostgreSQL shows the server's session inside a
-transaction whose last statement wrote a turn's touchpoints (the group commit writes each
-row's in one INSERT; a group runs without savepoints unless one of its rows fails, so a
-SAVEPOINT is no longer the mark, and with 60 customers at once a group holds several rows).
+transaction whose last statement wrote the turns' touchpoints (the group commit writes all
+its rows' in one INSERT near its end; a group runs without savepoints unless one of its
+rows fails, so a SAVEPOINT is no mark, and with 60 customers at once a group holds several).
 That transaction must be rolled back by the kill, all of it (its xid's status is
 read afterwards), and the rows are handled again after the restart: every acknowledged
 update in the history exactly once, every reply sent, none twice beyond the documented
