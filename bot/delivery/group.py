@@ -54,6 +54,15 @@ class GroupCommit(Generic[T, R]):
         return await asyncio.shield(future)
 
     async def _drain(self) -> None:
+        try:
+            await self._drain_queue()
+        finally:
+            # at once, in the step that found the queue empty: a task already ready to run
+            # may submit before this task's done-callbacks run, and must not count it as a
+            # drain still running (its item would wait for the next submit)
+            self._tasks.discard(asyncio.current_task())
+
+    async def _drain_queue(self) -> None:
         while self._queue:
             batch = self._queue[: self.max_batch]
             del self._queue[: self.max_batch]
