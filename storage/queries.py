@@ -646,6 +646,28 @@ def lease_at_birth(s: AsyncSession, birth: OutboxBirth | None) -> None:
         s.info[_BIRTH] = birth
 
 
+def _outbox_values(
+    channel: str,
+    recipient_id: str,
+    thread_key: str,
+    body: dict[str, Any],
+    conversation_id: int | None,
+    identity_id: int | None,
+) -> dict[str, Any]:
+    """A new outbox row's columns, but its status and lease (due now)."""
+    now = utcnow()
+    return {
+        "channel": channel,
+        "recipient_id": recipient_id,
+        "thread_key": thread_key,
+        "body": scrub(body),
+        "conversation_id": conversation_id,
+        "identity_id": identity_id,
+        "next_attempt_at": now,
+        "created_at": now,
+    }
+
+
 async def enqueue(
     s: AsyncSession,
     *,
@@ -660,17 +682,7 @@ async def enqueue(
     first (what the session holds is written at its next flush: a turn's touchpoints then
     go in one multi-row INSERT). The conversation and identity rows must exist already.
     Inside `lease_at_birth`, the row may be born leased instead (`OutboxBirth`)."""
-    now = utcnow()
-    params = {
-        "channel": channel,
-        "recipient_id": recipient_id,
-        "thread_key": thread_key,
-        "body": scrub(body),
-        "conversation_id": conversation_id,
-        "identity_id": identity_id,
-        "next_attempt_at": now,
-        "created_at": now,
-    }
+    params = _outbox_values(channel, recipient_id, thread_key, body, conversation_id, identity_id)
     birth: OutboxBirth | None = s.info.get(_BIRTH)
     with s.no_autoflush:
         if birth is None or birth.slots <= 0:
@@ -745,17 +757,7 @@ def enqueue_later(
     other replies: the id is appended to `ids` then, and set on the touchpoint the caller
     attaches to the returned record. Born leased as `enqueue` would have it, row by row in
     the order queued."""
-    now = utcnow()
-    params = {
-        "channel": channel,
-        "recipient_id": recipient_id,
-        "thread_key": thread_key,
-        "body": scrub(body),
-        "conversation_id": conversation_id,
-        "identity_id": identity_id,
-        "next_attempt_at": now,
-        "created_at": now,
-    }
+    params = _outbox_values(channel, recipient_id, thread_key, body, conversation_id, identity_id)
     later = _Later(params, ids)
     s.info[_OUTBOX_LATER].append(later)
     return later
