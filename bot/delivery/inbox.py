@@ -476,8 +476,8 @@ class Inbox(RoundWorker):
                     birth = self.dispatcher.birth() if self.dispatcher is not None else None
                     queries.lease_at_birth(s, birth)
                     # without savepoints (a failure reruns the whole group), the turns'
-                    # touchpoints and flow states go in one statement per table at the
-                    # group's end; a chat's second message flushes them first
+                    # touchpoints, flow states and replies go in one statement per table at
+                    # the group's end; a chat's second message flushes them first
                     grouped = not savepoints and len(batch) > 1
                     if grouped:
                         queries.defer_group(s)
