@@ -163,6 +163,9 @@ class Conversation(Base):
             postgresql_where=text("status != 'closed'"),
         ),
         Index("ix_conversations_queue", "status", "priority"),
+        # a thread's newest conversation (reopen after resolve: bot/conversation/reopen.py)
+        # without reading the table: a new thread's first message asked it of every row
+        Index("ix_conversations_thread", "channel", "thread_key", "id"),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from sqlalchemy import select
+from sqlalchemy import Select, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from storage import queries
@@ -29,6 +29,17 @@ def may_reopen(conv: Conversation, now: datetime, window: timedelta | None) -> b
     )
 
 
+def last_of_thread(channel: str, thread_key: str) -> Select[Conversation]:
+    """A thread's newest conversation, row-locked (ix_conversations_thread)."""
+    return (
+        select(Conversation)
+        .where(Conversation.channel == channel, Conversation.thread_key == thread_key)
+        .order_by(Conversation.id.desc())
+        .limit(1)
+        .with_for_update()
+    )
+
+
 async def reopen_resolved(
     s: AsyncSession, channel: str, thread_key: str, now: datetime, window: timedelta | None
 ) -> Conversation | None:
@@ -36,15 +47,7 @@ async def reopen_resolved(
     when there is none to reopen. The caller holds the thread's lock and found no open one."""
     if window is None or window <= timedelta(0):
         return None
-    last = (
-        await s.execute(
-            select(Conversation)
-            .where(Conversation.channel == channel, Conversation.thread_key == thread_key)
-            .order_by(Conversation.id.desc())
-            .limit(1)
-            .with_for_update()
-        )
-    ).scalar_one_or_none()
+    last = (await s.execute(last_of_thread(channel, thread_key))).scalar_one_or_none()
     if last is None or not may_reopen(last, now, window):
         return None
     assert last.assignee is not None

@@ -12,6 +12,7 @@ from sqlalchemy import Select, TextualSelect, event, select
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from bot.conversation import reopen
 from storage import queries
 from storage.db import run_in_transaction
 from storage.models import Contact, Conversation, Direction, Touchpoint
@@ -208,3 +209,10 @@ def test_prefetched_turn_rows_are_what_turn_row_reads(pg_url: str) -> None:
 
     asyncio.run(_truncate(pg_url))
     run_in_transaction(pg_url, work)
+
+
+def test_a_threads_newest_conversation_is_read_from_an_index(sqlite_url: str) -> None:
+    # reopen after resolve asks it for every new conversation: it scanned the whole table
+    newest = plan(sqlite_url, reopen.last_of_thread("x", "x"))
+    assert "ix_conversations_thread" in newest, newest
+    assert "SCAN" not in newest and "TEMP B-TREE" not in newest, newest
