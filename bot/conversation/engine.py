@@ -435,18 +435,13 @@ class Engine:
 
     async def _say(self, turn: Turn, result: HandleResult) -> None:
         """Queue the turn's replies (a marketing flow's stop notice under the last)."""
-        conv, identity = turn.conversation, turn.identity
         for reply in _with_notice(turn.replies, turn):
-            await self._queue(
+            await self._say_into(
                 turn.session,
-                channel=conv.channel,
-                thread_key=conv.thread_key,
-                recipient_id=identity.external_id,
-                identity_id=identity.id,
-                contact_id=conv.contact_id,
-                conversation_id=conv.id,
-                reply=reply,
-                locale=turn.ctx.locale,
+                turn.identity,
+                turn.conversation,
+                reply,
+                turn.ctx.locale,
                 campaign=turn.campaign,
                 into=result.outbox_ids,
             )
@@ -931,6 +926,26 @@ class Engine:
         """Queue one reply in the outbox and record it in the history (same transaction);
         `sender_name`: the agent who speaks (a channel may show it)."""
         ids: list[int] = []
+        await self._say_into(
+            s, identity, conv, reply, locale, actor, campaign, sender_name, into=ids, later=False
+        )
+        return ids[0]
+
+    async def _say_into(
+        self,
+        s: AsyncSession,
+        identity: Identity,
+        conv: Conversation,
+        reply: Reply,
+        locale: str,
+        actor: str = "bot",
+        campaign: str | None = None,
+        sender_name: str | None = None,
+        *,
+        into: list[int],
+        later: bool = True,
+    ) -> None:
+        """`say`, its row's id appended to `into` (see `_queue`)."""
         await self._queue(
             s,
             channel=conv.channel,
@@ -944,10 +959,9 @@ class Engine:
             actor=actor,
             campaign=campaign,
             sender_name=sender_name,
-            into=ids,
-            later=False,
+            into=into,
+            later=later,
         )
-        return ids[0]
 
     async def _queue(
         self,
