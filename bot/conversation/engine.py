@@ -22,7 +22,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bot.channel.messages import ChannelEvent, Choice, InboundMessage, OutboundMessage
-from bot.conversation import reopen
+from bot.conversation import onboarding, reopen
 from bot.conversation.actions import ActionRunner, selfservice_note
 from bot.conversation.locks import KeyedLocks
 from bot.conversation.turn import Turn
@@ -165,6 +165,13 @@ class Engine:
         its own, and after its commit calls `handled`; if this raises, the savepoint is
         rolled back and the caller hands the message to `handle` (retries, dead letter)."""
         return await self._handle(s, msg)
+
+    async def onboard(self, s: AsyncSession, firsts: Sequence[InboundMessage]) -> int:
+        """The new customers among a group commit's chats' first messages created together
+        (bot/conversation/onboarding.py), before their turns; how many."""
+        return await onboarding.onboard(
+            s, firsts, default_locale=self.default_locale, now=self.clock()
+        )
 
     def handled(self, result: HandleResult) -> None:
         """After a message's transaction committed: wake the dispatcher, tell live views."""

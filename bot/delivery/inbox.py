@@ -481,13 +481,17 @@ class Inbox(RoundWorker):
                     grouped = not savepoints and len(batch) > 1
                     if grouped:
                         queries.defer_group(s)
+                    firsts: dict[tuple[str, str], InboundMessage] = {}
+                    for g in batch:
+                        for m in g.messages:
+                            firsts.setdefault((m.channel, m.thread_key), m)
+                    if not savepoints:
+                        # the group's new customers' rows in one INSERT per table, not one
+                        # customer at a time (a failure reruns the group, a savepoint each)
+                        await self.engine.onboard(s, list(firsts.values()))
                     if grouped and self.dialect == "postgresql":
                         # each chat's first message's rows in one statement, not one each
                         # (SQLite's inline statements cost microseconds: read one by one)
-                        firsts: dict[tuple[str, str], InboundMessage] = {}
-                        for g in batch:
-                            for m in g.messages:
-                                firsts.setdefault((m.channel, m.thread_key), m)
                         await queries.prefetch_turn_rows(
                             s,
                             [
