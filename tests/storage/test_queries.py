@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+from datetime import date
 from typing import Any
 
 import pytest
@@ -216,3 +217,23 @@ def test_a_threads_newest_conversation_is_read_from_an_index(sqlite_url: str) ->
     newest = plan(sqlite_url, reopen.last_of_thread("x", "x"))
     assert "ix_conversations_thread" in newest, newest
     assert "SCAN" not in newest and "TEMP B-TREE" not in newest, newest
+
+
+def test_scrub_replaces_what_postgresql_refuses_and_keeps_the_rest() -> None:
+    clean = {"update_id": 1, "message": {"text": "Grüße \\u0000 NaN", "n": [1.5, True, None]}}
+    assert queries.scrub(clean) == clean  # a false alarm ("NaN", an escaped backslash) walks
+    plain = {"message": {"text": "Grüße", "from": {"id": 7}}, "list": [1, "a"]}
+    assert queries.scrub(plain) is plain  # nothing to change: given back, not copied
+    dirty = {
+        "text": "a\x00b",
+        "nested": [{"\ud800key": "lone \udfff"}, float("nan"), float("-inf")],
+        "tuple": ("x\x00",),
+    }
+    assert queries.scrub(dirty) == {
+        "text": "a\ufffdb",
+        "nested": [{"\ufffdkey": "lone \ufffd"}, None, None],
+        "tuple": ["x\ufffd"],
+    }
+    assert queries.scrub("a\x00") == "a\ufffd" and queries.scrub(float("inf")) is None
+    when = {"at": date(2026, 12, 6), "text": "\x00"}  # not JSON data
+    assert queries.scrub(when) == {"at": when["at"], "text": "\ufffd"}
