@@ -260,8 +260,10 @@ class Replies:
     texts: dict[int, list[str]] = field(default_factory=lambda: defaultdict(list))  # digits: #
     last: dict[int, dict[str, Any]] = field(default_factory=dict)
     changed: dict[int, asyncio.Event] = field(default_factory=lambda: defaultdict(asyncio.Event))
+    tg: TelegramStandIn | None = None  # the call a webhook's response names is made there
 
     def install(self, tg: TelegramStandIn) -> None:
+        self.tg = tg
         name, handler = tg._methods["sendmessage"]
 
         async def hooked(token: str, params: dict[str, Any]) -> Any:
@@ -403,6 +405,8 @@ class Load:
                 async with http.post(base + PATH, json=update, headers={HEADER: SECRET}) as resp:
                     if resp.status != 200:
                         raise RuntimeError(f"webhook answered {resp.status}")
+                    if self.replies.tg is not None:  # as Telegram does (answerCallbackQuery)
+                        await self.replies.tg.webhook_replied(resp.status, await resp.read())
                 break
             except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError):
                 if attempt == 2:

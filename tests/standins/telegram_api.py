@@ -230,6 +230,30 @@ class TelegramStandIn:
 
     # ---- updates ---------------------------------------------------------------------------
 
+    async def webhook_replied(self, status: int, body: bytes, token: str = DEFAULT_TOKEN) -> None:
+        """What Telegram does with a webhook's response: a 200 whose JSON body names a
+        `method` is that call, made for the bot (its result is reported to no one)."""
+        if status != 200 or not body:
+            return
+        try:
+            params = json.loads(body)
+        except ValueError:
+            return
+        if not isinstance(params, dict) or not isinstance(params.get("method"), str):
+            return
+        name = params.pop("method")
+        method, handler = self._methods.get(name.lower(), (name, None))
+        if handler is None:
+            return
+        at = time.monotonic()
+        try:
+            await handler(token, params)
+        except ApiError as e:
+            self._failed(method, params, at, e.status, e.description)
+            return
+        self.calls.append(Call(method, params, at))
+        self._notify()
+
     def push_update(self, update: dict[str, Any]) -> dict[str, Any]:
         """Queue an Update for getUpdates; returns the queued copy.
 

@@ -100,10 +100,13 @@ async def post(
     return await client.post(base + WEBHOOK_PATH, json=update, headers=headers, **kw)
 
 
-def webhook_deliver(client: httpx.AsyncClient, base: str) -> Deliver:
+def webhook_deliver(client: httpx.AsyncClient, base: str, tg: TelegramStandIn) -> Deliver:
+    """Telegram's webhook delivery: POST, and the call the response may name."""
+
     async def deliver(update: dict[str, Any]) -> None:
         response = await post(client, base, update)
         assert response.status_code == 200, response.text
+        await tg.webhook_replied(response.status_code, response.content)
 
     return deliver
 

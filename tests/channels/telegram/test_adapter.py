@@ -160,10 +160,39 @@ async def test_complaint_webhook(
         assert tg.webhook["url"] == "https://bot.example.com/webhooks/telegram"
         assert tg.webhook["secret_token"] == SECRET
         assert "Telegram channel started in webhook mode" in caplog.text
-        c = Customer(tg, webhook_deliver(client, base), JAMES)
+        c = Customer(tg, webhook_deliver(client, base, tg), JAMES)
         reference = await complaint(c)
         await check_complaint(rt, tg, c, reference)
         assert tg.calls_to("getUpdates") == []
+
+
+async def test_webhook_response_answers_the_press(sqlite_url: str, tg: TelegramStandIn) -> None:
+    # the spinner is stopped by the webhook's own 200 (Telegram makes the call it names):
+    # one Bot API request fewer per press; the keyboard is still taken away by a request
+    settings = tg_settings(sqlite_url, tg, mode="webhook")
+    async with serving(settings) as (base, rt), httpx.AsyncClient() as client:
+        assert (await post(client, base, tg.push_text(JAMES, "complaint"))).status_code == 200
+        message = await tg.wait_for(
+            lambda: next((m for m in tg.bot_messages(JAMES) if m.get("reply_markup")), None)
+        )
+        data = message["reply_markup"]["inline_keyboard"][0][0]["callback_data"]
+        pressed = tg.push_callback(JAMES, data, message=message)
+        response = await post(client, base, pressed)
+        assert response.status_code == 200
+        answer = {
+            "method": "answerCallbackQuery",
+            "callback_query_id": pressed["callback_query"]["id"],
+        }
+        assert response.json() == answer
+        await tg.wait_for(lambda: tg.calls_to("editMessageReplyMarkup"))
+        await settled(rt, tg)
+        assert tg.calls_to("answerCallbackQuery") == []  # not asked by a request of its own
+        again = await post(client, base, pressed)  # a redelivery: answered the first time
+        assert again.status_code == 200 and again.content == b""
+        await tg.webhook_replied(response.status_code, response.content)  # as Telegram does
+        assert tg.calls_to("answerCallbackQuery") == [
+            {"callback_query_id": answer["callback_query_id"]}
+        ]
 
 
 # ---- dedupe --------------------------------------------------------------------------------
