@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any, Self, TypeVar
 
+import orjson
 from sqlalchemy import event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
@@ -36,6 +38,21 @@ def _prepare_sqlite_path(url: str) -> None:
         Path(database).parent.mkdir(parents=True, exist_ok=True)
 
 
+# what the stdlib would not encode either (a date, a dataclass) goes to it, and fails there
+_ORJSON_AS_STDLIB = orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS
+
+
+def json_text(value: Any) -> str:
+    """A JSON column's text: orjson (every message writes several JSON values; the stdlib's
+    encoder was about 2 % of the process's CPU in bench/telegram.py, orjson's a quarter of
+    that). What orjson refuses (a lone surrogate, an integer key, one over 64 bits) is
+    written by the stdlib's encoder, as before."""
+    try:
+        return orjson.dumps(value, option=_ORJSON_AS_STDLIB).decode()
+    except TypeError:  # orjson.JSONEncodeError
+        return json.dumps(value)
+
+
 def create_engine(url: str, *, echo: bool = False) -> AsyncEngine:
     if is_sqlite(url):
         _prepare_sqlite_path(url)
@@ -46,6 +63,7 @@ def create_engine(url: str, *, echo: bool = False) -> AsyncEngine:
             hide_parameters=not echo,
             connect_args={"timeout": 30},
             module=sqlite_driver.dbapi(),
+            json_serializer=json_text,
         )
         _configure_sqlite(engine)
         return engine
@@ -62,6 +80,7 @@ def create_engine(url: str, *, echo: bool = False) -> AsyncEngine:
         hide_parameters=not echo,
         pool_size=10,
         max_overflow=10,
+        json_serializer=json_text,
     )
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+from datetime import datetime
 from typing import Any
 
 import asyncpg
@@ -9,7 +11,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
-from storage.db import create_engine, is_unavailable
+from storage.db import create_engine, is_unavailable, json_text
 
 
 class _DriverError(Exception):
@@ -119,3 +121,16 @@ async def test_after_a_restart_one_statement_fails_and_the_pool_is_renewed(pg_ur
     finally:
         await engine.dispose()
         await admin.dispose()
+
+
+def test_json_text_is_what_the_stdlib_reads_back() -> None:
+    values: list[Any] = [
+        {"text": "Grüße, 你好 😀", "n": [1, 2.5, -3e-7, True, None], "nested": {"a": {}}},
+        {"big": 2**70, "key": "int keys and huge numbers go to the stdlib"},
+        {1: "an integer key"},
+        ["lone \ud800 surrogate"],
+    ]
+    for value in values:
+        assert json.loads(json_text(value)) == json.loads(json.dumps(value))
+    with pytest.raises(TypeError):  # as the stdlib: no silent text for a date
+        json_text({"at": datetime.now()})
