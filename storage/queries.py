@@ -331,6 +331,12 @@ async def prefetch_turn_rows(s: AsyncSession, keys: Sequence[TurnKey]) -> None:
     s.info.setdefault(_PREFETCHED, {}).update(found)
 
 
+def prefetched_unknown(s: AsyncSession, keys: Sequence[TurnKey]) -> list[TurnKey]:
+    """The keys `prefetch_turn_rows` read no row for (a new customer or conversation)."""
+    prefetched: dict[TurnKey, TurnRow | None] = s.info.get(_PREFETCHED) or {}
+    return [k for k in keys if k in prefetched and prefetched[k] is None]
+
+
 async def turn_row(
     s: AsyncSession, channel: str, sender_id: str, thread_key: str, platform_message_id: str
 ) -> TurnRow | None:

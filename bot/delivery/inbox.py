@@ -452,6 +452,25 @@ class Inbox(RoundWorker):
                 return done
         return await self._commit_group(batch, savepoints=len(batch) > 1) or [False] * len(batch)
 
+    async def _before_turns(self, s: AsyncSession, batch: list[Grouped], *, grouped: bool) -> None:
+        """The group's new customers' rows created together, one INSERT per table, not one
+        customer at a time (Engine.onboard; a failure reruns the group, a savepoint each).
+        On PostgreSQL, in a group of several rows, each chat's first message's rows read in
+        one statement first, not one each (SQLite's inline statements cost microseconds:
+        read one by one); only a chat with no row read may then be a new customer's."""
+        firsts: dict[tuple[str, str], InboundMessage] = {}
+        for g in batch:
+            for m in g.messages:
+                firsts.setdefault((m.channel, m.thread_key), m)
+        if not (grouped and self.dialect == "postgresql"):
+            await self.engine.onboard(s, list(firsts.values()))
+            return
+        keys = {_turn_key(m): m for m in firsts.values()}
+        await queries.prefetch_turn_rows(s, list(keys))
+        unknown = queries.prefetched_unknown(s, list(keys))
+        if unknown and await self.engine.onboard(s, [keys[k] for k in unknown]):
+            await queries.prefetch_turn_rows(s, unknown)  # the rows made: read again
+
     async def _commit_group(self, batch: list[Grouped], *, savepoints: bool) -> list[bool] | None:
         """One try of `_commit_rows`; None if a row failed without savepoints (nothing was
         committed: the caller tries again with them)."""
@@ -481,24 +500,8 @@ class Inbox(RoundWorker):
                     grouped = not savepoints and len(batch) > 1
                     if grouped:
                         queries.defer_group(s)
-                    firsts: dict[tuple[str, str], InboundMessage] = {}
-                    for g in batch:
-                        for m in g.messages:
-                            firsts.setdefault((m.channel, m.thread_key), m)
                     if not savepoints:
-                        # the group's new customers' rows in one INSERT per table, not one
-                        # customer at a time (a failure reruns the group, a savepoint each)
-                        await self.engine.onboard(s, list(firsts.values()))
-                    if grouped and self.dialect == "postgresql":
-                        # each chat's first message's rows in one statement, not one each
-                        # (SQLite's inline statements cost microseconds: read one by one)
-                        await queries.prefetch_turn_rows(
-                            s,
-                            [
-                                (m.channel, m.sender_id, m.thread_key, m.platform_message_id)
-                                for m in firsts.values()
-                            ],
-                        )
+                        await self._before_turns(s, batch, grouped=grouped)
                     chats: set[tuple[str, str]] = set()  # handled since the last flush
                     for i, g in enumerate(batch):
                         mark = len(seen)
@@ -704,3 +707,7 @@ def _dead_letter(row: InboxUpdate, error: str) -> DeadLetter:
 
 def _error(exc: BaseException) -> str:
     return "".join(traceback.format_exception_only(type(exc), exc)).strip()[:4000]
+
+
+def _turn_key(m: InboundMessage) -> queries.TurnKey:
+    return (m.channel, m.sender_id, m.thread_key, m.platform_message_id)

@@ -212,3 +212,39 @@ async def test_only_customers_made_from_nothing_are_created_here(runtime: Runtim
     for channel, external, _, conv in rows:
         assert (conv.channel, conv.status, conv.flow_state) == (channel, "bot", {})
         assert conv.thread_key == ("twice-1" if external == "twice" else "same")
+
+
+async def test_known_customers_cost_no_more_than_a_group_read(runtime: Runtime) -> None:
+    # PostgreSQL reads a group's chats' rows in one statement anyway: only the chats it
+    # found no row for are looked at again. SQLite (reads one by one) asks once per group
+    for i in range(6):
+        await runtime.engine.handle(inbound("hi", user=f"u{i}", mid=f"first-{i}"))
+    runtime.inbox.register("test", parse)
+    statements: list[str] = []
+
+    def seen(conn: Any, cursor: Any, sql: str, *args: Any) -> None:
+        statements.append(sql)
+
+    event.listen(runtime.db.sync_engine, "before_cursor_execute", seen)
+    try:
+        await asyncio.gather(
+            *(
+                runtime.inbox.accept(
+                    "test",
+                    str(i),
+                    f"u{i}",
+                    {"id": i, "user": f"u{i}", "text": "1", "name": None, "locale": "en"},
+                )
+                for i in range(6)
+            )
+        )
+        await runtime.inbox.drain()
+    finally:
+        event.remove(runtime.db.sync_engine, "before_cursor_execute", seen)
+    groups = runtime.inbox._group.batches
+    asked = [q for q in statements if q.startswith("SELECT identities.external_id")]
+    if runtime.db.dialect.name == "postgresql":
+        assert groups < 6 and asked == []
+    else:
+        assert len(asked) <= groups
+    assert not [q for q in statements if q.startswith("INSERT INTO contacts")]
