@@ -310,12 +310,19 @@ TurnKey = tuple[str, str, str, str]  # channel, sender, thread key, platform mes
 
 
 async def prefetch_turn_rows(s: AsyncSession, keys: Sequence[TurnKey]) -> None:
-    """`turn_row` for many messages in one statement (PostgreSQL; the group commit of
-    bot/delivery/inbox.py, one message per chat), each answer kept for the first
-    `turn_row` that asks for it. A key with no row is kept as None (a new customer or
-    conversation). Only for messages whose chats nothing in the transaction has touched
-    yet: the rows are read now."""
+    """`turn_row` for many messages (the group commit of bot/delivery/inbox.py, one message
+    per chat), each answer kept for the first `turn_row` that asks for it: on PostgreSQL
+    in one statement; on SQLite, whose inline statements cost microseconds, and for one
+    key, one by one, as `turn_row` would read them. A key with no row is kept as None (a
+    new customer or conversation). Only for messages whose chats nothing in the
+    transaction has touched yet: the rows are read now."""
     if not keys:
+        return
+    if len(keys) == 1 or s.get_bind().dialect.name != "postgresql":
+        read: dict[TurnKey, TurnRow | None] = {}
+        for key in keys:
+            read[key] = await turn_row(s, *key)
+        s.info.setdefault(_PREFETCHED, {}).update(read)
         return
     params = {
         "k_channels": [k[0] for k in keys],

@@ -452,19 +452,15 @@ class Inbox(RoundWorker):
                 return done
         return await self._commit_group(batch, savepoints=len(batch) > 1) or [False] * len(batch)
 
-    async def _before_turns(self, s: AsyncSession, batch: list[Grouped], *, grouped: bool) -> None:
-        """The group's new customers' rows created together, one INSERT per table, not one
-        customer at a time (Engine.onboard; a failure reruns the group, a savepoint each).
-        On PostgreSQL, in a group of several rows, each chat's first message's rows read in
-        one statement first, not one each (SQLite's inline statements cost microseconds:
-        read one by one); only a chat with no row read may then be a new customer's."""
+    async def _before_turns(self, s: AsyncSession, batch: list[Grouped]) -> None:
+        """Each chat's first message's rows read first (on PostgreSQL in one statement, not
+        one each: queries.prefetch_turn_rows), then the new customers among the chats with
+        no row read get theirs together, one INSERT per table, not one customer at a time
+        (Engine.onboard; a failure reruns the group, a savepoint each)."""
         firsts: dict[tuple[str, str], InboundMessage] = {}
         for g in batch:
             for m in g.messages:
                 firsts.setdefault((m.channel, m.thread_key), m)
-        if not (grouped and self.dialect == "postgresql"):
-            await self.engine.onboard(s, list(firsts.values()))
-            return
         keys = {_turn_key(m): m for m in firsts.values()}
         await queries.prefetch_turn_rows(s, list(keys))
         unknown = queries.prefetched_unknown(s, list(keys))
@@ -501,7 +497,7 @@ class Inbox(RoundWorker):
                     if grouped:
                         queries.defer_group(s)
                     if not savepoints:
-                        await self._before_turns(s, batch, grouped=grouped)
+                        await self._before_turns(s, batch)
                     chats: set[tuple[str, str]] = set()  # handled since the last flush
                     for i, g in enumerate(batch):
                         mark = len(seen)
