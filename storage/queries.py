@@ -319,9 +319,7 @@ async def prefetch_turn_rows(s: AsyncSession, keys: Sequence[TurnKey]) -> None:
     if not keys:
         return
     if len(keys) == 1 or s.get_bind().dialect.name != "postgresql":
-        read: dict[TurnKey, TurnRow | None] = {}
-        for key in keys:
-            read[key] = await turn_row(s, *key)
+        read = {key: await _read_turn_row(s, key) for key in keys}
         s.info.setdefault(_PREFETCHED, {}).update(read)
         return
     params = {
@@ -357,6 +355,11 @@ async def turn_row(
         key = (channel, sender_id, thread_key, platform_message_id)
         if key in prefetched:
             return prefetched.pop(key)
+    return await _read_turn_row(s, (channel, sender_id, thread_key, platform_message_id))
+
+
+async def _read_turn_row(s: AsyncSession, key: TurnKey) -> TurnRow | None:
+    channel, sender_id, thread_key, platform_message_id = key
     params = {
         "channel": channel,
         "sender": sender_id,

@@ -129,6 +129,8 @@ async def test_a_groups_new_customers_are_created_together_as_one_by_one(
     for table in ("contacts", "identities", "conversations"):
         made = [q for q in statements if q.startswith(f"INSERT INTO {table}")]
         assert len(made) <= groups, (table, made)  # was: one per customer
+    # and each first turn went the plain way: no step by step read of the ORM's way
+    assert not [q for q in statements if q.startswith("SELECT identities.id")], statements
     refs = {locale: await _customer(runtime, f"ref-{locale}") for locale in ("en", "de")}
     for i in range(n):
         got = await _customer(runtime, f"u{i}")
