@@ -5,6 +5,8 @@ customers that way would create from nothing."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from sqlalchemy import event, select, update
@@ -26,7 +28,22 @@ from storage.models import (
 )
 from tests.conftest import inbound
 
-TEXTS = ["hi", "I want to complain"]
+TEXT = "hi"
+
+
+@contextmanager
+def recorded(runtime: Runtime) -> Iterator[list[str]]:
+    """The SQL statements run meanwhile."""
+    statements: list[str] = []
+
+    def seen(conn: Any, cursor: Any, sql: str, *args: Any) -> None:
+        statements.append(sql)
+
+    event.listen(runtime.db.sync_engine, "before_cursor_execute", seen)
+    try:
+        yield statements
+    finally:
+        event.remove(runtime.db.sync_engine, "before_cursor_execute", seen)
 
 
 def parse(payload: dict[str, Any]) -> list[InboundMessage]:
@@ -91,18 +108,11 @@ async def test_a_groups_new_customers_are_created_together_as_one_by_one(
 ) -> None:
     # the reference: each new customer alone, the ORM's way
     for locale in ("en", "de"):
-        for text in TEXTS[:1]:
-            msg = inbound(text, user=f"ref-{locale}", locale=locale, sender_name="Alex")
-            await runtime.engine.handle(msg)
+        msg = inbound(TEXT, user=f"ref-{locale}", locale=locale, sender_name="Alex")
+        await runtime.engine.handle(msg)
     runtime.inbox.register("test", parse)
-    statements: list[str] = []
-
-    def seen(conn: Any, cursor: Any, sql: str, *args: Any) -> None:
-        statements.append(sql)
-
     n = 8
-    event.listen(runtime.db.sync_engine, "before_cursor_execute", seen)
-    try:
+    with recorded(runtime) as statements:
         await asyncio.gather(
             *(
                 runtime.inbox.accept(
@@ -112,7 +122,7 @@ async def test_a_groups_new_customers_are_created_together_as_one_by_one(
                     {
                         "id": i,
                         "user": f"u{i}",
-                        "text": TEXTS[0],
+                        "text": TEXT,
                         "name": "Alex",
                         "locale": ("en", "de")[i % 2],
                     },
@@ -121,8 +131,6 @@ async def test_a_groups_new_customers_are_created_together_as_one_by_one(
             )
         )
         await runtime.inbox.drain()
-    finally:
-        event.remove(runtime.db.sync_engine, "before_cursor_execute", seen)
     groups = runtime.inbox._group.batches
     assert groups < n  # some rows shared a group
     assert not [q for q in statements if "SAVEPOINT" in q]  # no group ran again
@@ -222,13 +230,7 @@ async def test_known_customers_cost_no_statement_more(runtime: Runtime) -> None:
     for i in range(6):
         await runtime.engine.handle(inbound("hi", user=f"u{i}", mid=f"first-{i}"))
     runtime.inbox.register("test", parse)
-    statements: list[str] = []
-
-    def seen(conn: Any, cursor: Any, sql: str, *args: Any) -> None:
-        statements.append(sql)
-
-    event.listen(runtime.db.sync_engine, "before_cursor_execute", seen)
-    try:
+    with recorded(runtime) as statements:
         await asyncio.gather(
             *(
                 runtime.inbox.accept(
@@ -241,7 +243,5 @@ async def test_known_customers_cost_no_statement_more(runtime: Runtime) -> None:
             )
         )
         await runtime.inbox.drain()
-    finally:
-        event.remove(runtime.db.sync_engine, "before_cursor_execute", seen)
     assert not [q for q in statements if q.startswith("SELECT identities.external_id")]
     assert not [q for q in statements if q.startswith("INSERT INTO contacts")]
