@@ -46,6 +46,14 @@ def recorded(runtime: Runtime) -> Iterator[list[str]]:
         event.remove(runtime.db.sync_engine, "before_cursor_execute", seen)
 
 
+async def delivered(runtime: Runtime, payloads: list[dict[str, Any]]) -> None:
+    """The payloads accepted at once (they share group commits), then handled."""
+    await asyncio.gather(
+        *(runtime.inbox.accept("test", str(p["id"]), p["user"], p) for p in payloads)
+    )
+    await runtime.inbox.drain()
+
+
 def parse(payload: dict[str, Any]) -> list[InboundMessage]:
     return [
         InboundMessage(
@@ -113,24 +121,19 @@ async def test_a_groups_new_customers_are_created_together_as_one_by_one(
     runtime.inbox.register("test", parse)
     n = 8
     with recorded(runtime) as statements:
-        await asyncio.gather(
-            *(
-                runtime.inbox.accept(
-                    "test",
-                    str(i),
-                    f"u{i}",
-                    {
-                        "id": i,
-                        "user": f"u{i}",
-                        "text": TEXT,
-                        "name": "Alex",
-                        "locale": ("en", "de")[i % 2],
-                    },
-                )
+        await delivered(
+            runtime,
+            [
+                {
+                    "id": i,
+                    "user": f"u{i}",
+                    "text": TEXT,
+                    "name": "Alex",
+                    "locale": ("en", "de")[i % 2],
+                }
                 for i in range(n)
-            )
+            ],
         )
-        await runtime.inbox.drain()
     groups = runtime.inbox._group.batches
     assert groups < n  # some rows shared a group
     assert not [q for q in statements if "SAVEPOINT" in q]  # no group ran again
@@ -231,17 +234,12 @@ async def test_known_customers_cost_no_statement_more(runtime: Runtime) -> None:
         await runtime.engine.handle(inbound("hi", user=f"u{i}", mid=f"first-{i}"))
     runtime.inbox.register("test", parse)
     with recorded(runtime) as statements:
-        await asyncio.gather(
-            *(
-                runtime.inbox.accept(
-                    "test",
-                    str(i),
-                    f"u{i}",
-                    {"id": i, "user": f"u{i}", "text": "1", "name": None, "locale": "en"},
-                )
+        await delivered(
+            runtime,
+            [
+                {"id": i, "user": f"u{i}", "text": "1", "name": None, "locale": "en"}
                 for i in range(6)
-            )
+            ],
         )
-        await runtime.inbox.drain()
     assert not [q for q in statements if q.startswith("SELECT identities.external_id")]
     assert not [q for q in statements if q.startswith("INSERT INTO contacts")]
