@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import traceback
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timedelta
@@ -597,11 +597,11 @@ class Engine:
             return []
         now = self.clock()
         people: dict[tuple[str, str], Any] = {}
-        for channel, externals in _by_channel((x.channel, x.external_id) for x in starts):
+        for channel, externals in queries.by_channel((x.channel, x.external_id) for x in starts):
             for found in await s.execute(_PEOPLE, {"channel": channel, "externals": externals}):
                 people[(channel, found.external_id)] = found
         open_now: dict[tuple[str, str], Any] = {}
-        for channel, threads in _by_channel((x.channel, x.thread) for x in starts):
+        for channel, threads in queries.by_channel((x.channel, x.thread) for x in starts):
             for row in await s.execute(_OPEN_LOCKED, {"channel": channel, "threads": threads}):
                 open_now[(channel, row.thread_key)] = row
         results: list[HandleResult | None] = []
@@ -1187,11 +1187,3 @@ class _Planned:
     replies: list[Reply]
     locale: str
     result: HandleResult
-
-
-def _by_channel(pairs: Iterable[tuple[str, str]]) -> list[tuple[str, list[str]]]:
-    """(channel, sorted distinct keys) per channel, channels sorted."""
-    found: dict[str, set[str]] = {}
-    for channel, key in pairs:
-        found.setdefault(channel, set()).add(key)
-    return [(channel, sorted(keys)) for channel, keys in sorted(found.items())]

@@ -87,12 +87,9 @@ async def _found(
     s: AsyncSession, stmt: Any, pairs: Sequence[tuple[str, str]]
 ) -> set[tuple[str, str]]:
     """Which (channel, key) pairs the statement finds, one statement per channel."""
-    by_channel: dict[str, list[str]] = {}
-    for channel, key in pairs:
-        by_channel.setdefault(channel, []).append(key)
     found: set[tuple[str, str]] = set()
-    for channel, keys in sorted(by_channel.items()):
-        rows = await s.execute(stmt, {"channel": channel, "keys": sorted(set(keys))})
+    for channel, keys in queries.by_channel(pairs):
+        rows = await s.execute(stmt, {"channel": channel, "keys": keys})
         found.update((channel, key) for (key,) in rows)
     return found
 

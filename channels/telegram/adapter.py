@@ -234,31 +234,32 @@ class TelegramChannel(ChannelAdapter):
             m = UPDATE_ID_RE.search(body)
             if m is None:
                 return Response(status_code=400)
-            kept = await self._persisted(self._keep_rejected(int(m.group(1)), body))
-            return kept if isinstance(kept, Response) else Response(status_code=200)
+            return await self._persisted(self._keep_rejected(int(m.group(1)), body))
         except ValueError:
             return Response(status_code=400)
         if not isinstance(update, dict) or type(update.get("update_id")) is not int:
             return Response(status_code=400)
         answer = _callback_answer(update)
-        new = await self._persisted(self.accept(update, body, answered=answer is not None))
-        if new is True and answer is not None:
-            # Telegram makes the call a webhook's response names: one request fewer per
-            # press, and the spinner stops as soon as the press is stored (its result is
-            # not reported, as the answer's was ignored anyway)
-            return JSONResponse(answer)
-        return new if isinstance(new, Response) else Response(status_code=200)
+        return await self._persisted(self.accept(update, body, answered=answer is not None), answer)
 
-    async def _persisted(self, accepting: Awaitable[bool]) -> bool | Response:
-        """The update persisted (whether it was new), or the 503 that says it was not."""
+    async def _persisted(
+        self, accepting: Awaitable[bool], answer: dict[str, Any] | None = None
+    ) -> Response:
+        """200 once the update is persisted, carrying `answer` if the update was new
+        (Telegram makes the call a webhook's response names: one request fewer per press,
+        and the spinner stops as soon as the press is stored; its result is not reported,
+        as the answer's was ignored anyway); 503 if it was not persisted."""
         try:
-            return await accepting
+            new = await accepting
         except Exception as exc:  # not persisted: Telegram delivers it again
             if isinstance(exc, Unavailable):  # expected while the database is away
                 log.warning("telegram webhook: update not persisted, %s", exc)
             else:
                 log.exception("telegram webhook: could not persist the update")
             return Response(status_code=503, headers={"Retry-After": "5"})
+        if new and answer is not None:
+            return JSONResponse(answer)
+        return Response(status_code=200)
 
     async def _keep_rejected(
         self, update_id: int, raw: bytes | str, shallow: dict[str, Any] | None = None
