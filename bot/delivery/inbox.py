@@ -40,8 +40,21 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Boolean, Insert, Table, Update, and_, bindparam, case, or_, select, update
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import (
+    Boolean,
+    Insert,
+    Table,
+    TextClause,
+    Update,
+    and_,
+    bindparam,
+    case,
+    or_,
+    select,
+    text,
+    update,
+)
+from sqlalchemy.dialects import sqlite
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -55,7 +68,7 @@ from bot.delivery.leases import Leases
 from bot.delivery.settings import IN_FLIGHT
 from bot.delivery.worker import RoundWorker
 from storage import queries
-from storage.db import OneStatement, inline, is_unavailable
+from storage.db import OneStatement, inline, is_unavailable, json_text
 from storage.models import DeadLetter, InboxStatus, InboxUpdate, utcnow
 from storage.queries import scrub
 
@@ -203,24 +216,13 @@ class Inbox(RoundWorker):
         now = utcnow()
         until = self.leases.until()
         owner = self.leases.boot_id
-        values = [
-            {
-                **r,
-                "created_at": now,
-                **{f"b_born{n}": b for n in range(4)},
-                **{f"b_channel{n}": r["channel"] for n in range(4)},
-                **{f"b_partition{n}": r["partition_key"] for n in range(4)},
-                "b_owner": owner,
-                "b_until": until,
-            }
-            for r, b in zip(rows, born, strict=True)
-        ]
         try:
+            params = self._accept_params(rows, born, now, until, owner)
             # one statement: on PostgreSQL outside a transaction, one round trip, committed
-            # when it answers (storage/db.OneStatement); the batch is one page of
-            # insertmanyvalues (max_batch rows), so it is all or nothing
+            # when it answers (storage/db.OneStatement); all or nothing (SQLite: the batch
+            # is one page of insertmanyvalues, max_batch rows)
             async with self._one() as s:
-                result = await s.execute(self._accept_stmt, values)
+                result = await s.execute(self._accept_stmt, params)
                 inserted = {(c, k): (i, st) for i, c, k, st in result}
         except Exception as exc:
             if is_unavailable(exc):
@@ -268,6 +270,38 @@ class Inbox(RoundWorker):
         if queued:
             self.notify()
         return results
+
+    def _accept_params(
+        self,
+        rows: list[dict[str, Any]],
+        born: list[bool],
+        now: datetime,
+        until: datetime,
+        owner: str,
+    ) -> dict[str, Any] | list[dict[str, Any]]:
+        if self._accept_stmt is _ACCEPT_PG:  # one array per column (see _ACCEPT_PG)
+            return {
+                "channels": [r["channel"] for r in rows],
+                "dedupe_keys": [r["dedupe_key"] for r in rows],
+                "partitions": [r["partition_key"] for r in rows],
+                "payloads": [json_text(r["payload"]) for r in rows],
+                "born": born,
+                "owner": owner,
+                "until": until,
+                "now": now,
+            }
+        return [
+            {
+                **r,
+                "created_at": now,
+                **{f"b_born{n}": b for n in range(4)},
+                **{f"b_channel{n}": r["channel"] for n in range(4)},
+                **{f"b_partition{n}": r["partition_key"] for n in range(4)},
+                "b_owner": owner,
+                "b_until": until,
+            }
+            for r, b in zip(rows, born, strict=True)
+        ]
 
     async def _release(self, ids: list[int]) -> None:
         """Rows born claimed but not started: pending again, the attempt not counted (only
@@ -631,11 +665,49 @@ class Grouped:
     note: str | None
 
 
-def _accept_statement(dialect: str) -> Insert:
+# PostgreSQL's accept: the rows as arrays, so the statement's text is the same whatever the
+# batch's size: prepared once per connection, its plan kept. Rows as VALUES, one text per
+# size, were parsed and planned again and again (their four EXISTS each): in a 200 x 10
+# bench run 730 of the server's 2,000 ms of statements, a third of it planning at bind
+# (log_min_duration_statement, outside bench/). Rows are inserted in their order (ids
+# ascending within a chat, as the worker's pick needs); the born check as _accept_statement's.
+_ACCEPT_PG = text(
+    """
+    INSERT INTO inbox (channel, dedupe_key, partition_key, payload, status, attempts,
+                       leased_until, leased_by, created_at)
+    SELECT r.channel, r.dedupe_key, r.partition_key, CAST(r.payload AS jsonb),
+           CASE WHEN r.born THEN 'processing' ELSE 'pending' END,
+           CASE WHEN r.born THEN 1 ELSE 0 END,
+           CASE WHEN r.born THEN CAST(:until AS timestamptz) END,
+           CASE WHEN r.born THEN CAST(:owner AS varchar) END,
+           CAST(:now AS timestamptz)
+    FROM (
+        SELECT a.*, a.asked AND NOT EXISTS (
+            SELECT 1 FROM inbox u
+            WHERE u.channel = a.channel AND u.partition_key = a.partition_key
+              AND u.status IN ('pending', 'processing')  -- ix_inbox_unfinished
+        ) AS born
+        FROM unnest(
+            CAST(:channels AS varchar[]), CAST(:dedupe_keys AS varchar[]),
+            CAST(:partitions AS varchar[]), CAST(:payloads AS text[]),
+            CAST(:born AS boolean[])
+        ) WITH ORDINALITY AS a(channel, dedupe_key, partition_key, payload, asked, n)
+    ) AS r
+    ORDER BY r.n
+    ON CONFLICT (channel, dedupe_key) DO NOTHING
+    RETURNING id, channel, dedupe_key, status
+    """
+)
+
+
+def _accept_statement(dialect: str) -> Insert | TextClause:
     """The accept's INSERT, built once (its compiled form cached; several rows go as one
     statement through insertmanyvalues), deduped: a row asked to be born claimed
-    (`b_born`) is, unless its partition has an unfinished row (then pending, as any)."""
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    (`b_born`) is, unless its partition has an unfinished row (then pending, as any).
+    PostgreSQL's is _ACCEPT_PG."""
+    if dialect == "postgresql":
+        return _ACCEPT_PG
+    insert = sqlite.insert
 
     def born(n: int) -> ColumnElement[bool]:
         # a parameter used once only (insertmanyvalues renders each row's anew): four names

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import event, select
 
 from bot.channel.messages import ChannelEvent, InboundMessage
 from bot.delivery.inbox import ParseError
@@ -93,3 +94,43 @@ async def test_crashed_processing_is_retried_after_lease(runtime: Runtime) -> No
     await runtime.inbox.drain()
     await runtime.dispatcher.drain()
     assert len(recorder(runtime).sent) == 1
+
+
+async def test_accept_batches_of_any_size_are_one_statement(runtime: Runtime) -> None:
+    """Concurrent webhooks share an INSERT: each gets its own answer (a redelivery within
+    the batch too), a chat's rows keep their order, and on PostgreSQL the statement's text
+    does not change with the batch's size (prepared and planned once, not per size)."""
+    runtime.inbox.register("test", parse)
+    texts: list[str] = []
+
+    def seen(conn: Any, cursor: Any, sql: str, *args: Any) -> None:
+        if sql.lstrip().startswith("INSERT INTO inbox"):
+            texts.append(sql)
+
+    def update(i: int, user: str) -> tuple[str, str, str, dict[str, Any]]:
+        return "test", str(i), user, {"id": i, "user": user, "text": f"where is order {i}?"}
+
+    event.listen(runtime.db.sync_engine, "before_cursor_execute", seen)
+    try:
+        first = [update(0, "u1"), update(1, "u2"), update(2, "u1"), update(0, "u1")]
+        assert await asyncio.gather(*(runtime.inbox.accept(*u) for u in first)) == [
+            True,
+            True,
+            True,
+            False,  # the same update twice in one batch: the first one is the new one
+        ]
+        second = [update(i, f"u{i % 3}") for i in range(3, 10)] + [update(1, "u2")]
+        assert await asyncio.gather(*(runtime.inbox.accept(*u) for u in second)) == [True] * 7 + [
+            False
+        ]
+    finally:
+        event.remove(runtime.db.sync_engine, "before_cursor_execute", seen)
+    assert len(texts) == 2  # a batch each
+    if runtime.db.dialect.name == "postgresql":
+        assert texts[0] == texts[1]
+    stored = await rows(runtime)
+    assert [r.dedupe_key for r in stored] == [str(i) for i in range(10)]
+    assert [r.payload["id"] for r in stored] == list(range(10))
+    assert {r.status for r in stored} == {InboxStatus.PENDING}  # no worker runs: none born
+    await runtime.inbox.drain()
+    assert [r.status for r in await rows(runtime)] == [InboxStatus.DONE] * 10
