@@ -27,7 +27,8 @@ whether or not earlier ones were answered. The Bot API is the test stand-in
 rate shaping is lifted (the stand-in never answers 429), so the pipeline itself is measured.
 
 Per bot: msg/s (customer messages / wall time), p50 and p99 of the time from the webhook POST
-to the turn's last reply, messages without a reply within --reply-timeout, SQL statements per
+to the turn's last reply (closed loop: also the first turns', which all start at once, and
+the other turns' p99, per run), messages without a reply within --reply-timeout, SQL statements per
 message (cicbot: SQLAlchemy's before_cursor_execute, read from /metrics; the FSM bot counts
 its own executes and commits), the share of one core the bot's process tree used (cicbot-pg2:
 both workers' summed, so it can exceed 1), replies sent twice (a chat's replies beyond what
@@ -335,6 +336,9 @@ class Run:
     statements: float | None  # per message
     cpu: float  # share of one core
     doubled: int = 0  # replies beyond what the turns call for
+    # which turn each latency is of: in a closed loop every customer's first message
+    # arrives at once, so the first turns wait for the whole wave (printed apart)
+    turns: list[int] = field(default_factory=list)
 
     @property
     def throughput(self) -> float:
@@ -346,8 +350,13 @@ class Run:
         shared machine, since it does not count the time spent waiting for a core."""
         return self.cpu * self.seconds * 1000 / self.messages
 
-    def pct(self, q: float) -> float:
-        data = sorted(self.latencies) or [float("nan")]
+    def pct(self, q: float, first: bool | None = None) -> float:
+        """The q-quantile of the latencies; of the first turns only (True) or of the
+        others (False)."""
+        data = self.latencies
+        if first is not None:
+            data = [x for x, i in zip(data, self.turns, strict=True) if (i == 0) == first]
+        data = sorted(data) or [float("nan")]
         return data[min(len(data) - 1, int(q * len(data)))]
 
 
@@ -359,6 +368,7 @@ class Load:
         self.next_base = itertools.cycle(bases)  # round-robin, message by message
         self.reply_timeout = reply_timeout
         self.latencies: list[float] = []
+        self.turns: list[int] = []  # the turn of each latency
         self.missing = 0
 
     def _user(self, chat: int) -> dict[str, Any]:
@@ -417,6 +427,7 @@ class Load:
             self.missing += 1
         else:
             self.latencies.append(arrived - started)
+            self.turns.append(i)
 
     def expected(self, i: int) -> int:
         """Replies in all after turn i."""
@@ -646,7 +657,9 @@ async def measure(
         print(f"  {bot.name}: {off} of {len(chats)} chats got replies unlike the others'")
     for chat, i, surplus in where[:5]:
         print(f"  {bot.name}: chat {chat} turn {i + 1}: {surplus} repl(ies) more than it calls for")
-    return Run(messages, seconds, load.latencies, load.missing, per_message, cpu, doubled)
+    return Run(
+        messages, seconds, load.latencies, load.missing, per_message, cpu, doubled, load.turns
+    )
 
 
 @contextlib.asynccontextmanager
@@ -775,6 +788,13 @@ async def main(args: argparse.Namespace) -> None:
                         f"  cpu ms/msg {run.cpu_ms:5.2f}  load {os.getloadavg()[0]:.1f}",
                         flush=True,
                     )
+                    if args.turns > 1 and not args.open_loop:
+                        print(
+                            f"        first turns p50 {run.pct(0.5, True) * 1000:7.1f} ms  "
+                            f"p99 {run.pct(0.99, True) * 1000:7.1f} ms; the other turns "
+                            f"p99 {run.pct(0.99, False) * 1000:7.1f} ms",
+                            flush=True,
+                        )
             for bot in running:
                 if not bot.peer:
                     await print_groups(bot)

@@ -279,7 +279,9 @@ class Inbox(RoundWorker):
         until: datetime,
         owner: str,
     ) -> dict[str, Any] | list[dict[str, Any]]:
-        if self._accept_stmt is _ACCEPT_PG:  # one array per column (see _ACCEPT_PG)
+        """The accept's parameters: one array per column on PostgreSQL (_ACCEPT_PG), a row
+        each for insertmanyvalues elsewhere."""
+        if self.dialect == "postgresql":
             return {
                 "channels": [r["channel"] for r in rows],
                 "dedupe_keys": [r["dedupe_key"] for r in rows],
