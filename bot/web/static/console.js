@@ -20,6 +20,8 @@
 
 (() => {
   const TOKEN_KEY = "cicbot.agent.token";
+  // why this tab was signed out, so that a reload still says it (the token is gone by then)
+  const ENDED_KEY = "cicbot.agent.ended";
   const POLL_MS = 10000;
   const WATCHDOG_MS = 45000; // the server sends a heartbeat every 15 s
   const LANG = (navigator.language || "en").toLowerCase().startsWith("de") ? "de" : "en";
@@ -159,7 +161,7 @@
     try { data = await res.json(); } catch (e) { data = null; }
     if (!res.ok) {
       const err = data && data.error ? data.error : {};
-      if (res.status === 401 && state.token && state.token === token && state.me) signOut(t("login.expired"));
+      if (res.status === 401 && state.token && state.token === token && state.me) signOut("login.expired");
       throw new ApiError(res.status, err.code || "http_error", err.message || res.statusText);
     }
     return data;
@@ -230,6 +232,7 @@
       return;
     }
     sessionStorage.setItem(TOKEN_KEY, token);
+    sessionStorage.removeItem(ENDED_KEY);
     state.me = me;
     try {
       LABELS = await api("GET", "/agent/api/labels");
@@ -244,8 +247,8 @@
     start();
   }
 
-  function signOut(message) {
-    if (state.token && state.token.startsWith("cis_") && !message) {
+  function signOut(reason) {
+    if (state.token && state.token.startsWith("cis_") && !reason) {
       // end the session on the server too (a signed-out tab's token is worthless)
       fetch("/api/v1/auth/logout", { method: "POST", headers: { Authorization: "Bearer " + state.token } }).catch(() => {});
     }
@@ -270,7 +273,9 @@
     $("text").value = "";
     showConversation(false);
     if (location.hash) history.replaceState(null, "", location.pathname);
-    showLogin(message);
+    if (reason) sessionStorage.setItem(ENDED_KEY, reason);
+    else sessionStorage.removeItem(ENDED_KEY);
+    showLogin(reason ? t(reason) : null);
   }
 
   function isSupervisor() {
@@ -309,7 +314,7 @@
         signal: ctrl.signal,
       });
       if (res.status === 401) {
-        if (events.ctrl === ctrl) signOut(t("login.expired"));
+        if (events.ctrl === ctrl) signOut("login.expired");
         return;
       }
       if (!res.ok || !res.body) throw new Error("HTTP " + res.status);
@@ -930,6 +935,7 @@
       const email = $("email").value.trim();
       const password = $("password").value;
       if (!token && !(email && password)) { showLogin(t("login.empty")); return; }
+      sessionStorage.removeItem(ENDED_KEY); // a new attempt: the old reason is told
       $("login-submit").disabled = true;
       $("login-submit").textContent = t("login.checking");
       if (email && password) signInWithPassword(email, password);
@@ -979,8 +985,9 @@
     supervisor.wire();
 
     const saved = sessionStorage.getItem(TOKEN_KEY);
+    const ended = sessionStorage.getItem(ENDED_KEY);
     if (saved) signIn(saved, true);
-    else showLogin(null);
+    else showLogin(ended === "login.expired" ? t(ended) : null);
   }
 
   if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", wire);
