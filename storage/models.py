@@ -278,6 +278,13 @@ class OutboxMessage(Base):
             postgresql_where=text("status IN ('pending', 'sending')"),
             sqlite_where=text("status IN ('pending', 'sending')"),
         ),
+        # ... and the claim's window, the oldest unsent rows (storage/queries.py heads)
+        Index(
+            "ix_outbox_unfinished_id",
+            "id",
+            postgresql_where=text("status IN ('pending', 'sending')"),
+            sqlite_where=text("status IN ('pending', 'sending')"),
+        ),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
@@ -311,6 +318,12 @@ class InboxUpdate(Base):
             "ix_inbox_unfinished",
             "channel",
             "partition_key",
+            "id",
+            postgresql_where=text("status IN ('pending', 'processing')"),
+            sqlite_where=text("status IN ('pending', 'processing')"),
+        ),
+        Index(
+            "ix_inbox_unfinished_id",
             "id",
             postgresql_where=text("status IN ('pending', 'processing')"),
             sqlite_where=text("status IN ('pending', 'processing')"),

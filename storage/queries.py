@@ -11,6 +11,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
+    BindParameter,
     Exists,
     Integer,
     String,
@@ -45,6 +46,7 @@ from storage.models import (
     OutboxMessage,
     OutboxStatus,
     Touchpoint,
+    UTCDateTime,
     utcnow,
 )
 
@@ -71,27 +73,73 @@ INBOX_UNFINISHED = _literals(InboxStatus.PENDING.value, InboxStatus.PROCESSING.v
 OUTBOX_UNFINISHED = _literals(OutboxStatus.PENDING.value, OutboxStatus.SENDING.value)
 
 
-def heads(dialect: str, table: str, key: str, channels: Sequence[str]) -> TextualSelect:
-    """The id of each partition's oldest unfinished row (`key`: the inbox's partition_key,
-    the outbox's recipient_id) in `channels` (not empty), read from the partial
-    index of unfinished rows. SQLite's planner, without statistics, preferred the full
-    index on (channel, key, status, id) even with the statuses as literals: it read every
-    row the channel ever had, so the claim grew with the table; INDEXED BY names the one
-    index whose size is the backlog. PostgreSQL picks it from its statistics."""
-    index, unfinished = {
-        ("inbox", "partition_key"): ("ix_inbox_unfinished", INBOX_UNFINISHED),
-        ("outbox", "recipient_id"): ("ix_outbox_unfinished", OUTBOX_UNFINISHED),
-    }[(table, key)]
+# what makes an unfinished row claimable now, per table (the claims' `due`, as SQL)
+_DUE = {
+    "inbox": "(status = 'pending' OR (status = 'processing' AND leased_until < :now))",
+    "outbox": "((status = 'pending' AND next_attempt_at <= :now) "
+    "OR (status = 'sending' AND leased_until < :now))",
+}
+_PARTITIONS = {
+    ("inbox", "partition_key"): ("ix_inbox_unfinished", INBOX_UNFINISHED),
+    ("outbox", "recipient_id"): ("ix_outbox_unfinished", OUTBOX_UNFINISHED),
+}
+WINDOW_PER_CLAIM = 4  # the oldest unfinished rows read per row a claim takes
+_ALL = 1_000_000_000  # LIMIT "all" that both databases accept
+
+
+def heads(
+    dialect: str,
+    table: str,
+    key: str,
+    channels: Sequence[str],
+    *,
+    now: datetime,
+    limit: int,
+    partition: str | None = None,
+) -> TextualSelect:
+    """Ids among which the `limit` oldest claimable partition heads are: a head is a
+    partition's oldest unfinished row (`key`: the inbox's partition_key, the outbox's
+    recipient_id), in `channels` (not empty), optionally of one `partition`.
+
+    The window: the `WINDOW_PER_CLAIM * limit` oldest unfinished rows (ix_*_unfinished_id),
+    each checked against its partition's oldest (ix_*_unfinished, one index probe). Any
+    head older than the window's newest row is in it; so when the window holds `limit`
+    claimable heads, or all unfinished rows, they are the answer. Otherwise (a busy
+    partition's or not-yet-due rows fill it) every partition's head is read too, the
+    GROUP BY over all unfinished rows that once was the only way: a cost that grew with
+    the backlog (10,000 recipients of a campaign: 16-26 ms a claim on PostgreSQL, 100,000:
+    150-170 ms), now paid only in that case. The fallback's LIMIT is 0 unless needed:
+    both databases then skip its scan (a WHERE with subqueries was still scanned by
+    SQLite). SQLite is told the indexes (INDEXED BY): without statistics it preferred the
+    full index on (channel, key, status, id) and read every row the channel ever had."""
+    index, unfinished = _PARTITIONS[(table, key)]
     statuses = ", ".join(str(v) for v in unfinished)  # the literals, as the index has them
+    window_hint = f" INDEXED BY {index}_id" if dialect == "sqlite" else ""
     hint = f" INDEXED BY {index}" if dialect == "sqlite" else ""
-    return (
-        text(
-            f"SELECT min(id) FROM {table}{hint} WHERE status IN ({statuses}) "  # noqa: S608 (constants)
-            f"AND channel IN :channels GROUP BY channel, {key}"
-        )
-        .bindparams(bindparam("channels", list(channels), expanding=True))
-        .columns(column("id"))
+    one = f" AND {key} = :partition" if partition is not None else ""
+    due = _DUE[table]
+    sql = (
+        f"WITH w AS (SELECT id, channel, {key}, status, "  # noqa: S608 (constants)
+        f"{'next_attempt_at, ' if table == 'outbox' else ''}leased_until "
+        f"FROM {table}{window_hint} WHERE status IN ({statuses}) AND channel IN :channels{one} "
+        "ORDER BY id LIMIT :window), "
+        f"h AS (SELECT * FROM w WHERE w.id = (SELECT min(p.id) FROM {table} p{hint} "
+        f"WHERE p.channel = w.channel AND p.{key} = w.{key} AND p.status IN ({statuses}))) "
+        "SELECT id FROM h UNION ALL SELECT id FROM ("
+        f"SELECT min(id) AS id FROM {table}{hint} WHERE status IN ({statuses}) "
+        f"AND channel IN :channels{one} GROUP BY channel, {key} "
+        "LIMIT CASE WHEN (SELECT count(*) FROM w) >= :window "
+        f"AND (SELECT count(*) FROM h WHERE {due}) < :limit THEN {_ALL} ELSE 0 END) f"
     )
+    params: list[BindParameter[Any]] = [
+        bindparam("channels", list(channels), expanding=True),
+        bindparam("now", now, type_=UTCDateTime()),
+        bindparam("window", WINDOW_PER_CLAIM * limit, type_=Integer()),
+        bindparam("limit", limit, type_=Integer()),
+    ]
+    if partition is not None:
+        params.append(bindparam("partition", partition, type_=String()))
+    return text(sql).bindparams(*params).columns(column("id"))
 
 
 # what PostgreSQL refuses in text or JSON: NUL, and lone surrogates (a JSON escape such

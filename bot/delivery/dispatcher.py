@@ -300,10 +300,18 @@ class Dispatcher(RoundWorker):
         if not self.channels:
             return []
         now = utcnow()
-        # each recipient's oldest unsent row, from the partial index of unsent rows
-        # (ix_outbox_unfinished): a long queue for one recipient is one index range
+        # each recipient's oldest unsent row (queries.heads: read from a window of the
+        # oldest unsent rows, whatever the number of recipients waiting)
         dialect = self.leases.db.dialect.name
-        heads = queries.heads(dialect, "outbox", "recipient_id", list(self.channels))
+        heads = queries.heads(
+            dialect,
+            "outbox",
+            "recipient_id",
+            list(self.channels),
+            now=now,
+            limit=self.claim_size,
+            partition=recipient,
+        )
         due = or_(
             and_(
                 OutboxMessage.status == OutboxStatus.PENDING, OutboxMessage.next_attempt_at <= now

@@ -410,10 +410,12 @@ class Inbox(RoundWorker):
         if not self.parsers:
             return []
         now = utcnow()
-        # each chat's oldest unfinished row, read from the partial index of unfinished rows
-        # (ix_inbox_unfinished): a busy chat's backlog is one index range, never a probe per
-        # row, and it offers one row at a time like every other chat (oldest first)
-        heads = queries.heads(self.dialect, "inbox", "partition_key", list(self.parsers))
+        # each chat's oldest unfinished row (queries.heads: read from a window of the
+        # oldest unfinished rows, whatever the number of chats waiting): a busy chat offers
+        # one row at a time like every other chat (oldest first)
+        heads = queries.heads(
+            self.dialect, "inbox", "partition_key", list(self.parsers), now=now, limit=limit
+        )
         due = or_(
             InboxUpdate.status == InboxStatus.PENDING,
             and_(InboxUpdate.status == InboxStatus.PROCESSING, InboxUpdate.leased_until < now),

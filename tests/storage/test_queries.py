@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from bot.conversation import reopen
 from storage import queries
 from storage.db import run_in_transaction
-from storage.models import Contact, Conversation, Direction, Touchpoint
+from storage.models import Contact, Conversation, Direction, Touchpoint, utcnow
 from tests.conftest import _truncate
 
 
@@ -55,12 +55,24 @@ def test_claims_read_the_partial_indexes_of_unfinished_rows(sqlite_url: str) -> 
         ("inbox", "partition_key", "ix_inbox_unfinished"),
         ("outbox", "recipient_id", "ix_outbox_unfinished"),
     ):
-        heads = queries.heads("sqlite", table, key, ["telegram", "webchat"])
-        found = plan(sqlite_url, heads)
-        assert index in found, found
-        assert "SCAN" not in found, found
+        for partition in (None, "42"):
+            heads = queries.heads(
+                "sqlite",
+                table,
+                key,
+                ["telegram", "webchat"],
+                now=utcnow(),
+                limit=8,
+                partition=partition,
+            )
+            found = plan(sqlite_url, heads)
+            reads = [line for line in found.splitlines() if f" {table}" in line or " p " in line]
+            # the window by id, the partition's oldest, the fallback: all partial indexes
+            assert f"USING INDEX {index}_id" in found, found
+            assert f"USING COVERING INDEX {index} " in found or f"USING INDEX {index} " in found
+            assert all(f"INDEX {index}" in line for line in reads), found
         assert "INDEXED BY" not in str(
-            queries.heads("postgresql", table, key, ["telegram"]).compile()
+            queries.heads("postgresql", table, key, ["telegram"], now=utcnow(), limit=8).compile()
         )
 
 

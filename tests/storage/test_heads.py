@@ -1,0 +1,166 @@
+"""`queries.heads`: the claims' pick of each partition's oldest unfinished row, read from a
+window of the oldest unfinished rows, falls back to every partition's head when the window
+cannot answer; checked against the definition, on both databases."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import sqlite3
+from collections.abc import Iterable
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import create_engine, insert, select, update
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from storage import queries
+from storage.models import OutboxMessage, OutboxStatus, utcnow
+
+LIMIT = 8  # the window: 32 rows
+
+
+def rows(recipients: Iterable[str]) -> list[dict[str, Any]]:
+    now = utcnow() - timedelta(seconds=1)
+    return [
+        {
+            "channel": "telegram",
+            "recipient_id": r,
+            "thread_key": r,
+            "body": {"text": "hi"},
+            "status": OutboxStatus.PENDING,
+            "attempts": 0,
+            "next_attempt_at": now,
+            "created_at": now,
+        }
+        for r in recipients
+    ]
+
+
+async def claim_and_definition(
+    url: str, *, partition: str | None = None
+) -> tuple[list[int], list[int]]:
+    """The ids the dispatcher's claim would take, and the same by the definition."""
+    engine = create_async_engine(url)
+    now = utcnow()
+    try:
+        async with engine.connect() as conn:
+            dialect = conn.dialect.name
+            heads = queries.heads(
+                dialect,
+                "outbox",
+                "recipient_id",
+                ["telegram"],
+                now=now,
+                limit=LIMIT,
+                partition=partition,
+            )
+            due = (
+                (OutboxMessage.status == OutboxStatus.PENDING)
+                & (OutboxMessage.next_attempt_at <= now)
+            ) | (
+                (OutboxMessage.status == OutboxStatus.SENDING) & (OutboxMessage.leased_until < now)
+            )
+            q = select(OutboxMessage.id).where(OutboxMessage.id.in_(heads), due)
+            got = list((await conn.execute(q.order_by(OutboxMessage.id).limit(LIMIT))).scalars())
+            every = (await conn.execute(select(OutboxMessage))).all()
+    finally:
+        await engine.dispose()
+    oldest: dict[str, Any] = {}
+    for r in sorted(every, key=lambda r: r.id):
+        if r.status in (OutboxStatus.PENDING, OutboxStatus.SENDING):
+            oldest.setdefault(r.recipient_id, r)
+    claimable = sorted(
+        r.id
+        for r in oldest.values()
+        if (partition is None or r.recipient_id == partition)
+        and (
+            (r.status == OutboxStatus.PENDING and r.next_attempt_at <= now)
+            or (r.status == OutboxStatus.SENDING and r.leased_until < now)
+        )
+    )
+    return got, claimable[:LIMIT]
+
+
+async def fill(url: str, recipients: list[str]) -> None:
+    engine = create_async_engine(url)
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(insert(OutboxMessage), rows(recipients))
+    finally:
+        await engine.dispose()
+
+
+async def change(url: str, *where: Any, **values: Any) -> None:
+    engine = create_async_engine(url)
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(update(OutboxMessage).where(*where).values(**values))
+    finally:
+        await engine.dispose()
+
+
+async def test_many_recipients_are_answered_from_the_window(db_url: str) -> None:
+    await fill(db_url, [f"r{i}" for i in range(200)] + ["r3", "r5"])
+    await change(db_url, OutboxMessage.recipient_id == "r1", status=OutboxStatus.SENT)
+    got, want = await claim_and_definition(db_url)
+    assert got == want and len(got) == LIMIT
+    assert await claim_and_definition(db_url, partition="r5") == ([6], [6])
+
+
+async def test_a_busy_recipient_filling_the_window_does_not_hide_the_others(db_url: str) -> None:
+    # its head is being sent (leased): the window holds none that may be claimed
+    await fill(db_url, ["busy"] * 100 + [f"r{i}" for i in range(20)])
+    later = utcnow() + timedelta(minutes=5)
+    await change(db_url, OutboxMessage.id == 1, status=OutboxStatus.SENDING, leased_until=later)
+    got, want = await claim_and_definition(db_url)
+    assert got == want == list(range(101, 101 + LIMIT))
+    # its lease runs out: it is the oldest again, and its next rows still wait behind it
+    await change(db_url, OutboxMessage.id == 1, leased_until=utcnow() - timedelta(seconds=1))
+    got, want = await claim_and_definition(db_url)
+    assert got == want == [1, *range(101, 101 + LIMIT - 1)]
+
+
+async def test_rows_waiting_for_a_retry_do_not_starve_the_rows_behind_them(db_url: str) -> None:
+    await fill(db_url, [f"r{i}" for i in range(100)])
+    later = utcnow() + timedelta(minutes=5)
+    await change(db_url, OutboxMessage.id <= 40, next_attempt_at=later)
+    got, want = await claim_and_definition(db_url)
+    assert got == want == list(range(41, 41 + LIMIT))
+
+
+def work(path: Path, recipients: int) -> int:
+    """SQLite virtual-machine steps of one claim's pick among `recipients` waiting ones."""
+    asyncio.run(fill(f"sqlite+aiosqlite:///{path}", [f"r{i}" for i in range(recipients)]))
+    heads = queries.heads("sqlite", "outbox", "recipient_id", ["telegram"], now=utcnow(), limit=64)
+    steps = 0
+
+    def count() -> int:
+        nonlocal steps
+        steps += 1
+        return 0
+
+    engine = create_engine(f"sqlite:///{path}")
+    try:
+        with engine.connect() as conn:
+            raw = conn.connection.driver_connection
+            assert isinstance(raw, sqlite3.Connection)
+            raw.set_progress_handler(count, 100)
+            ids = conn.execute(heads).scalars().all()
+            raw.set_progress_handler(None, 0)
+    finally:
+        engine.dispose()
+    assert len(ids) >= 64
+    return steps
+
+
+def test_the_pick_does_not_grow_with_the_recipients_waiting(
+    tmp_path: Path, sqlite_template: Path
+) -> None:
+    paths = tmp_path / "few.db", tmp_path / "many.db"
+    for path in paths:
+        shutil.copy(sqlite_template, path)
+    few, many = work(paths[0], 300), work(paths[1], 20_000)
+    # the GROUP BY over every recipient's oldest row took ~70 times the steps of `few`
+    assert many < 2 * few, (few, many)
