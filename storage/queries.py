@@ -73,11 +73,11 @@ INBOX_UNFINISHED = _literals(InboxStatus.PENDING.value, InboxStatus.PROCESSING.v
 OUTBOX_UNFINISHED = _literals(OutboxStatus.PENDING.value, OutboxStatus.SENDING.value)
 
 
-# what makes an unfinished row claimable now, per table (the claims' `due`, as SQL)
+# what makes an unfinished row claimable now, per table (as SQL; {t}: a table's prefix)
 _DUE = {
-    "inbox": "(status = 'pending' OR (status = 'processing' AND leased_until < :now))",
-    "outbox": "((status = 'pending' AND next_attempt_at <= :now) "
-    "OR (status = 'sending' AND leased_until < :now))",
+    "inbox": "({t}status = 'pending' OR ({t}status = 'processing' AND {t}leased_until < :now))",
+    "outbox": "(({t}status = 'pending' AND {t}next_attempt_at <= :now) "
+    "OR ({t}status = 'sending' AND {t}leased_until < :now))",
 }
 _PARTITIONS = {
     ("inbox", "partition_key"): ("ix_inbox_unfinished", INBOX_UNFINISHED),
@@ -97,39 +97,50 @@ def heads(
     limit: int,
     partition: str | None = None,
 ) -> TextualSelect:
-    """Ids among which the `limit` oldest claimable partition heads are: a head is a
-    partition's oldest unfinished row (`key`: the inbox's partition_key, the outbox's
-    recipient_id), in `channels` (not empty), optionally of one `partition`.
+    """The ids of the partition heads that may be claimed now, the `limit` oldest among
+    them: a head is a partition's oldest unfinished row (`key`: the inbox's partition_key,
+    the outbox's recipient_id), in `channels` (not empty), optionally of one `partition`.
+    The caller orders and limits (`WHERE id IN (this) ORDER BY id LIMIT limit`): with no
+    other condition beside, SQLite looks the few rows up by id instead of reading every
+    due row through ix_outbox_due and testing each.
 
-    The window: the `WINDOW_PER_CLAIM * limit` oldest unfinished rows (ix_*_unfinished_id),
-    each checked against its partition's oldest (ix_*_unfinished, one index probe). Any
-    head older than the window's newest row is in it; so when the window holds `limit`
-    claimable heads, or all unfinished rows, they are the answer. Otherwise (a busy
+    The window: the `WINDOW_PER_CLAIM * limit` oldest unfinished rows (ix_*_unfinished_id);
+    each due one, oldest first, is checked against its partition's oldest (ix_*_unfinished,
+    one index probe) until `limit` heads are found. Any head older than the window's
+    newest row is in it; so when the window holds `limit` claimable heads, or all
+    unfinished rows, they are the answer. Otherwise (a busy
     partition's or not-yet-due rows fill it) every partition's head is read too, the
     GROUP BY over all unfinished rows that once was the only way: a cost that grew with
-    the backlog (10,000 recipients of a campaign: 16-26 ms a claim on PostgreSQL, 100,000:
-    150-170 ms), now paid only in that case. The fallback's LIMIT is 0 unless needed:
-    both databases then skip its scan (a WHERE with subqueries was still scanned by
-    SQLite). SQLite is told the indexes (INDEXED BY): without statistics it preferred the
-    full index on (channel, key, status, id) and read every row the channel ever had."""
+    the backlog (bench/claim.py), now paid only in that case. The fallback's LIMIT is 0
+    unless needed: both databases then skip its scan (a WHERE with subqueries was still
+    scanned by SQLite). SQLite is told the indexes (INDEXED BY): without statistics it
+    preferred the full index on (channel, key, status, id) and read every row the channel
+    ever had."""
     index, unfinished = _PARTITIONS[(table, key)]
     statuses = ", ".join(str(v) for v in unfinished)  # the literals, as the index has them
     window_hint = f" INDEXED BY {index}_id" if dialect == "sqlite" else ""
     hint = f" INDEXED BY {index}" if dialect == "sqlite" else ""
     one = f" AND {key} = :partition" if partition is not None else ""
-    due = _DUE[table]
-    sql = (
-        f"WITH w AS (SELECT id, channel, {key}, status, "  # noqa: S608 (constants)
-        f"{'next_attempt_at, ' if table == 'outbox' else ''}leased_until "
+    due = _DUE[table].format(t="")
+    oldest = (  # the window: the oldest unfinished rows
         f"FROM {table}{window_hint} WHERE status IN ({statuses}) AND channel IN :channels{one} "
-        "ORDER BY id LIMIT :window), "
-        f"h AS (SELECT * FROM w WHERE w.id = (SELECT min(p.id) FROM {table} p{hint} "
-        f"WHERE p.channel = w.channel AND p.{key} = w.{key} AND p.status IN ({statuses}))) "
-        "SELECT id FROM h UNION ALL SELECT id FROM ("
-        f"SELECT min(id) AS id FROM {table}{hint} WHERE status IN ({statuses}) "
-        f"AND channel IN :channels{one} GROUP BY channel, {key} "
-        "LIMIT CASE WHEN (SELECT count(*) FROM w) >= :window "
-        f"AND (SELECT count(*) FROM h WHERE {due}) < :limit THEN {_ALL} ELSE 0 END) f"
+        "ORDER BY id LIMIT :window"
+    )
+    columns = f"id, channel, {key}, status, {'next_attempt_at, ' if table == 'outbox' else ''}"
+    sql = (
+        # the window's heads due now, in its order (oldest first), until `limit` are found
+        f"WITH h AS (SELECT w.id FROM (SELECT {columns}leased_until {oldest}) w "  # noqa: S608
+        f"WHERE {due} AND w.id = (SELECT min(p.id) FROM {table} p{hint} WHERE p.channel = "
+        f"w.channel AND p.{key} = w.{key} AND p.status IN ({statuses})) "
+        "LIMIT :limit) "  # (no ORDER BY: the window comes in id order, and SQLite sorted it all)
+        "SELECT id FROM h UNION ALL "
+        # every partition's head, when too few were found in a full window
+        f"SELECT t.id FROM (SELECT min(id) AS id FROM {table}{hint} "
+        f"WHERE status IN ({statuses}) AND channel IN :channels{one} GROUP BY channel, {key} "
+        "LIMIT CASE WHEN (SELECT count(*) FROM h) < :limit "
+        f"AND (SELECT count(*) FROM (SELECT 1 {oldest}) x) >= :window "
+        f"THEN {_ALL} ELSE 0 END) f JOIN {table} t ON t.id = f.id "
+        f"WHERE {_DUE[table].format(t='t.')}"
     )
     params: list[BindParameter[Any]] = [
         bindparam("channels", list(channels), expanding=True),

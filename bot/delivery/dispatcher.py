@@ -26,7 +26,7 @@ import random
 from collections.abc import Callable, Iterator, Mapping
 from datetime import timedelta
 
-from sqlalchemy import Table, and_, bindparam, or_, select, true, update
+from sqlalchemy import Table, bindparam, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bot.channel import Channel, PermanentSendError, SendResult, TransientSendError
@@ -312,19 +312,17 @@ class Dispatcher(RoundWorker):
             limit=self.claim_size,
             partition=recipient,
         )
-        due = or_(
-            and_(
-                OutboxMessage.status == OutboxStatus.PENDING, OutboxMessage.next_attempt_at <= now
-            ),
-            and_(OutboxMessage.status == OutboxStatus.SENDING, OutboxMessage.leased_until < now),
-        )
         q = (
             select(OutboxMessage)
-            .where(OutboxMessage.id.in_(heads), due)
-            .where(OutboxMessage.recipient_id == recipient if recipient is not None else true())
+            .where(OutboxMessage.id.in_(heads))  # only the heads due now
             .order_by(OutboxMessage.id)
             .limit(self.claim_size)
         )
+        if dialect == "postgresql":
+            # it merge-joins the heads with the rows in id order: the partial index's
+            # condition makes those the unfinished rows, not every row ever (SQLite looks
+            # the heads up by id, unless told of a status: then it reads every due row)
+            q = q.where(OutboxMessage.status.in_(queries.OUTBOX_UNFINISHED))
         if self.skip_locked:
             q = q.with_for_update(skip_locked=True)
         async with self.sessions() as s, s.begin(), inline(s):  # index-bounded

@@ -49,7 +49,6 @@ from sqlalchemy import (
     and_,
     bindparam,
     case,
-    or_,
     select,
     text,
     update,
@@ -416,16 +415,17 @@ class Inbox(RoundWorker):
         heads = queries.heads(
             self.dialect, "inbox", "partition_key", list(self.parsers), now=now, limit=limit
         )
-        due = or_(
-            InboxUpdate.status == InboxStatus.PENDING,
-            and_(InboxUpdate.status == InboxStatus.PROCESSING, InboxUpdate.leased_until < now),
-        )
         q = (
             select(InboxUpdate)
-            .where(InboxUpdate.id.in_(heads), due)
+            .where(InboxUpdate.id.in_(heads))  # only the heads due now
             .order_by(InboxUpdate.id)
             .limit(limit)
         )
+        if self.dialect == "postgresql":
+            # it merge-joins the heads with the rows in id order: the partial index's
+            # condition makes those the unfinished rows, not every row ever (SQLite looks
+            # the heads up by id, unless told of a status: then it reads every due row)
+            q = q.where(InboxUpdate.status.in_(queries.INBOX_UNFINISHED))
         if self.dialect == "postgresql":
             q = q.with_for_update(skip_locked=True)
         async with self.sessions() as s, s.begin(), inline(s):  # index-bounded

@@ -56,13 +56,7 @@ async def claim_and_definition(
                 limit=LIMIT,
                 partition=partition,
             )
-            due = (
-                (OutboxMessage.status == OutboxStatus.PENDING)
-                & (OutboxMessage.next_attempt_at <= now)
-            ) | (
-                (OutboxMessage.status == OutboxStatus.SENDING) & (OutboxMessage.leased_until < now)
-            )
-            q = select(OutboxMessage.id).where(OutboxMessage.id.in_(heads), due)
+            q = select(OutboxMessage.id).where(OutboxMessage.id.in_(heads))
             got = list((await conn.execute(q.order_by(OutboxMessage.id).limit(LIMIT))).scalars())
             every = (await conn.execute(select(OutboxMessage))).all()
     finally:
