@@ -84,6 +84,7 @@ _PARTITIONS = {
     ("outbox", "recipient_id"): ("ix_outbox_unfinished", OUTBOX_UNFINISHED),
 }
 WINDOW_PER_CLAIM = 4  # the oldest unfinished rows read per row a claim takes
+HEADS_PER_CLAIM = 2  # heads offered per row: rows another worker locks are skipped
 _ALL = 1_000_000_000  # LIMIT "all" that both databases accept
 
 
@@ -97,19 +98,21 @@ def heads(
     limit: int,
     partition: str | None = None,
 ) -> TextualSelect:
-    """The ids of the partition heads that may be claimed now, the `limit` oldest among
-    them: a head is a partition's oldest unfinished row (`key`: the inbox's partition_key,
-    the outbox's recipient_id), in `channels` (not empty), optionally of one `partition`.
+    """The ids of the oldest partition heads that may be claimed now, enough for a claim
+    of `limit` rows: a head is a partition's oldest unfinished row (`key`: the inbox's
+    partition_key, the outbox's recipient_id), in `channels` (not empty), optionally of
+    one `partition`.
     The caller orders and limits (`WHERE id IN (this) ORDER BY id LIMIT limit`): with no
     other condition beside, SQLite looks the few rows up by id instead of reading every
     due row through ix_outbox_due and testing each.
 
     The window: the `WINDOW_PER_CLAIM * limit` oldest unfinished rows (ix_*_unfinished_id);
     each due one, oldest first, is checked against its partition's oldest (ix_*_unfinished,
-    one index probe) until `limit` heads are found. Any head older than the window's
+    one index probe) until twice `limit` heads are found (a claim skips the rows another
+    worker's claim has locked and takes the next ones). Any head older than the window's
     newest row is in it; so when the window holds `limit` claimable heads, or all
-    unfinished rows, they are the answer. Otherwise (a busy
-    partition's or not-yet-due rows fill it) every partition's head is read too, the
+    unfinished rows, they are the answer. Otherwise (a busy partition's or not-yet-due
+    rows fill it) every partition's head is read too, the
     GROUP BY over all unfinished rows that once was the only way: a cost that grew with
     the backlog (bench/claim.py), now paid only in that case. The fallback's LIMIT is 0
     unless needed: both databases then skip its scan (a WHERE with subqueries was still
@@ -128,11 +131,11 @@ def heads(
     )
     columns = f"id, channel, {key}, status, {'next_attempt_at, ' if table == 'outbox' else ''}"
     sql = (
-        # the window's heads due now, in its order (oldest first), until `limit` are found
+        # the window's heads due now, in its order (oldest first), until enough are found
         f"WITH h AS (SELECT w.id FROM (SELECT {columns}leased_until {oldest}) w "  # noqa: S608
         f"WHERE {due} AND w.id = (SELECT min(p.id) FROM {table} p{hint} WHERE p.channel = "
         f"w.channel AND p.{key} = w.{key} AND p.status IN ({statuses})) "
-        "LIMIT :limit) "  # (no ORDER BY: the window comes in id order, and SQLite sorted it all)
+        "LIMIT :offer) "  # (no ORDER BY: the window comes in id order, and SQLite sorted it all)
         "SELECT id FROM h UNION ALL "
         # every partition's head, when too few were found in a full window
         f"SELECT t.id FROM (SELECT min(id) AS id FROM {table}{hint} "
@@ -147,6 +150,7 @@ def heads(
         bindparam("now", now, type_=UTCDateTime()),
         bindparam("window", WINDOW_PER_CLAIM * limit, type_=Integer()),
         bindparam("limit", limit, type_=Integer()),
+        bindparam("offer", HEADS_PER_CLAIM * limit, type_=Integer()),
     ]
     if partition is not None:
         params.append(bindparam("partition", partition, type_=String()))

@@ -12,11 +12,13 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import pytest
 from sqlalchemy import create_engine, insert, select, update
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from storage import queries
 from storage.models import OutboxMessage, OutboxStatus, utcnow
+from tests.conftest import _truncate
 
 LIMIT = 8  # the window: 32 rows
 
@@ -114,6 +116,36 @@ async def test_a_busy_recipient_filling_the_window_does_not_hide_the_others(db_u
     await change(db_url, OutboxMessage.id == 1, leased_until=utcnow() - timedelta(seconds=1))
     got, want = await claim_and_definition(db_url)
     assert got == want == [1, *range(101, 101 + LIMIT - 1)]
+
+
+@pytest.mark.postgres
+async def test_a_second_worker_claims_the_next_heads(pg_url: str) -> None:
+    """Two claims at once (FOR UPDATE SKIP LOCKED): the second takes the next heads, not
+    none (the window offered only as many heads as one claim takes)."""
+    await _truncate(pg_url)
+    await fill(pg_url, [f"r{i}" for i in range(100)])
+    engine = create_async_engine(pg_url)
+    now = utcnow()
+
+    def claim() -> Any:
+        heads = queries.heads(
+            "postgresql", "outbox", "recipient_id", ["telegram"], now=now, limit=LIMIT
+        )
+        q = select(OutboxMessage.id).where(
+            OutboxMessage.id.in_(heads), OutboxMessage.status.in_(queries.OUTBOX_UNFINISHED)
+        )
+        return q.order_by(OutboxMessage.id).limit(LIMIT).with_for_update(skip_locked=True)
+
+    try:
+        async with engine.connect() as a, engine.connect() as b:
+            first = list((await a.execute(claim())).scalars())
+            second = list((await b.execute(claim())).scalars())
+            await a.rollback()
+            await b.rollback()
+    finally:
+        await engine.dispose()
+    assert first == list(range(1, 1 + LIMIT))
+    assert second == list(range(1 + LIMIT, 1 + 2 * LIMIT))
 
 
 async def test_rows_waiting_for_a_retry_do_not_starve_the_rows_behind_them(db_url: str) -> None:
