@@ -49,7 +49,8 @@ def group_by_heads(dialect: str) -> Any:
 
 
 def claim(dialect: str, heads: Any, now: Any, old: bool) -> Any:
-    """The dispatcher's claim; the old pick left the due check to it."""
+    """The dispatcher's claim; the old pick left the due check to it (on PostgreSQL it
+    still checks the row itself, re-checked when a row is locked)."""
     due = (
         (OutboxMessage.status == OutboxStatus.PENDING) & (OutboxMessage.next_attempt_at <= now)
     ) | ((OutboxMessage.status == OutboxStatus.SENDING) & (OutboxMessage.leased_until < now))
@@ -57,7 +58,7 @@ def claim(dialect: str, heads: Any, now: Any, old: bool) -> Any:
     if old:
         q = q.where(due)
     elif dialect == "postgresql":  # as bot/delivery/dispatcher.py
-        q = q.where(OutboxMessage.status.in_(queries.OUTBOX_UNFINISHED))
+        q = q.where(OutboxMessage.status.in_(queries.OUTBOX_UNFINISHED), due)
     q = q.order_by(OutboxMessage.id).limit(LIMIT)
     return q.with_for_update(skip_locked=True) if dialect == "postgresql" else q
 

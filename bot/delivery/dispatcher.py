@@ -26,7 +26,7 @@ import random
 from collections.abc import Callable, Iterator, Mapping
 from datetime import timedelta
 
-from sqlalchemy import Table, bindparam, select, update
+from sqlalchemy import Table, and_, bindparam, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bot.channel import Channel, PermanentSendError, SendResult, TransientSendError
@@ -319,10 +319,22 @@ class Dispatcher(RoundWorker):
             .limit(self.claim_size)
         )
         if dialect == "postgresql":
-            # it merge-joins the heads with the rows in id order: the partial index's
-            # condition makes those the unfinished rows, not every row ever (SQLite looks
-            # the heads up by id, unless told of a status: then it reads every due row)
-            q = q.where(OutboxMessage.status.in_(queries.OUTBOX_UNFINISHED))
+            # the row's own due check: a row another worker leased and committed after this
+            # statement's snapshot is re-checked when locked (the heads, read from the
+            # snapshot, are not); without it both sent the row. The partial index's
+            # condition makes the merge with the heads read the unsent rows in id order,
+            # not every row ever. (SQLite, one writer at a time, looks the heads up by id;
+            # told of a status, it read every due row.)
+            due = or_(
+                and_(
+                    OutboxMessage.status == OutboxStatus.PENDING,
+                    OutboxMessage.next_attempt_at <= now,
+                ),
+                and_(
+                    OutboxMessage.status == OutboxStatus.SENDING, OutboxMessage.leased_until < now
+                ),
+            )
+            q = q.where(OutboxMessage.status.in_(queries.OUTBOX_UNFINISHED), due)
         if self.skip_locked:
             q = q.with_for_update(skip_locked=True)
         async with self.sessions() as s, s.begin(), inline(s):  # index-bounded

@@ -49,6 +49,7 @@ from sqlalchemy import (
     and_,
     bindparam,
     case,
+    or_,
     select,
     text,
     update,
@@ -405,6 +406,13 @@ class Inbox(RoundWorker):
                 raise TimeoutError("inbox not drained")
             await asyncio.sleep(0.01 if deferred else 0)
 
+    @staticmethod
+    def _due(now: datetime) -> ColumnElement[bool]:
+        return or_(
+            InboxUpdate.status == InboxStatus.PENDING,
+            and_(InboxUpdate.status == InboxStatus.PROCESSING, InboxUpdate.leased_until < now),
+        )
+
     async def _claim(self, limit: int) -> list[InboxUpdate]:
         if not self.parsers:
             return []
@@ -422,11 +430,13 @@ class Inbox(RoundWorker):
             .limit(limit)
         )
         if self.dialect == "postgresql":
-            # it merge-joins the heads with the rows in id order: the partial index's
-            # condition makes those the unfinished rows, not every row ever (SQLite looks
-            # the heads up by id, unless told of a status: then it reads every due row)
-            q = q.where(InboxUpdate.status.in_(queries.INBOX_UNFINISHED))
-        if self.dialect == "postgresql":
+            # the row's own due check: a row another worker leased and committed after this
+            # statement's snapshot is re-checked when locked (the heads, read from the
+            # snapshot, are not); without it both took the row. The partial index's
+            # condition makes the merge with the heads read the unfinished rows in id
+            # order, not every row ever. (SQLite, one writer at a time, looks the heads up
+            # by id; told of a status, it read every due row.)
+            q = q.where(InboxUpdate.status.in_(queries.INBOX_UNFINISHED), self._due(now))
             q = q.with_for_update(skip_locked=True)
         async with self.sessions() as s, s.begin(), inline(s):  # index-bounded
             rows = list((await s.execute(q)).scalars())
