@@ -121,7 +121,10 @@ def heads(
     ever had."""
     index, unfinished = _PARTITIONS[(table, key)]
     statuses = ", ".join(str(v) for v in unfinished)  # the literals, as the index has them
-    window_hint = f" INDEXED BY {index}_id" if dialect == "sqlite" else ""
+    # one partition's window is a range of ix_*_unfinished (already in id order for one
+    # channel); every partition's, the oldest rows by id
+    window_index = index if partition is not None else f"{index}_id"
+    window_hint = f" INDEXED BY {window_index}" if dialect == "sqlite" else ""
     hint = f" INDEXED BY {index}" if dialect == "sqlite" else ""
     one = f" AND {key} = :partition" if partition is not None else ""
     due = _DUE[table].format(t="")
