@@ -83,7 +83,11 @@ _PARTITIONS = {
     ("inbox", "partition_key"): ("ix_inbox_unfinished", INBOX_UNFINISHED),
     ("outbox", "recipient_id"): ("ix_outbox_unfinished", OUTBOX_UNFINISHED),
 }
-WINDOW_PER_CLAIM = 4  # the oldest unfinished rows read per row a claim takes
+WINDOW_PER_CLAIM = 4  # the oldest unfinished rows read per row a claim takes, beyond ...
+# ... the rows other claims hold: the oldest unfinished rows are those in flight (up to 256
+# per worker, bot/delivery/settings.IN_FLIGHT; two workers), which fill a claim's window of
+# a few free slots, so that each claim read every partition's head
+WINDOW_IN_FLIGHT = 512
 HEADS_PER_CLAIM = 2  # heads offered per row: rows another worker locks are skipped
 _ALL = 1_000_000_000  # LIMIT "all" that both databases accept
 
@@ -106,7 +110,8 @@ def heads(
     other condition beside, SQLite looks the few rows up by id instead of reading every
     due row through ix_outbox_due and testing each.
 
-    The window: the `WINDOW_PER_CLAIM * limit` oldest unfinished rows (ix_*_unfinished_id);
+    The window: the `WINDOW_IN_FLIGHT + WINDOW_PER_CLAIM * limit` oldest unfinished rows
+    (ix_*_unfinished_id; the rows in flight, not due, are passed over without a probe);
     each due one, oldest first, is checked against its partition's oldest (ix_*_unfinished,
     one index probe) until twice `limit` heads are found (a claim skips the rows another
     worker's claim has locked and takes the next ones). Any head older than the window's
@@ -151,7 +156,7 @@ def heads(
     params: list[BindParameter[Any]] = [
         bindparam("channels", list(channels), expanding=True),
         bindparam("now", now, type_=UTCDateTime()),
-        bindparam("window", WINDOW_PER_CLAIM * limit, type_=Integer()),
+        bindparam("window", WINDOW_IN_FLIGHT + WINDOW_PER_CLAIM * limit, type_=Integer()),
         bindparam("limit", limit, type_=Integer()),
         bindparam("offer", HEADS_PER_CLAIM * limit, type_=Integer()),
     ]

@@ -20,7 +20,8 @@ from storage import queries
 from storage.models import OutboxMessage, OutboxStatus, utcnow
 from tests.conftest import _truncate
 
-LIMIT = 8  # the window: 32 rows
+LIMIT = 8
+WINDOW = queries.WINDOW_IN_FLIGHT + queries.WINDOW_PER_CLAIM * LIMIT  # 544 rows
 
 
 def rows(recipients: Iterable[str]) -> list[dict[str, Any]]:
@@ -107,15 +108,16 @@ async def test_many_recipients_are_answered_from_the_window(db_url: str) -> None
 
 async def test_a_busy_recipient_filling_the_window_does_not_hide_the_others(db_url: str) -> None:
     # its head is being sent (leased): the window holds none that may be claimed
-    await fill(db_url, ["busy"] * 100 + [f"r{i}" for i in range(20)])
+    busy = WINDOW + 10
+    await fill(db_url, ["busy"] * busy + [f"r{i}" for i in range(20)])
     later = utcnow() + timedelta(minutes=5)
     await change(db_url, OutboxMessage.id == 1, status=OutboxStatus.SENDING, leased_until=later)
     got, want = await claim_and_definition(db_url)
-    assert got == want == list(range(101, 101 + LIMIT))
+    assert got == want == list(range(busy + 1, busy + 1 + LIMIT))
     # its lease runs out: it is the oldest again, and its next rows still wait behind it
     await change(db_url, OutboxMessage.id == 1, leased_until=utcnow() - timedelta(seconds=1))
     got, want = await claim_and_definition(db_url)
-    assert got == want == [1, *range(101, 101 + LIMIT - 1)]
+    assert got == want == [1, *range(busy + 1, busy + LIMIT)]
 
 
 @pytest.mark.postgres
@@ -149,17 +151,25 @@ async def test_a_second_worker_claims_the_next_heads(pg_url: str) -> None:
 
 
 async def test_rows_waiting_for_a_retry_do_not_starve_the_rows_behind_them(db_url: str) -> None:
-    await fill(db_url, [f"r{i}" for i in range(100)])
+    waiting = WINDOW + 10  # all but the last 10 waiting for a retry
+    await fill(db_url, [f"r{i}" for i in range(waiting + 100)])
     later = utcnow() + timedelta(minutes=5)
-    await change(db_url, OutboxMessage.id <= 40, next_attempt_at=later)
+    await change(db_url, OutboxMessage.id <= waiting, next_attempt_at=later)
     got, want = await claim_and_definition(db_url)
-    assert got == want == list(range(41, 41 + LIMIT))
+    assert got == want == list(range(waiting + 1, waiting + 1 + LIMIT))
 
 
-def work(path: Path, recipients: int) -> int:
-    """SQLite virtual-machine steps of one claim's pick among `recipients` waiting ones."""
-    asyncio.run(fill(f"sqlite+aiosqlite:///{path}", [f"r{i}" for i in range(recipients)]))
-    heads = queries.heads("sqlite", "outbox", "recipient_id", ["telegram"], now=utcnow(), limit=64)
+def work(path: Path, recipients: int, *, limit: int = 64, in_flight: int = 0) -> int:
+    """SQLite virtual-machine steps of one claim's pick among `recipients` waiting ones,
+    the oldest `in_flight` of them being sent (leased)."""
+    url = f"sqlite+aiosqlite:///{path}"
+    asyncio.run(fill(url, [f"r{i}" for i in range(recipients)]))
+    later = utcnow() + timedelta(minutes=5)
+    where = OutboxMessage.id <= in_flight
+    asyncio.run(change(url, where, status=OutboxStatus.SENDING, leased_until=later))
+    heads = queries.heads(
+        "sqlite", "outbox", "recipient_id", ["telegram"], now=utcnow(), limit=limit
+    )
     steps = 0
 
     def count() -> int:
@@ -177,7 +187,7 @@ def work(path: Path, recipients: int) -> int:
             raw.set_progress_handler(None, 0)
     finally:
         engine.dispose()
-    assert len(ids) >= 64
+    assert len(ids) >= limit
     return steps
 
 
@@ -189,4 +199,17 @@ def test_the_pick_does_not_grow_with_the_recipients_waiting(
         shutil.copy(sqlite_template, path)
     few, many = work(paths[0], 300), work(paths[1], 20_000)
     # the GROUP BY over every recipient's oldest row took ~70 times the steps of `few`
+    assert many < 2 * few, (few, many)
+
+
+def test_rows_in_flight_do_not_push_a_small_claim_to_every_head(
+    tmp_path: Path, sqlite_template: Path
+) -> None:
+    # a worker with 256 rows in flight (the oldest, leased) and a few free slots: its
+    # window must reach past them, or every claim reads every recipient's oldest row
+    paths = tmp_path / "few.db", tmp_path / "many.db"
+    for path in paths:
+        shutil.copy(sqlite_template, path)
+    few = work(paths[0], 300, limit=4, in_flight=256)
+    many = work(paths[1], 20_000, limit=4, in_flight=256)
     assert many < 2 * few, (few, many)
