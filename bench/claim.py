@@ -51,9 +51,7 @@ def group_by_heads(dialect: str) -> Any:
 def claim(dialect: str, heads: Any, now: Any, old: bool) -> Any:
     """The dispatcher's claim; the old pick left the due check to it (on PostgreSQL it
     still checks the row itself, re-checked when a row is locked)."""
-    due = (
-        (OutboxMessage.status == OutboxStatus.PENDING) & (OutboxMessage.next_attempt_at <= now)
-    ) | ((OutboxMessage.status == OutboxStatus.SENDING) & (OutboxMessage.leased_until < now))
+    due = queries.due_now("outbox", now)
     q = select(OutboxMessage).where(OutboxMessage.id.in_(heads))
     if old:
         q = q.where(due)

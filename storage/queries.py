@@ -17,6 +17,7 @@ from sqlalchemy import (
     String,
     Table,
     TextualSelect,
+    and_,
     bindparam,
     case,
     column,
@@ -24,6 +25,7 @@ from sqlalchemy import (
     func,
     insert,
     literal_column,
+    or_,
     select,
     text,
     tuple_,
@@ -31,7 +33,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.sql.elements import ColumnClause
+from sqlalchemy.sql.elements import ColumnClause, ColumnElement
 
 from storage.models import (
     Case,
@@ -43,6 +45,7 @@ from storage.models import (
     Direction,
     Identity,
     InboxStatus,
+    InboxUpdate,
     OutboxMessage,
     OutboxStatus,
     Touchpoint,
@@ -79,6 +82,22 @@ _DUE = {
     "outbox": "(({t}status = 'pending' AND {t}next_attempt_at <= :now) "
     "OR ({t}status = 'sending' AND {t}leased_until < :now))",
 }
+
+
+def due_now(table: str, now: datetime) -> ColumnElement[bool]:
+    """_DUE of `table` for a row itself: what a claim on PostgreSQL re-checks when it
+    locks a row (the pick's ids come from the statement's snapshot)."""
+    if table == "inbox":
+        return or_(
+            InboxUpdate.status == InboxStatus.PENDING,
+            and_(InboxUpdate.status == InboxStatus.PROCESSING, InboxUpdate.leased_until < now),
+        )
+    return or_(
+        and_(OutboxMessage.status == OutboxStatus.PENDING, OutboxMessage.next_attempt_at <= now),
+        and_(OutboxMessage.status == OutboxStatus.SENDING, OutboxMessage.leased_until < now),
+    )
+
+
 _PARTITIONS = {
     ("inbox", "partition_key"): ("ix_inbox_unfinished", INBOX_UNFINISHED),
     ("outbox", "recipient_id"): ("ix_outbox_unfinished", OUTBOX_UNFINISHED),

@@ -26,7 +26,7 @@ import random
 from collections.abc import Callable, Iterator, Mapping
 from datetime import timedelta
 
-from sqlalchemy import Table, and_, bindparam, or_, select, update
+from sqlalchemy import Table, bindparam, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bot.channel import Channel, PermanentSendError, SendResult, TransientSendError
@@ -325,15 +325,7 @@ class Dispatcher(RoundWorker):
             # condition makes the merge with the heads read the unsent rows in id order,
             # not every row ever. (SQLite, one writer at a time, looks the heads up by id;
             # told of a status, it read every due row.)
-            due = or_(
-                and_(
-                    OutboxMessage.status == OutboxStatus.PENDING,
-                    OutboxMessage.next_attempt_at <= now,
-                ),
-                and_(
-                    OutboxMessage.status == OutboxStatus.SENDING, OutboxMessage.leased_until < now
-                ),
-            )
+            due = queries.due_now("outbox", now)
             q = q.where(OutboxMessage.status.in_(queries.OUTBOX_UNFINISHED), due)
         if self.skip_locked:
             q = q.with_for_update(skip_locked=True)

@@ -49,7 +49,6 @@ from sqlalchemy import (
     and_,
     bindparam,
     case,
-    or_,
     select,
     text,
     update,
@@ -406,13 +405,6 @@ class Inbox(RoundWorker):
                 raise TimeoutError("inbox not drained")
             await asyncio.sleep(0.01 if deferred else 0)
 
-    @staticmethod
-    def _due(now: datetime) -> ColumnElement[bool]:
-        return or_(
-            InboxUpdate.status == InboxStatus.PENDING,
-            and_(InboxUpdate.status == InboxStatus.PROCESSING, InboxUpdate.leased_until < now),
-        )
-
     async def _claim(self, limit: int) -> list[InboxUpdate]:
         if not self.parsers:
             return []
@@ -436,7 +428,9 @@ class Inbox(RoundWorker):
             # condition makes the merge with the heads read the unfinished rows in id
             # order, not every row ever. (SQLite, one writer at a time, looks the heads up
             # by id; told of a status, it read every due row.)
-            q = q.where(InboxUpdate.status.in_(queries.INBOX_UNFINISHED), self._due(now))
+            q = q.where(
+                InboxUpdate.status.in_(queries.INBOX_UNFINISHED), queries.due_now("inbox", now)
+            )
             q = q.with_for_update(skip_locked=True)
         async with self.sessions() as s, s.begin(), inline(s):  # index-bounded
             rows = list((await s.execute(q)).scalars())
