@@ -677,8 +677,12 @@ class Grouped:
 # batch's size: prepared once per connection, its plan kept. Rows as VALUES, one text per
 # size, were parsed and planned again and again (their four EXISTS each): in a 200 x 10
 # bench run 730 of the server's 2,000 ms of statements, a third of it planning at bind
-# (log_min_duration_statement, outside bench/). Rows are inserted in their order (ids
-# ascending within a chat, as the worker's pick needs); the born check as _accept_statement's.
+# (log_min_duration_statement, outside bench/). Each array is read through a scalar
+# subquery: given the arrays themselves, PostgreSQL sees their lengths, finds a custom plan
+# cheaper than the generic one and plans again at every call (0.5 ms of its CPU per
+# webhook, most of the accept's server time at light load; tests/bot/delivery/
+# test_inbox.py). Rows are inserted in their order (ids ascending within a chat, as the
+# worker's pick needs); the born check as _accept_statement's.
 _ACCEPT_PG = text(
     """
     INSERT INTO inbox (channel, dedupe_key, partition_key, payload, status, attempts,
@@ -696,9 +700,9 @@ _ACCEPT_PG = text(
               AND u.status IN ('pending', 'processing')  -- ix_inbox_unfinished
         ) AS born
         FROM unnest(
-            CAST(:channels AS varchar[]), CAST(:dedupe_keys AS varchar[]),
-            CAST(:partitions AS varchar[]), CAST(:payloads AS text[]),
-            CAST(:born AS boolean[])
+            (SELECT CAST(:channels AS varchar[])), (SELECT CAST(:dedupe_keys AS varchar[])),
+            (SELECT CAST(:partitions AS varchar[])), (SELECT CAST(:payloads AS text[])),
+            (SELECT CAST(:born AS boolean[]))
         ) WITH ORDINALITY AS a(channel, dedupe_key, partition_key, payload, asked, n)
     ) AS r
     ORDER BY r.n

@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from sqlalchemy import event, select
+import pytest
+from sqlalchemy import event, select, text
 
 from bot.channel.messages import ChannelEvent, InboundMessage
+from bot.delivery import inbox
 from bot.delivery.inbox import ParseError
 from bot.runtime import Runtime
-from storage.models import Identity, InboxStatus, InboxUpdate, Touchpoint
+from storage.models import Identity, InboxStatus, InboxUpdate, Touchpoint, utcnow
 from tests.conftest import recorder
 
 
@@ -134,3 +136,31 @@ async def test_accept_batches_of_any_size_are_one_statement(runtime: Runtime) ->
     assert {r.status for r in stored} == {InboxStatus.PENDING}  # no worker runs: none born
     await runtime.inbox.drain()
     assert [r.status for r in await rows(runtime)] == [InboxStatus.DONE] * 10
+
+
+async def test_postgres_plans_the_accept_once(runtime: Runtime) -> None:
+    """The accept is prepared once per connection, and its plan must be kept: with the
+    arrays' lengths visible, PostgreSQL planned it anew at every webhook (a custom plan,
+    0.5 ms of the server's CPU each: 551 of 731 ms of the accept's server time at 100
+    msg/s, pg_stat_statements, outside bench/)."""
+    if runtime.db.dialect.name != "postgresql":
+        pytest.skip("PostgreSQL's plan cache")
+    now = utcnow()
+    async with runtime.db.connect() as conn:  # one connection: its prepared statement
+        for i in range(10):
+            row = {"channel": "test", "dedupe_key": f"p{i}", "partition_key": f"c{i}"}
+            params = runtime.inbox._accept_params(
+                [{**row, "payload": {"id": i}}], [False], now, now, "test"
+            )
+            await conn.execute(inbox._ACCEPT_PG, params)
+        await conn.commit()
+        plans = (
+            await conn.execute(
+                text(
+                    "SELECT generic_plans, custom_plans FROM pg_prepared_statements"
+                    " WHERE ltrim(statement, E' \\n') LIKE 'INSERT INTO inbox%'"
+                )
+            )
+        ).one()
+    # PostgreSQL tries five custom plans before it compares them with the generic one
+    assert plans.custom_plans <= 5 and plans.generic_plans >= 5, plans
