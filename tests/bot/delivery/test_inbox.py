@@ -6,7 +6,8 @@ import asyncio
 from typing import Any
 
 import pytest
-from sqlalchemy import event, select, text
+import sqlalchemy
+from sqlalchemy import event, select
 
 from bot.channel.messages import ChannelEvent, InboundMessage
 from bot.delivery import inbox
@@ -156,7 +157,7 @@ async def test_postgres_plans_the_accept_once(runtime: Runtime) -> None:
         await conn.commit()
         plans = (
             await conn.execute(
-                text(
+                sqlalchemy.text(
                     "SELECT generic_plans, custom_plans FROM pg_prepared_statements"
                     " WHERE ltrim(statement, E' \\n') LIKE 'INSERT INTO inbox%'"
                 )
