@@ -704,6 +704,7 @@ _ACCEPT_PG = text(
             (SELECT CAST(:partitions AS varchar[])), (SELECT CAST(:payloads AS text[])),
             (SELECT CAST(:born AS boolean[]))
         ) WITH ORDINALITY AS a(channel, dedupe_key, partition_key, payload, asked, n)
+        OFFSET 0  -- not flattened: the four CASEs below would each probe the index again
     ) AS r
     ORDER BY r.n
     ON CONFLICT (channel, dedupe_key) DO NOTHING
