@@ -588,6 +588,13 @@ def deferred_seen(s: AsyncSession) -> list[tuple[int, int, datetime]] | None:
     return s.info.get(_SEEN)
 
 
+def latest_seen(
+    seen: Sequence[tuple[int, int, datetime]],
+) -> tuple[dict[int, datetime], dict[int, datetime]]:
+    """The latest seen mark of each identity and of each contact, from `defer_seen`'s list."""
+    return {i: now for i, _, now in seen}, {c: now for _, c, now in seen}
+
+
 async def mark_seen(
     s: AsyncSession,
     seen: Sequence[tuple[int, int, datetime]],
@@ -596,8 +603,7 @@ async def mark_seen(
 ) -> None:
     """The deferred seen marks: one executemany per table (the latest mark per row).
     `updated_at`: the contacts' (default: the mark's time)."""
-    identities = {i: now for i, _, now in seen}
-    contacts = {c: now for _, c, now in seen}
+    identities, contacts = latest_seen(seen)
     if identities:
         await s.execute(
             _IDENTITY_SEEN, [{"identity_id": i, "now": t} for i, t in identities.items()]
