@@ -234,10 +234,33 @@ class ImapPoller:
                 await self.close()
                 await asyncio.sleep(delay)
 
+    async def _idle_start(self) -> asyncio.Future[Any]:
+        """IDLE begun, or ConnectionError: aioimaplib fails no pending command when the
+        connection drops, so a drop before the server's "+ idling" left idle_start waiting
+        for ever (and the poller with it); a server that never answers is given up on too."""
+        assert self.client is not None
+        start = asyncio.ensure_future(
+            self.client.idle_start(timeout=self.settings.idle_timeout_seconds)
+        )
+        lost = asyncio.ensure_future(self._lost.wait())
+        try:
+            await asyncio.wait(
+                {start, lost},
+                timeout=self.settings.timeout_seconds,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+        finally:
+            lost.cancel()
+        if not start.done():
+            start.cancel()
+            raise ConnectionError("the IMAP connection was lost as IDLE started")
+        idle: asyncio.Future[Any] = start.result()
+        return idle
+
     async def _wait_for_mail(self) -> None:
         assert self.client is not None
         if self.settings.idle and self.client.has_capability("IDLE"):
-            idle = await self.client.idle_start(timeout=self.settings.idle_timeout_seconds)
+            idle = await self._idle_start()
             try:
                 waiter = asyncio.ensure_future(self.wake.wait())
                 push = asyncio.ensure_future(self.client.wait_server_push())

@@ -7,7 +7,9 @@ import asyncio
 import ssl
 import uuid
 from collections.abc import AsyncIterator
+from typing import Any
 
+import aioimaplib
 import pytest
 from sqlalchemy import func, select, update
 
@@ -189,6 +191,46 @@ async def test_idle_picks_up_new_mail(
                 await asyncio.sleep(0.05)
         async with rt.sessions() as s:
             assert (await s.execute(select(func.count(InboxUpdate.id)))).scalar_one() == 1
+    finally:
+        await rt.stop()
+
+
+async def test_a_connection_lost_as_idle_starts_is_noticed(
+    sqlite_url: str,
+    smtp_sink: SmtpSink,
+    dovecot: Dovecot,
+    folder: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The connection drops between the IDLE command and the server's "+ idling": aioimaplib
+    fails no pending command when a connection is lost, so idle_start waited for an answer
+    that never came and the poller fetched nothing until a restart (seen as a flaky
+    tests/reliability/test_db_outage.py::test_imap_poller_reconnects in the full suite,
+    whose cut fell into that moment)."""
+    drops = []
+    start = aioimaplib.IMAP4.idle_start
+
+    async def dropped(self: aioimaplib.IMAP4, timeout: float = 1740.0) -> Any:
+        if not drops:
+            drops.append(self)
+            self.protocol.transport.abort()  # gone as IDLE is sent: no "+ idling" comes
+        return await start(self, timeout)
+
+    monkeypatch.setattr(aioimaplib.IMAP4, "idle_start", dropped)
+    rt = runtime_for(
+        sqlite_url, smtp_sink, dovecot, folder, imap_extra={"poll_interval_seconds": 60}
+    )
+    await rt.start(dispatch=False)
+    try:
+        poller = channel(rt).poller
+        assert poller is not None
+        async with asyncio.timeout(10):  # connected again (a second login) and waiting
+            while len(drops) < 1 or poller.rounds < 2:
+                await asyncio.sleep(0.02)
+        await dovecot.append(mail("after", message_id=f"<after-{folder}@example.org>"), folder)
+        async with asyncio.timeout(10):
+            while not await inbox_keys(rt):
+                await asyncio.sleep(0.05)
     finally:
         await rt.stop()
 
