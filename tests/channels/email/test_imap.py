@@ -4,6 +4,7 @@ checked against UIDVALIDITY, BODY.PEEK, \\Seen / move only after the commit, IDL
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ssl
 import uuid
 from collections.abc import AsyncIterator
@@ -15,7 +16,7 @@ from sqlalchemy import func, select, update
 
 from bot.runtime import Runtime
 from channels.email.adapter import EmailChannel
-from channels.email.imap import ImapError
+from channels.email.imap import ImapError, ImapPoller
 from storage.models import EmailMailbox, InboxUpdate
 from tests.channels.email.helpers import (  # noqa: F401
     HOST,
@@ -55,6 +56,31 @@ async def fetch_round(rt: Runtime) -> int:
     if poller.client is None:
         await poller.connect()
     return await poller.fetch_new()
+
+
+@contextlib.asynccontextmanager
+async def idling(
+    url: str, sink: SmtpSink, server: Dovecot, folder: str, rounds: int = 1
+) -> AsyncIterator[tuple[Runtime, ImapPoller]]:
+    """A running bot whose poller has done `rounds` fetch rounds; polling would take a
+    minute, so new mail comes through IDLE."""
+    rt = runtime_for(url, sink, server, folder, imap_extra={"poll_interval_seconds": 60})
+    await rt.start(dispatch=False)
+    try:
+        poller = channel(rt).poller
+        assert poller is not None
+        async with asyncio.timeout(10):
+            while poller.rounds < rounds:
+                await asyncio.sleep(0.02)
+        yield rt, poller
+    finally:
+        await rt.stop()
+
+
+async def mail_taken_in(rt: Runtime) -> None:
+    async with asyncio.timeout(10):
+        while not await inbox_keys(rt):
+            await asyncio.sleep(0.05)
 
 
 async def inbox_keys(rt: Runtime) -> list[str]:
@@ -174,25 +200,12 @@ async def test_idle_picks_up_new_mail(
     dovecot: Dovecot,
     folder: str,
 ) -> None:
-    rt = runtime_for(
-        sqlite_url, smtp_sink, dovecot, folder, imap_extra={"poll_interval_seconds": 60}
-    )
-    await rt.start(dispatch=False)
-    try:
-        poller = channel(rt).poller
-        assert poller is not None
-        async with asyncio.timeout(10):
-            while poller.rounds < 1:
-                await asyncio.sleep(0.02)
+    async with idling(sqlite_url, smtp_sink, dovecot, folder) as (rt, poller):
         assert poller.client is not None and poller.client.has_capability("IDLE")
         await dovecot.append(mail("idle", message_id=f"<idle-{folder}@example.org>"), folder)
-        async with asyncio.timeout(10):
-            while not await inbox_keys(rt):
-                await asyncio.sleep(0.05)
+        await mail_taken_in(rt)
         async with rt.sessions() as s:
             assert (await s.execute(select(func.count(InboxUpdate.id)))).scalar_one() == 1
-    finally:
-        await rt.stop()
 
 
 async def test_a_connection_lost_as_idle_starts_is_noticed(
@@ -217,22 +230,11 @@ async def test_a_connection_lost_as_idle_starts_is_noticed(
         return await start(self, timeout)
 
     monkeypatch.setattr(aioimaplib.IMAP4, "idle_start", dropped)
-    rt = runtime_for(
-        sqlite_url, smtp_sink, dovecot, folder, imap_extra={"poll_interval_seconds": 60}
-    )
-    await rt.start(dispatch=False)
-    try:
-        poller = channel(rt).poller
-        assert poller is not None
-        async with asyncio.timeout(10):  # connected again (a second login) and waiting
-            while len(drops) < 1 or poller.rounds < 2:
-                await asyncio.sleep(0.02)
+    # a second round: it connected again after the drop, and waits in IDLE
+    async with idling(sqlite_url, smtp_sink, dovecot, folder, rounds=2) as (rt, _):
+        assert drops
         await dovecot.append(mail("after", message_id=f"<after-{folder}@example.org>"), folder)
-        async with asyncio.timeout(10):
-            while not await inbox_keys(rt):
-                await asyncio.sleep(0.05)
-    finally:
-        await rt.stop()
+        await mail_taken_in(rt)
 
 
 async def test_polling_without_idle(
