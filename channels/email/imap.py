@@ -253,7 +253,8 @@ class ImapPoller:
             lost.cancel()
         if not start.done():
             start.cancel()
-            raise ConnectionError("the IMAP connection was lost as IDLE started")
+            why = "the connection was lost" if self._lost.is_set() else "no acknowledgement"
+            raise ConnectionError(f"IMAP IDLE did not start: {why}")
         idle: asyncio.Future[Any] = start.result()
         return idle
 
