@@ -17,7 +17,7 @@ from bot.conversation import reopen
 from storage import queries
 from storage.db import run_in_transaction
 from storage.models import Contact, Conversation, Direction, Touchpoint, utcnow
-from tests.conftest import _truncate
+from tests.conftest import _truncate, pg_database
 
 
 def plan(url: str, stmt: Select[tuple[object, ...]] | TextualSelect) -> str:
@@ -223,6 +223,58 @@ def test_prefetched_turn_rows_are_what_turn_row_reads(pg_url: str) -> None:
 
     asyncio.run(_truncate(pg_url))
     run_in_transaction(pg_url, work)
+
+
+@pytest.mark.postgres
+def test_prefetched_turn_rows_read_each_conversation_by_its_thread() -> None:
+    """In a database never analysed (a new one, or autovacuum off), PostgreSQL bounded the
+    conversations' index by the channel alone and filtered the thread: every open
+    conversation read for each key of a group (25 keys among 205 chats: 5,100 rows read and
+    thrown away). Now each key's conversation is read by its channel and thread."""
+    chats = 205
+
+    async def seed(s: AsyncSession) -> None:
+        for n in range(chats):
+            identity = await queries.create_contact_with_identity(
+                s, "telegram", f"u{n}", name=None, locale="en"
+            )
+            await queries.create_conversation(
+                s, identity.contact_id, identity.id, "telegram", f"chat{n}"
+            )
+
+    async def explain(s: AsyncSession) -> list[dict[str, Any]]:
+        sql = str(queries._TURN_ROWS_MANY.compile(dialect=s.get_bind().dialect))
+        n = range(0, chats, 8)
+        params = (
+            ["telegram"] * len(n),
+            [f"u{i}" for i in n],
+            [f"chat{i}" for i in n],
+            [f"m{i}" for i in n],
+            list(range(len(n))),
+        )
+        conn = await s.connection()
+        await conn.exec_driver_sql("SET LOCAL plan_cache_mode = force_generic_plan")
+        plan = (
+            await conn.exec_driver_sql(f"EXPLAIN (ANALYZE, FORMAT JSON) {sql}", params)
+        ).scalar()
+        return [plan[0]["Plan"]]
+
+    def nodes(plan: dict[str, Any]) -> list[dict[str, Any]]:
+        return [plan, *(n for child in plan.get("Plans", []) for n in nodes(child))]
+
+    with pg_database("cicbot_test_plan") as url:
+        run_in_transaction(url, seed)
+        plan = run_in_transaction(url, explain)[0]
+    read = nodes(plan)
+    assert plan["Actual Rows"] == 26  # every key found
+    thrown = sum(
+        (n.get("Rows Removed by Join Filter", 0) + n.get("Rows Removed by Filter", 0))
+        * n["Actual Loops"]
+        for n in read
+    )
+    assert thrown == 0
+    conversations = [n for n in read if n.get("Relation Name") == "conversations"]
+    assert conversations and all(n["Actual Rows"] <= 1 for n in conversations)
 
 
 def test_a_threads_newest_conversation_is_read_from_an_index(sqlite_url: str) -> None:
