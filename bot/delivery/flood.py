@@ -22,7 +22,11 @@ used forgotten first; a forgotten key starts with a full bucket again, as an idl
 would have). On PostgreSQL, where several workers share the inbox, the inbox asks
 `SharedFloodControl` instead: the same limit for all workers, kept in `flood_marks` as
 GCRA (one "theoretical arrival time" per sender, equivalent to the token bucket) and
-updated in one statement on the database's clock (`limits.shared`). The web chat's
+updated in one statement on the database's clock (`limits.shared`). A row born claimed
+(bot/delivery/inbox.py) is admitted in the accept's own statement (`GCRA_UPSERT`): over the
+rate, it is born pending and its claim asks `SharedFloodControl` as any other row's does.
+(A born row released to the claim because its commit was slow is asked again there:
+counted twice, it may wait one interval more; rare, and nothing is lost.) The web chat's
 socket belongs to one process, so it keeps the in-memory buckets.
 """
 
@@ -43,7 +47,15 @@ from bot.delivery.group import GroupCommit
 from storage.db import OneStatement
 from storage.models import InboxStatus, InboxUpdate, utcnow
 
-__all__ = ["Admission", "FloodControl", "SharedFloodControl", "defer", "limiter", "row_key"]
+__all__ = [
+    "Admission",
+    "FloodControl",
+    "SharedFloodControl",
+    "defer",
+    "digest",
+    "limiter",
+    "row_key",
+]
 
 # a partition of updates without a sender (garbage, rejected): not one identity
 NO_IDENTITY = "-"
@@ -95,28 +107,31 @@ class FloodControl:
 # GCRA in one statement for many senders: a sender's mark (tat) moves on by one interval
 # per message let through; a message is let through while the mark is at most `tolerance`
 # ahead of now. A new sender is inserted; a sender over the rate is not updated (the
-# UPDATE's WHERE), and its wait is read from the row as it was (a data-modifying CTE's
+# UPSERT's WHERE), and its wait is read from the row as it was (a data-modifying CTE's
 # snapshot). The keys are distinct (an INSERT ... ON CONFLICT touches a row once) and
-# sorted, so two workers' statements lock marks in one order.
-_ADMIT = text(
-    """
-    WITH clock AS (SELECT extract(epoch FROM clock_timestamp())::float8 AS now),
+# sorted, so two workers' statements lock marks in one order. `GCRA_UPSERT` is the step
+# the inbox's accept shares (bot/delivery/inbox.py: a row born claimed is admitted there)
+CLOCK = "clock AS (SELECT extract(epoch FROM clock_timestamp())::float8 AS now)"
+GCRA_UPSERT = """
+    INSERT INTO flood_marks (key, tat)
+    SELECT {key}, clock.now + :interval FROM {source}, clock {where} ORDER BY {key}
+    ON CONFLICT (key) DO UPDATE
+        SET tat = greatest(flood_marks.tat, excluded.tat - :interval) + :interval
+        WHERE greatest(flood_marks.tat, excluded.tat - :interval)
+              - (excluded.tat - :interval) <= :tolerance
+    RETURNING key
+"""
+_ADMIT = text(  # built from constants only
+    f"""
+    WITH {CLOCK},
     asked AS (SELECT k FROM unnest(CAST(:keys AS varchar[])) AS k),
-    taken AS (
-        INSERT INTO flood_marks (key, tat)
-        SELECT asked.k, clock.now + :interval FROM asked, clock ORDER BY asked.k
-        ON CONFLICT (key) DO UPDATE
-            SET tat = greatest(flood_marks.tat, excluded.tat - :interval) + :interval
-            WHERE greatest(flood_marks.tat, excluded.tat - :interval)
-                  - (excluded.tat - :interval) <= :tolerance
-        RETURNING key
-    )
+    taken AS ({GCRA_UPSERT.format(key="asked.k", source="asked", where="")})
     SELECT key, 0.0::float8 AS wait FROM taken
     UNION ALL
     SELECT m.key, greatest(m.tat - clock.now - :tolerance, 0.001)
     FROM flood_marks m, clock
     WHERE m.key IN (SELECT k FROM asked) AND m.key NOT IN (SELECT key FROM taken)
-    """
+    """  # noqa: S608
 )
 _FORGET = text("DELETE FROM flood_marks WHERE tat < extract(epoch FROM clock_timestamp()) - 3600")
 FORGET_EVERY = 600.0  # seconds between purges of the senders idle for an hour
@@ -136,17 +151,28 @@ class SharedFloodControl:
         self._group = GroupCommit("flood", self._admit_many, max_batch=64)
 
     async def admit(self, key: tuple[str, str]) -> float:
-        digest = hashlib.sha256("\x1f".join(key).encode()).hexdigest()
-        return await self._group.submit(digest)
+        return await self._group.submit(digest(key))
+
+    async def tidy(self) -> None:
+        """Forget the senders idle for an hour, if it is time (the admissions made in the
+        inbox's accept do not pass `_admit_many`, which does it too)."""
+        if self._purge_due():
+            async with self._one() as s:
+                await s.execute(_FORGET)
+
+    def _purge_due(self) -> bool:
+        now = time.monotonic()
+        if now < self._purge_at:
+            return False
+        self._purge_at = now + FORGET_EVERY
+        return True
 
     async def _admit_many(self, digests: list[str]) -> list[float]:
         """The admissions asked for while the last statement ran, in one statement (group
         commit; PostgreSQL only, outside a transaction: one round trip). A sender asked for
         twice in one batch (never from the inbox, which handles a chat's rows one at a
         time) goes again in a statement of its own, after the first."""
-        purge, now = False, time.monotonic()
-        if now >= self._purge_at:
-            purge, self._purge_at = True, now + FORGET_EVERY
+        purge = self._purge_due()
         waits: list[float] = [self.interval] * len(digests)
         left = list(range(len(digests)))
         async with self._one() as s:
@@ -182,6 +208,11 @@ def limiter(
     if shared:
         return SharedFloodControl(sessions, rate, burst)
     return FloodControl(rate, burst, max_keys=max_keys)
+
+
+def digest(key: tuple[str, str]) -> str:
+    """A sender's key in `flood_marks`: a hash, not the chat id."""
+    return hashlib.sha256("\x1f".join(key).encode()).hexdigest()
 
 
 def row_key(channel: str, partition_key: str) -> tuple[str, str] | None:

@@ -60,8 +60,9 @@ from sqlalchemy.sql.elements import ColumnElement
 from bot.channel.inbound import Deferred, Parsed, ParseError, Parser, Tolerated, Unavailable
 from bot.channel.messages import ChannelEvent, InboundMessage
 from bot.conversation.engine import Engine, HandleResult
+from bot.delivery import flood
 from bot.delivery.dispatcher import Dispatcher
-from bot.delivery.flood import Admission, defer, row_key
+from bot.delivery.flood import Admission, SharedFloodControl, defer, row_key
 from bot.delivery.group import GroupCommit
 from bot.delivery.leases import Leases
 from bot.delivery.settings import IN_FLIGHT
@@ -215,6 +216,7 @@ class Inbox(RoundWorker):
         now = utcnow()
         until = self.leases.until()
         owner = self.leases.boot_id
+        shared = self._shared_flood() if self.dialect == "postgresql" else None
         try:
             params = self._accept_params(rows, born, now, until, owner)
             # one statement: on PostgreSQL outside a transaction, one round trip, committed
@@ -247,6 +249,7 @@ class Inbox(RoundWorker):
                 self._waiting[row_id] = key
                 queued = True
             elif status == InboxStatus.PROCESSING:
+                # the shared flood control admitted it in the accept (_ACCEPT_PG)
                 self._start(
                     InboxUpdate(
                         id=row_id,
@@ -259,7 +262,8 @@ class Inbox(RoundWorker):
                         leased_by=self.leases.boot_id,
                         leased_until=until,
                         created_at=now,
-                    )
+                    ),
+                    admitted=shared is not None,
                 )
             else:
                 self._waiting[row_id] = key
@@ -268,6 +272,8 @@ class Inbox(RoundWorker):
             await self._release(late)
         if queued:
             self.notify()
+        if shared is not None:
+            await shared.tidy()
         return results
 
     def _accept_params(
@@ -281,12 +287,21 @@ class Inbox(RoundWorker):
         """The accept's parameters: one array per column on PostgreSQL (_ACCEPT_PG), a row
         each for insertmanyvalues elsewhere."""
         if self.dialect == "postgresql":
+            shared = self._shared_flood()
+            keys = [row_key(r["channel"], r["partition_key"]) for r in rows]
             return {
                 "channels": [r["channel"] for r in rows],
                 "dedupe_keys": [r["dedupe_key"] for r in rows],
                 "partitions": [r["partition_key"] for r in rows],
                 "payloads": [json_text(r["payload"]) for r in rows],
                 "born": born,
+                # the senders the shared flood control admits as their rows are born
+                "flood_keys": [
+                    flood.digest(k) if shared and k is not None and b else None
+                    for k, b in zip(keys, born, strict=True)
+                ],
+                "interval": shared.interval if shared else 0.0,
+                "tolerance": shared.tolerance if shared else 0.0,
                 "owner": owner,
                 "until": until,
                 "now": now,
@@ -303,6 +318,10 @@ class Inbox(RoundWorker):
             }
             for r, b in zip(rows, born, strict=True)
         ]
+
+    def _shared_flood(self) -> SharedFloodControl | None:
+        """The flood control shared by the workers (PostgreSQL), which the accept asks."""
+        return self.flood if isinstance(self.flood, SharedFloodControl) else None
 
     async def _release(self, ids: list[int]) -> None:
         """Rows born claimed but not started: pending again, the attempt not counted (only
@@ -352,11 +371,13 @@ class Inbox(RoundWorker):
             }
         return len(rows)
 
-    def _start(self, row: InboxUpdate) -> None:
+    def _start(self, row: InboxUpdate, *, admitted: bool = False) -> None:
         key = (row.channel, row.partition_key)
         self._running_ids.add(row.id)
         self._running_keys[key] = self._running_keys.get(key, 0) + 1
-        task = asyncio.create_task(self._process_held(row), name=f"inbox-row-{row.id}")
+        task = asyncio.create_task(
+            self._process_held(row, admitted=admitted), name=f"inbox-row-{row.id}"
+        )
         self._running.add(task)
         task.add_done_callback(lambda t: self._done(t, key, row.id))
 
@@ -373,9 +394,9 @@ class Inbox(RoundWorker):
         if self._waiting:  # rows left pending here may be due now (a head, a free slot)
             self.notify()
 
-    async def _process_held(self, row: InboxUpdate) -> None:
+    async def _process_held(self, row: InboxUpdate, *, admitted: bool) -> None:
         with self.leases.held():
-            await self._process(row)
+            await self._process(row, admitted=admitted)
 
     async def stop(self) -> None:
         await super().stop()
@@ -452,8 +473,9 @@ class Inbox(RoundWorker):
             await self.leases.take(s, InboxUpdate, claimed, InboxStatus.PROCESSING)
         return claimed
 
-    async def _process(self, row: InboxUpdate) -> None:
-        if await self._flooded(row):
+    async def _process(self, row: InboxUpdate, *, admitted: bool = False) -> None:
+        """Handle one claimed row; `admitted`: the flood control let it through already."""
+        if not admitted and await self._flooded(row):
             return
         try:
             parsed = self.parsers[row.channel](row.payload)
@@ -680,9 +702,32 @@ class Grouped:
 # cheaper than the generic one and plans again at every call (0.5 ms of its CPU per
 # webhook, most of the accept's server time at light load; tests/bot/delivery/
 # test_inbox.py). Rows are inserted in their order (ids ascending within a chat, as the
-# worker's pick needs); the born check as _accept_statement's.
-_ACCEPT_PG = text(
-    """
+# worker's pick needs); the born check as _accept_statement's, computed once per row (the
+# CTE is materialized; flattened, the four CASEs below would each probe the index again).
+# A row that may be born claimed is admitted by the shared flood control here too (its
+# sender's `flood_key`; NULL without one): admitted, it is born; over the rate, it is
+# inserted pending, and its claim asks the flood control as any pending row's does. As a
+# statement of its own, the admission was a fifth of the statements and transactions of
+# bench/telegram.py's closed loop, and one round trip more on a lone message's way.
+_ACCEPT_PG = text(  # built from constants only
+    f"""
+    WITH a AS MATERIALIZED (
+        SELECT a.*, a.asked AND NOT EXISTS (
+            SELECT 1 FROM inbox u
+            WHERE u.channel = a.channel AND u.partition_key = a.partition_key
+              AND u.status IN ('pending', 'processing')  -- ix_inbox_unfinished
+        ) AS head
+        FROM unnest(
+            (SELECT CAST(:channels AS varchar[])), (SELECT CAST(:dedupe_keys AS varchar[])),
+            (SELECT CAST(:partitions AS varchar[])), (SELECT CAST(:payloads AS text[])),
+            (SELECT CAST(:born AS boolean[])), (SELECT CAST(:flood_keys AS varchar[]))
+        ) WITH ORDINALITY AS a(channel, dedupe_key, partition_key, payload, asked, flood_key, n)
+    ), {flood.CLOCK},
+    admitted AS ({
+        flood.GCRA_UPSERT.format(
+            key="a.flood_key", source="a", where="WHERE a.head AND a.flood_key IS NOT NULL"
+        )
+    })
     INSERT INTO inbox (channel, dedupe_key, partition_key, payload, status, attempts,
                        leased_until, leased_by, created_at)
     SELECT r.channel, r.dedupe_key, r.partition_key, CAST(r.payload AS jsonb),
@@ -692,22 +737,15 @@ _ACCEPT_PG = text(
            CASE WHEN r.born THEN CAST(:owner AS varchar) END,
            CAST(:now AS timestamptz)
     FROM (
-        SELECT a.*, a.asked AND NOT EXISTS (
-            SELECT 1 FROM inbox u
-            WHERE u.channel = a.channel AND u.partition_key = a.partition_key
-              AND u.status IN ('pending', 'processing')  -- ix_inbox_unfinished
+        SELECT a.*, a.head AND (
+            a.flood_key IS NULL OR a.flood_key IN (SELECT key FROM admitted)
         ) AS born
-        FROM unnest(
-            (SELECT CAST(:channels AS varchar[])), (SELECT CAST(:dedupe_keys AS varchar[])),
-            (SELECT CAST(:partitions AS varchar[])), (SELECT CAST(:payloads AS text[])),
-            (SELECT CAST(:born AS boolean[]))
-        ) WITH ORDINALITY AS a(channel, dedupe_key, partition_key, payload, asked, n)
-        OFFSET 0  -- not flattened: the four CASEs below would each probe the index again
+        FROM a
     ) AS r
     ORDER BY r.n
     ON CONFLICT (channel, dedupe_key) DO NOTHING
     RETURNING id, channel, dedupe_key, status
-    """
+    """  # noqa: S608
 )
 
 

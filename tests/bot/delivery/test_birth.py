@@ -158,7 +158,8 @@ async def test_a_row_born_claimed_by_a_dead_process_is_taken_after_its_lease(
     running: Runtime,
 ) -> None:
     started: list[InboxUpdate] = []
-    running.inbox._start = started.append  # type: ignore[method-assign]  # killed after commit
+    # killed after commit
+    running.inbox._start = lambda row, **_: started.append(row)  # type: ignore[method-assign]
     assert await accept(running, 1, "k", "hello")
     assert len(started) == 1
     async with running.sessions() as s:
@@ -298,9 +299,9 @@ async def test_a_born_inbox_row_whose_lease_ran_out_is_not_claimed_by_its_own_pr
     gate = asyncio.Event()
     process = running.inbox._process
 
-    async def slow(row: InboxUpdate) -> None:
+    async def slow(row: InboxUpdate, *, admitted: bool = False) -> None:
         await gate.wait()
-        await process(row)
+        await process(row, admitted=admitted)
 
     running.inbox._process = slow  # type: ignore[method-assign]
     assert await accept(running, 1, "s", "hello")

@@ -216,6 +216,45 @@ async def test_drain_waits_for_deferred_rows(runtime: Runtime) -> None:
 # ---- several workers on PostgreSQL: one limit ------------------------------------------
 
 
+async def test_a_row_born_claimed_is_admitted_in_its_accept(worker: Runtime) -> None:
+    """PostgreSQL: a row born claimed is admitted by the shared flood control in the
+    accept's statement, not in a statement of its own before it is handled, and counted
+    once; a row over the rate is born pending, and its claim defers it as before."""
+    rt = worker
+    if rt.db.dialect.name != "postgresql":
+        pytest.skip("the shared flood control is PostgreSQL's")
+    rt.inbox.flood = SharedFloodControl(rt.sessions, rate=0.5, burst=2)  # a token per 2 s
+    statements: list[str] = []
+
+    def seen(*args: Any) -> None:
+        statements.append(args[2])
+
+    event.listen(rt.db.sync_engine, "before_cursor_execute", seen)
+    await rt.inbox.start()
+    try:
+        for n in range(2):  # one at a time, each its chat's head: born claimed
+            assert await accept(rt, "u", n)
+            async with asyncio.timeout(1):  # counted twice, the second would wait 2 s
+                while len(await handled(rt, "u")) <= n:
+                    await asyncio.sleep(0.01)
+        # the admissions (the purge of idle senders runs once, apart)
+        marks = [s for s in statements if "INSERT INTO flood_marks" in s]
+        assert len(marks) == 2 and all("INSERT INTO inbox (" in s for s in marks)
+        async with rt.sessions() as s:
+            ahead = (
+                await s.execute(text("SELECT tat - extract(epoch FROM now()) FROM flood_marks"))
+            ).scalar_one()
+        assert 3.0 < ahead <= 4.1  # two intervals of 2 s from the first, not four
+        sent = time.monotonic()
+        assert await accept(rt, "u", 2)  # over the rate: born pending, deferred by its claim
+        async with asyncio.timeout(5):
+            while len(await handled(rt, "u")) <= 2:
+                await asyncio.sleep(0.01)
+        assert time.monotonic() - sent >= 1.0
+    finally:
+        event.remove(rt.db.sync_engine, "before_cursor_execute", seen)
+
+
 @pytest.mark.postgres
 async def test_the_shared_limit_counts_every_worker(pg_url: str) -> None:
     """Two workers (two engines, as two processes have) share one sender's limit; a
