@@ -139,6 +139,46 @@ async def test_accept_batches_of_any_size_are_one_statement(runtime: Runtime) ->
     assert [r.status for r in await rows(runtime)] == [InboxStatus.DONE] * 10
 
 
+async def test_postgres_accept_stays_bounded_when_a_backlog_builds(runtime: Runtime) -> None:
+    """The accept's plan is kept per connection (see the test below): a plan made while the
+    table was small must not read every unfinished row once a backlog has built up. Written
+    NOT EXISTS, the born check hashed them all at each call (20,000 rows read for one
+    webhook; 26-37 ms each with 100,000 pending, outside bench/)."""
+    if runtime.db.dialect.name != "postgresql":
+        pytest.skip("PostgreSQL's plan cache")
+    now = utcnow()
+
+    def params(name: str) -> dict[str, Any] | list[dict[str, Any]]:
+        row = {"channel": "test", "dedupe_key": name, "partition_key": name, "payload": {}}
+        return runtime.inbox._accept_params([row], [True], now, now, "test")
+
+    async with runtime.db.connect() as conn:  # one connection: its prepared statement
+        for i in range(8):  # the table small: the plan is made and kept
+            await conn.execute(inbox._ACCEPT_PG, params(f"small{i}"))
+            await conn.commit()
+        await conn.execute(
+            sqlalchemy.text(
+                "INSERT INTO inbox (channel, dedupe_key, partition_key, payload, status,"
+                " attempts, created_at) SELECT 'test', 'b' || g, 'p' || (g % 2000), '{}',"
+                " 'pending', 0, now() FROM generate_series(1, 20000) AS g"
+            )
+        )
+        await conn.commit()
+        await conn.execute(inbox._ACCEPT_PG, params("new"))
+        read = (
+            await conn.execute(
+                sqlalchemy.text(
+                    "SELECT (SELECT sum(pg_stat_get_xact_tuples_returned(indexrelid))"
+                    " FROM pg_index WHERE indrelid = 'inbox'::regclass)"
+                    " + (SELECT seq_tup_read FROM pg_stat_xact_user_tables"
+                    " WHERE relname = 'inbox')"
+                )
+            )
+        ).scalar_one()
+        await conn.rollback()
+    assert read < 100, f"one accept read {read} inbox rows"
+
+
 async def test_postgres_plans_the_accept_once(runtime: Runtime) -> None:
     """The accept is prepared once per connection, and its plan must be kept: with the
     arrays' lengths visible, PostgreSQL planned it anew at every webhook (a custom plan,
