@@ -275,7 +275,10 @@ class Inbox(RoundWorker):
         if queued:
             self.notify()
         if shared is not None:
-            await shared.tidy()
+            try:  # the rows are committed: a failed purge must not fail their webhooks
+                await shared.tidy()
+            except Exception as exc:
+                log.warning("flood marks not purged: %s", f"{type(exc).__name__}: {exc}"[:300])
         return results
 
     def _accept_params(

@@ -255,6 +255,25 @@ async def test_a_row_born_claimed_is_admitted_in_its_accept(worker: Runtime) -> 
         event.remove(rt.db.sync_engine, "before_cursor_execute", seen)
 
 
+async def test_a_failed_purge_of_flood_marks_does_not_fail_the_accept(runtime: Runtime) -> None:
+    """The accept purges idle senders' marks after its rows are committed: a failure there
+    is logged, and the webhook still gets its answer (it was an error, and a redelivery)."""
+    if runtime.db.dialect.name != "postgresql":
+        pytest.skip("the shared flood control is PostgreSQL's")
+    runtime.inbox.register("test", parse)
+    flood = SharedFloodControl(runtime.sessions, RATE, BURST)
+
+    async def broken() -> None:
+        raise RuntimeError("the purge failed")
+
+    flood.tidy = broken  # type: ignore[method-assign]
+    runtime.inbox.flood = flood
+    assert await accept(runtime, "u", 0)
+    async with runtime.sessions() as s:
+        rows = list((await s.execute(select(InboxUpdate))).scalars())
+    assert [r.dedupe_key for r in rows] == ["u-0"]
+
+
 @pytest.mark.postgres
 async def test_the_shared_limit_counts_every_worker(pg_url: str) -> None:
     """Two workers (two engines, as two processes have) share one sender's limit; a
