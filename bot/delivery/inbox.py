@@ -218,7 +218,7 @@ class Inbox(RoundWorker):
         now = utcnow()
         until = self.leases.until()
         owner = self.leases.boot_id
-        shared = self._shared_flood() if self.dialect == "postgresql" else None
+        shared = self._shared_flood()
         try:
             params = self._accept_params(rows, born, now, until, owner)
             # one statement: on PostgreSQL outside a transaction, one round trip, committed
@@ -325,8 +325,11 @@ class Inbox(RoundWorker):
         ]
 
     def _shared_flood(self) -> SharedFloodControl | None:
-        """The flood control shared by the workers (PostgreSQL), which the accept asks."""
-        return self.flood if isinstance(self.flood, SharedFloodControl) else None
+        """The flood control shared by the workers, which PostgreSQL's accept asks (_ACCEPT_PG);
+        None elsewhere (the row's processing asks it then)."""
+        if self.dialect != "postgresql" or not isinstance(self.flood, SharedFloodControl):
+            return None
+        return self.flood
 
     async def _release(self, ids: list[int]) -> None:
         """Rows born claimed but not started: pending again, the attempt not counted (only
@@ -712,7 +715,7 @@ class Grouped:
 # as a scalar subquery: written NOT EXISTS, a plan made while the table was small (a new
 # database, or never analysed) hashed every unfinished row once per statement, and the
 # connection kept that plan: 26-37 ms per accept once 100,000 rows were pending, against
-# ~1 ms (tests/bot/delivery/test_inbox.py).
+# ~1 ms (a script outside bench/; the rows it reads: tests/bot/delivery/test_inbox.py).
 # A row that may be born claimed is admitted by the shared flood control here too (its
 # sender's `flood_key`; NULL without one): admitted, it is born; over the rate, it is
 # inserted pending, and its claim asks the flood control as any pending row's does. As a
