@@ -37,6 +37,10 @@ printed; chats whose replies, digits aside, differ from most chats' are reported
 customer says the same: a turn handled out of order or twice shows there), and cicbot's
 ratios against both peers. Each figure is the median over --repeats runs: the
 machine is small and shared.
+
+After the runs, where cicbot's messages waited (print_stages): webhook POST -> its 200 (the
+accept committed), accepted -> turn began, reply written -> at the stand-in, and -> its
+sent mark; p50 and p99 over all runs of the bot.
 """
 
 from __future__ import annotations
@@ -262,6 +266,11 @@ class Replies:
     texts: dict[int, list[str]] = field(default_factory=lambda: defaultdict(list))  # digits: #
     last: dict[int, dict[str, Any]] = field(default_factory=dict)
     changed: dict[int, asyncio.Event] = field(default_factory=lambda: defaultdict(asyncio.Event))
+    # wall-clock arrival of each reply by "chat:message id" (cicbot's outbox keeps the id it
+    # was sent as: print_stages reads "written -> at the platform" without the sent mark)
+    arrived: dict[str, float] = field(default_factory=dict)
+    # per bot (its first base URL): webhook POST -> its 200 (the accept committed), seconds
+    accepts: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
     tg: TelegramStandIn | None = None  # the call a webhook's response names is made there
 
     def install(self, tg: TelegramStandIn) -> None:
@@ -272,6 +281,8 @@ class Replies:
             result = await handler(token, params)
             chat = params["chat_id"]
             self.times[chat].append(time.monotonic())
+            if isinstance(result, dict) and "message_id" in result:
+                self.arrived[f"{chat}:{result['message_id']}"] = time.time()
             self.turns[chat].append(self.at.get(chat, -1))
             self.texts[chat].append(re.sub(r"\d", "#", str(params.get("text", ""))))
             self.last[chat] = result
@@ -416,6 +427,7 @@ class Load:
                 async with http.post(base + PATH, json=update, headers={HEADER: SECRET}) as resp:
                     if resp.status != 200:
                         raise RuntimeError(f"webhook answered {resp.status}")
+                    self.replies.accepts[self.bases[0]].append(time.monotonic() - started)
                     if self.replies.tg is not None:  # as Telegram does (answerCallbackQuery)
                         await self.replies.tg.webhook_replied(resp.status, await resp.read())
                 break
@@ -690,10 +702,13 @@ async def profiled(bot: Bot, folder: str | None, rep: int) -> AsyncIterator[None
             await proc.wait()
 
 
-async def print_stages(bot: Bot) -> None:
-    """Where a message waited, from cicbot's own rows (all runs of the bot together):
-    webhook accepted → its turn's transaction began (inbox created_at → processed_at), and
-    a reply's row written → sent (outbox created_at → sent_at)."""
+async def print_stages(bot: Bot, replies: Replies) -> None:
+    """Where a message waited (all runs of the bot together): webhook POST -> its 200 (the
+    accept committed; timed by the load), then from cicbot's own rows: accepted -> its
+    turn's transaction began (inbox created_at -> processed_at), a reply's row written ->
+    its arrival at the stand-in (outbox created_at -> the stand-in's clock, matched by the
+    message id the outbox keeps; both wall clocks of this machine) and -> its sent mark
+    (sent_at: after the arrival, when the mark's shared transaction runs)."""
     from sqlalchemy import select
     from sqlalchemy.ext.asyncio import create_async_engine
 
@@ -701,30 +716,38 @@ async def print_stages(bot: Bot) -> None:
 
     if bot.db_url is None:
         return
+    stages: dict[str, list[float]] = {"webhook POST -> 200": replies.accepts[bot.bases[0]]}
     engine = create_async_engine(bot.db_url)
     try:
         async with engine.connect() as conn:
-            stages = {
-                "inbox accepted -> turn began": await conn.execute(
-                    select(InboxUpdate.created_at, InboxUpdate.processed_at).where(
-                        InboxUpdate.processed_at.is_not(None)
-                    )
-                ),
-                "reply written -> sent": await conn.execute(
-                    select(OutboxMessage.created_at, OutboxMessage.sent_at).where(
-                        OutboxMessage.sent_at.is_not(None)
-                    )
-                ),
-            }
-            for stage, rows in stages.items():
-                waits = sorted((b - a).total_seconds() for a, b in rows)
-                if waits:
-                    p50, p99 = waits[len(waits) // 2], waits[int(len(waits) * 0.99)]
-                    print(
-                        f"  {bot.name}: {stage}: p50 {p50 * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms"
-                    )
+            inbox = await conn.execute(
+                select(InboxUpdate.created_at, InboxUpdate.processed_at).where(
+                    InboxUpdate.processed_at.is_not(None)
+                )
+            )
+            stages["inbox accepted -> turn began"] = [(b - a).total_seconds() for a, b in inbox]
+            outbox = (
+                await conn.execute(
+                    select(
+                        OutboxMessage.created_at,
+                        OutboxMessage.sent_at,
+                        OutboxMessage.platform_message_id,
+                    ).where(OutboxMessage.sent_at.is_not(None))
+                )
+            ).all()
+            stages["reply written -> at the platform"] = [
+                replies.arrived[pid] - a.timestamp()
+                for a, _, pid in outbox
+                if pid in replies.arrived
+            ]
+            stages["reply written -> sent mark"] = [(b - a).total_seconds() for a, b, _ in outbox]
     finally:
         await engine.dispose()
+    for stage, values in stages.items():
+        waits = sorted(values)
+        if waits:
+            p50, p99 = waits[len(waits) // 2], waits[int(len(waits) * 0.99)]
+            print(f"  {bot.name}: {stage}: p50 {p50 * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms")
 
 
 WORK = (  # (label, metric, the label value counted) of the per-worker split
@@ -798,7 +821,7 @@ async def main(args: argparse.Namespace) -> None:
             for bot in running:
                 if not bot.peer:
                     await print_groups(bot)
-                    await print_stages(bot)
+                    await print_stages(bot, replies)
     print(f"  logs in {tmp}")
     report(results, customers, args)
 
