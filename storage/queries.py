@@ -699,6 +699,31 @@ def drop_touchpoints(s: AsyncSession) -> None:
         rows.clear()
 
 
+def defer_writes(s: AsyncSession) -> None:
+    """From now on in `s`, the touchpoints (`defer_touchpoints`) and the flow states
+    `set_flow_state` writes are kept for the group's end (storage/group_end.py, which
+    writes them with the done marks on PostgreSQL), the replies still written at once: a
+    group of one row, whose turn writes nothing else that it reads again."""
+    defer_touchpoints(s)
+    s.info.setdefault(_FLOW_STATES, {})
+
+
+async def take_deferred(s: AsyncSession) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The replies `enqueue_later` kept are written (the touchpoints carry their ids); the
+    kept touchpoints' values and flow states' parameters (`_SET_FLOW_STATE`'s, in
+    conversation id order) are handed to the caller to write, and forgotten here."""
+    await _flush_outbox(s)
+    kept = s.info.get(_TOUCHPOINTS)
+    touchpoints = kept[:] if kept else []
+    if kept:
+        kept.clear()
+    states: dict[int, dict[str, Any]] | None = s.info.get(_FLOW_STATES)
+    ordered = [states[k] for k in sorted(states)] if states else []
+    if states:
+        states.clear()
+    return touchpoints, ordered
+
+
 def defer_group(s: AsyncSession) -> None:
     """A group commit without savepoints (bot/delivery/inbox.py): from now on in `s`, the
     touchpoints (`defer_touchpoints`), the flow states `set_flow_state` writes and the
@@ -707,8 +732,7 @@ def defer_group(s: AsyncSession) -> None:
     per group, not three or more per message. Nothing in a turn reads another
     conversation's flow state; the caller flushes before a second message of a chat (its
     turn reads its conversation's row and dedupes on the touchpoints)."""
-    defer_touchpoints(s)
-    s.info.setdefault(_FLOW_STATES, {})
+    defer_writes(s)
     s.info.setdefault(_OUTBOX_LATER, [])
 
 

@@ -67,7 +67,7 @@ from bot.delivery.group import GroupCommit
 from bot.delivery.leases import Leases
 from bot.delivery.settings import IN_FLIGHT
 from bot.delivery.worker import RoundWorker
-from storage import queries
+from storage import group_end, queries
 from storage.db import OneStatement, inline, is_unavailable, json_text
 from storage.models import DeadLetter, InboxStatus, InboxUpdate, utcnow
 from storage.queries import scrub
@@ -554,7 +554,7 @@ class Inbox(RoundWorker):
                 async with self.sessions() as s, s.begin(), inline(s):
                     now = utcnow()
                     # the senders' seen marks, written for the whole group at its end with
-                    # the done marks (queries.defer_seen, _end_group)
+                    # the done marks (queries.defer_seen, storage/group_end.py)
                     seen = queries.defer_seen(s)
                     # a row's touchpoints in one INSERT, inside its savepoint (the dedupe
                     # index speaks there if a racing process took the message in first)
@@ -566,8 +566,13 @@ class Inbox(RoundWorker):
                     # touchpoints, flow states and replies go in one statement per table at
                     # the group's end; a chat's second message flushes them first
                     grouped = not savepoints and len(batch) > 1
+                    # a lone row's touchpoints and flow state go with the end's statement
+                    # too (storage/group_end.py: one round trip on PostgreSQL, not three)
+                    kept = not savepoints and self.dialect == "postgresql"
                     if grouped:
                         queries.defer_group(s)
+                    elif kept:
+                        queries.defer_writes(s)
                     if not savepoints:
                         await self._before_turns(s, batch)
                     chats: set[tuple[str, str]] = set()  # handled since the last flush
@@ -578,15 +583,15 @@ class Inbox(RoundWorker):
                             async with s.begin_nested() if savepoints else _no_savepoint():
                                 try:
                                     for m in g.messages:
-                                        if grouped and (m.channel, m.thread_key) in chats:
+                                        if (grouped or kept) and (m.channel, m.thread_key) in chats:
                                             await queries.flush_deferred(s)
                                             chats.clear()
                                         chats.add((m.channel, m.thread_key))
                                         results[i].append(await self.engine.handle_in(s, m))
-                                    if not grouped:
+                                    if not (grouped or kept):
                                         await queries.flush_touchpoints(s)
                                 finally:
-                                    if not grouped:
+                                    if not (grouped or kept):
                                         queries.drop_touchpoints(s)  # written, or rolled back
                             done[i] = True
                             # inline statements (SQLite) never yield: let the loop breathe
@@ -599,15 +604,14 @@ class Inbox(RoundWorker):
                             if birth is not None:
                                 birth.rollback(born)
                             log.info("inbox row %s: %s; handled alone", g.row.id, repr(exc)[:200])
-                    if grouped:
-                        await queries.flush_deferred(s)
                     # in the same transaction as the rows' effects: they commit together
                     finished = [
                         _finished(g.row.id, g.status, g.note, now)[1]
                         for g, ok in zip(batch, done, strict=True)
                         if ok
                     ]
-                    await _end_group(s, finished, seen)
+                    # with what the turns kept for the end (the replies written first)
+                    await group_end.end_group(s, finished, seen)
             except Exception as exc:
                 if is_unavailable(exc):
                     return [False] * len(batch)
@@ -798,81 +802,13 @@ async def _no_savepoint() -> AsyncIterator[None]:
 
 
 _INBOX: Table = InboxUpdate.__table__  # type: ignore[assignment]
-_FINISHED = (
-    update(_INBOX)  # Core, built once: the values are parameters
-    .where(_INBOX.c.id == bindparam("row_id"))
-    .values(
-        status=bindparam("status"),
-        error=bindparam("error"),
-        leased_until=None,
-        leased_by=None,
-        processed_at=bindparam("processed_at"),
-    )
-)
-
-
-# PostgreSQL: a group's end, its rows' done marks and its senders' seen marks, as one
-# statement from arrays (data-modifying CTEs run to completion whether read or not): as
-# three, they were a quarter of a lone message's round trips to the server at light load
-_END_PG = text(
-    """
-    WITH done AS (
-        UPDATE inbox SET status = f.status, error = f.error, leased_until = NULL,
-                         leased_by = NULL, processed_at = f.processed_at
-        FROM unnest(
-            (SELECT CAST(:row_ids AS bigint[])), (SELECT CAST(:statuses AS varchar[])),
-            (SELECT CAST(:errors AS varchar[])), (SELECT CAST(:processed AS timestamptz[]))
-        ) AS f(id, status, error, processed_at)
-        WHERE inbox.id = f.id
-    ), identities_seen AS (
-        UPDATE identities SET last_seen_at = i.seen
-        FROM unnest(
-            (SELECT CAST(:identity_ids AS bigint[])), (SELECT CAST(:identity_seen AS timestamptz[]))
-        ) AS i(id, seen)
-        WHERE identities.id = i.id
-    )
-    UPDATE contacts SET last_contact_at = c.seen, updated_at = c.seen
-    FROM unnest(
-        (SELECT CAST(:contact_ids AS bigint[])), (SELECT CAST(:contact_seen AS timestamptz[]))
-    ) AS c(id, seen)
-    WHERE contacts.id = c.id
-    """
-)
-
-
-async def _end_group(
-    s: AsyncSession, finished: list[dict[str, Any]], seen: Sequence[tuple[int, int, datetime]]
-) -> None:
-    """The group's done marks (`_finished`'s values) and its senders' seen marks
-    (`queries.mark_seen`): one statement on PostgreSQL, one per table elsewhere."""
-    if s.get_bind().dialect.name != "postgresql":
-        if finished:
-            await s.execute(_FINISHED, finished)
-        await queries.mark_seen(s, seen)
-        return
-    if not finished and not seen:
-        return
-    identities, contacts = queries.latest_seen(seen)
-    await s.execute(
-        _END_PG,
-        {
-            "row_ids": [f["row_id"] for f in finished],
-            "statuses": [str(f["status"]) for f in finished],
-            "errors": [f["error"] for f in finished],
-            "processed": [f["processed_at"] for f in finished],
-            "identity_ids": list(identities),
-            "identity_seen": list(identities.values()),
-            "contact_ids": list(contacts),
-            "contact_seen": list(contacts.values()),
-        },
-    )
 
 
 def _finished(
     row_id: int, status: InboxStatus, error: str | None, now: datetime
 ) -> tuple[Update, dict[str, Any]]:
     processed = now if status != InboxStatus.PENDING else None
-    return _FINISHED, {
+    return group_end.FINISHED, {
         "row_id": row_id,
         "status": status,
         "error": error,

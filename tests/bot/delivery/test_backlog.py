@@ -162,23 +162,25 @@ async def test_a_group_marks_its_senders_seen_in_one_statement(runtime: Runtime)
     assert runtime.inbox._group.batches <= 2
     marks = [q for q in statements if q.startswith(("UPDATE identities", "UPDATE contacts"))]
     done = [q for q in statements if q.startswith("UPDATE inbox SET status")]
+    written = [q for q in statements if q.startswith("INSERT INTO touchpoints")]
+    states = [q for q in statements if q.startswith("UPDATE conversations SET flow_state")]
     if runtime.db.dialect.name == "postgresql":
-        # there the done and seen marks are one statement per group (inbox._END_PG)
-        ends = [q for q in statements if q.lstrip().startswith("WITH done AS")]
+        # there the group's touchpoints, flow states, done and seen marks are one
+        # statement per group (storage/group_end.py)
+        ends = [q for q in statements if q.lstrip().startswith("WITH written AS")]
         assert len(ends) == runtime.inbox._group.batches, statements
         assert not marks, marks
         assert len(done) <= 1, done  # the claim's
+        assert not written and not states, statements
     else:
         assert len(marks) <= 2 * runtime.inbox._group.batches, marks
         assert len(done) <= runtime.inbox._group.batches + 1, done  # + the claim's
+        # the group's touchpoints (each row's message and reply) in one INSERT, and its
+        # conversations' flow states in one executemany UPDATE: not one per row
+        assert len(written) <= runtime.inbox._group.batches, written
+        assert 0 < len(states) <= runtime.inbox._group.batches, states
     # no savepoints while no row fails (two statements per row that almost never serve)
     assert not [q for q in statements if "SAVEPOINT" in q], statements
-    # the group's touchpoints (each row's message and reply) in one INSERT, and its
-    # conversations' flow states in one executemany UPDATE: not one per row
-    written = [q for q in statements if q.startswith("INSERT INTO touchpoints")]
-    assert len(written) <= runtime.inbox._group.batches, written
-    states = [q for q in statements if q.startswith("UPDATE conversations SET flow_state")]
-    assert 0 < len(states) <= runtime.inbox._group.batches, states
     async with runtime.sessions() as s:
         assert None not in (await s.execute(select(Identity.last_seen_at))).scalars().all()
         assert None not in (await s.execute(select(Contact.last_contact_at))).scalars().all()
