@@ -3,9 +3,10 @@ transactions handles several inbox rows at once (bot/delivery/group.py: each row
 savepoint, one commit for all), then started again.
 
 The moment is found from outside: PostgreSQL shows the server's session inside a
-transaction whose last statement wrote the turns' touchpoints (the group commit writes all
-its rows' in one INSERT near its end; a group runs without savepoints unless one of its
-rows fails, so a SAVEPOINT is no mark, and with 60 customers at once a group holds several).
+transaction whose last statement wrote the turns' replies (the group commit writes all its
+rows' in one INSERT near its end, then its touchpoints, flow states and done marks in one
+statement, storage/group_end.py; a group runs without savepoints unless one of its rows
+fails, so a SAVEPOINT is no mark, and with 60 customers at once a group holds several).
 That transaction must be rolled back by the kill, all of it (its xid's status is
 read afterwards), and the rows are handled again after the restart: every acknowledged
 update in the history exactly once, every reply sent, none twice beyond the documented
@@ -32,7 +33,7 @@ ATTEMPTS = 5  # kills, until one lands inside a group's transaction
 IN_GROUP = text(
     "SELECT backend_xid::text FROM pg_stat_activity "
     "WHERE datname = current_database() AND pid <> pg_backend_pid() "
-    "AND state IN ('idle in transaction', 'active') AND query LIKE 'INSERT INTO touchpoints%' "
+    "AND state IN ('idle in transaction', 'active') AND query LIKE 'INSERT INTO outbox%' "
     "AND backend_xid IS NOT NULL LIMIT 1"
 )
 
