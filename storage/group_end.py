@@ -3,10 +3,10 @@ end, written in as few round trips as the database allows.
 
 On PostgreSQL one statement from arrays (data-modifying CTEs run to completion whether
 read or not): the turns' touchpoints and flow states (`queries.defer_writes`), the rows'
-done marks and the senders' seen marks (`queries.defer_seen`). As separate statements they
-were four of a lone message's eight round trips in its transaction (BEGIN, turn row, reply,
-touchpoints, flow state, end, COMMIT), each a wait for the server and a turn of the event
-loop. No table is written twice in it, so the CTEs cannot see each other's rows. The
+done marks and the senders' seen marks (`queries.defer_seen`). As three statements they
+were three of a lone message's seven round trips in its transaction (BEGIN, turn row,
+reply, touchpoints, flow state, end, COMMIT), each a wait for the server and a turn of the
+event loop. No table is written twice in it, so the CTEs cannot see each other's rows. The
 replies are written before it (the touchpoints carry their ids). Elsewhere (SQLite) one
 statement per table, as before.
 """
