@@ -711,7 +711,9 @@ def defer_writes(s: AsyncSession) -> None:
 async def take_deferred(s: AsyncSession) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """The replies `enqueue_later` kept are written (the touchpoints carry their ids); the
     kept touchpoints' values and flow states' parameters (`_SET_FLOW_STATE`'s, in
-    conversation id order) are handed to the caller to write, and forgotten here."""
+    conversation id order: the rows are locked already, but a stable order keeps
+    PostgreSQL's executemany deterministic) are handed to the caller to write, and
+    forgotten here."""
     await _flush_outbox(s)
     kept = s.info.get(_TOUCHPOINTS)
     touchpoints = kept[:] if kept else []
@@ -737,15 +739,13 @@ def defer_group(s: AsyncSession) -> None:
 
 
 async def flush_deferred(s: AsyncSession) -> None:
-    """Write what `defer_group` kept (the touchpoints only after `defer_touchpoints`)."""
-    await flush_touchpoints(s)
-    states: dict[int, dict[str, Any]] | None = s.info.get(_FLOW_STATES)
+    """Write what `defer_group` kept (the touchpoints only after `defer_touchpoints`):
+    the replies, then one statement per table."""
+    touchpoints, states = await take_deferred(s)
+    if touchpoints:
+        await s.execute(insert(_TOUCHPOINT_TABLE), touchpoints)
     if states:
-        # in id order: the rows are locked already (turn_row), but a stable order costs
-        # nothing and keeps PostgreSQL's executemany deterministic
-        batch = [states[k] for k in sorted(states)]
-        states.clear()
-        await s.execute(_SET_FLOW_STATE, batch)
+        await s.execute(_SET_FLOW_STATE, states)
 
 
 # an outbox body's text to keep once the message is sent (bot/conversation/linking.py's code

@@ -564,16 +564,14 @@ class Inbox(RoundWorker):
                     queries.lease_at_birth(s, birth)
                     # without savepoints (a failure reruns the whole group), the turns'
                     # touchpoints, flow states and replies go in one statement per table at
-                    # the group's end; a chat's second message flushes them first
-                    grouped = not savepoints and len(batch) > 1
-                    # a lone row's touchpoints and flow state go with the end's statement
-                    # too (storage/group_end.py: one round trip on PostgreSQL, not three)
-                    kept = not savepoints and self.dialect == "postgresql"
-                    if grouped:
-                        queries.defer_group(s)
-                    elif kept:
-                        queries.defer_writes(s)
+                    # the group's end; a chat's second message flushes them first. A lone
+                    # row writes its reply at once, its touchpoints and flow state at the
+                    # end too (storage/group_end.py: one round trip on PostgreSQL, not three)
                     if not savepoints:
+                        if len(batch) > 1:
+                            queries.defer_group(s)
+                        else:
+                            queries.defer_writes(s)
                         await self._before_turns(s, batch)
                     chats: set[tuple[str, str]] = set()  # handled since the last flush
                     for i, g in enumerate(batch):
@@ -583,15 +581,15 @@ class Inbox(RoundWorker):
                             async with s.begin_nested() if savepoints else _no_savepoint():
                                 try:
                                     for m in g.messages:
-                                        if (grouped or kept) and (m.channel, m.thread_key) in chats:
+                                        if not savepoints and (m.channel, m.thread_key) in chats:
                                             await queries.flush_deferred(s)
                                             chats.clear()
                                         chats.add((m.channel, m.thread_key))
                                         results[i].append(await self.engine.handle_in(s, m))
-                                    if not (grouped or kept):
+                                    if savepoints:
                                         await queries.flush_touchpoints(s)
                                 finally:
-                                    if not (grouped or kept):
+                                    if savepoints:
                                         queries.drop_touchpoints(s)  # written, or rolled back
                             done[i] = True
                             # inline statements (SQLite) never yield: let the loop breathe
