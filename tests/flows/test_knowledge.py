@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import pytest
 
-from flows.knowledge import MAX_QUERY_CHARS, WORD_WEIGHT, Matcher, build, features
+from flows.knowledge import (
+    MAX_QUERY_CHARS,
+    RANK_DENSE_WEIGHT,
+    WORD_WEIGHT,
+    Matcher,
+    _log_softmax,
+    build,
+    features,
+)
 from flows.options import FlowOptions, KnowledgeEntry, LocalizedText
 
 
@@ -121,6 +131,49 @@ def test_a_restored_matcher_answers_as_the_fitted_one(matcher: Matcher) -> None:
         assert a is not None and b is not None
         assert (a.entry.id, a.example) == (b.entry.id, b.example)
         assert a.confidence == pytest.approx(b.confidence, abs=1e-6)
+
+
+def test_with_an_encoder_the_encodings_regression_picks_with_the_words_one() -> None:
+    """On a small base with an encoder, a logistic regression over the encodings picks
+    together with the words' (their log-probabilities summed, the encodings' weighing
+    RANK_DENSE_WEIGHT): a paraphrase that shares no word with its entry's examples is
+    found through its encoding."""
+    concepts = {"card": ("card", "plastic"), "refund": ("refund", "money back"), "pin": ("pin",)}
+    concepts |= {"top_up": ("top up", "top-up", "add funds")}
+
+    def encode(texts: Sequence[str]) -> np.ndarray:  # a stand-in sentence encoder
+        rows = np.full((len(texts), len(concepts) + 1), 0.05, np.float32)
+        for i, t in enumerate(texts):
+            for k, words in enumerate(concepts.values()):
+                rows[i, k] += sum(w in t.lower() for w in words)
+        out: np.ndarray = rows / np.linalg.norm(rows, axis=1, keepdims=True)
+        return out
+
+    entries = [
+        KnowledgeEntry(id=i, answer=LocalizedText(de=i, en=i), examples=ex)
+        for i, ex in (
+            ("card", ["my card was stolen", "I lost my card", "block my card please"]),
+            ("refund", ["where is my refund", "refund not received", "money back please"]),
+            ("pin", ["I forgot my PIN", "change my PIN", "PIN is blocked"]),
+            ("top_up", ["top up failed", "how do I top up", "top-up by bank transfer"]),
+        )
+    ]
+    m = Matcher(entries, encoder=encode, calibrate=False)
+    assert m.model is not None and m.model.rank_coef is not None
+    assert m.model.dense_rank_coef is not None and m.model.dense_rank_intercept is not None
+    questions = ["somebody nicked my plastic", "I want to add funds", "is the transfer blocked"]
+    Q = m.model.vectors(questions)
+    words = np.asarray(Q @ m.model.rank_coef) + m.model.rank_intercept
+    dense = encode(questions) @ m.model.dense_rank_coef + m.model.dense_rank_intercept
+    fused = _log_softmax(words) + RANK_DENSE_WEIGHT * _log_softmax(dense)
+    for s, f, q in zip(m.scores(questions), fused, questions, strict=True):
+        assert s is not None
+        assert s.index == int(m.model.classes[int(np.argmax(f))]), q
+    picks = [m.entries[s.index].id for s in m.scores(questions) if s is not None]
+    assert picks[:2] == ["card", "top_up"]
+    assert [m.best(q) for q in questions] == m.best_many(questions)  # the fast path too
+    restored = Matcher.restore(entries, m.state(), encode)
+    assert restored.best_many(questions) == m.best_many(questions)
 
 
 def test_the_logistic_regression_picks_and_the_svm_scores() -> None:

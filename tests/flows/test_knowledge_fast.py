@@ -142,8 +142,9 @@ def test_the_fast_path_equals_the_sklearn_path_with_an_encoder() -> None:
     assert encoder is not None
     entries = [loc.entry for loc in load_files(["kb/general.yaml"], ROOT)]
     matcher = Matcher(list(entries), encoder=encoder, calibrate=False)
-    # a small base: the regression picks together with the encodings' SVM (`_fuse`)
+    # a small base: the two regressions, words' and encodings', pick together (`_fuse`)
     assert matcher.model is not None and matcher.model.rank_coef is not None
+    assert matcher.model.dense_rank_coef is not None
     assert_same(matcher, TEXTS)
     dense = matcher.model.dense
     restored = Matcher.restore(list(entries), matcher.state(), encoder, dense)
