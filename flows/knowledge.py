@@ -61,7 +61,7 @@ if TYPE_CHECKING:
     from sklearn.feature_extraction.text import TfidfVectorizer
 
 MAX_QUERY_CHARS = 300
-MODEL_VERSION = 6  # part of the cache key: a change of features or model refits
+MODEL_VERSION = 7  # part of the cache key: a change of features or model refits
 _UMLAUTS = str.maketrans({"ä": "ae", "ö": "oe", "ü": "ue", "ß": "ss"})
 # very common words carry no intent; IDF damps them too, but a small base has noisy IDF
 STOPWORDS = frozenset(
@@ -167,9 +167,14 @@ class Scores:
     margin: float
     similarity: float
     example: int  # index into Matcher.examples
+    # log(1 + the question's words and word pairs that the base knows): an answer read
+    # from many known words is more often right (Banking77, all data: in-scope accuracy
+    # at 60 % out-of-scope recall 84.1 → 86.3 %). 0 with an encoder, which reads the
+    # question without them (a German question to English examples knows no word)
+    known: float = 0.0
 
     def row(self) -> list[float]:
-        return [self.decision, self.margin, self.similarity]
+        return [self.decision, self.margin, self.similarity, self.known]
 
 
 def _svm(
@@ -311,7 +316,9 @@ class _Model:
                 return np.asarray((self.X[rows] @ Q[i].T).toarray()).ravel()
 
             r = None if R is None else R[i]
-            out.append(self._pick(D[i], r, None if dq is None else dq[i], sparse_sims))
+            cols = Q.indices[Q.indptr[i] : Q.indptr[i + 1]]
+            known = int(np.count_nonzero(cols < self.n_word))
+            out.append(self._pick(D[i], r, None if dq is None else dq[i], sparse_sims, known))
         return out
 
     def _pick(
@@ -320,6 +327,7 @@ class _Model:
         r: np.ndarray | None,
         dq: np.ndarray | None,
         sparse_sims: Callable[[np.ndarray], np.ndarray],
+        known: int,
     ) -> Scores:
         """One question's Scores from its decision values `d` (and the regression's `r`)."""
         order = np.argsort(d)[::-1]
@@ -330,11 +338,13 @@ class _Model:
         margin = float(d[order[0]] - d[order[1]]) if len(order) > 1 else 1.0
         rows = self.rows(best)
         if self.dense is not None and dq is not None:  # the sentence encoder's cosine
-            sims = self.dense[rows] @ dq
+            sims, known = self.dense[rows] @ dq, 0  # it reads the question (`Scores.known`)
         else:
             sims = sparse_sims(rows)
         j = int(np.argmax(sims))
-        return Scores(best, float(d[order[0]]), margin, float(sims[j]), int(rows[j]))
+        return Scores(
+            best, float(d[order[0]]), margin, float(sims[j]), int(rows[j]), float(np.log1p(known))
+        )
 
     # --- one question without sklearn's per-call overhead ----------------------------------
     # sklearn validates its parameters and inputs and builds several sparse matrices on every
@@ -384,7 +394,8 @@ class _Model:
             q[idx] = vals
             return np.asarray(self._block(rows) @ q)
 
-        return self._pick(d, r, None if dq is None else dq[0], sparse_sims)
+        known = int(np.count_nonzero(idx < self.n_word))
+        return self._pick(d, r, None if dq is None else dq[0], sparse_sims, known)
 
     def _block(self, rows: np.ndarray) -> Any:
         """X's rows `rows` (a class's examples) as a CSR matrix; a view when consecutive."""

@@ -1,8 +1,8 @@
 """Calibrated confidence for the knowledge-base matcher.
 
-The raw scores of a linear model (decision value, margin, similarity) mean different
-things on a base of five entries and on one of 150. So the matcher learns, when it is
-built, what its own scores mean on its own knowledge base, by cross-validation:
+The raw scores of a linear model (decision value, margin, similarity, the known words)
+mean different things on a base of five entries and on one of 150. So the matcher learns,
+when it is built, what its own scores mean on its own knowledge base, by cross-validation:
 
 - the entries are split into `folds` groups; in each round one group is left out
   entirely — its examples play the questions the bot has **no** answer for (out of
@@ -51,15 +51,16 @@ class Calibrator:
     samples: int = 0
     # the held-out questions it learnt from (scores, right or not, weight): `kb eval`
     # shows how well the probabilities fit them
-    rows: np.ndarray = field(default_factory=lambda: np.zeros((0, 3), np.float32))
+    rows: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.float32))
     right: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int8))
     weight: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
 
     @classmethod
     def default(cls) -> Calibrator:
         # what the calibration learns on small, few-shot bases (config.yaml's, Banking77
-        # with ten examples per intent), used when a base is too small to calibrate itself
-        return cls((1.5, 1.5, 2.5), -1.7)
+        # with ten examples per intent), used when a base is too small to calibrate itself;
+        # the known words weigh nothing here (they learn 0.4-0.5 with the intercept lower)
+        return cls((1.5, 1.5, 2.5, 0.0), -1.7)
 
     def probability(self, row: Sequence[float]) -> float:
         z = self.intercept + float(np.dot(self.coef, row))

@@ -15,6 +15,7 @@ from flows.knowledge import (
     _log_softmax,
     build,
     features,
+    fold,
 )
 from flows.options import FlowOptions, KnowledgeEntry, LocalizedText
 
@@ -133,6 +134,24 @@ def test_a_restored_matcher_answers_as_the_fitted_one(matcher: Matcher) -> None:
         assert a.confidence == pytest.approx(b.confidence, abs=1e-6)
 
 
+def test_the_words_the_base_knows_feed_the_confidence(matcher: Matcher) -> None:
+    """The calibration reads how many of a question's words and word pairs the base knows
+    (`Scores.known`): words it has never seen add nothing, and on the shipped base an
+    answer read from more known words is more often right (a positive weight)."""
+    assert matcher.model is not None
+    analyzer, vocab = matcher.model.analyzers[0], matcher.model.vocabs[0]
+    questions = ["Wann habt ihr offen", "Wann habt ihr offen xyzzy quux", "Rücksendung"]
+    scores = matcher.scores(questions)
+    for q, s in zip(questions, scores, strict=True):
+        assert s is not None
+        known = {t for t in analyzer(fold(q)) if t in vocab}
+        assert s.known == pytest.approx(np.log1p(len(known))), q
+        assert s.row()[3] == s.known
+    assert scores[0] is not None and scores[1] is not None
+    assert scores[0].known == scores[1].known > 0
+    assert matcher.calibrator.fitted and matcher.calibrator.coef[3] > 0
+
+
 def test_with_an_encoder_the_encodings_regression_picks_with_the_words_one() -> None:
     """On a small base with an encoder, a logistic regression over the encodings picks
     together with the words' (their log-probabilities summed, the encodings' weighing
@@ -172,6 +191,8 @@ def test_with_an_encoder_the_encodings_regression_picks_with_the_words_one() -> 
     picks = [m.entries[s.index].id for s in m.scores(questions) if s is not None]
     assert picks[:2] == ["card", "top_up"]
     assert [m.best(q) for q in questions] == m.best_many(questions)  # the fast path too
+    # the encoder reads the question: the known words are not counted (`Scores.known`)
+    assert all(s is not None and s.known == 0.0 for s in m.scores(questions))
     restored = Matcher.restore(entries, m.state(), encode)
     assert restored.best_many(questions) == m.best_many(questions)
 
