@@ -196,7 +196,7 @@ def test_repo_config_loads() -> None:
         "noise",
         "other",
     ]
-    assert s.knowledge_base.threshold == pytest.approx(0.50)
+    assert s.knowledge_base.threshold == pytest.approx(0.45)
     assert s.telegram.token is None
 
 
