@@ -134,6 +134,19 @@ def test_a_restored_matcher_answers_as_the_fitted_one(matcher: Matcher) -> None:
         assert a.confidence == pytest.approx(b.confidence, abs=1e-6)
 
 
+def bank_entries() -> list[KnowledgeEntry]:
+    """Four small entries of a bank (a base where the logistic regression picks)."""
+    return [
+        KnowledgeEntry(id=i, answer=LocalizedText(de=i, en=i), examples=ex)
+        for i, ex in (
+            ("card", ["my card was stolen", "I lost my card", "block my card please"]),
+            ("refund", ["where is my refund", "refund not received", "money back please"]),
+            ("pin", ["I forgot my PIN", "change my PIN", "PIN is blocked"]),
+            ("top_up", ["top up failed", "how do I top up", "top-up by bank transfer"]),
+        )
+    ]
+
+
 def test_the_words_the_base_knows_feed_the_confidence(matcher: Matcher) -> None:
     """The calibration reads how many of a question's words and word pairs the base knows
     (`Scores.known`): words it has never seen add nothing, and on the shipped base an
@@ -168,15 +181,7 @@ def test_with_an_encoder_the_encodings_regression_picks_with_the_words_one() -> 
         out: np.ndarray = rows / np.linalg.norm(rows, axis=1, keepdims=True)
         return out
 
-    entries = [
-        KnowledgeEntry(id=i, answer=LocalizedText(de=i, en=i), examples=ex)
-        for i, ex in (
-            ("card", ["my card was stolen", "I lost my card", "block my card please"]),
-            ("refund", ["where is my refund", "refund not received", "money back please"]),
-            ("pin", ["I forgot my PIN", "change my PIN", "PIN is blocked"]),
-            ("top_up", ["top up failed", "how do I top up", "top-up by bank transfer"]),
-        )
-    ]
+    entries = bank_entries()
     m = Matcher(entries, encoder=encode, calibrate=False)
     assert m.model is not None and m.model.rank_coef is not None
     assert m.model.dense_rank_coef is not None and m.model.dense_rank_intercept is not None
@@ -200,15 +205,7 @@ def test_with_an_encoder_the_encodings_regression_picks_with_the_words_one() -> 
 def test_the_logistic_regression_picks_and_the_svm_scores() -> None:
     """The jointly learnt regression chooses the entry; the confidence comes from the
     SVM's values for that choice, so an unrelated question stays unsure."""
-    entries = [
-        KnowledgeEntry(id=i, answer=LocalizedText(de=i, en=i), examples=ex)
-        for i, ex in (
-            ("card", ["my card was stolen", "I lost my card", "block my card please"]),
-            ("refund", ["where is my refund", "refund not received", "money back please"]),
-            ("pin", ["I forgot my PIN", "change my PIN", "PIN is blocked"]),
-            ("top_up", ["top up failed", "how do I top up", "top-up by bank transfer"]),
-        )
-    ]
+    entries = bank_entries()
     m = Matcher(entries)
     assert m.model is not None and m.model.rank_coef is not None
     questions = ["someone stole my card", "refund still missing", "what's the weather like"]
