@@ -171,7 +171,7 @@ class Scores:
     # from many known words is more often right (Banking77, all data: in-scope accuracy
     # at 60 % out-of-scope recall 84.1 → 86.3 %). 0 with an encoder, which reads the
     # question without them (a German question to English examples knows no word)
-    known: float = 0.0
+    known: float
 
     def row(self) -> list[float]:
         return [self.decision, self.margin, self.similarity, self.known]
