@@ -3,7 +3,7 @@ conversation open, and what was said on it."""
 
 from __future__ import annotations
 
-from sqlalchemy import select
+from sqlalchemy import ColumnElement, exists, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bot.channel.host import Said
@@ -28,28 +28,28 @@ async def conversation_open(
     pending: bool = False,
 ) -> bool:
     """The thread has a conversation that is not closed; with `pending`, a message of it
-    waiting in the inbox (partitioned by the thread) counts too: it is about to have one."""
-    async with sessions() as s:
-        found = await s.scalar(
-            select(Conversation.id)
-            .where(
-                Conversation.channel == channel,
-                Conversation.thread_key == thread_key,
-                Conversation.status != ConversationStatus.CLOSED,
-            )
-            .limit(1)
+    waiting in the inbox (partitioned by the thread) counts too: it is about to have one.
+
+    One statement, so one snapshot: the inbox marks a row done in the transaction that
+    opens its conversation, and two statements could fall on either side of that commit
+    (no conversation yet, then no waiting row), counting a visitor's second message as a
+    new conversation."""
+    found: ColumnElement[bool] = exists().where(
+        Conversation.channel == channel,
+        Conversation.thread_key == thread_key,
+        Conversation.status != ConversationStatus.CLOSED,
+    )
+    if pending:
+        found = or_(
+            found,
+            exists().where(
+                InboxUpdate.channel == channel,
+                InboxUpdate.partition_key == thread_key,
+                InboxUpdate.status.in_((InboxStatus.PENDING, InboxStatus.PROCESSING)),
+            ),
         )
-        if found is None and pending:
-            found = await s.scalar(
-                select(InboxUpdate.id)
-                .where(
-                    InboxUpdate.channel == channel,
-                    InboxUpdate.partition_key == thread_key,
-                    InboxUpdate.status.in_((InboxStatus.PENDING, InboxStatus.PROCESSING)),
-                )
-                .limit(1)
-            )
-    return found is not None
+    async with sessions() as s:
+        return bool(await s.scalar(select(found)))
 
 
 async def history(
