@@ -36,7 +36,9 @@ its turns call for, counted at the stand-in after the run settles; the turns the
 printed; chats whose replies, digits aside, differ from most chats' are reported, since every
 customer says the same: a turn handled out of order or twice shows there), and cicbot's
 ratios against both peers. Each figure is the median over --repeats runs: the
-machine is small and shared.
+machine is small and shared. Per run also the CPU the other processes spent per message on
+the same two cores: this benchmark's own (the load and the Bot API stand-in) and PostgreSQL's
+server processes (cicbot-pg; about 0 for the peers, whose SQLite lives in their process).
 
 After the runs, where cicbot's messages waited (print_stages): webhook POST -> its 200 (the
 accept committed), accepted -> turn began, reply written -> at the stand-in, and -> its
@@ -350,6 +352,10 @@ class Run:
     # which turn each latency is of: in a closed loop every customer's first message
     # arrives at once, so the first turns wait for the whole wave (printed apart)
     turns: list[int] = field(default_factory=list)
+    # CPU ms per message of this benchmark's own process (the load and the Bot API stand-in)
+    # and of PostgreSQL's server processes: they share the machine's two cores with the bot
+    harness_ms: float = float("nan")
+    server_ms: float = float("nan")
 
     @property
     def throughput(self) -> float:
@@ -492,6 +498,27 @@ def cpu_seconds(pid: int) -> float:
         tree |= {p for p, parent in parents.items() if parent in tree}
     for p in tree:
         total += used.get(p, 0.0)
+    return total
+
+
+def own_cpu() -> float:
+    """CPU seconds of this process (the load generator and the stand-in), children apart."""
+    t = os.times()
+    return t.user + t.system
+
+
+def server_cpu() -> float:
+    """CPU seconds of PostgreSQL's server processes alive now (the bots' connections stay
+    open through a run; the peers use SQLite in their own process: ~0 for them)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError):
+                if Path(f"/proc/{entry}/comm").read_text().strip() == "postgres":
+                    stat = Path(f"/proc/{entry}/stat").read_text()
+                    fields = stat[stat.rindex(")") + 2 :].split()
+                    total += (int(fields[11]) + int(fields[12])) / tick
     return total
 
 
@@ -649,6 +676,7 @@ async def measure(
         s0 = await bot.statements(http)
         s1 = await bot.statements(http)  # the difference: what one scrape itself costs
         cpu0, started = bot.cpu(), time.monotonic()
+        own0, server0 = own_cpu(), server_cpu()
         with paused_gc():
             async with asyncio.timeout(args.run_timeout):
                 if open_rate:
@@ -657,6 +685,7 @@ async def measure(
                     await load.closed(http, chats, args.turns)
         seconds = time.monotonic() - started
         cpu = (bot.cpu() - cpu0) / seconds
+        own, server = own_cpu() - own0, server_cpu() - server0
         s2 = await bot.statements(http)
         await replies.settle()  # a reply sent twice may come late
     messages = len(chats) * args.turns
@@ -670,7 +699,16 @@ async def measure(
     for chat, i, surplus in where[:5]:
         print(f"  {bot.name}: chat {chat} turn {i + 1}: {surplus} repl(ies) more than it calls for")
     return Run(
-        messages, seconds, load.latencies, load.missing, per_message, cpu, doubled, load.turns
+        messages,
+        seconds,
+        load.latencies,
+        load.missing,
+        per_message,
+        cpu,
+        doubled,
+        load.turns,
+        harness_ms=own * 1000 / messages,
+        server_ms=server * 1000 / messages,
     )
 
 
@@ -809,6 +847,8 @@ async def main(args: argparse.Namespace) -> None:
                         f"  no reply {run.missing:4}  doubled {run.doubled:3}"
                         f"  stmts/msg {stmts}  cpu {run.cpu:4.2f}"
                         f"  cpu ms/msg {run.cpu_ms:5.2f}  load {os.getloadavg()[0]:.1f}",
+                        f"\n        CPU ms per message elsewhere: this benchmark (load and"
+                        f" stand-in) {run.harness_ms:.2f}, PostgreSQL's server {run.server_ms:.2f}",
                         flush=True,
                     )
                     if args.turns > 1 and not args.open_loop:
