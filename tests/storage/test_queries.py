@@ -4,19 +4,20 @@ uses one only when the query implies its WHERE: a bound parameter implies nothin
 from __future__ import annotations
 
 import asyncio
+import functools
 import sqlite3
-from datetime import date
+from datetime import UTC, date, datetime
 from typing import Any
 
 import pytest
-from sqlalchemy import Select, TextualSelect, event, select
+from sqlalchemy import Select, TextualSelect, event, select, text
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.conversation import reopen
 from storage import queries
 from storage.db import run_in_transaction
-from storage.models import Contact, Conversation, Direction, Touchpoint, utcnow
+from storage.models import Case, Contact, Conversation, Direction, Touchpoint, utcnow
 from tests.conftest import _truncate, pg_database
 
 
@@ -302,3 +303,68 @@ def test_scrub_replaces_what_postgresql_refuses_and_keeps_the_rest() -> None:
     assert queries.scrub("a\x00") == "a\ufffd" and queries.scrub(float("inf")) is None
     when = {"at": date(2026, 12, 6), "text": "\x00"}  # not JSON data
     assert queries.scrub(when) == {"at": when["at"], "text": "\ufffd"}
+
+
+def _record_statement(into: list[str], *args: Any) -> None:
+    into.append(str(args[2]))  # before_cursor_execute(conn, cursor, statement, ...)
+
+
+def test_a_case_gets_its_reference_from_its_id_in_one_statement_on_postgresql(
+    db_url: str,
+) -> None:
+    """`insert_case` (the plain turn's) makes the reference `create_case` makes, C-YYYY-
+    and the id in at least six digits, beyond six too; on PostgreSQL in one statement (it
+    was two: the row, then its reference)."""
+    when = datetime(2031, 5, 4, 12, 0, tzinfo=UTC)
+
+    async def work(s: AsyncSession) -> list[tuple[int, str | None, str]]:
+        identity = await queries.create_contact_with_identity(
+            s, "telegram", "u1", name="Ann", locale="en"
+        )
+        made: list[tuple[int, str | None, str]] = []
+        for start in (None, 1_234_566):
+            if start is not None:  # the next id has seven digits
+                if s.get_bind().dialect.name == "postgresql":
+                    await s.execute(text(f"SELECT setval('cases_id_seq', {start})"))
+                else:  # SQLite numbers a row after the largest id
+                    s.add(
+                        Case(
+                            id=start,
+                            contact_id=identity.contact_id,
+                            category="other",
+                            description="-",
+                            severity="low",
+                        )
+                    )
+                    await s.flush()
+            statements: list[str] = []
+            seen = functools.partial(_record_statement, statements)
+            sync = s.sync_session.get_bind()
+            event.listen(sync, "before_cursor_execute", seen)
+            try:
+                reference = await queries.insert_case(
+                    s,
+                    contact_id=identity.contact_id,
+                    conversation_id=None,
+                    category="delivery",
+                    description="wet parcel",
+                    order_reference=None,
+                    severity="medium",
+                    desired_resolution="refund",
+                    priority=2,
+                    sla_due_at=None,
+                    created_at=when,
+                )
+            finally:
+                event.remove(sync, "before_cursor_execute", seen)
+            if s.get_bind().dialect.name == "postgresql":
+                assert len(statements) == 1, statements
+            case = (await s.execute(select(Case).where(Case.reference == reference))).scalar_one()
+            assert (case.status, case.priority, case.created_at) == ("new", 2, when)
+            made.append((case.id, case.reference, reference))
+        return made
+
+    made = run_in_transaction(db_url, work)
+    assert [r for _, r, _ in made] == [f"C-2031-{i:06d}" for i, _, _ in made]
+    assert [r for _, r, _ in made] == [r for _, _, r in made]
+    assert made[0][1] == "C-2031-000001" and made[1][1] == "C-2031-1234567"
