@@ -1038,9 +1038,9 @@ _CASE_REFERENCE = (
 )
 
 # PostgreSQL: the id drawn from the table's sequence and the reference made from it in the
-# INSERT itself, one round trip (a group commit's cases come in waves: every customer of a
-# campaign or a complaint flow confirms at about the same time, and each round trip inside
-# the group's transaction is a wait for the server and a turn of the busy event loop)
+# INSERT itself, one round trip, not two (a group commit's turns run one after another in
+# one transaction, each round trip a wait for the server and a turn of the busy event loop;
+# customers who complained together confirm together, so a group may hold many cases)
 _CASE_ID = select(func.nextval(func.pg_get_serial_sequence("cases", "id")).label("id")).cte("n")
 _CASE_COLUMNS = (
     "contact_id",
@@ -1063,7 +1063,7 @@ _NEW_CASE_PG = (
         ["id", "reference", *_CASE_COLUMNS],
         select(
             _CASE_ID.c.id,
-            bindparam("year", type_=String)
+            bindparam("prefix", type_=String)
             + func.lpad(_DIGITS, func.greatest(6, func.length(_DIGITS)), "0"),
             *(bindparam(c, type_=_CASES.c[c].type) for c in _CASE_COLUMNS),
         ),
@@ -1103,7 +1103,7 @@ async def insert_case(
         "updated_at": created_at,
     }
     if s.get_bind().dialect.name == "postgresql":
-        values["year"] = f"C-{created_at.year}-"
+        values["prefix"] = f"C-{created_at.year}-"
         return str((await s.execute(_NEW_CASE_PG, values)).scalar_one())
     case_id = int((await s.execute(_NEW_CASE, values)).scalar_one())
     reference = f"C-{created_at.year}-{case_id:06d}"
