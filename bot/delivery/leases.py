@@ -203,9 +203,17 @@ class Leases:
         until = self.until()
         async with self.sessions() as s, s.begin():
             for model, status in HELD:
+                held = and_(model.leased_by == self.boot_id, model.status == status)
+                if self.postgres:
+                    # the rows locked in id order, as the sent and done marks lock theirs:
+                    # in the scan's order (an index by due time, the heap's) the renewal
+                    # could hold a later row while a mark held an earlier one, and each
+                    # waited for the other until PostgreSQL broke the deadlock (a second)
+                    ids = select(model.id).where(held).order_by(model.id).with_for_update()
+                    held = model.id.in_(ids.scalar_subquery())
                 await s.execute(
                     update(model)
-                    .where(model.leased_by == self.boot_id, model.status == status)
+                    .where(held)
                     .values(leased_until=until)
                     .execution_options(synchronize_session=False)
                 )

@@ -153,3 +153,54 @@ async def test_a_row_whose_holder_died_is_parked_after_max_crashes(runtime: Runt
     async with runtime.sessions() as s:
         letter = (await s.execute(select(DeadLetter))).scalar_one()
     assert letter.reference == f"inbox:{parked}" and letter.payload["attempts"] == 3
+
+
+async def test_the_renewal_locks_the_rows_it_holds_in_id_order(pg_url: str) -> None:
+    """The heartbeat's renewal takes its rows' locks in id order, as the sent marks take
+    theirs: in its scan's order (an index by due time, or the heap's, which an update
+    reorders) it could hold a later row while a mark held an earlier one, each waiting for
+    the other (PostgreSQL's "deadlock detected", seen once in bench/campaign.py)."""
+    from sqlalchemy import text
+
+    from tests.conftest import _truncate
+
+    await _truncate(pg_url)
+    rt = Runtime(make_settings(pg_url), channels=[])
+    boot = rt.leases.boot_id
+    try:
+        # any scan meets the second row first: it is due first, and the first row's new
+        # version lies after it in the heap
+        async with rt.sessions() as s, s.begin():
+            for days in (2, 1):
+                await s.execute(
+                    text(
+                        "INSERT INTO outbox (channel, recipient_id, thread_key, body, status,"
+                        " attempts, next_attempt_at, leased_by, leased_until, created_at)"
+                        " VALUES ('test', 'u1', 'u1', '{}', 'sending', 1, :due, :b, now(), now())"
+                    ),
+                    {"due": utcnow() + timedelta(days=days), "b": boot},
+                )
+            ids = (await s.execute(text("SELECT id FROM outbox"))).scalars().all()
+        first, second = sorted(ids)
+        async with rt.sessions() as s, s.begin():
+            await s.execute(text("UPDATE outbox SET attempts = 2 WHERE id = :i"), {"i": first})
+        async with rt.db.connect() as other, rt.db.connect() as probe:
+            lock = text("SELECT id FROM outbox WHERE id = :i FOR UPDATE")
+            await other.execute(lock, {"i": second})
+            renewal = asyncio.create_task(rt.leases.renew())
+            await asyncio.sleep(0.5)  # it waits for the second row's lock now
+            assert not renewal.done()
+            taken = await probe.execute(
+                text("SELECT id FROM outbox WHERE id = :i FOR UPDATE SKIP LOCKED"), {"i": first}
+            )
+            # in id order the renewal holds the first row already (before, it met the
+            # second one first and waited without the first)
+            assert taken.first() is None
+            await probe.rollback()
+            await other.rollback()
+            await asyncio.wait_for(renewal, 5)
+        async with rt.sessions() as s:
+            leases = (await s.execute(text("SELECT leased_until > now() FROM outbox"))).all()
+        assert leases == [(True,), (True,)]
+    finally:
+        await rt.db.dispose()
