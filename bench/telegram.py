@@ -480,6 +480,12 @@ def tail(log: Path) -> str:
     return log.read_text(errors="replace")[-3000:]
 
 
+def _stat_fields(pid: str) -> list[str]:
+    """/proc/PID/stat after the command's name (which may hold spaces): state, ppid, ..."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return stat[stat.rindex(")") + 2 :].split()
+
+
 def cpu_seconds(pid: int) -> float:
     """CPU time of `pid` and its live descendants (cicbot's validating workers), from /proc."""
     tick = os.sysconf("SC_CLK_TCK")
@@ -489,8 +495,7 @@ def cpu_seconds(pid: int) -> float:
         if not entry.isdigit():
             continue
         with contextlib.suppress(OSError):
-            stat = Path(f"/proc/{entry}/stat").read_text()
-            fields = stat[stat.rindex(")") + 2 :].split()
+            fields = _stat_fields(entry)
             parents[int(entry)] = int(fields[1])
             used[int(entry)] = (int(fields[11]) + int(fields[12])) / tick
     tree, total = {pid}, 0.0
@@ -516,8 +521,7 @@ def server_cpu() -> float:
         if entry.isdigit():
             with contextlib.suppress(OSError):
                 if Path(f"/proc/{entry}/comm").read_text().strip() == "postgres":
-                    stat = Path(f"/proc/{entry}/stat").read_text()
-                    fields = stat[stat.rindex(")") + 2 :].split()
+                    fields = _stat_fields(entry)
                     total += (int(fields[11]) + int(fields[12])) / tick
     return total
 
