@@ -32,9 +32,14 @@ def message(payload: dict[str, Any]) -> list[InboundMessage]:
     ]
 
 
-async def held_by(rt: Runtime, boot: str, renewed_ago: float, attempts: int = 1) -> int:
+async def held_by(
+    rt: Runtime, boot: str, renewed_ago: float, attempts: int = 1, chat: str = ""
+) -> int:
     """A row in processing, leased by `boot`, its lease last renewed `renewed_ago` s ago."""
-    await rt.inbox.accept("test", f"k{boot[:4]}{attempts}", f"u{attempts}", {"id": 1, "user": "u1"})
+    user = chat or "u1"
+    await rt.inbox.accept(
+        "test", f"k{boot[:4]}{attempts}{chat}", chat or f"u{attempts}", {"id": 1, "user": user}
+    )
     lease = rt.leases.ttl - timedelta(seconds=renewed_ago)
     async with rt.sessions() as s, s.begin():
         row = (
@@ -153,6 +158,35 @@ async def test_a_row_whose_holder_died_is_parked_after_max_crashes(runtime: Runt
     async with runtime.sessions() as s:
         letter = (await s.execute(select(DeadLetter))).scalar_one()
     assert letter.reference == f"inbox:{parked}" and letter.payload["attempts"] == 3
+
+
+async def test_rows_whose_holder_died_are_taken_one_at_a_time_and_handled_alone(
+    runtime: Runtime,
+) -> None:
+    """A crash counts against the row being handled, not against the rows in flight with
+    it: a process killed three times in a row (CI, tests/reliability/
+    test_kill_group_commit.py) parked a dozen rows that had waited in its group commits."""
+    runtime.inbox.register("test", message)
+    orphans = [
+        await held_by(runtime, DEAD_BOOT, renewed_ago=60, attempts=2, chat=f"c{n}")
+        for n in range(3)
+    ]
+    taken = await runtime.inbox._claim(10)
+    assert [r.id for r in taken] == orphans[:1]
+    assert await runtime.inbox._claim(10) == []  # the next one waits for the first's end
+    # the process dies with the first: the others' attempts are as they were
+    assert [(await row(runtime, i)).attempts for i in orphans] == [3, 2, 2]
+    await runtime.inbox._process(taken[0])
+    await runtime.inbox.drain()
+    for i in orphans:
+        done = await row(runtime, i)
+        assert (done.status, done.attempts) == (InboxStatus.DONE, 3)
+    assert runtime.inbox.groups[1].items == 0  # each in a transaction of its own
+    # rows whose holder lives go together again
+    for n in range(2):
+        await runtime.inbox.accept("test", f"new{n}", f"c{n}", {"id": 2, "user": f"c{n}"})
+    await runtime.inbox.drain()
+    assert runtime.inbox.groups[1].items == 2
 
 
 async def test_the_renewal_locks_the_rows_it_holds_in_id_order(pg_url: str) -> None:
