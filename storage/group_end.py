@@ -89,6 +89,9 @@ async def end_group(
 ) -> None:
     """Write what the group's turns kept for its end (the replies first), its rows' done
     marks (`finished`: FINISHED's parameters) and its senders' seen marks."""
+    # in id order, as the heartbeat's renewal locks the rows (bot/delivery/leases.py): in
+    # the group's order (as its rows were parsed) the two could wait for each other
+    finished = sorted(finished, key=lambda f: int(f["row_id"]))
     if s.get_bind().dialect.name != "postgresql":
         await queries.flush_deferred(s)
         if finished:

@@ -205,7 +205,8 @@ class Leases:
             for model, status in HELD:
                 held = and_(model.leased_by == self.boot_id, model.status == status)
                 if self.postgres:
-                    # the rows locked in id order, as the sent marks lock theirs:
+                    # the rows locked in id order, as the sent marks and the inbox
+                    # group's done marks (storage/group_end.py) lock theirs:
                     # in the scan's order (an index by due time, the heap's) the renewal
                     # could hold a later row while a mark held an earlier one, and each
                     # waited for the other until PostgreSQL broke the deadlock (a second)

@@ -3,6 +3,7 @@ written as the statements one at a time wrote it, and on PostgreSQL in one state
 
 from __future__ import annotations
 
+import asyncio
 import re
 from typing import Any
 
@@ -155,3 +156,78 @@ async def test_a_lone_message_writes_its_touchpoints_and_state_with_the_end(
             statements
         )
         assert len([q for q in statements if q.startswith("WITH written AS")]) == 1, statements
+
+
+async def test_the_done_marks_lock_the_rows_in_id_order(pg_url: str) -> None:
+    """The group's done marks take their rows' locks in id order, as the heartbeat's
+    renewal does (bot/delivery/leases.py): in the group's order (the order its rows were
+    parsed) they could hold a later row while the renewal held an earlier one, each
+    waiting for the other until PostgreSQL broke the deadlock after a second."""
+    from datetime import timedelta
+
+    from sqlalchemy import text
+
+    from storage import group_end
+    from storage.models import utcnow
+    from tests.conftest import _truncate, make_settings
+
+    await _truncate(pg_url)
+    rt = Runtime(make_settings(pg_url), channels=[])
+    try:
+        for n in range(2):
+            await rt.inbox.accept("test", f"k{n}", f"u{n}", {"id": n, "user": f"u{n}"})
+        async with rt.sessions() as s, s.begin():
+            first, second = sorted((await s.execute(select(InboxUpdate.id))).scalars())
+            # a table of some size, as in use: the plan then walks the group's rows by the
+            # index, in the order given (on a table of two rows, a scan of it in id order)
+            await s.execute(
+                text(
+                    "INSERT INTO inbox (channel, dedupe_key, partition_key, payload, status,"
+                    " attempts, created_at) SELECT 'test', 'old' || n, 'old', '{}', 'done', 1,"
+                    " now() FROM generate_series(1, 20000) AS n"
+                )
+            )
+        async with rt.db.connect() as conn:
+            await conn.execute(text("ANALYZE inbox"))
+            await conn.commit()
+        now = utcnow() + timedelta(seconds=1)
+        finished = [
+            {"row_id": i, "status": InboxStatus.DONE, "error": None, "processed_at": now}
+            for i in (second, first)  # the group's order: parsed the other way round
+        ]
+
+        async def end() -> None:
+            async with rt.sessions() as s, s.begin():
+                await group_end.end_group(s, finished, [])
+
+        async with rt.db.connect() as other, rt.db.connect() as probe:
+            await other.execute(text("SELECT id FROM inbox WHERE id = :i FOR UPDATE"), {"i": first})
+            ending = asyncio.create_task(end())
+            waiting = text(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                " AND wait_event_type = 'Lock'"
+            )
+            async with asyncio.timeout(10):  # until it waits for the first row's lock
+                while not (await probe.execute(waiting)).scalar():
+                    await probe.rollback()
+                    await asyncio.sleep(0.05)
+            await probe.rollback()
+            assert not ending.done()
+            free = await probe.execute(
+                text("SELECT id FROM inbox WHERE id = :i FOR UPDATE SKIP LOCKED"), {"i": second}
+            )
+            # in id order the second row is not taken before the first (in the group's
+            # order it was held already while the first was waited for)
+            assert free.scalar() == second
+            await probe.rollback()
+            await other.rollback()
+            await asyncio.wait_for(ending, 5)
+        async with rt.sessions() as s:
+            statuses = (
+                (await s.execute(select(InboxUpdate.status).where(InboxUpdate.id <= second)))
+                .scalars()
+                .all()
+            )
+        assert statuses == [InboxStatus.DONE, InboxStatus.DONE]
+    finally:
+        await rt.db.dispose()
