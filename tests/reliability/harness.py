@@ -346,6 +346,7 @@ class Outcome:
     delivered: int = 0  # messages at the stand-ins
     missing: dict[str, int] = field(default_factory=dict)  # per customer: due, not arrived
     doubled: dict[str, int] = field(default_factory=dict)  # per customer: arrived extra
+    parked: list[str] = field(default_factory=list)  # dead inbox rows: "id: error"
 
 
 async def check(db: AsyncEngine, load: Load) -> Outcome:
@@ -362,6 +363,10 @@ async def check(db: AsyncEngine, load: Load) -> Outcome:
             {"tag": f"% in run {load.tag}"},
         )
         history = {t: int(n) for t, n in rows}
+        dead = await conn.execute(
+            text("SELECT id, error FROM inbox WHERE status = 'dead' ORDER BY id")
+        )
+        out.parked = [f"{i}: {(error or '')[:120]}" for i, error in dead]
         outbox = await conn.execute(text("SELECT thread_key, status FROM outbox"))
         due: Counter[str] = Counter()
         for key, status in outbox:

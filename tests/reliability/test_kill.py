@@ -68,7 +68,10 @@ async def test_kill_9_under_load(
     finally:
         server.stop()
 
-    about = f"seed {seed}, killed after {acked_at_kill}/{total} acks, in flight {window}"
+    about = (
+        f"seed {seed}, killed after {acked_at_kill}/{total} acks, in flight {window}; "
+        f"parked {outcome.parked}"
+    )
     assert acked_at_kill < total, about  # the kill did land under load
     refused = sum(n for u in load.updates for a, n in u.answers.items() if a != "200")
     assert refused > 0, about  # and updates were redelivered

@@ -79,7 +79,7 @@ async def test_kill_9_inside_a_group_commit(
     finally:
         server.stop()
 
-    about = f"killed in transactions: {'; '.join(tries)}"
+    about = f"killed in transactions: {'; '.join(tries)}; parked {outcome.parked}"
     assert status == "aborted", about  # the group's work vanished whole
     assert outcome.acknowledged == total, about
     assert outcome.missing_from_history == [], about

@@ -75,7 +75,10 @@ async def test_kill_9_one_of_two_workers_under_load(
         for w in workers:
             w.stop()
 
-    about = f"seed {seed}, killed after {acked_at_kill}/{total} acks, in flight {window}"
+    about = (
+        f"seed {seed}, killed after {acked_at_kill}/{total} acks, in flight {window}; "
+        f"parked {outcome.parked}"
+    )
     assert acked_at_kill < total, about  # the kill did land under load
     assert outcome.acknowledged == total, about
     assert outcome.missing_from_history == [], about
