@@ -80,6 +80,7 @@ log = logging.getLogger(__name__)
 __all__ = ["Deferred", "Inbox", "ParseError", "Parsed", "Parser", "Tolerated", "Unavailable"]
 UNFINISHED = (InboxStatus.PENDING, InboxStatus.PROCESSING)
 STOP_SECONDS = 10.0  # at stop, rows being handled get this long to finish
+SUSPECT_SECONDS = 10.0  # rows whose holder died are handled alone: the next waits this long at most
 
 
 class Inbox(RoundWorker):
@@ -124,7 +125,8 @@ class Inbox(RoundWorker):
         self._running: set[asyncio.Task[None]] = set()  # rows the running worker handles
         self._running_keys: dict[tuple[str, str], int] = {}  # their partitions
         self._running_ids: set[int] = set()  # and rows: our own claim must not take them
-        self._suspect: int | None = None  # a row whose holder died with it: handled alone
+        # rows whose holder died with them, handled alone: row id -> loop time begun
+        self._suspects: dict[int, float] = {}
         # claimed at birth (see the module's text): slots promised to inserts under way,
         # partitions of rows being inserted, partitions this process left pending rows in
         # (a finished row then wakes the claim; otherwise nothing waits for one)
@@ -469,6 +471,10 @@ class Inbox(RoundWorker):
             rows = list((await s.execute(q)).scalars())
             claimed = []
             suspect = None
+            loop = asyncio.get_running_loop()
+            # a suspect that takes long (a validation using its budget, a hang) does not
+            # hold up the others' recovery beyond SUSPECT_SECONDS
+            busy = any(loop.time() - t < SUSPECT_SECONDS for t in self._suspects.values())
             for r in rows:
                 if r.id in self._running_ids:  # ours, its lease ran out before a renewal
                     continue
@@ -485,24 +491,24 @@ class Inbox(RoundWorker):
                 if orphan:
                     # one at a time, and alone (_process): the attempt taken now counts
                     # a crash only if this row is being handled when it happens
-                    if self._suspect is not None or suspect is not None:
+                    if busy or suspect is not None:
                         continue
                     suspect = r.id
                 claimed.append(r)
             await self.leases.take(s, InboxUpdate, claimed, InboxStatus.PROCESSING)
         if suspect is not None:
-            self._suspect = suspect
+            self._suspects[suspect] = asyncio.get_running_loop().time()
         return claimed
 
     async def _process(self, row: InboxUpdate, *, admitted: bool = False) -> None:
         """Handle one claimed row; `admitted`: the flood control let it through already."""
-        if row.id != self._suspect:
+        if row.id not in self._suspects:
             await self._process_row(row, admitted=admitted, alone=False)
             return
         try:
             await self._process_row(row, admitted=admitted, alone=True)
         finally:
-            self._suspect = None
+            del self._suspects[row.id]
             self.notify()  # the next row whose holder died
 
     async def _process_row(self, row: InboxUpdate, *, admitted: bool, alone: bool) -> None:

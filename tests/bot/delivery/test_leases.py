@@ -11,7 +11,7 @@ from typing import Any
 from sqlalchemy import select
 
 from bot.channel.messages import InboundMessage
-from bot.delivery.inbox import Inbox
+from bot.delivery.inbox import SUSPECT_SECONDS, Inbox
 from bot.delivery.leases import Leases
 from bot.runtime import Runtime
 from storage.models import DeadLetter, InboxStatus, InboxUpdate, utcnow
@@ -176,7 +176,11 @@ async def test_rows_whose_holder_died_are_taken_one_at_a_time_and_handled_alone(
     assert await runtime.inbox._claim(10) == []  # the next one waits for the first's end
     # the process dies with the first: the others' attempts are as they were
     assert [(await row(runtime, i)).attempts for i in orphans] == [3, 2, 2]
-    await runtime.inbox._process(taken[0])
+    # or the first takes long (a hang): the next is taken all the same after a while
+    runtime.inbox._suspects[orphans[0]] -= SUSPECT_SECONDS
+    late = await runtime.inbox._claim(10)
+    assert [r.id for r in late] == orphans[1:2]
+    await asyncio.gather(runtime.inbox._process(taken[0]), runtime.inbox._process(late[0]))
     await runtime.inbox.drain()
     for i in orphans:
         done = await row(runtime, i)
