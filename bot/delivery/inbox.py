@@ -508,7 +508,7 @@ class Inbox(RoundWorker):
         try:
             await self._process_row(row, admitted=admitted, alone=True)
         finally:
-            del self._suspects[row.id]
+            self._suspects.pop(row.id, None)
             self.notify()  # the next row whose holder died
 
     async def _process_row(self, row: InboxUpdate, *, admitted: bool, alone: bool) -> None:
