@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import select, text
-from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
 
 from bot.channel import ChannelAdapter, SendResult
 from bot.channel.messages import InboundMessage, OutboundMessage
@@ -83,6 +83,20 @@ async def _truncate(url: str) -> None:
             await conn.execute(text(f"TRUNCATE {', '.join(TABLES)} RESTART IDENTITY CASCADE"))
     finally:
         await engine.dispose()
+
+
+async def until_a_lock_is_awaited(probe: AsyncConnection, timeout: float = 10.0) -> None:
+    """PostgreSQL: until a session of the probe's database waits for a lock (a statement
+    under test has reached a row another connection holds), polled, not slept on."""
+    waiting = text(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+        " AND wait_event_type = 'Lock'"
+    )
+    async with asyncio.timeout(timeout):
+        while not (await probe.execute(waiting)).scalar():
+            await probe.rollback()
+            await asyncio.sleep(0.05)
+    await probe.rollback()
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])

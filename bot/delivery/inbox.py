@@ -497,7 +497,7 @@ class Inbox(RoundWorker):
                 claimed.append(r)
             await self.leases.take(s, InboxUpdate, claimed, InboxStatus.PROCESSING)
         if suspect is not None:
-            self._suspects[suspect] = asyncio.get_running_loop().time()
+            self._suspects[suspect] = loop.time()
         return claimed
 
     async def _process(self, row: InboxUpdate, *, admitted: bool = False) -> None:

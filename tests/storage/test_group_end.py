@@ -169,7 +169,7 @@ async def test_the_done_marks_lock_the_rows_in_id_order(pg_url: str) -> None:
 
     from storage import group_end
     from storage.models import utcnow
-    from tests.conftest import _truncate, make_settings
+    from tests.conftest import _truncate, make_settings, until_a_lock_is_awaited
 
     await _truncate(pg_url)
     rt = Runtime(make_settings(pg_url), channels=[])
@@ -203,15 +203,7 @@ async def test_the_done_marks_lock_the_rows_in_id_order(pg_url: str) -> None:
         async with rt.db.connect() as other, rt.db.connect() as probe:
             await other.execute(text("SELECT id FROM inbox WHERE id = :i FOR UPDATE"), {"i": first})
             ending = asyncio.create_task(end())
-            waiting = text(
-                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
-                " AND wait_event_type = 'Lock'"
-            )
-            async with asyncio.timeout(10):  # until it waits for the first row's lock
-                while not (await probe.execute(waiting)).scalar():
-                    await probe.rollback()
-                    await asyncio.sleep(0.05)
-            await probe.rollback()
+            await until_a_lock_is_awaited(probe)  # the first row's
             assert not ending.done()
             free = await probe.execute(
                 text("SELECT id FROM inbox WHERE id = :i FOR UPDATE SKIP LOCKED"), {"i": second}

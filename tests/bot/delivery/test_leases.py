@@ -200,7 +200,7 @@ async def test_the_renewal_locks_the_rows_it_holds_in_id_order(pg_url: str) -> N
     the other (PostgreSQL's "deadlock detected", seen once in bench/campaign.py)."""
     from sqlalchemy import text
 
-    from tests.conftest import _truncate
+    from tests.conftest import _truncate, until_a_lock_is_awaited
 
     await _truncate(pg_url)
     rt = Runtime(make_settings(pg_url), channels=[])
@@ -226,7 +226,7 @@ async def test_the_renewal_locks_the_rows_it_holds_in_id_order(pg_url: str) -> N
             lock = text("SELECT id FROM outbox WHERE id = :i FOR UPDATE")
             await other.execute(lock, {"i": second})
             renewal = asyncio.create_task(rt.leases.renew())
-            await asyncio.sleep(0.5)  # it waits for the second row's lock now
+            await until_a_lock_is_awaited(probe)  # the second row's
             assert not renewal.done()
             taken = await probe.execute(
                 text("SELECT id FROM outbox WHERE id = :i FOR UPDATE SKIP LOCKED"), {"i": first}
