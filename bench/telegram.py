@@ -26,19 +26,20 @@ whether or not earlier ones were answered. The Bot API is the test stand-in
 (tests/standins/telegram_api.py) in this process, which notes when each reply arrives; cicbot's
 rate shaping is lifted (the stand-in never answers 429), so the pipeline itself is measured.
 
-Per bot: msg/s (customer messages / wall time), p50 and p99 of the time from the webhook POST
-to the turn's last reply (closed loop: also the first turns', which all start at once, and
-the other turns' p99, per run), messages without a reply within --reply-timeout, SQL statements per
-message (cicbot: SQLAlchemy's before_cursor_execute, read from /metrics; the FSM bot counts
-its own executes and commits), the share of one core the bot's process tree used (cicbot-pg2:
-both workers' summed, so it can exceed 1), replies sent twice (a chat's replies beyond what
-its turns call for, counted at the stand-in after the run settles; the turns they fell in are
-printed; chats whose replies, digits aside, differ from most chats' are reported, since every
-customer says the same: a turn handled out of order or twice shows there), and cicbot's
-ratios against both peers. Each figure is the median over --repeats runs: the
-machine is small and shared. Per run also the CPU the other processes spent per message on
-the same two cores: this benchmark's own (the load and the Bot API stand-in) and PostgreSQL's
-server processes (cicbot-pg; about 0 for the peers, whose SQLite lives in their process).
+Per bot: msg/s (customer messages / wall time), p50 and p99 of the time from the webhook
+POST to the turn's last reply (closed loop: also the first turns', which all start at once,
+and the other turns' p99, and each turn's p50/p99, per run), messages without a reply within
+--reply-timeout, SQL statements per message (cicbot: SQLAlchemy's before_cursor_execute,
+read from /metrics; the FSM bot counts its own executes and commits), the share of one core
+the bot's process tree used (cicbot-pg2: both workers' summed, so it can exceed 1), replies
+sent twice (a chat's replies beyond what its turns call for, counted at the stand-in after
+the run settles; the turns they fell in are printed; chats whose replies, digits aside,
+differ from most chats' are reported, since every customer says the same: a turn handled out
+of order or twice shows there), and cicbot's ratios against both peers. Each figure is the
+median over --repeats runs: the machine is small and shared. Per run also the CPU the other
+processes spent per message on the same two cores: this benchmark's own (the load and the
+Bot API stand-in) and PostgreSQL's server processes (cicbot-pg; about 0 for the peers, whose
+SQLite lives in their process).
 
 After the runs, where cicbot's messages waited (print_stages): webhook POST -> its 200 (the
 accept committed), accepted -> turn began, reply written -> at the stand-in, and -> its
@@ -367,14 +368,28 @@ class Run:
         shared machine, since it does not count the time spent waiting for a core."""
         return self.cpu * self.seconds * 1000 / self.messages
 
+    def by_turn(self) -> str:
+        """Each turn's p50/p99 in ms: where in the conversation the time goes."""
+        per: dict[int, list[float]] = {}
+        for x, i in zip(self.latencies, self.turns, strict=True):
+            per.setdefault(i, []).append(x)
+        return "  ".join(
+            f"{i}: {_quantile(v, 0.5) * 1000:.0f}/{_quantile(v, 0.99) * 1000:.0f}"
+            for i, v in sorted(per.items())
+        )
+
     def pct(self, q: float, first: bool | None = None) -> float:
         """The q-quantile of the latencies; of the first turns only (True) or of the
         others (False)."""
         data = self.latencies
         if first is not None:
             data = [x for x, i in zip(data, self.turns, strict=True) if (i == 0) == first]
-        data = sorted(data) or [float("nan")]
-        return data[min(len(data) - 1, int(q * len(data)))]
+        return _quantile(data, q)
+
+
+def _quantile(values: list[float], q: float) -> float:
+    data = sorted(values) or [float("nan")]
+    return data[min(len(data) - 1, int(q * len(data)))]
 
 
 class Load:
@@ -860,6 +875,7 @@ async def main(args: argparse.Namespace) -> None:
                             f"        first turns p50 {run.pct(0.5, True) * 1000:7.1f} ms  "
                             f"p99 {run.pct(0.99, True) * 1000:7.1f} ms; the other turns "
                             f"p99 {run.pct(0.99, False) * 1000:7.1f} ms",
+                            f"\n        per turn, p50/p99 ms: {run.by_turn()}",
                             flush=True,
                         )
             for bot in running:

@@ -2,7 +2,7 @@
 end, written in as few round trips as the database allows.
 
 On PostgreSQL one statement from arrays (data-modifying CTEs run to completion whether
-read or not): the turns' touchpoints and flow states (`queries.defer_writes`), the rows'
+read or not): the turns' cases, touchpoints and flow states (`queries.defer_writes`), the rows'
 done marks and the senders' seen marks (`queries.defer_seen`). As three statements they
 were three of a lone message's seven round trips in its transaction (BEGIN, turn row,
 reply, touchpoints, flow state, end, COMMIT), each a wait for the server and a turn of the
@@ -38,11 +38,52 @@ FINISHED = (
     )
 )
 
+# the parameter of each case column's array in _END_PG (queries.CASE_COLUMNS)
+_CASE_ARRAYS = tuple(
+    zip(
+        (
+            "id",
+            "reference",
+            "contact",
+            "conversation",
+            "category",
+            "description",
+            "order",
+            "severity",
+            "resolution",
+            "status",
+            "priority",
+            "due",
+            "created",
+            "updated",
+        ),
+        queries.CASE_COLUMNS,
+        strict=True,
+    )
+)
+
 # the arrays each in a subquery: the server keeps one generic plan for the statement
 # rather than planning anew for every group's array lengths
 _END_PG = text(
     """
-    WITH written AS (
+    WITH cases_made AS (
+        INSERT INTO cases (id, reference, contact_id, conversation_id, category, description,
+                           order_reference, severity, desired_resolution, status, priority,
+                           sla_due_at, created_at, updated_at)
+        SELECT * FROM unnest(
+            (SELECT CAST(:case_id AS bigint[])), (SELECT CAST(:case_reference AS varchar[])),
+            (SELECT CAST(:case_contact AS bigint[])),
+            (SELECT CAST(:case_conversation AS bigint[])),
+            (SELECT CAST(:case_category AS varchar[])),
+            (SELECT CAST(:case_description AS text[])),
+            (SELECT CAST(:case_order AS varchar[])), (SELECT CAST(:case_severity AS varchar[])),
+            (SELECT CAST(:case_resolution AS varchar[])),
+            (SELECT CAST(:case_status AS varchar[])), (SELECT CAST(:case_priority AS integer[])),
+            (SELECT CAST(:case_due AS timestamptz[])),
+            (SELECT CAST(:case_created AS timestamptz[])),
+            (SELECT CAST(:case_updated AS timestamptz[]))
+        )
+    ), written AS (
         INSERT INTO touchpoints (contact_id, conversation_id, channel, direction, kind, text,
                                  payload, actor, platform_message_id, outbox_id, created_at)
         SELECT * FROM unnest(
@@ -98,13 +139,15 @@ async def end_group(
             await s.execute(FINISHED, finished)
         await queries.mark_seen(s, seen)
         return
-    touchpoints, states = await queries.take_deferred(s)
-    if not (finished or seen or touchpoints or states):
+    taken = await queries.take_deferred(s)
+    if not (finished or seen or taken):
         return
+    touchpoints, states, cases = taken.touchpoints, taken.states, taken.cases
     identities, contacts = queries.latest_seen(seen)
     await s.execute(
         _END_PG,
         {
+            **{f"case_{k}": [c[column] for c in cases] for k, column in _CASE_ARRAYS},
             "tp_contact": [t["contact_id"] for t in touchpoints],
             "tp_conversation": [t["conversation_id"] for t in touchpoints],
             "tp_channel": [t["channel"] for t in touchpoints],

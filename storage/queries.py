@@ -36,6 +36,7 @@ from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql.elements import ColumnClause, ColumnElement
 
+from storage import case_ids
 from storage.models import (
     Case,
     CaseStatus,
@@ -700,30 +701,51 @@ def drop_touchpoints(s: AsyncSession) -> None:
 
 
 def defer_writes(s: AsyncSession) -> None:
-    """From now on in `s`, the touchpoints (`defer_touchpoints`) and the flow states
-    `set_flow_state` writes are kept for the group's end (storage/group_end.py, which
-    writes them with the done marks on PostgreSQL), the replies still written at once: a
-    group of one row, whose turn writes nothing else that it reads again."""
+    """From now on in `s`, the touchpoints (`defer_touchpoints`), the flow states
+    `set_flow_state` writes and the case rows `insert_case` makes on PostgreSQL are kept
+    for the group's end (storage/group_end.py, which writes them with the done marks on
+    PostgreSQL), the replies still written at once: a group of one row, whose turn writes
+    nothing else that it reads again."""
     defer_touchpoints(s)
     s.info.setdefault(_FLOW_STATES, {})
+    s.info.setdefault(_CASES_LATER, [])
 
 
-async def take_deferred(s: AsyncSession) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+@dataclass
+class Deferred:
+    """What a group's turns kept for its end (`take_deferred`)."""
+
+    touchpoints: list[dict[str, Any]]  # Touchpoint rows
+    states: list[dict[str, Any]]  # _SET_FLOW_STATE's parameters
+    cases: list[dict[str, Any]]  # Case rows, CASE_COLUMNS each (PostgreSQL)
+
+    def __bool__(self) -> bool:
+        return bool(self.touchpoints or self.states or self.cases)
+
+
+async def take_deferred(s: AsyncSession) -> Deferred:
     """The replies `enqueue_later` kept are written (the touchpoints carry their ids); the
-    kept touchpoints' values and flow states' parameters (`_SET_FLOW_STATE`'s, in
-    conversation id order: the rows are locked already, but a stable order keeps
-    PostgreSQL's executemany deterministic) are handed to the caller to write, and
-    forgotten here."""
+    kept touchpoints' values, flow states' parameters (in conversation id order: the rows
+    are locked already, but a stable order keeps PostgreSQL's executemany deterministic)
+    and case rows are handed to the caller to write, and forgotten here."""
     await _flush_outbox(s)
-    kept = s.info.get(_TOUCHPOINTS)
-    touchpoints = kept[:] if kept else []
-    if kept:
-        kept.clear()
     states: dict[int, dict[str, Any]] | None = s.info.get(_FLOW_STATES)
-    ordered = [states[k] for k in sorted(states)] if states else []
+    taken = Deferred(
+        touchpoints=_take(s.info.get(_TOUCHPOINTS)),
+        states=[states[k] for k in sorted(states)] if states else [],
+        cases=_take(s.info.get(_CASES_LATER)),
+    )
     if states:
         states.clear()
-    return touchpoints, ordered
+    return taken
+
+
+def _take(kept: list[dict[str, Any]] | None) -> list[dict[str, Any]]:
+    if not kept:
+        return []
+    taken = kept[:]
+    kept.clear()
+    return taken
 
 
 def defer_group(s: AsyncSession) -> None:
@@ -741,11 +763,13 @@ def defer_group(s: AsyncSession) -> None:
 async def flush_deferred(s: AsyncSession) -> None:
     """Write what `defer_group` kept (the touchpoints only after `defer_touchpoints`):
     the replies, then one statement per table."""
-    touchpoints, states = await take_deferred(s)
-    if touchpoints:
-        await s.execute(insert(_TOUCHPOINT_TABLE), touchpoints)
-    if states:
-        await s.execute(_SET_FLOW_STATE, states)
+    taken = await take_deferred(s)
+    if taken.cases:
+        await s.execute(insert(_CASES), taken.cases)
+    if taken.touchpoints:
+        await s.execute(insert(_TOUCHPOINT_TABLE), taken.touchpoints)
+    if taken.states:
+        await s.execute(_SET_FLOW_STATE, taken.states)
 
 
 # an outbox body's text to keep once the message is sent (bot/conversation/linking.py's code
@@ -1037,12 +1061,11 @@ _CASE_REFERENCE = (
     .values(reference=bindparam("b_reference"), updated_at=bindparam("b_now"))
 )
 
-# PostgreSQL: the id drawn from the table's sequence and the reference made from it in the
-# INSERT itself, one round trip, not two (a group commit's turns run one after another in
-# one transaction, each round trip a wait for the server and a turn of the busy event loop;
-# customers who complained together confirm together, so a group may hold many cases)
-_CASE_ID = select(func.nextval(func.pg_get_serial_sequence("cases", "id")).label("id")).cte("n")
-_CASE_COLUMNS = (
+_CASES_LATER = "deferred_cases"  # session.info: the case rows the group's end writes
+# the columns of a case row insert_case makes (the group's end writes them from arrays)
+CASE_COLUMNS = (
+    "id",
+    "reference",
     "contact_id",
     "conversation_id",
     "category",
@@ -1055,20 +1078,6 @@ _CASE_COLUMNS = (
     "sla_due_at",
     "created_at",
     "updated_at",
-)
-_DIGITS = _CASE_ID.c.id.cast(String)
-_NEW_CASE_PG = (
-    insert(_CASES)
-    .from_select(
-        ["id", "reference", *_CASE_COLUMNS],
-        select(
-            _CASE_ID.c.id,
-            bindparam("prefix", type_=String)
-            + func.lpad(_DIGITS, func.greatest(6, func.length(_DIGITS)), "0"),
-            *(bindparam(c, type_=_CASES.c[c].type) for c in _CASE_COLUMNS),
-        ),
-    )
-    .returning(_CASES.c.reference)
 )
 
 
@@ -1086,9 +1095,11 @@ async def insert_case(
     sla_due_at: datetime | None,
     created_at: datetime,
 ) -> str:
-    """`create_case` in Core statements (the same two: the row, then its reference from its
-    id), no ORM object; the case's reference."""
-    values = {
+    """`create_case` in Core statements, no ORM object; the case's reference. On
+    PostgreSQL the id is one drawn ahead (storage/case_ids.py) and the row, reference
+    and all, is kept for the group's end where `defer_writes` is in force (else one
+    INSERT); elsewhere two statements, as `create_case`: the row, then its reference."""
+    values: dict[str, Any] = {
         "contact_id": contact_id,
         "conversation_id": conversation_id,
         "category": category,
@@ -1103,8 +1114,14 @@ async def insert_case(
         "updated_at": created_at,
     }
     if s.get_bind().dialect.name == "postgresql":
-        values["prefix"] = f"C-{created_at.year}-"
-        return str((await s.execute(_NEW_CASE_PG, values)).scalar_one())
+        values["id"] = await case_ids.next_case_id(s)
+        values["reference"] = f"C-{created_at.year}-{values['id']:06d}"
+        later: list[dict[str, Any]] | None = s.info.get(_CASES_LATER)
+        if later is None:
+            await s.execute(insert(_CASES), values)
+        else:
+            later.append(values)
+        return str(values["reference"])
     case_id = int((await s.execute(_NEW_CASE, values)).scalar_one())
     reference = f"C-{created_at.year}-{case_id:06d}"
     await s.execute(_CASE_REFERENCE, {"b_id": case_id, "b_reference": reference, "b_now": utcnow()})
@@ -1114,6 +1131,9 @@ async def insert_case(
 async def cases_of_contact(
     s: AsyncSession, contact_id: int, *, reference: str | None = None, open_only: bool = False
 ) -> Sequence[Case]:
+    kept = s.info.get(_CASES_LATER)
+    if kept:  # opened earlier in this group, kept for its end (`defer_writes`): read too
+        await s.execute(insert(_CASES), _take(kept))
     q = select(Case).where(Case.contact_id == contact_id)
     if reference:
         q = q.where(Case.reference == reference)

@@ -121,7 +121,7 @@ async def test_a_rows_turns_see_each_others_state_and_write_what_one_at_a_time_w
         statuses = (await s.execute(select(InboxUpdate.status))).scalars().all()
     assert set(statuses) == {InboxStatus.DONE}
     if runtime.db.dialect.name == "postgresql":
-        ends = [q for q in statements if q.startswith("WITH written AS")]
+        ends = [q for q in statements if q.startswith("WITH cases_made AS")]
         assert len(ends) == 1, statements
         # the first two turns' rows flushed before the chat's next message, the last
         # turn's in the end's statement: two touchpoint INSERTs, not three
@@ -155,7 +155,7 @@ async def test_a_lone_message_writes_its_touchpoints_and_state_with_the_end(
         assert not [q for q in statements if q.startswith("UPDATE conversations SET flow_state")], (
             statements
         )
-        assert len([q for q in statements if q.startswith("WITH written AS")]) == 1, statements
+        assert len([q for q in statements if q.startswith("WITH cases_made AS")]) == 1, statements
 
 
 async def test_the_done_marks_lock_the_rows_in_id_order(pg_url: str) -> None:

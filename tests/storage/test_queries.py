@@ -15,7 +15,7 @@ from sqlalchemy.dialects import sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.conversation import reopen
-from storage import queries
+from storage import case_ids, group_end, queries
 from storage.db import run_in_transaction
 from storage.models import Case, Contact, Conversation, Direction, Touchpoint, utcnow
 from tests.conftest import _truncate, pg_database
@@ -309,12 +309,25 @@ def _record_statement(into: list[str], *args: Any) -> None:
     into.append(str(args[2]))  # before_cursor_execute(conn, cursor, statement, ...)
 
 
-def test_a_case_gets_its_reference_from_its_id_in_one_statement_on_postgresql(
-    db_url: str,
-) -> None:
+def _new_case(s: AsyncSession, contact_id: int, when: datetime) -> Any:
+    return queries.insert_case(
+        s,
+        contact_id=contact_id,
+        conversation_id=None,
+        category="delivery",
+        description="wet parcel",
+        order_reference=None,
+        severity="medium",
+        desired_resolution="refund",
+        priority=2,
+        sla_due_at=None,
+        created_at=when,
+    )
+
+
+def test_a_case_gets_its_reference_from_its_id(db_url: str) -> None:
     """`insert_case` (the plain turn's) makes the reference `create_case` makes, C-YYYY-
-    and the id in at least six digits, beyond six too; on PostgreSQL in one statement (it
-    was two: the row, then its reference)."""
+    and the id in at least six digits, beyond six too."""
     when = datetime(2031, 5, 4, 12, 0, tzinfo=UTC)
 
     async def work(s: AsyncSession) -> list[tuple[int, str | None, str]]:
@@ -326,6 +339,7 @@ def test_a_case_gets_its_reference_from_its_id_in_one_statement_on_postgresql(
             if start is not None:  # the next id has seven digits
                 if s.get_bind().dialect.name == "postgresql":
                     await s.execute(text(f"SELECT setval('cases_id_seq', {start})"))
+                    case_ids.forget(s)  # the ids drawn before it
                 else:  # SQLite numbers a row after the largest id
                     s.add(
                         Case(
@@ -337,28 +351,7 @@ def test_a_case_gets_its_reference_from_its_id_in_one_statement_on_postgresql(
                         )
                     )
                     await s.flush()
-            statements: list[str] = []
-            seen = functools.partial(_record_statement, statements)
-            sync = s.sync_session.get_bind()
-            event.listen(sync, "before_cursor_execute", seen)
-            try:
-                reference = await queries.insert_case(
-                    s,
-                    contact_id=identity.contact_id,
-                    conversation_id=None,
-                    category="delivery",
-                    description="wet parcel",
-                    order_reference=None,
-                    severity="medium",
-                    desired_resolution="refund",
-                    priority=2,
-                    sla_due_at=None,
-                    created_at=when,
-                )
-            finally:
-                event.remove(sync, "before_cursor_execute", seen)
-            if s.get_bind().dialect.name == "postgresql":
-                assert len(statements) == 1, statements
+            reference = await _new_case(s, identity.contact_id, when)
             case = (await s.execute(select(Case).where(Case.reference == reference))).scalar_one()
             assert (case.status, case.priority, case.created_at) == ("new", 2, when)
             made.append((case.id, case.reference, reference))
@@ -368,3 +361,39 @@ def test_a_case_gets_its_reference_from_its_id_in_one_statement_on_postgresql(
     assert [r for _, r, _ in made] == [f"C-2031-{i:06d}" for i, _, _ in made]
     assert [r for _, r, _ in made] == [r for _, _, r in made]
     assert made[0][1] == "C-2031-000001" and made[1][1] == "C-2031-1234567"
+
+
+def test_case_ids_are_drawn_ahead_and_a_groups_cases_written_at_its_end_on_postgresql(
+    pg_url: str,
+) -> None:
+    """On PostgreSQL a group's turns open cases without a round trip each (the confirming
+    turn was bench/telegram.py's slowest): the ids are drawn a block at a time, the rows
+    kept for the group's end. A case status asked in the group still finds them."""
+    asyncio.run(_truncate(pg_url))
+    when = datetime(2031, 5, 4, 12, 0, tzinfo=UTC)
+
+    async def work(s: AsyncSession) -> tuple[list[str], list[str], list[str], list[str]]:
+        identity = await queries.create_contact_with_identity(
+            s, "telegram", "u1", name="Ann", locale="en"
+        )
+        queries.defer_writes(s)  # as a group commit's turns run
+        statements: list[str] = []
+        seen = functools.partial(_record_statement, statements)
+        sync = s.sync_session.get_bind()
+        event.listen(sync, "before_cursor_execute", seen)
+        try:
+            opened = [await _new_case(s, identity.contact_id, when) for _ in range(3)]
+        finally:
+            event.remove(sync, "before_cursor_execute", seen)
+        # a status asked later in the group: the kept rows are written first
+        status = [c.reference or "" for c in await queries.cases_of_contact(s, identity.contact_id)]
+        later = [await _new_case(s, identity.contact_id, when)]
+        await group_end.end_group(s, [], [])
+        rows = (await s.execute(select(Case.reference).order_by(Case.id))).scalars().all()
+        return statements, opened + later, status, [r or "" for r in rows]
+
+    statements, opened, status, rows = run_in_transaction(pg_url, work)
+    assert len(statements) == 1 and "nextval" in statements[0], statements  # the draw only
+    assert opened == [f"C-2031-{i:06d}" for i in range(1, 5)]
+    assert status == opened[:3]
+    assert rows == opened  # the fourth written by the group's end

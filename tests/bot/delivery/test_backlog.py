@@ -167,7 +167,7 @@ async def test_a_group_marks_its_senders_seen_in_one_statement(runtime: Runtime)
     if runtime.db.dialect.name == "postgresql":
         # there the group's touchpoints, flow states, done and seen marks are one
         # statement per group (storage/group_end.py)
-        ends = [q for q in statements if q.lstrip().startswith("WITH written AS")]
+        ends = [q for q in statements if q.lstrip().startswith("WITH cases_made AS")]
         assert len(ends) == runtime.inbox._group.batches, statements
         assert not marks, marks
         assert len(done) <= 1, done  # the claim's
