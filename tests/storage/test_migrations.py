@@ -50,7 +50,7 @@ async def test_downgrade_and_upgrade_round_trip(sqlite_url: str) -> None:
     await asyncio.to_thread(upgrade, sqlite_url, "head")
     tables = {"contacts", "touchpoints", "outbox", "inbox", "cases", "agent_cards"}
     assert tables <= await _tables(sqlite_url)
-    assert current_head() == "0015"
+    assert current_head() == "0016"
 
 
 def test_heads_read_from_the_files_agree_with_alembic() -> None:
