@@ -5,7 +5,7 @@ that opened it, so the id is needed in the middle of a group commit's turns. Dra
 a time it cost a round trip per case, inside the group: its turns run one after another,
 and each wait for the server is a turn of the busy event loop for all of them (customers
 who complained together confirm together: bench/telegram.py's confirming turn was the
-slowest, p99 470 ms where the others had 320-380). Drawn in blocks, the ids are at hand,
+slowest, p99 467-471 ms where the others had 280-440). Drawn in blocks, the ids are at hand,
 and the case rows are written with the group's other rows at its end
 (storage/group_end.py).
 
