@@ -38,30 +38,6 @@ FINISHED = (
     )
 )
 
-# the parameter of each case column's array in _END_PG (queries.CASE_COLUMNS)
-_CASE_ARRAYS = tuple(
-    zip(
-        (
-            "id",
-            "reference",
-            "contact",
-            "conversation",
-            "category",
-            "description",
-            "order",
-            "severity",
-            "resolution",
-            "status",
-            "priority",
-            "due",
-            "created",
-            "updated",
-        ),
-        queries.CASE_COLUMNS,
-        strict=True,
-    )
-)
-
 # the arrays each in a subquery: the server keeps one generic plan for the statement
 # rather than planning anew for every group's array lengths
 _END_PG = text(
@@ -72,16 +48,17 @@ _END_PG = text(
                            sla_due_at, created_at, updated_at)
         SELECT * FROM unnest(
             (SELECT CAST(:case_id AS bigint[])), (SELECT CAST(:case_reference AS varchar[])),
-            (SELECT CAST(:case_contact AS bigint[])),
-            (SELECT CAST(:case_conversation AS bigint[])),
+            (SELECT CAST(:case_contact_id AS bigint[])),
+            (SELECT CAST(:case_conversation_id AS bigint[])),
             (SELECT CAST(:case_category AS varchar[])),
             (SELECT CAST(:case_description AS text[])),
-            (SELECT CAST(:case_order AS varchar[])), (SELECT CAST(:case_severity AS varchar[])),
-            (SELECT CAST(:case_resolution AS varchar[])),
+            (SELECT CAST(:case_order_reference AS varchar[])),
+            (SELECT CAST(:case_severity AS varchar[])),
+            (SELECT CAST(:case_desired_resolution AS varchar[])),
             (SELECT CAST(:case_status AS varchar[])), (SELECT CAST(:case_priority AS integer[])),
-            (SELECT CAST(:case_due AS timestamptz[])),
-            (SELECT CAST(:case_created AS timestamptz[])),
-            (SELECT CAST(:case_updated AS timestamptz[]))
+            (SELECT CAST(:case_sla_due_at AS timestamptz[])),
+            (SELECT CAST(:case_created_at AS timestamptz[])),
+            (SELECT CAST(:case_updated_at AS timestamptz[]))
         )
     ), written AS (
         INSERT INTO touchpoints (contact_id, conversation_id, channel, direction, kind, text,
@@ -147,7 +124,8 @@ async def end_group(
     await s.execute(
         _END_PG,
         {
-            **{f"case_{k}": [c[column] for c in cases] for k, column in _CASE_ARRAYS},
+            # one array per column, named after it (queries.CASE_COLUMNS)
+            **{f"case_{column}": [c[column] for c in cases] for column in queries.CASE_COLUMNS},
             "tp_contact": [t["contact_id"] for t in touchpoints],
             "tp_conversation": [t["conversation_id"] for t in touchpoints],
             "tp_channel": [t["channel"] for t in touchpoints],
