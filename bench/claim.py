@@ -51,12 +51,10 @@ def group_by_heads(dialect: str) -> Any:
 def claim(dialect: str, heads: Any, now: Any, old: bool) -> Any:
     """The dispatcher's claim; the old pick left the due check to it (on PostgreSQL it
     still checks the row itself, re-checked when a row is locked)."""
-    due = queries.due_now("outbox", now)
-    q = select(OutboxMessage).where(OutboxMessage.id.in_(heads))
     if old:
-        q = q.where(due)
-    elif dialect == "postgresql":  # as bot/delivery/dispatcher.py
-        q = q.where(OutboxMessage.status.in_(queries.OUTBOX_UNFINISHED), due)
+        q = select(OutboxMessage).where(OutboxMessage.id.in_(heads), queries.due_now("outbox", now))
+    else:  # as bot/delivery/dispatcher.py
+        q = select(OutboxMessage).where(*queries.claimable(dialect, "outbox", heads, now))
     q = q.order_by(OutboxMessage.id).limit(LIMIT)
     return q.with_for_update(skip_locked=True) if dialect == "postgresql" else q
 

@@ -314,19 +314,10 @@ class Dispatcher(RoundWorker):
         )
         q = (
             select(OutboxMessage)
-            .where(OutboxMessage.id.in_(heads))  # only the heads due now
+            .where(*queries.claimable(dialect, "outbox", heads, now))  # the heads due now
             .order_by(OutboxMessage.id)
             .limit(self.claim_size)
         )
-        if dialect == "postgresql":
-            # the row's own due check: a row another worker leased and committed after this
-            # statement's snapshot is re-checked when locked (the heads, read from the
-            # snapshot, are not); without it both sent the row. The partial index's
-            # condition makes the merge with the heads read the unsent rows in id order,
-            # not every row ever. (SQLite, one writer at a time, looks the heads up by id;
-            # told of a status, it read every due row.)
-            due = queries.due_now("outbox", now)
-            q = q.where(OutboxMessage.status.in_(queries.OUTBOX_UNFINISHED), due)
         if self.skip_locked:
             q = q.with_for_update(skip_locked=True)
         async with self.sessions() as s, s.begin(), inline(s):  # index-bounded

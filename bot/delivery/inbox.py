@@ -452,20 +452,11 @@ class Inbox(RoundWorker):
         )
         q = (
             select(InboxUpdate)
-            .where(InboxUpdate.id.in_(heads))  # only the heads due now
+            .where(*queries.claimable(self.dialect, "inbox", heads, now))  # the heads due now
             .order_by(InboxUpdate.id)
             .limit(limit)
         )
         if self.dialect == "postgresql":
-            # the row's own due check: a row another worker leased and committed after this
-            # statement's snapshot is re-checked when locked (the heads, read from the
-            # snapshot, are not); without it both took the row. The partial index's
-            # condition makes the merge with the heads read the unfinished rows in id
-            # order, not every row ever. (SQLite, one writer at a time, looks the heads up
-            # by id; told of a status, it read every due row.)
-            q = q.where(
-                InboxUpdate.status.in_(queries.INBOX_UNFINISHED), queries.due_now("inbox", now)
-            )
             q = q.with_for_update(skip_locked=True)
         async with self.sessions() as s, s.begin(), inline(s):  # index-bounded
             rows = list((await s.execute(q)).scalars())

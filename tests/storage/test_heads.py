@@ -59,7 +59,7 @@ async def claim_and_definition(
                 limit=LIMIT,
                 partition=partition,
             )
-            q = select(OutboxMessage.id).where(OutboxMessage.id.in_(heads))
+            q = select(OutboxMessage.id).where(*queries.claimable(dialect, "outbox", heads, now))
             got = list((await conn.execute(q.order_by(OutboxMessage.id).limit(LIMIT))).scalars())
             every = (await conn.execute(select(OutboxMessage))).all()
     finally:
@@ -133,9 +133,7 @@ async def test_a_second_worker_claims_the_next_heads(pg_url: str) -> None:
         heads = queries.heads(
             "postgresql", "outbox", "recipient_id", ["telegram"], now=now, limit=LIMIT
         )
-        q = select(OutboxMessage.id).where(
-            OutboxMessage.id.in_(heads), OutboxMessage.status.in_(queries.OUTBOX_UNFINISHED)
-        )
+        q = select(OutboxMessage.id).where(*queries.claimable("postgresql", "outbox", heads, now))
         return q.order_by(OutboxMessage.id).limit(LIMIT).with_for_update(skip_locked=True)
 
     try:
