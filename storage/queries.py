@@ -470,6 +470,12 @@ async def prefetch_turn_rows(s: AsyncSession, keys: Sequence[TurnKey]) -> None:
     s.info.setdefault(_PREFETCHED, {}).update(found)
 
 
+def prefetched(s: AsyncSession, rows: Mapping[TurnKey, TurnRow]) -> None:
+    """Rows known without a read (the customers a group just made) kept for `turn_row`, as
+    `prefetch_turn_rows` keeps what it reads."""
+    s.info.setdefault(_PREFETCHED, {}).update(rows)
+
+
 def prefetched_unknown(s: AsyncSession, keys: Sequence[TurnKey]) -> list[TurnKey]:
     """The keys `prefetch_turn_rows` read no row for (a new customer or conversation)."""
     prefetched: dict[TurnKey, TurnRow | None] = s.info.get(_PREFETCHED) or {}

@@ -166,9 +166,11 @@ class Engine:
         rolled back and the caller hands the message to `handle` (retries, dead letter)."""
         return await self._handle(s, msg)
 
-    async def onboard(self, s: AsyncSession, firsts: Sequence[InboundMessage]) -> int:
+    async def onboard(
+        self, s: AsyncSession, firsts: Sequence[InboundMessage]
+    ) -> dict[queries.TurnKey, queries.TurnRow]:
         """The new customers among a group commit's chats' first messages created together
-        (bot/conversation/onboarding.py), before their turns; how many."""
+        (bot/conversation/onboarding.py), before their turns; the turn rows made."""
         return await onboarding.onboard(
             s, firsts, default_locale=self.default_locale, now=self.clock()
         )

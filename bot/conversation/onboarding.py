@@ -63,11 +63,12 @@ _TAKEN_IN = select(_TOUCHPOINTS.c.platform_message_id).where(  # the dedupe inde
 _ORDERED = {
     "postgresql": {
         t.name: insert(t).returning(t.c.id, sort_by_parameter_order=True)
-        for t in (_CONTACTS, _IDENTITIES)
+        for t in (_CONTACTS, _IDENTITIES, _CONVERSATIONS)
     },
-    "sqlite": {t.name: insert(t).returning(t.c.id) for t in (_CONTACTS, _IDENTITIES)},
+    "sqlite": {
+        t.name: insert(t).returning(t.c.id) for t in (_CONTACTS, _IDENTITIES, _CONVERSATIONS)
+    },
 }
-_NEW_CONVERSATIONS = insert(_CONVERSATIONS)
 
 
 def candidates(firsts: Sequence[InboundMessage]) -> list[InboundMessage]:
@@ -96,12 +97,13 @@ async def _found(
 
 async def onboard(
     s: AsyncSession, firsts: Sequence[InboundMessage], *, default_locale: str, now: datetime
-) -> int:
+) -> dict[queries.TurnKey, queries.TurnRow]:
     """Create the new customers among the chats' first messages (`candidates`) in one
-    INSERT per table; how many were created."""
+    INSERT per table; for each one made, by its message's key, the row `queries.turn_row`
+    would now read (the values written: no statement to read them back)."""
     chosen = candidates(firsts)
     if not chosen:
-        return 0
+        return {}
     known = await _found(s, _KNOWN_SENDERS, [(m.channel, m.sender_id) for m in chosen])
     chosen = [m for m in chosen if (m.channel, m.sender_id) not in known]
     if chosen:
@@ -112,7 +114,7 @@ async def onboard(
         taken = await _found(s, _TAKEN_IN, pairs)
         chosen = [m for m in chosen if (m.channel, m.platform_message_id) not in taken]
     if not chosen:
-        return 0
+        return {}
     contact_ids = await _insert(
         s,
         _CONTACTS,
@@ -144,8 +146,9 @@ async def onboard(
             for m, contact_id in zip(chosen, contact_ids, strict=True)
         ],
     )
-    await s.execute(
-        _NEW_CONVERSATIONS,
+    conversation_ids = await _insert(
+        s,
+        _CONVERSATIONS,
         [
             {
                 "contact_id": contact_id,
@@ -161,7 +164,27 @@ async def onboard(
             for m, contact_id, identity_id in zip(chosen, contact_ids, identity_ids, strict=True)
         ],
     )
-    return len(chosen)
+    made = zip(chosen, contact_ids, identity_ids, conversation_ids, strict=True)
+    return {
+        (m.channel, m.sender_id, m.thread_key, m.platform_message_id): queries.TurnRow(
+            duplicate=False,  # _TAKEN_IN found none
+            identity_id=identity_id,
+            contact_id=contact_id,
+            external_id=m.sender_id,
+            display_name=queries.scrub(m.sender_name),
+            reachable=True,
+            unreachable_reason=None,
+            name=queries.scrub(m.sender_name),
+            locale=normalize_locale(m.locale_hint, default_locale),
+            value_segment=None,
+            lifecycle_phase=LifecyclePhase.ACTIVE.value,
+            timezone=None,
+            conversation_id=conversation_id,
+            status=ConversationStatus.BOT.value,
+            flow_state={},
+        )
+        for m, contact_id, identity_id, conversation_id in made
+    }
 
 
 async def _insert(s: AsyncSession, table: Table, values: list[dict[str, Any]]) -> list[int]:

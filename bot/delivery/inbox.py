@@ -554,7 +554,8 @@ class Inbox(RoundWorker):
         """Each chat's first message's rows read first (on PostgreSQL in one statement, not
         one each: queries.prefetch_turn_rows), then the new customers among the chats with
         no row read get theirs together, one INSERT per table, not one customer at a time
-        (Engine.onboard; a failure reruns the group, a savepoint each)."""
+        (Engine.onboard; a failure reruns the group, a savepoint each), their turn rows
+        kept as if read."""
         firsts: dict[tuple[str, str], InboundMessage] = {}
         for g in batch:
             for m in g.messages:
@@ -562,8 +563,8 @@ class Inbox(RoundWorker):
         keys = {_turn_key(m): m for m in firsts.values()}
         await queries.prefetch_turn_rows(s, list(keys))
         unknown = queries.prefetched_unknown(s, list(keys))
-        if unknown and await self.engine.onboard(s, [keys[k] for k in unknown]):
-            await queries.prefetch_turn_rows(s, unknown)  # the rows made: read again
+        if unknown:  # the rows made are what a read would find (not read again)
+            queries.prefetched(s, await self.engine.onboard(s, [keys[k] for k in unknown]))
 
     async def _commit_group(self, batch: list[Grouped], *, savepoints: bool) -> list[bool] | None:
         """One try of `_commit_rows`; None if a row failed without savepoints (nothing was

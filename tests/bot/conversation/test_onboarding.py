@@ -14,6 +14,7 @@ from sqlalchemy import event, select, update
 from bot.channel.messages import InboundMessage
 from bot.conversation import onboarding
 from bot.runtime import Runtime
+from storage import queries
 from storage.models import (
     Contact,
     Conversation,
@@ -182,14 +183,22 @@ async def test_only_customers_made_from_nothing_are_created_here(runtime: Runtim
         msg("fresh-dup", "fresh-dup", "dup"),  # the platform id "known"'s message had
         msg("shared", "shared", "c", contact_updates={"phone": "+491701234567"}),
         msg("edited", "edited", "d", kind="edit"),
-        msg("twice", "twice-1", "e"),
+        msg("twice", "twice-1", "e", sender_name="Anna Müller"),
         msg("twice", "twice-2", "f"),
         msg("same", "same", "g"),
         msg("same", "same", "g", channel="other"),
     ]
     async with runtime.sessions() as s, s.begin():
         made = await onboarding.onboard(s, firsts, default_locale="de", now=utcnow())
-    assert made == 3
+    assert sorted(made) == [
+        ("other", "same", "same", "g"),
+        ("test", "same", "same", "g"),
+        ("test", "twice", "twice-1", "e"),
+    ]
+    # what the group keeps for each turn instead of reading it back: what a read finds
+    async with runtime.sessions() as s, s.begin():
+        for key, row in made.items():
+            assert await queries.turn_row(s, *key) == row
     async with runtime.sessions() as s:
         rows = (
             await s.execute(
