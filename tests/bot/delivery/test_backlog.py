@@ -101,7 +101,9 @@ async def test_the_dispatchers_claim_stays_fast_when_the_statistics_saw_no_backl
     except TimeoutError:
         await _cancel_claims(runtime)
         raise
-    assert min(timings) < 0.25, f"claims took {[round(t * 1000) for t in timings]} ms"
+    # about 0.1 s on PostgreSQL: no window row is claimable, so the pick reads every
+    # recipient's head (a GROUP BY over the 100,000 rows); the hazard took seconds
+    assert min(timings) < 0.5, f"claims took {[round(t * 1000) for t in timings]} ms"
 
 
 async def _analysed_then_emptied(runtime: Runtime, model: Any, rows: list[dict[str, Any]]) -> None:
