@@ -115,75 +115,67 @@ async def onboard(
         chosen = [m for m in chosen if (m.channel, m.platform_message_id) not in taken]
     if not chosen:
         return {}
-    contact_ids = await _insert(
-        s,
-        _CONTACTS,
-        [
-            {
-                "name": queries.scrub(m.sender_name),
-                "locale": normalize_locale(m.locale_hint, default_locale),
-                "lifecycle_phase": LifecyclePhase.ACTIVE.value,
-                "source": None,
-                "attributes": {},
-                "created_at": now,
-                "updated_at": now,
-            }
-            for m in chosen
-        ],
-    )
-    identity_ids = await _insert(
-        s,
-        _IDENTITIES,
-        [
-            {
-                "contact_id": contact_id,
-                "channel": m.channel,
-                "external_id": m.sender_id,
-                "display_name": queries.scrub(m.sender_name),
-                "reachable": True,
-                "created_at": now,
-            }
-            for m, contact_id in zip(chosen, contact_ids, strict=True)
-        ],
-    )
-    conversation_ids = await _insert(
-        s,
-        _CONVERSATIONS,
-        [
-            {
-                "contact_id": contact_id,
-                "identity_id": identity_id,
-                "channel": m.channel,
-                "thread_key": m.thread_key,
-                "status": ConversationStatus.BOT.value,
-                "flow_state": {},
-                "priority": 0,
-                "created_at": now,
-                "updated_at": now,
-            }
-            for m, contact_id, identity_id in zip(chosen, contact_ids, identity_ids, strict=True)
-        ],
-    )
-    made = zip(chosen, contact_ids, identity_ids, conversation_ids, strict=True)
+    contacts: list[dict[str, Any]] = [
+        {
+            "name": queries.scrub(m.sender_name),
+            "locale": normalize_locale(m.locale_hint, default_locale),
+            "lifecycle_phase": LifecyclePhase.ACTIVE.value,
+            "source": None,
+            "attributes": {},
+            "created_at": now,
+            "updated_at": now,
+        }
+        for m in chosen
+    ]
+    contact_ids = await _insert(s, _CONTACTS, contacts)
+    identities: list[dict[str, Any]] = [
+        {
+            "contact_id": contact_id,
+            "channel": m.channel,
+            "external_id": m.sender_id,
+            "display_name": contact["name"],
+            "reachable": True,
+            "created_at": now,
+        }
+        for m, contact_id, contact in zip(chosen, contact_ids, contacts, strict=True)
+    ]
+    identity_ids = await _insert(s, _IDENTITIES, identities)
+    conversations: list[dict[str, Any]] = [
+        {
+            "contact_id": contact_id,
+            "identity_id": identity_id,
+            "channel": m.channel,
+            "thread_key": m.thread_key,
+            "status": ConversationStatus.BOT.value,
+            "flow_state": {},
+            "priority": 0,
+            "created_at": now,
+            "updated_at": now,
+        }
+        for m, contact_id, identity_id in zip(chosen, contact_ids, identity_ids, strict=True)
+    ]
+    conversation_ids = await _insert(s, _CONVERSATIONS, conversations)
+    # the turn rows from the values just written (the columns not written are NULL)
+    made = zip(chosen, contacts, identities, conversations, conversation_ids, strict=True)
     return {
         (m.channel, m.sender_id, m.thread_key, m.platform_message_id): queries.TurnRow(
             duplicate=False,  # _TAKEN_IN found none
-            identity_id=identity_id,
-            contact_id=contact_id,
-            external_id=m.sender_id,
-            display_name=queries.scrub(m.sender_name),
-            reachable=True,
+            identity_id=conversation["identity_id"],
+            contact_id=conversation["contact_id"],
+            external_id=identity["external_id"],
+            display_name=identity["display_name"],
+            reachable=identity["reachable"],
             unreachable_reason=None,
-            name=queries.scrub(m.sender_name),
-            locale=normalize_locale(m.locale_hint, default_locale),
+            name=contact["name"],
+            locale=contact["locale"],
             value_segment=None,
-            lifecycle_phase=LifecyclePhase.ACTIVE.value,
+            lifecycle_phase=contact["lifecycle_phase"],
             timezone=None,
             conversation_id=conversation_id,
-            status=ConversationStatus.BOT.value,
-            flow_state={},
+            status=conversation["status"],
+            flow_state=conversation["flow_state"],
         )
-        for m, contact_id, identity_id, conversation_id in made
+        for m, contact, identity, conversation, conversation_id in made
     }
 
 
