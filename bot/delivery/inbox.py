@@ -44,21 +44,16 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
-    Boolean,
-    Insert,
+    String,
     Table,
     TextClause,
     Update,
-    and_,
     bindparam,
-    case,
     select,
     text,
     update,
 )
-from sqlalchemy.dialects import sqlite
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
-from sqlalchemy.sql.elements import ColumnElement
 
 from bot.channel.inbound import Deferred, Parsed, ParseError, Parser, Tolerated, Unavailable
 from bot.channel.messages import ChannelEvent, InboundMessage
@@ -72,7 +67,7 @@ from bot.delivery.settings import IN_FLIGHT
 from bot.delivery.worker import RoundWorker
 from storage import group_end, queries
 from storage.db import OneStatement, inline, is_unavailable, json_text
-from storage.models import DeadLetter, InboxStatus, InboxUpdate, utcnow
+from storage.models import DeadLetter, InboxStatus, InboxUpdate, UTCDateTime, utcnow
 from storage.queries import scrub
 
 log = logging.getLogger(__name__)
@@ -228,8 +223,7 @@ class Inbox(RoundWorker):
         try:
             params = self._accept_params(rows, born, now, until, owner)
             # one statement: on PostgreSQL outside a transaction, one round trip, committed
-            # when it answers (storage/db.OneStatement); all or nothing (SQLite: the batch
-            # is one page of insertmanyvalues, max_batch rows)
+            # when it answers (storage/db.OneStatement); all or nothing on either
             async with self._one() as s:
                 result = await s.execute(self._accept_stmt, params)
                 inserted = {(c, k): (i, st) for i, c, k, st in result}
@@ -294,9 +288,9 @@ class Inbox(RoundWorker):
         now: datetime,
         until: datetime,
         owner: str,
-    ) -> dict[str, Any] | list[dict[str, Any]]:
-        """The accept's parameters: one array per column on PostgreSQL (_ACCEPT_PG), a row
-        each for insertmanyvalues elsewhere."""
+    ) -> dict[str, Any]:
+        """The accept's parameters: one array per column on PostgreSQL (_ACCEPT_PG), the
+        rows as one JSON array on SQLite (_ACCEPT_SQLITE)."""
         if self.dialect == "postgresql":
             shared = self._shared_flood()
             keys = [row_key(r["channel"], r["partition_key"]) for r in rows]
@@ -317,18 +311,17 @@ class Inbox(RoundWorker):
                 "until": until,
                 "now": now,
             }
-        return [
-            {
-                **r,
-                "created_at": now,
-                **{f"b_born{n}": b for n in range(4)},
-                **{f"b_channel{n}": r["channel"] for n in range(4)},
-                **{f"b_partition{n}": r["partition_key"] for n in range(4)},
-                "b_owner": owner,
-                "b_until": until,
-            }
-            for r, b in zip(rows, born, strict=True)
-        ]
+        return {
+            "rows": json_text(
+                [
+                    [r["channel"], r["dedupe_key"], r["partition_key"], json_text(r["payload"]), b]
+                    for r, b in zip(rows, born, strict=True)
+                ]
+            ),
+            "owner": owner,
+            "until": until,
+            "now": now,
+        }
 
     def _shared_flood(self) -> SharedFloodControl | None:
         """The flood control shared by the workers, which PostgreSQL's accept asks (_ACCEPT_PG);
@@ -791,34 +784,55 @@ _ACCEPT_PG = text(  # built from constants only
 )
 
 
-def _accept_statement(dialect: str) -> Insert | TextClause:
-    """The accept's INSERT, built once (its compiled form cached; several rows go as one
-    statement through insertmanyvalues), deduped: a row asked to be born claimed
-    (`b_born`) is, unless its partition has an unfinished row (then pending, as any).
-    PostgreSQL's is _ACCEPT_PG."""
-    if dialect == "postgresql":
-        return _ACCEPT_PG
-    insert = sqlite.insert
-
-    def born(n: int) -> ColumnElement[bool]:
-        # a parameter used once only (insertmanyvalues renders each row's anew): four names
-        busy = queries.unfinished_exists(
-            _INBOX, "partition_key", bindparam(f"b_channel{n}"), bindparam(f"b_partition{n}")
-        )
-        return and_(bindparam(f"b_born{n}", type_=Boolean), ~busy)
-
-    values = {
-        "status": case((born(0), InboxStatus.PROCESSING.value), else_=InboxStatus.PENDING.value),
-        "attempts": case((born(1), 1), else_=0),
-        "leased_by": case((born(2), bindparam("b_owner", type_=_INBOX.c.leased_by.type))),
-        "leased_until": case((born(3), bindparam("b_until", type_=_INBOX.c.leased_until.type))),
-    }
-    return (
-        insert(_INBOX)
-        .values(values)
-        .on_conflict_do_nothing(index_elements=["channel", "dedupe_key"])
-        .returning(_INBOX.c.id, _INBOX.c.channel, _INBOX.c.dedupe_key, _INBOX.c.status)
+# SQLite's: the rows as one JSON array (orjson) read by json_each, so the statement's text
+# never changes (sqlite3 keeps it compiled) and SQLAlchemy processes three parameters, not
+# twenty per row; as one row each through insertmanyvalues (four EXISTS and twenty
+# parameters a row, the text, and so SQLite's compilation, new for each batch size) the
+# accept was about a tenth of the process's CPU in bench/telegram.py's profile. SQLite
+# reads the SELECT whole before it inserts (it reads the table it writes), so the EXISTS
+# sees the rows committed before, as the PostgreSQL one; a partition's later rows in the
+# same batch are never asked to be born (`_born_candidates`). `WHERE true`: SQLite's
+# upsert after a SELECT needs a WHERE to parse.
+_ACCEPT_SQLITE = text(  # built from constants only
+    """
+    WITH a AS MATERIALIZED (
+        SELECT j.key AS n, json_extract(j.value, '$[0]') AS channel,
+               json_extract(j.value, '$[1]') AS dedupe_key,
+               json_extract(j.value, '$[2]') AS partition_key,
+               json_extract(j.value, '$[3]') AS payload,
+               json_extract(j.value, '$[4]') AS asked
+        FROM json_each(:rows) AS j
+    ), r AS (
+        SELECT a.*, a.asked AND NOT EXISTS (
+            SELECT 1 FROM inbox u INDEXED BY ix_inbox_unfinished
+            WHERE u.channel = a.channel AND u.partition_key = a.partition_key
+              AND u.status IN ('pending', 'processing')
+        ) AS born
+        FROM a
     )
+    INSERT INTO inbox (channel, dedupe_key, partition_key, payload, status, attempts,
+                       leased_until, leased_by, created_at)
+    SELECT r.channel, r.dedupe_key, r.partition_key, r.payload,
+           CASE WHEN r.born THEN 'processing' ELSE 'pending' END,
+           CASE WHEN r.born THEN 1 ELSE 0 END,
+           CASE WHEN r.born THEN :until END,
+           CASE WHEN r.born THEN :owner END,
+           :now
+    FROM r WHERE true ORDER BY r.n
+    ON CONFLICT (channel, dedupe_key) DO NOTHING
+    RETURNING id, channel, dedupe_key, status
+    """
+).bindparams(
+    bindparam("until", type_=UTCDateTime()),
+    bindparam("now", type_=UTCDateTime()),
+    bindparam("owner", type_=String()),
+)
+
+
+def _accept_statement(dialect: str) -> TextClause:
+    """The accept's INSERT, deduped: a row asked to be born claimed is, unless its
+    partition has an unfinished row (then pending, as any)."""
+    return _ACCEPT_PG if dialect == "postgresql" else _ACCEPT_SQLITE
 
 
 @contextlib.asynccontextmanager
