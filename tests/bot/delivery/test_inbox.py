@@ -10,7 +10,7 @@ import sqlalchemy
 from sqlalchemy import event, select
 
 from bot.channel.messages import ChannelEvent, InboundMessage
-from bot.delivery import inbox
+from bot.delivery import accept
 from bot.delivery.inbox import ParseError
 from bot.runtime import Runtime
 from storage.models import Identity, InboxStatus, InboxUpdate, Touchpoint, utcnow
@@ -154,7 +154,7 @@ async def test_postgres_accept_stays_bounded_when_a_backlog_builds(runtime: Runt
 
     async with runtime.db.connect() as conn:  # one connection: its prepared statement
         for i in range(8):  # the table small: the plan is made and kept
-            await conn.execute(inbox._ACCEPT_PG, params(f"small{i}"))
+            await conn.execute(accept.POSTGRESQL, params(f"small{i}"))
             await conn.commit()
         await conn.execute(
             sqlalchemy.text(
@@ -164,7 +164,7 @@ async def test_postgres_accept_stays_bounded_when_a_backlog_builds(runtime: Runt
             )
         )
         await conn.commit()
-        await conn.execute(inbox._ACCEPT_PG, params("new"))
+        await conn.execute(accept.POSTGRESQL, params("new"))
         read = (
             await conn.execute(
                 sqlalchemy.text(
@@ -177,6 +177,46 @@ async def test_postgres_accept_stays_bounded_when_a_backlog_builds(runtime: Runt
         ).scalar_one()
         await conn.rollback()
     assert read < 100, f"one accept read {read} inbox rows"
+
+
+async def test_sqlite_accept_decides_birth_from_the_index_with_a_backlog(
+    runtime: Runtime,
+) -> None:
+    """SQLite's accept (one JSON array): with 20,000 rows pending, a chat with an unfinished
+    row gets a pending row, a new chat a row born claimed, a redelivery nothing, and the
+    born check searches the partial index of unfinished rows by chat, not the table."""
+    if runtime.db.dialect.name != "sqlite":
+        pytest.skip("SQLite's statement")
+    now = utcnow()
+    rows = [
+        {"channel": "test", "dedupe_key": k, "partition_key": p, "payload": {"k": k}}
+        for k, p in (("new", "p7"), ("fresh", "fresh-chat"), ("b1", "p1"))
+    ]
+    async with runtime.db.connect() as conn:
+        await conn.execute(
+            sqlalchemy.text(
+                "WITH RECURSIVE g(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM g WHERE x < 20000)"
+                " INSERT INTO inbox (channel, dedupe_key, partition_key, payload, status,"
+                " attempts, created_at) SELECT 'test', 'b' || x, 'p' || (x % 2000), '{}',"
+                " 'pending', 0, '2026-01-01 00:00:00.000000' FROM g"
+            )
+        )
+        params = runtime.inbox._accept_params(rows, [True, True, True], now, now, "test")
+        plan = await conn.execute(  # the plan: the values do not matter, typed or not
+            sqlalchemy.text("EXPLAIN QUERY PLAN " + str(accept.SQLITE)),
+            {**params, "until": None, "now": None},
+        )
+        details = [str(r[-1]) for r in plan]
+        got = (await conn.execute(accept.SQLITE, params)).all()
+        await conn.rollback()
+    assert any(
+        "USING INDEX ix_inbox_unfinished (channel=? AND partition_key=?)" in d for d in details
+    )
+    assert not any(d.startswith("SCAN u") for d in details), details
+    assert {(k, status) for _, _, k, status in got} == {
+        ("new", InboxStatus.PENDING),  # p7 has pending rows
+        ("fresh", InboxStatus.PROCESSING),
+    }  # b1 is there already: not inserted again
 
 
 async def test_postgres_plans_the_accept_once(runtime: Runtime) -> None:
@@ -193,7 +233,7 @@ async def test_postgres_plans_the_accept_once(runtime: Runtime) -> None:
             params = runtime.inbox._accept_params(
                 [{**row, "payload": {"id": i}}], [False], now, now, "test"
             )
-            await conn.execute(inbox._ACCEPT_PG, params)
+            await conn.execute(accept.POSTGRESQL, params)
         await conn.commit()
         plans = (
             await conn.execute(
