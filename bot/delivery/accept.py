@@ -87,8 +87,10 @@ POSTGRESQL = text(  # built from constants only
 # accept was about a tenth of the process's CPU in bench/telegram.py's profile. The born
 # check is made once per row and for all rows before any is inserted (`r` materialized),
 # so it sees the rows committed before, as the PostgreSQL one; a partition's later rows in the
-# same batch are never asked to be born (`Inbox._born_candidates`). `WHERE true`: SQLite's
-# upsert after a SELECT needs a WHERE to parse.
+# same batch are never asked to be born (`Inbox._born_candidates`). NOT EXISTS here: SQLite
+# runs it as a search of the partial index by chat for each row (INDEXED BY pins the
+# index; tests/bot/delivery/test_inbox.py reads the plan with 20,000 rows pending).
+# `WHERE true`: SQLite's upsert after a SELECT needs a WHERE to parse.
 SQLITE = text(  # built from constants only
     """
     WITH a AS MATERIALIZED (

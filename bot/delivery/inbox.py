@@ -26,10 +26,10 @@ head (no unfinished row of its partition in the table, none in an insert under w
 none before it in the same INSERT) is written already leased to this process (`processing`,
 as a claim leaves it: the same INSERT decides, from the partial index of unfinished rows;
 bot/delivery/accept.py) and handed to processing after the commit: no claim transaction,
-no wake-up. Any other row
-is inserted pending and claimed as before. Killed meanwhile, its lease runs out and the
-claim takes it again, as a claimed row. The replies of the group commit are likewise born
-leased to the dispatcher and handed to it in memory (bot/delivery/dispatcher.py).
+no wake-up. Any other row is inserted pending and claimed as before. Killed meanwhile,
+its lease runs out and the claim takes it again, as a claimed row. The replies of the
+group commit are likewise born leased to the dispatcher and handed to it in memory
+(bot/delivery/dispatcher.py).
 """
 
 from __future__ import annotations
@@ -44,12 +44,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import (
-    Table,
-    Update,
-    select,
-    update,
-)
+from sqlalchemy import Table, Update, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bot.channel.inbound import Deferred, Parsed, ParseError, Parser, Tolerated, Unavailable
